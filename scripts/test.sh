@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against the real test bed (libvirt + QEMU, the API server, the tiny
+# guest), bringing it up first. Extra arguments go to pytest (e.g. -k vm, -x).
+# The test bed is left running if it was running before, and stopped otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source-path=SCRIPTDIR source=../tests/harness/lib.sh
+. tests/harness/lib.sh
+
+was_up=$(bash tests/harness/controlplane.sh status 2>/dev/null || true)
+cleanup() {
+  case "$was_up" in "api: ready"*) ;; *) bash tests/harness/testbed.sh stop || true ;; esac
+}
+trap cleanup EXIT
+
+t0=$SECONDS
+env_lines=$(bash tests/harness/testbed.sh start)
+while IFS='=' read -r k v; do export "$k=$v"; done <<<"$env_lines"
+[ -f tests/yocto/deps.sh ] && bash tests/yocto/deps.sh
+log "test bed ready in $((SECONDS - t0)) s ($K3SVIRT_DOMAIN_TYPE)"
+
+.venv/bin/ruff check .
+shellcheck -x tests/harness/*.sh scripts/*.sh
+.venv/bin/pytest "$@"

@@ -1,0 +1,44 @@
+# shellcheck shell=bash
+# Shared helpers for the test bed scripts: paths, versions, logging, clear failures.
+
+K3SVIRT_STATE=${K3SVIRT_STATE:-${XDG_STATE_HOME:-$HOME/.local/state}/k3svirt}
+K3SVIRT_CACHE=${K3SVIRT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k3svirt}
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HARNESS_DIR="$REPO_ROOT/tests/harness"
+
+# Pinned control-plane versions (see tests/harness/README.md for why not K3s itself).
+KUBE_VERSION=v1.36.3
+KINE_VERSION=v0.17.5
+
+export K3SVIRT_STATE K3SVIRT_CACHE REPO_ROOT HARNESS_DIR KUBE_VERSION KINE_VERSION
+mkdir -p "$K3SVIRT_STATE" "$K3SVIRT_CACHE"
+
+log() { printf '[k3svirt] %s\n' "$*" >&2; }
+
+# die prints one line saying what is missing and how to fix it, then exits.
+die() { printf '[k3svirt] ERROR: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "this step needs root (it installs packages and starts libvirtd): run it with sudo"
+}
+
+# pid_alive FILE: true when FILE names a running process.
+pid_alive() {
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+# port_owner PORT: prints the process listening on a TCP port, empty when free.
+port_owner() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)".*/\1/p' | head -n1
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds.
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.3
+  done
+  log "$what is up"
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test bed in one call: packages, libvirt, the tiny guest, the KVM probe, the API server
+# and our CRDs. Used by the test suite (tests/conftest.py), scripts/test.sh and scripts/k3svirt-up.
+#
+# usage: testbed.sh start   -> prints KEY=VALUE lines (KUBECONFIG, K3SVIRT_DOMAIN_TYPE, ...) on stdout
+#        testbed.sh stop    -> stops what start started (daemons that already ran are left alone)
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+STORAGE_ROOT=${K3SVIRT_STORAGE_ROOT:-/var/lib/k3svirt}
+
+start() {
+  bash "$HARNESS_DIR/deps.sh" >&2
+  bash "$HARNESS_DIR/libvirt.sh" start >&2
+  local guest accel
+  guest=$("$REPO_ROOT/.venv/bin/python" "$HARNESS_DIR/tiny_guest.py" "$STORAGE_ROOT/guest") \
+    || die "building the tiny guest failed"
+  accel=$(K3SVIRT_STORAGE_ROOT=$STORAGE_ROOT "$REPO_ROOT/.venv/bin/python" -m k3svirt_operator.accel \
+    --state-dir "$STORAGE_ROOT") || die "the KVM probe failed to run: is libvirtd up?"
+  log "acceleration: $accel"
+  bash "$HARNESS_DIR/controlplane.sh" start >&2
+  kubectl --kubeconfig "$K3SVIRT_STATE/kubeconfig" apply -f "$REPO_ROOT/crds/" >/dev/null \
+    || die "applying crds/ failed: run 'kubectl apply -f crds/' to see which CRD is refused"
+  kubectl --kubeconfig "$K3SVIRT_STATE/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >/dev/null
+  cat <<ENV
+KUBECONFIG=$K3SVIRT_STATE/kubeconfig
+LIBVIRT_DEFAULT_URI=qemu:///system
+K3SVIRT_STORAGE_ROOT=$STORAGE_ROOT
+K3SVIRT_DOMAIN_TYPE=${accel%%$'\t'*}
+K3SVIRT_GUEST_KERNEL=$(sed -n 1p <<<"$guest")
+K3SVIRT_GUEST_INITRD=$(sed -n 2p <<<"$guest")
+ENV
+}
+
+stop() {
+  bash "$HARNESS_DIR/controlplane.sh" stop
+  bash "$HARNESS_DIR/libvirt.sh" stop
+}
+
+case "${1:-}" in
+  start) start ;; stop) stop ;;
+  *) die "usage: $0 start|stop" ;;
+esac
