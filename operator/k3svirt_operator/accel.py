@@ -8,6 +8,7 @@ only when the kernel's banner shows up in time. The result is cached per boot of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -104,10 +105,8 @@ def probe(conn: libvirt.virConnect, workdir: Path, timeout: float = 10.0) -> Acc
         return Acceleration("qemu", f"a KVM guest did not boot {kernel.name} to its banner within "
                                     f"{timeout:g} s (nested virtualization that hangs in early boot?)")
     finally:
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             dom.destroy()
-        except libvirt.libvirtError:
-            pass
 
 
 def _boot_id() -> str:

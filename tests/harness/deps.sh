@@ -37,7 +37,8 @@ install_venv() {
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || die "python3 -m venv failed: install python3-venv"
   "$venv/bin/pip" install -q --upgrade pip >/dev/null
   "$venv/bin/pip" install -q -e "$REPO_ROOT/common" -e "$REPO_ROOT/operator" -e "$REPO_ROOT/rest-gateway" \
-    -r "$REPO_ROOT/requirements-dev.txt" || die "pip install failed: PyPI is not reachable or a pin is wrong"
+    -r "$REPO_ROOT/requirements-dev.txt" > "$K3SVIRT_STATE/pip.log" 2>&1 \
+    || die "pip install failed (PyPI not reachable or a pin is wrong): see $K3SVIRT_STATE/pip.log"
   echo "$stamp" > "$venv/.k3svirt-stamp"
 }
 

@@ -9,8 +9,6 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import libvirt
-
 
 def _tiny_domain_xml(name: str, domain_type: str, guest, log: Path) -> str:
     dom = ET.Element("domain", type=domain_type)

@@ -1,0 +1,101 @@
+"""API names shared by the operator, the gateway and the tests (the contract in crds/*.yaml)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+GROUP = "k3svirt.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# kind -> plural; the CRD file for a kind is crds/<plural>.yaml
+VM_KIND, VM_PLURAL = "VirtualMachine", "virtualmachines"
+VMTEMPLATE_KIND, VMTEMPLATE_PLURAL = "VMTemplate", "vmtemplates"
+PCIPASSTHROUGH_KIND, PCIPASSTHROUGH_PLURAL = "PCIPassthrough", "pcipassthroughs"
+NODEPCIINVENTORY_KIND, NODEPCIINVENTORY_PLURAL = "NodePCIInventory", "nodepciinventories"
+
+PLURALS: dict[str, str] = {
+    VM_KIND: VM_PLURAL,
+    VMTEMPLATE_KIND: VMTEMPLATE_PLURAL,
+    PCIPASSTHROUGH_KIND: PCIPASSTHROUGH_PLURAL,
+    NODEPCIINVENTORY_KIND: NODEPCIINVENTORY_PLURAL,
+}
+NAMESPACED: dict[str, bool] = {
+    VM_KIND: True,
+    VMTEMPLATE_KIND: True,
+    PCIPASSTHROUGH_KIND: False,
+    NODEPCIINVENTORY_KIND: False,
+}
+
+# "<start|stop|restart>/<unique id>": performed once; the value is copied to status.lastActionRequest.
+ANNOTATION_ACTION = f"{GROUP}/action-request"
+ACTIONS = ("start", "stop", "restart")
+
+# XML namespace of the <k3svirt:vm .../> element in a domain's <metadata>.
+XML_NAMESPACE = "https://k3svirt.io/xmlns/domain/v1"
+XML_PREFIX = "k3svirt"
+
+# status.printableStatus values, in precedence order (the first that applies wins).
+PRINTABLE_STATUSES = (
+    "Terminating",
+    "ErrorUnschedulable",
+    "ErrorProvisioning",
+    "Failed",
+    "Provisioning",
+    "Stopping",
+    "Starting",
+    "Paused",
+    "Running",
+    "Stopped",
+    "Pending",
+    "Unknown",
+)
+
+# status.conditions[].type
+COND_READY = "Ready"
+COND_PROVISIONED = "Provisioned"
+COND_RESTART_REQUIRED = "RestartRequired"
+COND_TEMPLATE_RESOLVED = "TemplateResolved"
+COND_HOST_DEVICES_READY = "HostDevicesReady"
+
+FINALIZER_PREFIX = f"{GROUP}/node-"
+_QUALIFIED_NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def finalizer_for(node: str) -> str:
+    """The operator's finalizer for VMs on `node`: "k3svirt.io/node-<node>".
+
+    The part after "/" must be a qualified-name part (<= 63 characters, alphanumeric at both
+    ends). Node names may be DNS subdomains of up to 253 characters, so a long name is cut and
+    suffixed with a hash of the full name; the result is deterministic for a node.
+    """
+    if not node:
+        raise ValueError("node name must not be empty")
+    part = f"node-{node}"
+    if len(part) > 63 or not _QUALIFIED_NAME_PART.match(part):
+        digest = hashlib.sha256(node.encode()).hexdigest()[:10]
+        head = re.sub(r"[^-A-Za-z0-9_.]", "-", part)[: 63 - 11].rstrip("-_.")
+        part = f"{head}-{digest}"
+    return f"{GROUP}/{part}"
+
+
+def domain_name(namespace: str, name: str) -> str:
+    """libvirt domain name of a VM: "<namespace>_<name>" ('_' cannot occur in either part)."""
+    return f"{namespace}_{name}"
+
+
+def parse_domain_name(domain: str) -> tuple[str, str] | None:
+    """Inverse of domain_name(); None for domains k3svirt does not name."""
+    namespace, sep, name = domain.partition("_")
+    if not sep or not namespace or not name or "_" in name:
+        return None
+    return namespace, name
+
+
+def parse_action_request(value: str) -> tuple[str, str]:
+    """Split an action-request annotation value "<action>/<id>"; ValueError when malformed."""
+    action, sep, ident = (value or "").partition("/")
+    if not sep or action not in ACTIONS or not ident:
+        raise ValueError(f"{ANNOTATION_ACTION} must be '<{'|'.join(ACTIONS)}>/<unique id>', got {value!r}")
+    return action, ident

@@ -1,0 +1,41 @@
+"""Operator settings, read once from the environment (the chart sets them; defaults suit one node)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_name: str
+    node_ip: str
+    node_labels: dict[str, str]
+    libvirt_uri: str
+    storage_root: Path
+    metrics_port: int
+    stop_grace_seconds: float
+    resync_seconds: float
+    status_summary_seconds: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ.get
+        labels = dict(
+            item.split("=", 1) for item in env("K3SVIRT_NODE_LABELS", "").split(",") if "=" in item
+        )
+        return cls(
+            node_name=env("K3SVIRT_NODE_NAME") or socket.gethostname(),
+            node_ip=env("K3SVIRT_NODE_IP", "127.0.0.1"),
+            node_labels=labels,
+            libvirt_uri=env("LIBVIRT_DEFAULT_URI", "qemu:///system"),
+            storage_root=Path(env("K3SVIRT_STORAGE_ROOT", "/var/lib/k3svirt")),
+            metrics_port=int(env("K3SVIRT_METRICS_PORT", "9470")),
+            # How long a guest gets to shut down on ACPI power-off before it is destroyed.
+            stop_grace_seconds=float(env("K3SVIRT_STOP_GRACE_SECONDS", "30")),
+            # Safety-net re-check of every VM; lifecycle events make repairs immediate.
+            resync_seconds=float(env("K3SVIRT_RESYNC_SECONDS", "30")),
+            status_summary_seconds=float(env("K3SVIRT_STATUS_SUMMARY_SECONDS", "30")),
+        )

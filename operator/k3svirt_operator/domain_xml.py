@@ -1,0 +1,542 @@
+"""THE VirtualMachine spec -> libvirt domain XML builder (pure: no I/O, no libvirt calls).
+
+    build_domain(ref, spec, ctx) -> BuiltDomain(xml, adjustments)
+    build_domain_xml(ref, spec, ctx) -> str
+    diff_requires_restart(old_spec, new_spec) -> list[str]
+
+`spec` is the merged (template + presets + VM) spec; operator defaults are applied here again
+(k3svirt_common.schema.apply_vm_defaults is idempotent). Node-side decisions come in through
+DomainContext: acceleration, file paths, PCI addresses, firmware paths.
+
+Emulation (ctx.domain_type 'qemu', i.e. QEMU TCG): host-passthrough needs KVM and host-model
+describes the host CPU, which TCG does not emulate faithfully, so both are replaced according to
+ctx.cpu_fallback: 'maximum' (default; libvirt <cpu mode='maximum'/>, QEMU's "max" CPU = every
+feature TCG can emulate), 'omit' (libvirt/QEMU default model) or 'error' (DomainBuildError). Each
+replacement is returned as an Adjustment(field, reason, message) that the operator puts into the
+VM's conditions, so the user sees why the guest CPU differs from the spec.
+
+Every device the builder adds carries a libvirt user alias ("ua-disk-<name>", "ua-net-<name>",
+"ua-hostdev-<name>") so that live domain data maps back to spec entries; the domain UUID is the
+VM's metadata.uid and the <metadata> holds <k3svirt:vm namespace= name= uid= generation= specHash=/>.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from k3svirt_common.names import XML_NAMESPACE, XML_PREFIX, domain_name
+from k3svirt_common.quantity import parse_quantity
+from k3svirt_common.schema import apply_vm_defaults
+
+__all__ = [
+    "Adjustment",
+    "BuiltDomain",
+    "DiskPlacement",
+    "DomainBuildError",
+    "DomainContext",
+    "VMRef",
+    "build_domain",
+    "build_domain_xml",
+    "default_mac",
+    "device_aliases",
+    "diff_requires_restart",
+    "disk_targets",
+    "parse_cpuset",
+    "spec_hash",
+]
+
+MIN_MEMORY = 16 * 1024**2
+ITCO_MIN_LIBVIRT = 9_001_000  # <watchdog model='itco'/> appeared in libvirt 9.1.0
+
+
+@dataclass(frozen=True)
+class VMRef:
+    namespace: str
+    name: str
+    uid: str
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class DiskPlacement:
+    """Where a spec disk lives on the node. block=True for a block device (<source dev=>)."""
+
+    path: str
+    format: str | None = None  # None: spec.disks[].format
+    block: bool | None = None  # None: True for paths under /dev/
+
+
+@dataclass
+class DomainContext:
+    """Node decisions the builder needs; the operator fills it in."""
+
+    domain_type: str = "kvm"  # 'kvm' or 'qemu' (TCG emulation)
+    emulator: str | None = None  # e.g. /usr/bin/qemu-system-x86_64; None = libvirt's default
+    # spec.disks[].name -> DiskPlacement, a plain path, or any object with .path/.format (storage.DiskResult)
+    disks: Mapping[str, Any] = field(default_factory=dict)
+    seed_iso: str | None = None  # cloud-init NoCloud ISO, attached as a read-only SATA CD-ROM
+    console_log: str | None = None  # serial console log file (virtlogd appends to it)
+    host_devices: Mapping[str, str] = field(default_factory=dict)  # hostDevices[].name -> "0000:01:00.0"
+    uefi_loader: str | None = None  # None with firmware uefi: libvirt firmware autoselection
+    uefi_nvram: str | None = None  # per-VM NVRAM file (kept by deletionPolicy Retain)
+    uefi_nvram_template: str | None = None
+    tpm_available: bool = True  # swtpm installed on the node
+    cpu_fallback: str = "maximum"  # under emulation: 'maximum' | 'omit' | 'error'
+    libvirt_version: int | None = None  # conn.getLibVersion(); None = assume current
+    machine: str = "q35"
+    arch: str = "x86_64"
+    graphics_listen: str = "127.0.0.1"
+    guest_agent_channel: bool = True
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A spec value the builder had to change for this node (reported in VM conditions)."""
+
+    field: str
+    reason: str  # CamelCase
+    message: str
+
+
+@dataclass(frozen=True)
+class BuiltDomain:
+    xml: str
+    adjustments: list[Adjustment]
+
+
+class DomainBuildError(ValueError):
+    """The spec cannot be turned into a domain on this node; `field` names the culprit."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field = field_path
+        self.message = message
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def parse_cpuset(value: str, field_path: str = "cpuset") -> list[int]:
+    """"2-5,7" -> [2, 3, 4, 5, 7] (order kept, duplicates refused)."""
+    out: list[int] = []
+    for part in str(value).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise DomainBuildError(field_path, f"invalid cpuset {value!r}")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise DomainBuildError(field_path, f"invalid range {part.strip()!r} in {value!r}")
+        out.extend(range(lo, hi + 1))
+    if len(set(out)) != len(out):
+        raise DomainBuildError(field_path, f"cpuset {value!r} names a CPU twice")
+    return out
+
+
+def default_mac(uid: str, network_name: str) -> str:
+    """A stable locally-administered-range MAC (52:54:00:xx:xx:xx) for an interface without one."""
+    h = hashlib.sha256(f"{uid}/{network_name}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a (merged) spec; stored in the domain metadata."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _dev_name(prefix: str, index: int) -> str:
+    letters = ""
+    n = index + 1
+    while n:
+        n, r = divmod(n - 1, 26)
+        letters = chr(ord("a") + r) + letters
+    return prefix + letters
+
+
+def disk_targets(spec: Mapping[str, Any], with_seed: bool = False) -> dict[str, str]:
+    """Guest device names: virtio disks vda, vdb...; scsi and sata disks share sda, sdb...;
+    the cloud-init seed CD-ROM (key "__seed__") takes the next sd name."""
+    vd = sd = 0
+    out: dict[str, str] = {}
+    for disk in spec.get("disks") or []:
+        if disk.get("bus", "virtio") == "virtio":
+            out[disk["name"]] = _dev_name("vd", vd)
+            vd += 1
+        else:
+            out[disk["name"]] = _dev_name("sd", sd)
+            sd += 1
+    if with_seed:
+        out["__seed__"] = _dev_name("sd", sd)
+    return out
+
+
+def device_aliases(spec: Mapping[str, Any]) -> dict[str, str]:
+    """libvirt alias -> spec path, e.g. {"ua-net-default": "networks[default]"}."""
+    out = {f"ua-disk-{d['name']}": f"disks[{d['name']}]" for d in spec.get("disks") or []}
+    out.update({f"ua-net-{n['name']}": f"networks[{n['name']}]" for n in spec.get("networks") or []})
+    out.update({f"ua-hostdev-{h['name']}": f"hostDevices[{h['name']}]" for h in spec.get("hostDevices") or []})
+    return out
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: Any) -> ET.Element:
+    el = ET.SubElement(parent, tag, {k.rstrip("_"): str(v) for k, v in attrs.items() if v is not None})
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _placement(ctx: DomainContext, name: str, i: int, spec_format: str) -> tuple[str, str, bool]:
+    p = ctx.disks.get(name)
+    if p is None:
+        raise DomainBuildError(f"spec.disks[{i}]", f"no file on this node for disk {name!r} (not provisioned)")
+    if isinstance(p, str):
+        return p, spec_format, p.startswith("/dev/")
+    path = getattr(p, "path", None)
+    if not path:
+        raise DomainBuildError(f"spec.disks[{i}]", f"disk {name!r} placement has no path")
+    fmt = getattr(p, "format", None) or spec_format
+    block = getattr(p, "block", None)
+    if block is None:  # e.g. storage.DiskResult: a volume under /dev is a block device
+        block = str(path).startswith("/dev/")
+    return str(path), fmt, bool(block)
+
+
+def _pci_address(value: str, field_path: str) -> dict[str, str]:
+    m = re.fullmatch(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])", value.strip())
+    if not m:
+        raise DomainBuildError(field_path, f"invalid PCI address {value!r} (want DDDD:BB:SS.F)")
+    dom, bus, slot, fn = m.groups()
+    return {
+        "domain": f"0x{(dom or '0000').lower()}",
+        "bus": f"0x{bus.lower()}",
+        "slot": f"0x{slot.lower()}",
+        "function": f"0x{fn}",
+    }
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list[Adjustment]) -> int:
+    cpu = spec["cpu"]
+    sockets, cores, threads = int(cpu["sockets"]), int(cpu["cores"]), int(cpu["threads"])
+    vcpus = sockets * cores * threads
+    _sub(dom, "vcpu", str(vcpus), placement="static")
+
+    iothreads = int(spec.get("iothreads") or 0)
+    if iothreads:
+        _sub(dom, "iothreads", str(iothreads))
+
+    pinned = cpu.get("dedicatedCpuSet")
+    emulator = cpu.get("emulatorCpuSet")
+    if pinned or emulator:
+        tune = _sub(dom, "cputune")
+        if pinned:
+            host = parse_cpuset(pinned, "spec.cpu.dedicatedCpuSet")
+            if len(host) < vcpus:
+                raise DomainBuildError(
+                    "spec.cpu.dedicatedCpuSet",
+                    f"{pinned!r} has {len(host)} CPUs but the VM has {vcpus} vCPUs (pinning is 1:1)",
+                )
+            for i in range(vcpus):
+                _sub(tune, "vcpupin", vcpu=i, cpuset=host[i])
+        if emulator:
+            parse_cpuset(emulator, "spec.cpu.emulatorCpuSet")
+            _sub(tune, "emulatorpin", cpuset=emulator)
+            for t in range(1, iothreads + 1):
+                _sub(tune, "iothreadpin", iothread=t, cpuset=emulator)
+
+    model = cpu.get("model")
+    el = ET.Element("cpu")
+    if model in ("host-passthrough", "host-model"):
+        if ctx.domain_type == "kvm":
+            el.set("mode", model)
+        elif ctx.cpu_fallback == "error":
+            raise DomainBuildError("spec.cpu.model", f"{model} needs KVM; this node runs VMs under emulation")
+        elif ctx.cpu_fallback == "omit":
+            adj.append(Adjustment("spec.cpu.model", "CPUModelNotEmulated",
+                                  f"cpu.model {model} needs KVM; running under emulation with QEMU's default CPU"))
+        else:
+            el.set("mode", "maximum")
+            el.set("migratable", "off")
+            adj.append(Adjustment("spec.cpu.model", "CPUModelNotEmulated",
+                                  f"cpu.model {model} needs KVM; running under emulation with QEMU's 'max' CPU"))
+    elif model:
+        el.set("mode", "custom")
+        el.set("match", "exact")
+        if ctx.domain_type != "kvm":
+            el.set("check", "none")  # TCG lacks some features of named models; QEMU filters them
+        _sub(el, "model", model, fallback="forbid")
+    _sub(el, "topology", sockets=sockets, dies=1, cores=cores, threads=threads)
+    dom.append(el)
+    return iothreads
+
+
+def _memory(dom: ET.Element, spec: Mapping[str, Any]) -> None:
+    mem = spec.get("memory") or {}
+    if not mem.get("size"):
+        raise DomainBuildError("spec.memory.size", "Required value")
+    try:
+        size = parse_quantity(mem["size"], field="spec.memory.size")
+    except ValueError as e:
+        raise DomainBuildError("spec.memory.size", str(e)) from e
+    if size < MIN_MEMORY:
+        raise DomainBuildError("spec.memory.size", f"{mem['size']} is below the 16Mi minimum")
+    kib = -(-size // 1024)
+    _sub(dom, "memory", str(kib), unit="KiB")
+    _sub(dom, "currentMemory", str(kib), unit="KiB")
+    huge = mem.get("hugepages")
+    if huge:
+        page = parse_quantity(huge["pageSize"], field="spec.memory.hugepages.pageSize")
+        if size % page:
+            raise DomainBuildError(
+                "spec.memory.size", f"{mem['size']} is not a multiple of the hugepage size {huge['pageSize']}"
+            )
+        backing = _sub(dom, "memoryBacking")
+        _sub(_sub(backing, "hugepages"), "page", size=page // 1024, unit="KiB")
+
+
+def _os(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext) -> None:
+    boot = spec["boot"]
+    os_el = _sub(dom, "os")
+    uefi = boot.get("firmware") == "uefi"
+    if uefi and not ctx.uefi_loader:
+        os_el.set("firmware", "efi")
+    _sub(os_el, "type", "hvm", arch=ctx.arch, machine=ctx.machine)
+    if uefi and ctx.uefi_loader:
+        _sub(os_el, "loader", ctx.uefi_loader, readonly="yes", type="pflash")
+    if uefi and ctx.uefi_nvram:
+        _sub(os_el, "nvram", ctx.uefi_nvram, template=ctx.uefi_nvram_template)
+    kernel = boot.get("kernel")
+    if kernel:
+        _sub(os_el, "kernel", kernel["path"])
+        if kernel.get("initrdPath"):
+            _sub(os_el, "initrd", kernel["initrdPath"])
+        if kernel.get("cmdline"):
+            _sub(os_el, "cmdline", kernel["cmdline"])
+
+
+_HYPERV = (("relaxed", {}), ("vapic", {}), ("spinlocks", {"retries": 8191}), ("vpindex", {}),
+           ("synic", {}), ("stimer", {}))
+
+
+def _features(dom: ET.Element, spec: Mapping[str, Any]) -> None:
+    feat = spec["features"]
+    el = _sub(dom, "features")
+    if feat.get("acpi"):
+        _sub(el, "acpi")
+    if feat.get("apic"):
+        _sub(el, "apic")
+    if feat.get("hyperv"):
+        hv = _sub(el, "hyperv", mode="custom")
+        for name, attrs in _HYPERV:
+            _sub(hv, name, state="on", **attrs)
+    clock = _sub(dom, "clock", offset="utc")
+    _sub(clock, "timer", name="rtc", tickpolicy="catchup")
+    _sub(clock, "timer", name="pit", tickpolicy="delay")
+    _sub(clock, "timer", name="hpet", present="no")
+    if feat.get("hyperv"):
+        _sub(clock, "timer", name="hypervclock", present="yes")
+
+
+def _disks(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, iothreads: int) -> None:
+    targets = disk_targets(spec, with_seed=True)
+    for i, d in enumerate(spec.get("disks") or []):
+        fp = f"spec.disks[{i}]"
+        path, fmt, block = _placement(ctx, d["name"], i, d["format"])
+        if d["io"] == "native" and d["cache"] not in ("none", "directsync"):
+            raise DomainBuildError(f"{fp}.io", "io native requires cache none or directsync")
+        disk = _sub(devs, "disk", type="block" if block else "file", device="disk")
+        drv = _sub(disk, "driver", name="qemu", type=fmt, cache=d["cache"], io=d["io"],
+                   discard="unmap" if d.get("provisioning") == "thin" else "ignore")
+        if d.get("iothread") is not None:
+            if d["bus"] != "virtio":
+                raise DomainBuildError(f"{fp}.iothread", "iothread is only supported on bus virtio")
+            if not 1 <= int(d["iothread"]) <= iothreads:
+                raise DomainBuildError(f"{fp}.iothread", f"must be between 1 and spec.iothreads ({iothreads})")
+            drv.set("iothread", str(d["iothread"]))
+        _sub(disk, "source", **({"dev": path} if block else {"file": path}))
+        _sub(disk, "target", dev=targets[d["name"]], bus=d["bus"])
+        if d.get("readOnly"):
+            _sub(disk, "readonly")
+        if d.get("serial"):
+            _sub(disk, "serial", d["serial"])
+        if d.get("bootOrder") is not None:
+            _sub(disk, "boot", order=d["bootOrder"])
+        _sub(disk, "alias", name=f"ua-disk-{d['name']}")
+    if ctx.seed_iso:
+        cd = _sub(devs, "disk", type="file", device="cdrom")
+        _sub(cd, "driver", name="qemu", type="raw")
+        _sub(cd, "source", file=ctx.seed_iso)
+        _sub(cd, "target", dev=targets["__seed__"], bus="sata")
+        _sub(cd, "readonly")
+        _sub(cd, "alias", name="ua-cloudinit")
+    if any(d["bus"] == "scsi" for d in spec.get("disks") or []):
+        _sub(devs, "controller", type="scsi", index=0, model="virtio-scsi")
+
+
+def _networks(devs: ET.Element, spec: Mapping[str, Any], ref: VMRef) -> None:
+    for n in spec.get("networks") or []:
+        if "bridge" in n:
+            iface = _sub(devs, "interface", type="bridge")
+            _sub(iface, "source", bridge=n["bridge"]["name"])
+        else:
+            iface = _sub(devs, "interface", type="network")
+            _sub(iface, "source", network=(n.get("nat") or {}).get("network", "default"))
+        _sub(iface, "mac", address=(n.get("macAddress") or default_mac(ref.uid, n["name"])).lower())
+        _sub(iface, "model", type=n["model"])
+        _sub(iface, "alias", name=f"ua-net-{n['name']}")
+
+
+def _hostdevs(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext) -> None:
+    for i, h in enumerate(spec.get("hostDevices") or []):
+        fp = f"spec.hostDevices[{i}]"
+        addr = ctx.host_devices.get(h["name"])
+        if not addr:
+            raise DomainBuildError(fp, f"PCIPassthrough {h.get('pciPassthrough')!r} has no resolved host address")
+        hd = _sub(devs, "hostdev", mode="subsystem", type="pci", managed="no")
+        _sub(hd, "driver", name="vfio")
+        _sub(_sub(hd, "source"), "address", **_pci_address(addr, fp))
+        _sub(hd, "alias", name=f"ua-hostdev-{h['name']}")
+
+
+def _other_devices(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext) -> None:
+    dv = spec["devices"]
+    if dv.get("serialConsole"):
+        serial = _sub(devs, "serial", type="pty")
+        if ctx.console_log:
+            _sub(serial, "log", file=ctx.console_log, append="on")
+        _sub(serial, "target", port=0)
+        _sub(_sub(devs, "console", type="pty"), "target", type="serial", port=0)
+    if ctx.guest_agent_channel:
+        ch = _sub(devs, "channel", type="unix")
+        _sub(ch, "target", type="virtio", name="org.qemu.guest_agent.0")
+    for inp in dv.get("inputs") or []:
+        _sub(devs, "input", type=inp["type"], bus=inp["bus"])
+    gtype = (dv.get("graphics") or {}).get("type", "none")
+    if gtype != "none":
+        g = _sub(devs, "graphics", type=gtype, autoport="yes", listen=ctx.graphics_listen)
+        _sub(g, "listen", type="address", address=ctx.graphics_listen)
+    video = (dv.get("video") or {}).get("model")
+    if video:
+        _sub(_sub(devs, "video"), "model", type=video)
+    wd = dv.get("watchdog")
+    if wd:
+        if wd["model"] == "itco" and ctx.libvirt_version is not None and ctx.libvirt_version < ITCO_MIN_LIBVIRT:
+            raise DomainBuildError("spec.devices.watchdog.model", "itco needs libvirt >= 9.1 on the node")
+        _sub(devs, "watchdog", model=wd["model"], action=wd.get("action", "reset"))
+    if dv.get("rng"):
+        _sub(_sub(devs, "rng", model="virtio"), "backend", "/dev/urandom", model="random")
+    tpm = dv.get("tpm")
+    if tpm:
+        if not ctx.tpm_available:
+            raise DomainBuildError("spec.devices.tpm", "no TPM emulator (swtpm) on this node")
+        if tpm["model"] == "tpm-crb" and tpm["version"] != "2.0":
+            raise DomainBuildError("spec.devices.tpm.version", "tpm-crb requires version 2.0")
+        _sub(_sub(devs, "tpm", model=tpm["model"]), "backend", type="emulator", version=tpm["version"])
+    _sub(devs, "panic", model="isa")  # lets lifecycle.onCrash see guest kernel panics
+    if dv.get("memballoon"):
+        _sub(_sub(devs, "memballoon", model="virtio"), "stats", period=10)
+    else:
+        _sub(devs, "memballoon", model="none")
+
+
+# --- public --------------------------------------------------------------------------------------
+
+
+def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> BuiltDomain:
+    """Build the domain XML for a merged VM spec; DomainBuildError names the offending field."""
+    if ctx.domain_type not in ("kvm", "qemu"):
+        raise ValueError(f"domain_type must be 'kvm' or 'qemu', got {ctx.domain_type!r}")
+    s = apply_vm_defaults(dict(spec))
+    adj: list[Adjustment] = []
+    dom = ET.Element("domain", type=ctx.domain_type)
+    _sub(dom, "name", domain_name(ref.namespace, ref.name))
+    with contextlib.suppress(ValueError):  # a non-UUID uid (unit tests): libvirt generates one
+        _sub(dom, "uuid", str(uuid.UUID(ref.uid)))
+    meta = _sub(dom, "metadata")
+    _sub(meta, f"{XML_PREFIX}:vm", **{f"xmlns:{XML_PREFIX}": XML_NAMESPACE}, namespace=ref.namespace,
+         name=ref.name, uid=ref.uid, generation=ref.generation, specHash=spec_hash(s))
+    _memory(dom, s)
+    iothreads = _cpu(dom, s, ctx, adj)
+    _os(dom, s, ctx)
+    _features(dom, s)
+    life = s["lifecycle"]
+    if life["onPoweroff"] == "restart" and life["onReboot"] == "destroy":
+        raise DomainBuildError("spec.lifecycle", "onPoweroff restart with onReboot destroy is not supported by QEMU")
+    for key in ("onPoweroff", "onReboot"):
+        if life[key] == "preserve":
+            raise DomainBuildError(f"spec.lifecycle.{key}", "preserve is not supported by the QEMU driver")
+    _sub(dom, "on_poweroff", life["onPoweroff"])
+    _sub(dom, "on_reboot", life["onReboot"])
+    _sub(dom, "on_crash", life["onCrash"])
+    devs = _sub(dom, "devices")
+    if ctx.emulator:
+        _sub(devs, "emulator", ctx.emulator)
+    _disks(devs, s, ctx, iothreads)
+    _networks(devs, s, ref)
+    _hostdevs(devs, s, ctx)
+    _other_devices(devs, s, ctx)
+    ET.indent(dom)
+    return BuiltDomain(ET.tostring(dom, encoding="unicode"), adj)
+
+
+def build_domain_xml(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> str:
+    """build_domain(...).xml."""
+    return build_domain(ref, spec, ctx).xml
+
+
+# Spec fields that never need a domain restart: they are not part of the domain definition.
+# template/presets act through the merged spec that is compared; nodeName/nodeSelector are
+# placement, handled by the operator's scheduling logic, not by this diff.
+NON_DOMAIN_FIELDS = frozenset({"runStrategy", "deletionPolicy", "template", "presets", "nodeName", "nodeSelector"})
+# Fields libvirt can apply to a running domain. Deliberately empty: every other field changes
+# the QEMU command line (devices, topology, memory, firmware, pinning is kept static for 1:1
+# semantics) or is read by the guest only at boot (cloudInit), so it needs a restart.
+LIVE_FIELDS: frozenset[str] = frozenset()
+
+
+def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
+    if old == new:
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            _diff(old.get(k), new.get(k), f"{path}.{k}", out)
+        return
+    named = (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and all(isinstance(x, dict) and "name" in x for x in old + new)
+    )
+    if named:
+        o = {x["name"]: x for x in old}
+        n = {x["name"]: x for x in new}
+        for k in sorted(set(o) | set(n)):
+            _diff(o.get(k), n.get(k), f"{path}[{k}]", out)
+        if [x["name"] for x in old if x["name"] in n] != [x["name"] for x in new if x["name"] in o]:
+            out.append(f"{path}(order)")
+        return
+    out.append(path)
+
+
+def diff_requires_restart(old_spec: Mapping[str, Any], new_spec: Mapping[str, Any]) -> list[str]:
+    """Fields whose change between two merged specs only takes effect after a restart.
+
+    Paths look like "spec.memory.size", "spec.disks[root].cache", "spec.networks[lan]" (added or
+    removed), "spec.disks(order)". [] means the running domain already matches.
+    """
+    old = apply_vm_defaults(dict(old_spec))
+    new = apply_vm_defaults(dict(new_spec))
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        if key in NON_DOMAIN_FIELDS or key in LIVE_FIELDS:
+            continue
+        _diff(old.get(key), new.get(key), f"spec.{key}", out)
+    return out

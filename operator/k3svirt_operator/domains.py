@@ -1,0 +1,128 @@
+"""libvirt side of a VM: observe a domain's power state and define/start/stop/undefine it."""
+
+from __future__ import annotations
+
+import contextlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+from k3svirt_common import names
+
+from .lifecycle import Power, ShutoffReason
+
+_STATE = {
+    libvirt.VIR_DOMAIN_RUNNING: Power.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: Power.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: Power.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: Power.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: Power.STOPPING,
+    libvirt.VIR_DOMAIN_SHUTOFF: Power.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: Power.CRASHED,
+}
+_SHUTOFF_REASON = {
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: ShutoffReason.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: ShutoffReason.DESTROYED,
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: ShutoffReason.CRASHED,
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: ShutoffReason.FAILED,
+    libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: ShutoffReason.NONE,
+}
+
+
+class DomainConflict(RuntimeError):
+    """A domain with the VM's name exists but belongs to something else."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    domain: libvirt.virDomain | None
+    power: Power
+    reason: ShutoffReason
+    running_spec_hash: str | None  # what the running guest was started with
+    defined_spec_hash: str | None  # what the next start will use
+
+
+def _spec_hash(xml: str) -> str | None:
+    el = ET.fromstring(xml).find(f"metadata/{{{names.XML_NAMESPACE}}}vm")
+    return None if el is None else el.get("specHash")
+
+
+def find(conn: libvirt.virConnect, namespace: str, name: str, uid: str) -> libvirt.virDomain | None:
+    """The VM's domain, found by UUID (= the VM's uid), so a restarted operator adopts it."""
+    try:
+        return conn.lookupByUUIDString(uid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+    with contextlib.suppress(libvirt.libvirtError):
+        other = conn.lookupByName(names.domain_name(namespace, name))
+        raise DomainConflict(f"a libvirt domain named {other.name()} already exists with UUID "
+                             f"{other.UUIDString()}, not this VM's uid {uid}: remove it or rename the VM")
+    return None
+
+
+def observe(conn: libvirt.virConnect, namespace: str, name: str, uid: str) -> Observed:
+    dom = find(conn, namespace, name, uid)
+    if dom is None:
+        return Observed(None, Power.ABSENT, ShutoffReason.NONE, None, None)
+    state, reason = dom.state()
+    power = _STATE.get(state, Power.SHUTOFF)
+    shutoff = _SHUTOFF_REASON.get(reason, ShutoffReason.OTHER) if power == Power.SHUTOFF else ShutoffReason.NONE
+    running_hash = _spec_hash(dom.XMLDesc(0)) if power != Power.SHUTOFF else None
+    defined_hash = _spec_hash(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    return Observed(dom, power, shutoff, running_hash, defined_hash)
+
+
+def define(conn: libvirt.virConnect, xml: str) -> libvirt.virDomain:
+    return conn.defineXML(xml)
+
+
+def start(dom: libvirt.virDomain) -> None:
+    dom.create()
+
+
+def request_shutdown(dom: libvirt.virDomain) -> None:
+    """ACPI power button; a guest without ACPI support ignores it (destroy follows after the grace)."""
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.shutdown()
+
+
+def destroy(dom: libvirt.virDomain) -> None:
+    try:
+        dom.destroy()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # already off
+            raise
+
+
+def undefine(dom: libvirt.virDomain) -> None:
+    flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    flags |= getattr(libvirt, "VIR_DOMAIN_UNDEFINE_TPM", 0)
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.undefineFlags(flags)
+
+
+def lease_addresses(dom: libvirt.virDomain) -> dict[str, str]:
+    """MAC -> IPv4 from the DHCP leases of libvirt's networks (empty when unknown)."""
+    out: dict[str, str] = {}
+    try:
+        ifaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0) or {}
+    except libvirt.libvirtError:
+        return out
+    for info in ifaces.values():
+        for addr in info.get("addrs") or []:
+            if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                out[(info.get("hwaddr") or "").lower()] = addr["addr"]
+    return out
+
+
+def interface_macs(dom: libvirt.virDomain) -> list[tuple[str, str]]:
+    """(alias-or-target, MAC) of each interface, in definition order."""
+    root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    out = []
+    for i, iface in enumerate(root.findall("devices/interface")):
+        mac = iface.find("mac")
+        alias = iface.find("alias")
+        out.append((alias.get("name") if alias is not None else f"net{i}",
+                    (mac.get("address") if mac is not None else "").lower()))
+    return out

@@ -1,0 +1,181 @@
+"""kopf wiring: thin handlers that hand VMs, templates and PCI devices to the pure/executor modules.
+
+Each VirtualMachine owned by this node gets a daemon: a loop that reconciles on libvirt lifecycle
+events, on spec/annotation changes and on a slow resync, so drift is repaired within a second and
+nothing polls libvirt per VM. Finalizers are per node (k3svirt.io/node-<node>), so operators of
+other nodes never strip ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from k3svirt_common import names, templates
+
+from . import accel as accel_mod
+from . import stats
+from .config import Settings
+from .libvirt_conn import LibvirtConnection
+from .runtime import Runtime, kube_api_client
+from .vm_reconciler import Event, VMReconciler
+
+log = logging.getLogger(__name__)
+SETTINGS = Settings.from_env()
+RT: Runtime | None = None
+RECONCILER: VMReconciler | None = None
+MONITOR: tuple[Any, Any] | None = None
+
+
+def _rt() -> Runtime:
+    assert RT is not None, "operator not started"
+    return RT
+
+
+def owned(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
+    """This node runs the VM: named by spec.nodeName, claimed in status.node, or matched by selector."""
+    if spec.get("nodeName"):
+        return spec["nodeName"] == SETTINGS.node_name
+    if (status or {}).get("node"):
+        return status["node"] == SETTINGS.node_name
+    return all(SETTINGS.node_labels.get(k) == v for k, v in (spec.get("nodeSelector") or {}).items())
+
+
+def _post(body: Any, events: list[Event]) -> None:
+    for e in events:
+        kopf.event(body, type=e.type, reason=e.reason, message=e.message[:1000])
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global RT, RECONCILER, MONITOR
+    settings.persistence.finalizer = names.finalizer_for(SETTINGS.node_name)
+    # Keep kopf's bookkeeping out of the user's metadata (GitOps tools would see drift there).
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopfDiffBase")
+    settings.posting.level = logging.WARNING  # our own Events are posted explicitly
+    settings.watching.server_timeout = 300
+    settings.peering.standalone = True
+    conn = LibvirtConnection(SETTINGS.libvirt_uri)
+    raw = await asyncio.to_thread(conn.wait_connected, 60.0)
+    acc = await asyncio.to_thread(accel_mod.detect, raw, SETTINGS.storage_root)
+    log.info("operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type,
+                                         "reason": acc.reason})
+    RT = Runtime(SETTINGS, conn, acc, kube_api_client(), asyncio.get_running_loop())
+    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, _resolve_host_devices)
+    conn.add_lifecycle_listener(_on_domain_event)
+    conn.add_reconnect_listener(lambda: RT.poke_all_threadsafe() if RT else None)
+    MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, port=SETTINGS.metrics_port)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if MONITOR is not None:
+        MONITOR[1].stop()
+        MONITOR[0].stop()
+
+
+def _get_template(namespace: str, name: str) -> Mapping[str, Any] | None:
+    return _rt().get_object(names.VMTEMPLATE_PLURAL, namespace, name)
+
+
+def _resolve_host_devices(vm: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str]:
+    from .pci import assignment
+
+    return assignment.resolve_for_vm(_rt(), vm, spec)
+
+
+def _on_domain_event(domain: str, _event: int, _detail: int) -> None:
+    parsed = names.parse_domain_name(domain)
+    if parsed is not None and RT is not None:
+        RT.poke_threadsafe(parsed)
+
+
+# ---------------------------------------------------------------------- VirtualMachine
+@kopf.on.event(names.GROUP, names.VERSION, names.VM_PLURAL)
+def vm_changed(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    """Wakes the VM's loop when the user changed its spec or asked for an action."""
+    if RT is None:
+        return
+    key = (namespace, name)
+    marker = (body.metadata.get("generation"), body.metadata.annotations.get(names.ANNOTATION_ACTION))
+    if RT.seen.get(key) != marker:
+        RT.seen[key] = marker
+        RT.poke(key)
+
+
+@kopf.daemon(names.GROUP, names.VERSION, names.VM_PLURAL, when=owned, cancellation_timeout=30)
+async def vm_loop(body: kopf.Body, namespace: str, name: str, uid: str, **_: Any) -> None:
+    rt, reconciler = _rt(), RECONCILER
+    assert reconciler is not None
+    key = (namespace, name)
+    wake = rt.waker(key)
+    last_summary = 0.0
+    while True:
+        if body.metadata.get("deletionTimestamp"):
+            return
+        snapshot = copy.deepcopy(dict(body))
+        if uid in rt.written:  # our last write may not have come back through the watch yet
+            snapshot["status"] = {**(snapshot.get("status") or {}), **rt.written[uid]}
+        result = await asyncio.to_thread(reconciler.reconcile, snapshot)
+        status = result.status
+        if MONITOR is not None and time.monotonic() - last_summary >= SETTINGS.status_summary_seconds:
+            last_summary = time.monotonic()
+            summary = stats.summarize(MONITOR[0].get(namespace, name))
+            status["monitoring"] = {
+                **(summary or {}),
+                "endpoint": MONITOR[1].stats_url(namespace, name, host=SETTINGS.node_ip),
+            }
+        elif "monitoring" in (snapshot.get("status") or {}):
+            status["monitoring"] = snapshot["status"]["monitoring"]
+        old = {k: v for k, v in (snapshot.get("status") or {}).items() if not k.startswith("kopf")}
+        if status != old:
+            await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
+            rt.written[uid] = status
+        _post(body, result.events)
+        wake.clear()
+        timeout = result.requeue if result.requeue is not None else SETTINGS.resync_seconds
+        if MONITOR is not None:
+            timeout = min(timeout, SETTINGS.status_summary_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout)
+
+
+@kopf.on.delete(names.GROUP, names.VERSION, names.VM_PLURAL, when=owned)
+async def vm_deleted(body: kopf.Body, namespace: str, name: str, uid: str, **_: Any) -> None:
+    rt, reconciler = _rt(), RECONCILER
+    assert reconciler is not None
+    events = await asyncio.to_thread(reconciler.delete, copy.deepcopy(dict(body)))
+    _post(body, events)
+    rt.wakers.pop((namespace, name), None)
+    rt.seen.pop((namespace, name), None)
+    rt.written.pop(uid, None)
+
+
+# ---------------------------------------------------------------------- VMTemplate
+@kopf.on.event(names.GROUP, names.VERSION, names.VMTEMPLATE_PLURAL)
+def template_changed(body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
+    """Keeps status (latest version, users) current; every node computes the same answer."""
+    if RT is None or type == "DELETED":
+        return
+    vms = RT.list_objects(names.VM_PLURAL, namespace)
+    status = templates.compute_status(dict(body), vms)
+    old = {k: v for k, v in (body.get("status") or {}).items() if not k.startswith("kopf")}
+    if status != old:
+        RT.patch_status(names.VMTEMPLATE_PLURAL, namespace, name, status)
+
+
+@kopf.on.delete(names.GROUP, names.VERSION, names.VMTEMPLATE_PLURAL)
+def template_deleted(body: kopf.Body, namespace: str, **_: Any) -> None:
+    """Holds the deletion (like PVC protection) while VMs still reference the template."""
+    vms = _rt().list_objects(names.VM_PLURAL, namespace)
+    problem = templates.check_delete(dict(body), vms)
+    if problem:
+        kopf.event(body, type="Warning", reason="InUse", message=problem)
+        raise kopf.TemporaryError(problem, delay=15)

@@ -1,0 +1,284 @@
+"""Shared, node-local cache of base disk images under ``<root>/images/``.
+
+Each URL is cached once as ``<sha256(url)>.img`` with a ``.json`` sidecar (url, sha256 of the
+content, requested checksum, size, detected format, virtual size). The sidecar is written last,
+so "sidecar present" means "download complete and verified".
+
+Choices (documented):
+- ``file://`` URLs are COPIED into the cache like http ones: overlays reference the cached copy,
+  so later edits/removal of the source file cannot corrupt running VMs' backing chains.
+- A cached image is never replaced in place (overlays depend on it). If a later request for the
+  same URL carries a checksum that doesn't match the cached content, that is an ``ImageError``;
+  change the URL (e.g. versioned file name) to get new content.
+- Concurrency: an exclusive ``flock`` on ``<key>.lock`` serialises downloads of one URL across
+  threads and processes; the second caller finds the sidecar and returns without downloading.
+- Images with a backing file or an external data file are rejected (a downloaded qcow2 must not
+  make QEMU open arbitrary host files). Compressed archives are rejected with a clear message.
+- Cached files are 0644 root-owned: QEMU opens them read-only as backing files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .storage import DIR_MODE, StorageError, ensure_dir, qemu_img_info, storage_root
+
+log = logging.getLogger(__name__)
+
+IMAGE_MODE = 0o644
+CHUNK = 1024 * 1024
+CONNECT_TIMEOUT = 30  # seconds, also the per-read socket timeout
+USER_AGENT = "k3svirt-operator"
+
+_COMPRESSED_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"BZh": "bzip2",
+    b"PK\x03\x04": "zip",
+}
+
+
+class ImageError(RuntimeError):
+    """Fetching or validating a base image failed; the message says why (and names the URL)."""
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    path: Path
+    format: str
+    virtual_size: int
+    url: str = ""
+    sha256: str = ""  # hex digest of the cached content
+    size: int = 0  # bytes on the wire / in the cache file
+
+
+def images_dir(root: Path | None = None) -> Path:
+    root = Path(root) if root is not None else storage_root()
+    return root / "images"
+
+
+def cache_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def cache_path(url: str, root: Path | None = None) -> Path:
+    """Where the image for ``url`` lives (whether or not it is downloaded yet)."""
+    return images_dir(root) / f"{cache_key(url)}.img"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _parse_checksum(checksum: str | None) -> str | None:
+    if checksum is None:
+        return None
+    algo, _, hexd = checksum.partition(":")
+    if algo.lower() != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hexd):
+        raise ImageError(f"checksum must be 'sha256:<64 hex digits>', got {checksum!r}")
+    return hexd.lower()
+
+
+def _load_cached(path: Path) -> CachedImage | None:
+    side = _sidecar(path)
+    if not (side.exists() and path.exists()):
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        return CachedImage(
+            path=path,
+            format=meta["format"],
+            virtual_size=int(meta["virtualSize"]),
+            url=meta["url"],
+            sha256=meta["sha256"],
+            size=int(meta["size"]),
+        )
+    except (ValueError, KeyError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def _flock(lock_path: Path):
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_image(url: str, checksum: str | None = None, root: Path | None = None) -> CachedImage:
+    """Return the cached image for ``url``, downloading (once) and verifying it if needed."""
+    want = _parse_checksum(checksum)
+    d = ensure_dir(ensure_dir(Path(root) if root is not None else storage_root()) / "images", DIR_MODE)
+    path = cache_path(url, root)
+    cached = _load_cached(path)
+    if cached is None:
+        with _flock(path.with_suffix(".lock")):
+            cached = _load_cached(path)  # someone else may have finished while we waited
+            if cached is None:
+                return _download(url, path, d, want)
+    if want is not None and cached.sha256 != want:
+        raise ImageError(
+            f"checksum mismatch for {url}: the cached image has sha256:{cached.sha256} but "
+            f"sha256:{want} was requested (a cached image is never replaced because overlays depend "
+            f"on it; publish new content under a new URL)"
+        )
+    return cached
+
+
+def _download(url: str, path: Path, d: Path, want: str | None) -> CachedImage:
+    tmp = d / f".{path.name}.{os.getpid()}.part"
+    h = hashlib.sha256()
+    size = 0
+    t0 = time.monotonic()
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        try:
+            resp = urllib.request.urlopen(req, timeout=CONNECT_TIMEOUT)  # noqa: S310 - scheme validated
+        except urllib.error.HTTPError as e:
+            raise ImageError(f"cannot download {url}: HTTP {e.code} {e.reason}") from e
+        except urllib.error.URLError as e:
+            raise ImageError(f"cannot reach {url}: {e.reason}") from e
+        except (OSError, ValueError) as e:
+            raise ImageError(f"cannot reach {url}: {e}") from e
+        head = b""
+        with resp, open(tmp, "wb") as out:
+            while True:
+                try:
+                    chunk = resp.read(CHUNK)
+                except OSError as e:
+                    raise ImageError(f"download of {url} failed after {size} bytes: {e}") from e
+                if not chunk:
+                    break
+                if len(head) < 512:
+                    head += chunk[: 512 - len(head)]
+                h.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = h.hexdigest()
+        if want is not None and digest != want:
+            raise ImageError(f"checksum mismatch for {url}: got sha256:{digest}, expected sha256:{want}")
+        fmt, vsize = _validate_image(url, tmp, head, size)
+        os.chmod(tmp, IMAGE_MODE)
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    meta = {
+        "url": url,
+        "sha256": digest,
+        "size": size,
+        "format": fmt,
+        "virtualSize": vsize,
+        "downloadedAt": int(time.time()),
+    }
+    side_tmp = d / f".{path.stem}.json.{os.getpid()}.part"
+    side_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.chmod(side_tmp, IMAGE_MODE)
+    os.rename(side_tmp, _sidecar(path))
+    log.info(
+        "cached image",
+        extra={
+            "url": url,
+            "path": str(path),
+            "bytes": size,
+            "format": fmt,
+            "seconds": round(time.monotonic() - t0, 2),
+        },
+    )
+    return CachedImage(path=path, format=fmt, virtual_size=vsize, url=url, sha256=digest, size=size)
+
+
+def _validate_image(url: str, tmp: Path, head: bytes, size: int) -> tuple[str, int]:
+    if size == 0:
+        raise ImageError(f"{url} is not a disk image: it is empty")
+    for magic, kind in _COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            raise ImageError(f"{url} is a {kind}-compressed file, not a disk image; decompress it first")
+    try:
+        info = qemu_img_info(tmp)
+    except StorageError as e:
+        raise ImageError(f"{url} is not a usable disk image: {e}") from e
+    fmt = info.get("format", "raw")
+    if fmt == "raw":
+        stripped = head.lstrip().lower()
+        if stripped.startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
+            raise ImageError(f"{url} is not a disk image: it looks like a text/HTML/JSON document")
+        if size % 512:
+            raise ImageError(f"{url} is not a disk image: raw size {size} is not a multiple of 512 bytes")
+    if info.get("backing-filename"):
+        raise ImageError(f"{url} refers to a backing file ({info['backing-filename']}); refusing to use it")
+    data = (info.get("format-specific") or {}).get("data") or {}
+    if data.get("data-file"):
+        raise ImageError(f"{url} uses an external data file; refusing to use it")
+    return fmt, int(info.get("virtual-size", size))
+
+
+def list_cached(root: Path | None = None) -> list[CachedImage]:
+    d = images_dir(root)
+    if not d.is_dir():
+        return []
+    out = []
+    for side in sorted(d.glob("*.json")):
+        c = _load_cached(side.with_suffix(".img"))
+        if c is not None:
+            out.append(c)
+    return out
+
+
+def _overlay_backings(root: Path) -> set[Path]:
+    """Backing files referenced by the disks under <root>/vms (safety net for prune_unused)."""
+    used: set[Path] = set()
+    vms = root / "vms"
+    if not vms.is_dir():
+        return used
+    for disk in vms.glob("*/*/*.qcow2"):
+        try:
+            info = qemu_img_info(disk, "qcow2")
+        except StorageError:
+            continue
+        b = info.get("full-backing-filename") or info.get("backing-filename")
+        if b:
+            used.add(Path(b))
+    return used
+
+
+def prune_unused(root: Path | None = None, in_use: Iterable[Path] = ()) -> list[Path]:
+    """Delete cached images not in ``in_use`` and not backing any overlay under <root>/vms.
+
+    Also removes stale partial downloads. Returns the removed image paths.
+    """
+    root = Path(root) if root is not None else storage_root()
+    d = images_dir(root)
+    if not d.is_dir():
+        return []
+    keep = {Path(p).resolve() for p in in_use} | {p.resolve() for p in _overlay_backings(root)}
+    removed: list[Path] = []
+    for img in sorted(d.glob("*.img")):
+        if img.resolve() in keep:
+            continue
+        with _flock(img.with_suffix(".lock")):
+            _sidecar(img).unlink(missing_ok=True)
+            img.unlink(missing_ok=True)
+        removed.append(img)
+        log.info("pruned cached image", extra={"path": str(img)})
+    for part in d.glob(".*.part"):
+        with contextlib.suppress(OSError):
+            if time.time() - part.stat().st_mtime > 24 * 3600:
+                part.unlink()
+    return removed

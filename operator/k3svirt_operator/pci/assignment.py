@@ -1,0 +1,207 @@
+"""Which host PCI functions a VM gets: a pure decision over the VM spec and the PCIPassthrough objects.
+
+``VirtualMachine.spec.hostDevices[]`` is ``{name: <name in the VM>, pciPassthrough: <PCIPassthrough>}``.
+A VM may use a PCIPassthrough when it is on the VM's node, its phase is ``Bound`` (or ``Assigned`` to
+this same VM), it is not reserved for another VM (``spec.assignTo``) and not assigned to one
+(``status.assignedTo``), and every endpoint of its IOMMU group is on a VFIO driver and not in another VM.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from k3svirt_common import names
+
+from . import sysfs
+
+PHASE_PENDING = "Pending"
+PHASE_AVAILABLE = "Available"
+PHASE_BOUND = "Bound"
+PHASE_ASSIGNED = "Assigned"
+PHASE_FAILED = "Failed"
+
+VFIO_DRIVERS = ("vfio-pci", "pci-stub")
+
+
+@dataclass(frozen=True)
+class ResolvedHostDevice:
+    name: str  # the device's name in the VM (spec.hostDevices[].name)
+    passthrough: str  # the PCIPassthrough object's name
+    address: str  # host PCI address, "0000:03:00.0"
+    group_members: tuple[str, ...] = ()
+    numa_node: int | None = None
+
+    @property
+    def source_address(self) -> dict[str, str]:
+        """Attributes for ``<hostdev><source><address .../>``: domain/bus/slot/function as ``0x..``."""
+        return sysfs.address_parts(self.address)
+
+
+@dataclass(frozen=True)
+class HostDeviceError:
+    name: str  # spec.hostDevices[].name (or the PCIPassthrough name when the entry has none)
+    reason: str  # CamelCase, for the VM's HostDevicesReady condition
+    message: str
+
+
+class HostDeviceResolutionError(ValueError):
+    """Every reason the VM's hostDevices cannot be satisfied (``.errors``); a ValueError for the reconciler."""
+
+    def __init__(self, errors: list[HostDeviceError]) -> None:
+        super().__init__("; ".join(e.message for e in errors))
+        self.errors = list(errors)
+
+
+def _ref(obj: Mapping[str, Any] | None) -> str | None:
+    if not obj or not obj.get("name"):
+        return None
+    return f"{obj.get('namespace', '')}/{obj['name']}"
+
+
+def resolve_host_devices(
+    vm_spec: Mapping[str, Any],
+    pcip_objects: Iterable[Mapping[str, Any]],
+    node: str,
+    *,
+    vm_namespace: str,
+    vm_name: str,
+) -> list[ResolvedHostDevice]:
+    """Resolve ``vm_spec["hostDevices"]`` to host addresses for the domain XML.
+
+    ``pcip_objects`` are whole PCIPassthrough objects (metadata/spec/status), all of them or at least
+    those on ``node``. Raises :class:`HostDeviceResolutionError` listing every problem.
+    """
+    objs = {o["metadata"]["name"]: o for o in pcip_objects}
+    me = f"{vm_namespace}/{vm_name}"
+    errors: list[HostDeviceError] = []
+    out: list[ResolvedHostDevice] = []
+    seen_addr: dict[str, str] = {}
+    # Addresses assigned to other VMs, for the IOMMU group check.
+    others: dict[str, str] = {}
+    for o in objs.values():
+        st = o.get("status") or {}
+        who = _ref(st.get("assignedTo"))
+        if who and who != me and st.get("address") and (o.get("spec") or {}).get("nodeName") == node:
+            others[st["address"]] = f"{who} (via PCIPassthrough {o['metadata']['name']})"
+
+    for item in vm_spec.get("hostDevices") or []:
+        name = item.get("name") or item.get("pciPassthrough", "?")
+        pname = item.get("pciPassthrough") or ""
+
+        def err(reason: str, msg: str, name: str = name) -> None:
+            errors.append(HostDeviceError(name, reason, msg))
+
+        o = objs.get(pname)
+        if o is None:
+            err("PCIPassthroughNotFound", f"PCIPassthrough {pname} does not exist")
+            continue
+        spec, st = o.get("spec") or {}, o.get("status") or {}
+        phase = st.get("phase") or PHASE_PENDING
+        if spec.get("nodeName") != node:
+            err("WrongNode",
+                f"PCIPassthrough {pname} is on node {spec.get('nodeName')}, VM is on node {node}")
+            continue
+        reserved = _ref(spec.get("assignTo"))
+        if reserved and reserved != me:
+            err("ReservedForOtherVM", f"PCIPassthrough {pname} is reserved for VM {reserved}")
+            continue
+        assigned = _ref(st.get("assignedTo"))
+        if assigned and assigned != me:
+            err("AssignedToOtherVM", f"PCIPassthrough {pname} is assigned to other VM {assigned}")
+            continue
+        if phase not in (PHASE_BOUND, PHASE_ASSIGNED) or (phase == PHASE_ASSIGNED and assigned != me):
+            err("NotBound", f"PCIPassthrough {pname} is not Bound (phase {phase})")
+            continue
+        if (st.get("observedGeneration") is not None and (o["metadata"].get("generation") is not None)
+                and st["observedGeneration"] != o["metadata"]["generation"]):
+            err("NotBound", f"PCIPassthrough {pname} has a spec change not yet reconciled")
+            continue
+        address = st.get("address")
+        if not address:
+            err("NotBound", f"PCIPassthrough {pname} has no resolved address")
+            continue
+        if address in seen_addr:
+            err("DuplicateDevice", f"PCIPassthrough {pname} and {seen_addr[address]} both name {address}")
+            continue
+        seen_addr[address] = pname
+        members = st.get("groupMembers") or []
+        bad = [m for m in members if not m.get("isBridge")
+               and m.get("driver") not in (None, *VFIO_DRIVERS)]
+        if bad:
+            listing = ", ".join(f"{m['address']} ({m.get('driver')})" for m in bad)
+            err("GroupNotViable", f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is not "
+                f"viable: {listing} still on a host driver")
+            continue
+        clash = [f"{m['address']} is in VM {others[m['address']]}" for m in members if m["address"] in others]
+        if clash:
+            err("GroupInOtherVM", f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is split: "
+                + "; ".join(clash) + " (a group can only belong to one VM)")
+            continue
+        out.append(ResolvedHostDevice(
+            name=name, passthrough=pname, address=address,
+            group_members=tuple(m["address"] for m in members), numa_node=st.get("numaNode")))
+    if errors:
+        raise HostDeviceResolutionError(errors)
+    return out
+
+
+def host_device_map(resolved: Iterable[ResolvedHostDevice]) -> dict[str, str]:
+    """``{hostDevices[].name: address}``: what ``domain_xml.DomainContext(host_devices=...)`` takes."""
+    return {d.name: d.address for d in resolved}
+
+
+def passthrough_names(vm_spec: Mapping[str, Any]) -> list[str]:
+    """The PCIPassthrough names a VM spec refers to (for indexing and for the VM's node pinning)."""
+    return [i["pciPassthrough"] for i in vm_spec.get("hostDevices") or [] if i.get("pciPassthrough")]
+
+
+# Kubernetes glue for the VM reconciler (handlers._resolve_host_devices) --------------------------
+
+# Resolution + marking status.assignedTo must not interleave between two VMs of this node.
+ASSIGN_LOCK = threading.Lock()
+
+
+def resolve_for_vm(rt: Any, vm: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str]:
+    """Resolve a VM's hostDevices on this node and mark the PCIPassthroughs ``Assigned`` to it.
+
+    ``rt`` is the operator Runtime (``list_objects``, ``patch_status``, ``settings.node_name``).
+    Returns ``{hostDevices[].name: address}`` for ``DomainContext.host_devices``; raises
+    :class:`HostDeviceResolutionError` (a ValueError). Entries dropped from the spec are unassigned.
+    """
+    from .reconcile import assigned_status  # noqa: PLC0415 - avoid an import cycle
+
+    with ASSIGN_LOCK:
+        objs = rt.list_objects(names.PCIPASSTHROUGH_PLURAL)
+        resolved = resolve_host_devices(spec, objs, rt.settings.node_name,
+                                        vm_namespace=vm["namespace"], vm_name=vm["name"])
+        by_name = {o["metadata"]["name"]: o for o in objs}
+        for d in resolved:
+            st = by_name[d.passthrough].get("status") or {}
+            if _ref(st.get("assignedTo")) != f"{vm['namespace']}/{vm['name']}":
+                rt.patch_status(names.PCIPASSTHROUGH_PLURAL, None, d.passthrough,
+                                assigned_status(st, vm["namespace"], vm["name"], vm.get("uid")))
+        _unassign(rt, objs, vm, keep={d.passthrough for d in resolved})
+    return host_device_map(resolved)
+
+
+def release_for_vm(rt: Any, vm: Mapping[str, str]) -> list[str]:
+    """Clear ``status.assignedTo`` of every PCIPassthrough assigned to the VM (domain stopped/undefined,
+    VM deleted). Returns the names it released."""
+    with ASSIGN_LOCK:
+        return _unassign(rt, rt.list_objects(names.PCIPASSTHROUGH_PLURAL), vm, keep=set())
+
+
+def _unassign(rt: Any, objs: Iterable[Mapping[str, Any]], vm: Mapping[str, str], keep: set[str]) -> list[str]:
+    from .reconcile import unassigned_status  # noqa: PLC0415
+
+    me = f"{vm['namespace']}/{vm['name']}"
+    out = []
+    for o in objs:
+        name, st = o["metadata"]["name"], o.get("status") or {}
+        if name not in keep and _ref(st.get("assignedTo")) == me:
+            rt.patch_status(names.PCIPASSTHROUGH_PLURAL, None, name, unassigned_status(st))
+            out.append(name)
+    return out

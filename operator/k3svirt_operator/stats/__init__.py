@@ -1,0 +1,57 @@
+"""VM monitoring: libvirt sampling, rates, Prometheus /metrics and per-VM JSON.
+
+Wiring (operator startup)::
+
+    from k3svirt_operator.stats import start_monitoring
+    collector, server = start_monitoring(get_conn, node_name=node)   # env-driven interval/port
+    ...
+    summarize(collector.get(ns, name))      # -> dict for status.monitoring, every ~30 s
+    server.stats_url(ns, name, host=node_ip) # -> status.monitoring.endpoint
+    ...
+    server.stop(); collector.stop()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import libvirt
+
+from .collector import StatsCollector, StatsSnapshot
+from .metrics import VMMetricsCollector, make_registry
+from .model import RawSample, VMRef, VMStats
+from .sampler import Sampler, derive, parse_record
+from .server import MetricsServer
+from .summary import summarize
+
+__all__ = [
+    "MetricsServer",
+    "RawSample",
+    "Sampler",
+    "StatsCollector",
+    "StatsSnapshot",
+    "VMMetricsCollector",
+    "VMRef",
+    "VMStats",
+    "derive",
+    "make_registry",
+    "parse_record",
+    "start_monitoring",
+    "summarize",
+]
+
+
+def start_monitoring(
+    conn: libvirt.virConnect | Callable[[], libvirt.virConnect],
+    *,
+    node_name: str | None = None,
+    interval: float | None = None,
+    port: int | None = None,
+    host: str | None = None,
+) -> tuple[StatsCollector, MetricsServer]:
+    """Start the sampling thread and the HTTP server (both daemon threads); return both."""
+    collector = StatsCollector(conn, node_name=node_name, interval=interval)
+    collector.start()
+    server = MetricsServer(collector, port=port, host=host)
+    server.start()
+    return collector, server

@@ -1,0 +1,620 @@
+"""Node-local VM disk storage: pure planning (spec -> qemu-img argv) plus a small idempotent executor.
+
+Layout, all under one storage root (env ``K3SVIRT_STORAGE_ROOT``, default ``/var/lib/k3svirt``)::
+
+    <root>/images/<sha256(url)>.img (+ .json sidecar, .lock)   shared base-image cache (image_cache.py)
+    <root>/vms/<namespace>/<name>/<disk>.qcow2|.raw             disks we create
+    <root>/vms/<namespace>/<name>/seed.iso                      NoCloud seed (cloudinit.py)
+    <root>/vms/<namespace>/<name>/console.log                   serial console log (written by libvirt)
+
+Permissions (the choice, documented): we do NOT depend on libvirt's ``dynamic_ownership`` but stay
+compatible with it. Directories are 0755 (root, images/, vms/, vms/<ns>/) and 0711 for a VM dir
+(QEMU can traverse to the files it is given, other users cannot list them). Disks we create are
+0660 and chowned to the QEMU user (``K3SVIRT_QEMU_USER``, default ``libvirt-qemu``, group ``kvm``)
+when that user exists and we run as root; otherwise they stay root-owned and libvirt's
+``dynamic_ownership`` (on by default) relabels them at domain start. Cached base images are 0644
+root-owned: QEMU only ever opens them read-only as backing files, so a guest can never write them.
+
+Sizes: quantities are parsed to bytes and rounded UP to a multiple of 512 (qemu-img does the same;
+we do it in the plan so the argv is exact).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import grp
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from k3svirt_common.quantity import parse_quantity
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE_ROOT = "/var/lib/k3svirt"
+QEMU_IMG = "qemu-img"
+QEMU_IMG_TIMEOUT = 600  # seconds; a full preallocation of a large raw disk can take a while
+
+DIR_MODE = 0o755
+VM_DIR_MODE = 0o711
+DISK_MODE = 0o660
+
+FORMATS = ("qcow2", "raw")
+CLONE_MODES = ("overlay", "copy")
+PROVISIONING = ("thin", "thick")
+QCOW2_PREALLOCATION = ("off", "metadata", "falloc", "full")
+THICK_PREALLOCATION = "full"  # CRD: thick = "preallocation full unless qcow2.preallocation says otherwise"
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_CHECKSUM_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
+
+
+class StorageSpecError(ValueError):
+    """The disk spec is invalid; the message starts with the offending field path."""
+
+
+class StorageError(RuntimeError):
+    """Creating/inspecting storage failed at execution time (qemu-img failure, missing volume...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# quantities
+def quantity_bytes(value: Any, field_path: str) -> int:
+    """Parse a k8s quantity (``"10Gi"``, ``"512"``, or an int) into bytes; errors name the field."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise StorageSpecError(f"{field_path}: must be a quantity like '10Gi', got {value!r}")
+    try:
+        n = parse_quantity(value, field=field_path)
+    except ValueError as e:
+        raise StorageSpecError(str(e)) from e
+    if n <= 0:
+        raise StorageSpecError(f"{field_path}: must be positive, got {value!r}")
+    return n
+
+
+def _round512(n: int) -> int:
+    return (n + 511) // 512 * 512
+
+
+# ---------------------------------------------------------------------------------------------
+# paths
+def storage_root() -> Path:
+    return Path(os.environ.get("K3SVIRT_STORAGE_ROOT", DEFAULT_STORAGE_ROOT))
+
+
+def _check_component(value: str, what: str) -> str:
+    if not value or "/" in value or value in (".", "..") or "\0" in value:
+        raise StorageSpecError(f"{what}: invalid path component {value!r}")
+    return value
+
+
+def vm_dir(namespace: str, name: str, root: Path | None = None) -> Path:
+    root = Path(root) if root is not None else storage_root()
+    return (
+        root
+        / "vms"
+        / _check_component(namespace, "metadata.namespace")
+        / _check_component(name, "metadata.name")
+    )
+
+
+def seed_path(namespace: str, name: str, root: Path | None = None) -> Path:
+    return vm_dir(namespace, name, root) / "seed.iso"
+
+
+def console_log_path(namespace: str, name: str, root: Path | None = None) -> Path:
+    return vm_dir(namespace, name, root) / "console.log"
+
+
+# ---------------------------------------------------------------------------------------------
+# plan
+@dataclass(frozen=True)
+class ImageRef:
+    url: str
+    checksum: str | None  # "sha256:<hex>" or None
+    clone: str  # overlay | copy
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """What planning needs to know about a cached base image (image_cache.CachedImage satisfies it)."""
+
+    path: Path
+    format: str
+    virtual_size: int
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    index: int
+    name: str
+    kind: str  # blank | image | volume
+    path: Path  # final disk path (the volume path itself for kind == volume)
+    format: str | None  # None only for a volume whose format is detected at execution
+    size: int | None  # bytes, rounded up to 512; None = take it from the image
+    tmp_path: Path | None  # commands write here; renamed to `path` on success (None for volumes)
+    commands: tuple[tuple[str, ...], ...]  # exact qemu-img argvs; empty for volumes / unresolved images
+    image: ImageRef | None = None
+    base: BaseImage | None = None  # resolved cached image (image kind only)
+    preallocation: str = "off"
+    options: str = ""  # the qemu-img -o string for disks we create
+    owned: bool = True  # False for volumes: never created, never deleted by us
+
+    @property
+    def needs_image(self) -> bool:
+        """True when this is an image disk whose base image is not resolved yet (commands empty)."""
+        return self.kind == "image" and self.base is None
+
+    def with_base(self, base: BaseImage) -> DiskPlan:
+        """Return the plan with the base image resolved and the exact commands filled in."""
+        if self.kind != "image" or self.image is None:
+            return self
+        commands = _image_commands(self, base)
+        return replace(self, base=base, commands=commands)
+
+
+@dataclass(frozen=True)
+class DiskResult:
+    name: str
+    path: Path
+    format: str
+    created: bool  # True if created by this call, False if it already existed (or is a volume)
+    kind: str
+    virtual_size: int | None = None
+    actual_size: int | None = None
+    backing_file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _qcow2_opts(cluster_size: int, preallocation: str, lazy: bool) -> str:
+    return (
+        f"cluster_size={cluster_size},preallocation={preallocation},lazy_refcounts={'on' if lazy else 'off'}"
+    )
+
+
+def plan_disks(
+    namespace: str,
+    name: str,
+    disks: Sequence[Mapping[str, Any]] | None,
+    root: Path | None = None,
+    images: Mapping[str, BaseImage] | None = None,
+) -> list[DiskPlan]:
+    """Validate ``spec.disks`` and return one DiskPlan per disk (pure: no filesystem access).
+
+    ``images`` maps image URLs to already-cached base images; image disks whose URL is not in it
+    come back with ``needs_image`` True and empty ``commands`` (``ensure_disks`` resolves them, or
+    call ``plan.with_base(image_cache.ensure_image(...))`` yourself).
+    """
+    root = Path(root) if root is not None else storage_root()
+    images = images or {}
+    vdir = vm_dir(namespace, name, root)
+    plans: list[DiskPlan] = []
+    seen: dict[str, int] = {}
+    for i, disk in enumerate(disks or []):
+        fp = f"spec.disks[{i}]"
+        if not isinstance(disk, Mapping):
+            raise StorageSpecError(f"{fp}: must be an object")
+        dname = disk.get("name")
+        if not isinstance(dname, str) or not _NAME_RE.match(dname) or len(dname) > 63:
+            raise StorageSpecError(
+                f"{fp}.name: must be a DNS label (lowercase letters, digits, '-', at most 63), got {dname!r}"
+            )
+        if dname in seen:
+            raise StorageSpecError(
+                f"{fp}.name: duplicate disk name {dname!r} (also spec.disks[{seen[dname]}])"
+            )
+        seen[dname] = i
+        plans.append(_plan_one(i, fp, dname, disk, vdir, root, images))
+    return plans
+
+
+def _source_kind(disk: Mapping[str, Any], fp: str) -> tuple[str, Mapping[str, Any]]:
+    source = disk.get("source")
+    if source is None:
+        return "blank", {}
+    if not isinstance(source, Mapping):
+        raise StorageSpecError(f"{fp}.source: must be an object")
+    keys = [k for k in ("blank", "image", "volume") if source.get(k) is not None]
+    unknown = sorted(set(source) - {"blank", "image", "volume"})
+    if unknown:
+        raise StorageSpecError(
+            f"{fp}.source: unknown source type {unknown[0]!r} (use blank, image or volume)"
+        )
+    if len(keys) > 1:
+        raise StorageSpecError(f"{fp}.source: exactly one of blank, image, volume may be set, got {keys}")
+    if not keys:
+        return "blank", {}
+    body = source[keys[0]]
+    if not isinstance(body, Mapping):
+        raise StorageSpecError(f"{fp}.source.{keys[0]}: must be an object")
+    return keys[0], body
+
+
+def _plan_one(
+    i: int,
+    fp: str,
+    dname: str,
+    disk: Mapping[str, Any],
+    vdir: Path,
+    root: Path,
+    images: Mapping[str, BaseImage],
+) -> DiskPlan:
+    kind, body = _source_kind(disk, fp)
+    fmt_given = disk.get("format")
+    if fmt_given is not None and fmt_given not in FORMATS:
+        raise StorageSpecError(f"{fp}.format: must be one of {', '.join(FORMATS)}, got {fmt_given!r}")
+    prov = disk.get("provisioning")
+    if prov is not None and prov not in PROVISIONING:
+        raise StorageSpecError(f"{fp}.provisioning: must be thin or thick, got {prov!r}")
+    size = _round512(quantity_bytes(disk["size"], f"{fp}.size")) if disk.get("size") is not None else None
+    q = disk.get("qcow2")
+    if q is not None and not isinstance(q, Mapping):
+        raise StorageSpecError(f"{fp}.qcow2: must be an object")
+
+    if kind == "volume":
+        path = body.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise StorageSpecError(f"{fp}.source.volume.path: must be an absolute path, got {path!r}")
+        p = Path(os.path.normpath(path))
+        if p == root or root in p.parents:
+            raise StorageSpecError(
+                f"{fp}.source.volume.path: must not be inside the k3svirt storage root {root}"
+            )
+        for key in ("size", "qcow2", "provisioning"):
+            if disk.get(key) is not None:
+                raise StorageSpecError(
+                    f"{fp}.{key}: not allowed with source.volume (the volume is used as is)"
+                )
+        return DiskPlan(
+            index=i,
+            name=dname,
+            kind="volume",
+            path=p,
+            format=fmt_given,
+            size=None,
+            tmp_path=None,
+            commands=(),
+            owned=False,
+        )
+
+    fmt = fmt_given or "qcow2"
+    clone = None
+    image = None
+    if kind == "image":
+        url = body.get("url")
+        if not isinstance(url, str) or not re.match(r"^(https?|file)://", url):
+            raise StorageSpecError(
+                f"{fp}.source.image.url: must be an http://, https:// or file:// URL, got {url!r}"
+            )
+        checksum = body.get("checksum")
+        if checksum is not None and (not isinstance(checksum, str) or not _CHECKSUM_RE.match(checksum)):
+            raise StorageSpecError(
+                f"{fp}.source.image.checksum: must be 'sha256:<64 hex digits>', got {checksum!r}"
+            )
+        clone = body.get("clone") or "overlay"
+        if clone not in CLONE_MODES:
+            raise StorageSpecError(f"{fp}.source.image.clone: must be overlay or copy, got {clone!r}")
+        if clone == "overlay" and fmt != "qcow2":
+            raise StorageSpecError(
+                f"{fp}.format: an overlay (source.image.clone: overlay) is always qcow2; "
+                f"use format: qcow2 or source.image.clone: copy"
+            )
+        image = ImageRef(url=url, checksum=checksum.lower() if checksum else None, clone=clone)
+    elif size is None:
+        raise StorageSpecError(f"{fp}.size: required for a blank disk")
+
+    # qcow2 options
+    if q is not None and fmt != "qcow2":
+        raise StorageSpecError(f"{fp}.qcow2: only valid with format: qcow2 (format is {fmt})")
+    q = q or {}
+    unknown = sorted(set(q) - {"clusterSize", "preallocation", "lazyRefcounts"})
+    if unknown:
+        raise StorageSpecError(f"{fp}.qcow2.{unknown[0]}: unknown field")
+    cluster = 65536
+    if q.get("clusterSize") is not None:
+        cluster = quantity_bytes(q["clusterSize"], f"{fp}.qcow2.clusterSize")
+        if cluster < 512 or cluster > 2 * 1024 * 1024 or cluster & (cluster - 1):
+            raise StorageSpecError(f"{fp}.qcow2.clusterSize: must be a power of two between 512 and 2Mi")
+    lazy = q.get("lazyRefcounts", False)
+    if not isinstance(lazy, bool):
+        raise StorageSpecError(f"{fp}.qcow2.lazyRefcounts: must be true or false, got {lazy!r}")
+    prealloc = q.get("preallocation")
+    if prealloc is not None and prealloc not in QCOW2_PREALLOCATION:
+        raise StorageSpecError(
+            f"{fp}.qcow2.preallocation: must be one of {', '.join(QCOW2_PREALLOCATION)}, got {prealloc!r}"
+        )
+    if prealloc is None:  # an explicit qcow2.preallocation wins over provisioning (CRD contract)
+        prealloc = THICK_PREALLOCATION if prov == "thick" else "off"
+    if clone == "overlay" and prealloc != "off":
+        field_name = "qcow2.preallocation" if q.get("preallocation") is not None else "provisioning"
+        raise StorageSpecError(
+            f"{fp}.{field_name}: preallocation is not possible for an overlay on a backing image "
+            f"(use source.image.clone: copy for a thick disk)"
+        )
+
+    ext = fmt
+    path = vdir / f"{dname}.{ext}"
+    tmp = vdir / f".{dname}.{ext}.tmp"
+    opts = _qcow2_opts(cluster, prealloc, lazy) if fmt == "qcow2" else f"preallocation={prealloc}"
+    plan = DiskPlan(
+        index=i,
+        name=dname,
+        kind=kind,
+        path=path,
+        format=fmt,
+        size=size,
+        tmp_path=tmp,
+        commands=(),
+        image=image,
+        preallocation=prealloc,
+        options=opts,
+    )
+    if kind == "blank":
+        assert size is not None
+        return replace(
+            plan, commands=((QEMU_IMG, "create", "-q", "-f", fmt, "-o", opts, str(tmp), str(size)),)
+        )
+    assert image is not None
+    base = images.get(image.url)
+    return plan.with_base(base) if base is not None else plan
+
+
+def _image_commands(plan: DiskPlan, base: BaseImage) -> tuple[tuple[str, ...], ...]:
+    fp = f"spec.disks[{plan.index}]"
+    assert plan.image is not None and plan.tmp_path is not None and plan.format is not None
+    opts = plan.options
+    if plan.size is not None and plan.size < base.virtual_size:
+        raise StorageSpecError(
+            f"{fp}.size: {plan.size} bytes is smaller than the image's virtual size "
+            f"{base.virtual_size} bytes (disks are never shrunk)"
+        )
+    tmp = str(plan.tmp_path)
+    if plan.image.clone == "overlay":
+        cmd = [
+            QEMU_IMG,
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            base.format,
+            "-b",
+            str(base.path),
+            "-o",
+            opts,
+            tmp,
+        ]
+        if plan.size is not None:
+            cmd.append(str(plan.size))
+        return (tuple(cmd),)
+    cmds: list[tuple[str, ...]] = [
+        (QEMU_IMG, "convert", "-q", "-f", base.format, "-O", plan.format, "-o", opts, str(base.path), tmp)
+    ]
+    if plan.size is not None and plan.size > base.virtual_size:
+        cmds.append(
+            (
+                QEMU_IMG,
+                "resize",
+                "-q",
+                "-f",
+                plan.format,
+                f"--preallocation={plan.preallocation}",
+                tmp,
+                str(plan.size),
+            )
+        )
+    return tuple(cmds)
+
+
+# ---------------------------------------------------------------------------------------------
+# execution
+def _qemu_ids() -> tuple[int, int] | None:
+    if os.geteuid() != 0:
+        return None
+    user = os.environ.get("K3SVIRT_QEMU_USER", "libvirt-qemu")
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    gid = pw.pw_gid
+    with contextlib.suppress(KeyError):
+        gid = grp.getgrnam(os.environ.get("K3SVIRT_QEMU_GROUP", "kvm")).gr_gid
+    return pw.pw_uid, gid
+
+
+def give_to_qemu(path: Path, mode: int = DISK_MODE) -> None:
+    """chmod the file and chown it to the QEMU user when possible (see module doc)."""
+    os.chmod(path, mode)
+    ids = _qemu_ids()
+    if ids is not None:
+        os.chown(path, *ids)
+
+
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """mkdir -p with explicit modes (umask-independent) for the leaf dir."""
+    path.mkdir(parents=True, exist_ok=True)
+    if (path.stat().st_mode & 0o7777) != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def ensure_vm_dir(namespace: str, name: str, root: Path | None = None) -> Path:
+    root = Path(root) if root is not None else storage_root()
+    ensure_dir(root)
+    ensure_dir(root / "vms")
+    d = vm_dir(namespace, name, root)
+    ensure_dir(d.parent)
+    return ensure_dir(d, VM_DIR_MODE)
+
+
+def run_qemu_img(argv: Sequence[str], timeout: float = QEMU_IMG_TIMEOUT) -> str:
+    """Run one qemu-img argv; raise StorageError with its stderr on failure."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise StorageError(f"{' '.join(argv)}: timed out after {timeout}s") from e
+    except OSError as e:
+        raise StorageError(f"{argv[0]}: cannot run: {e}") from e
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip()
+        raise StorageError(f"{' '.join(argv)} failed (exit {proc.returncode}): {err}")
+    return proc.stdout
+
+
+def qemu_img_info(path: Path, fmt: str | None = None, timeout: float = 60) -> dict[str, Any]:
+    """``qemu-img info --output=json -U`` (-U: works while a running VM holds the image lock)."""
+    argv = [QEMU_IMG, "info", "--output=json", "-U"]
+    if fmt:
+        argv += ["-f", fmt]
+    argv.append(str(path))
+    return json.loads(run_qemu_img(argv, timeout=timeout))
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+ImageFetcher = Callable[[str, "str | None", Path], BaseImage]
+
+
+def _default_fetcher(url: str, checksum: str | None, root: Path) -> BaseImage:
+    from . import image_cache
+
+    return image_cache.ensure_image(url, checksum, root)
+
+
+def ensure_disks(
+    plans: Sequence[DiskPlan],
+    root: Path | None = None,
+    fetch_image: ImageFetcher | None = None,
+    timeout: float = QEMU_IMG_TIMEOUT,
+) -> list[DiskResult]:
+    """Create the disks that don't exist yet; never touch an existing disk. Idempotent.
+
+    Image disks with unresolved bases are resolved via ``fetch_image(url, checksum, root)``
+    (default: ``image_cache.ensure_image``), only if the disk file does not exist yet.
+    Creation goes to ``<vmdir>/.<disk>.<fmt>.tmp`` and is renamed into place on success, so a
+    crash never leaves a half-written disk under the final name.
+    """
+    root = Path(root) if root is not None else storage_root()
+    fetch = fetch_image or _default_fetcher
+    results: list[DiskResult] = []
+    for plan in plans:
+        if plan.kind == "volume":
+            results.append(_check_volume(plan))
+            continue
+        vdir = plan.path.parent
+        ensure_dir(root)
+        ensure_dir(root / "vms")
+        ensure_dir(vdir.parent)
+        ensure_dir(vdir, VM_DIR_MODE)
+        with _locked(vdir / ".lock"):
+            if plan.path.exists():
+                results.append(DiskResult(plan.name, plan.path, plan.format or "", False, plan.kind))
+                continue
+            if plan.needs_image:
+                assert plan.image is not None
+                plan = plan.with_base(fetch(plan.image.url, plan.image.checksum, root))
+            assert plan.tmp_path is not None and plan.format is not None
+            plan.tmp_path.unlink(missing_ok=True)  # leftover of an interrupted attempt
+            try:
+                for argv in plan.commands:
+                    run_qemu_img(argv, timeout=timeout)
+                give_to_qemu(plan.tmp_path)
+                os.rename(plan.tmp_path, plan.path)
+            except BaseException:
+                plan.tmp_path.unlink(missing_ok=True)
+                raise
+            log.info("created disk", extra={"disk": plan.name, "path": str(plan.path), "kind": plan.kind})
+            results.append(
+                DiskResult(
+                    plan.name,
+                    plan.path,
+                    plan.format,
+                    True,
+                    plan.kind,
+                    backing_file=str(plan.base.path)
+                    if plan.base and plan.image and plan.image.clone == "overlay"
+                    else None,
+                )
+            )
+    return results
+
+
+def _check_volume(plan: DiskPlan) -> DiskResult:
+    fp = f"spec.disks[{plan.index}].source.volume.path"
+    if not plan.path.exists():
+        raise StorageError(f"{fp}: {plan.path} does not exist on this node")
+    if not (plan.path.is_file() or plan.path.is_block_device()):
+        raise StorageError(f"{fp}: {plan.path} is not a regular file or block device")
+    info = qemu_img_info(plan.path)
+    detected = info.get("format", "raw")
+    if plan.format is not None and plan.format != detected:
+        raise StorageError(
+            f"spec.disks[{plan.index}].format: {plan.format} given but {plan.path} is {detected}"
+        )
+    return DiskResult(
+        plan.name,
+        plan.path,
+        plan.format or detected,
+        False,
+        "volume",
+        virtual_size=info.get("virtual-size"),
+        actual_size=info.get("actual-size"),
+        backing_file=info.get("backing-filename"),
+    )
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    format: str
+    virtual_size: int
+    actual_size: int | None
+    backing_file: str | None
+
+
+def disk_usage(path: Path, fmt: str | None = None) -> DiskUsage:
+    """Virtual vs actually allocated size of one disk (for status); works on in-use images."""
+    info = qemu_img_info(path, fmt)
+    return DiskUsage(
+        format=info.get("format", ""),
+        virtual_size=int(info.get("virtual-size", 0)),
+        actual_size=info.get("actual-size"),
+        backing_file=info.get("backing-filename"),
+    )
+
+
+def remove_vm_storage(namespace: str, name: str, root: Path | None = None, keep: bool = False) -> bool:
+    """Delete ``vms/<ns>/<name>/`` (our disks, seed.iso, console.log) unless ``keep``.
+
+    Never touches volume sources (they live outside the storage root, enforced by plan_disks)
+    nor the shared image cache. Returns True if something was removed. Removes the namespace
+    dir too when it becomes empty.
+    """
+    d = vm_dir(namespace, name, root)
+    if keep:
+        log.info("retaining VM storage", extra={"path": str(d)})
+        return False
+    if not d.exists() and not d.is_symlink():
+        return False
+    if d.is_symlink() or not d.is_dir():
+        raise StorageError(f"{d} is not a directory; refusing to delete it")
+    shutil.rmtree(d)
+    with contextlib.suppress(OSError):
+        d.parent.rmdir()  # only succeeds if empty
+    log.info("removed VM storage", extra={"path": str(d)})
+    return True

@@ -1,0 +1,324 @@
+"""One reconcile pass of a VirtualMachine: resolve -> provision -> define -> power -> status.
+
+Runs in a worker thread (libvirt and qemu-img block). It returns the status to write and the
+events to post; the kopf handlers do the writing. Bad specs become failed conditions with the
+field named, never exceptions that make kopf retry forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+from k3svirt_common import names, templates
+
+from . import cloudinit, domains, image_cache, storage
+from .accel import Acceleration
+from .config import Settings
+from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
+from .libvirt_conn import LibvirtConnection
+from .lifecycle import Power, Step, decide
+from .vmstatus import condition, merge_conditions, printable_status, ready_condition
+
+log = logging.getLogger(__name__)
+
+TemplateGetter = Callable[[str, str], Mapping[str, Any] | None]  # (namespace, name) -> VMTemplate
+HostDeviceResolver = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, str]]
+
+
+@dataclass
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Result:
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+    requeue: float | None = None  # seconds until the next pass is needed (None: on events/resync)
+
+
+class SpecProblem(Exception):
+    """The VM cannot be realised as specified: becomes printableStatus `status` and a condition."""
+
+    def __init__(self, status: str, cond_type: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.cond_type, self.reason, self.message = status, cond_type, reason, message
+
+
+@dataclass
+class _Stopping:
+    since: float
+    then_start: bool
+
+
+class VMReconciler:
+    def __init__(self, settings: Settings, conn: LibvirtConnection, accel: Acceleration,
+                 get_template: TemplateGetter, resolve_host_devices: HostDeviceResolver | None = None) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.accel = accel
+        self.get_template = get_template
+        self.resolve_host_devices = resolve_host_devices
+        self._stopping: dict[str, _Stopping] = {}
+
+    # ------------------------------------------------------------------ reconcile
+    def reconcile(self, body: Mapping[str, Any]) -> Result:
+        meta, spec = body["metadata"], body.get("spec") or {}
+        status = dict(body.get("status") or {})
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        events: list[Event] = []
+        conds: list[dict[str, Any]] = []
+        base = {
+            "node": self.settings.node_name,
+            "observedGeneration": meta.get("generation"),
+            "acceleration": self.accel.label,
+            "domainName": names.domain_name(ns, name),
+            "domainUUID": uid,
+        }
+        try:
+            expanded = self._expand(ns, spec, status)
+            if spec.get("template") or spec.get("presets"):
+                conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved",
+                                       _describe_resolution(expanded)))
+            ctx = self._provision(ns, name, uid, expanded.spec)
+            conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
+            if expanded.spec.get("hostDevices"):
+                conds.append(condition(names.COND_HOST_DEVICES_READY, True, "Bound",
+                                       "host devices are bound to vfio-pci and reserved for this VM"))
+            built = self._build(ns, name, uid, meta.get("generation") or 0, expanded.spec, ctx)
+            conn = self.conn.get()
+            observed = self._observe(conn, ns, name, uid)
+            dom = observed.domain
+            spec_hash = _hash_of(built.xml)
+            if dom is None or observed.defined_spec_hash != spec_hash:
+                dom = domains.define(conn, built.xml)
+                events.append(Event("Normal", "Defined" if observed.domain is None else "Updated",
+                                    f"libvirt domain {names.domain_name(ns, name)} "
+                                    f"{'defined' if observed.domain is None else 'definition updated'}"))
+                observed = self._observe(conn, ns, name, uid)
+            for adj in built.adjustments:
+                events.append(Event("Warning", adj.reason, f"{adj.field}: {adj.message}"))
+            action, action_value = _pending_action(meta, status)
+            requeue = self._apply_power(spec.get("runStrategy", "Always"), observed, action, events, uid)
+            if action_value is not None:
+                status["lastActionRequest"] = action_value
+            observed = self._observe(conn, ns, name, uid)
+        except SpecProblem as problem:
+            conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
+            conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
+            events.append(Event("Warning", problem.reason, problem.message))
+            new_status = {**status, **base, "printableStatus": problem.status,
+                          "conditions": merge_conditions(status.get("conditions"), conds)}
+            return Result(_clean(new_status), _dedupe(events, status, problem.status))
+        except libvirt.libvirtError as exc:
+            msg = f"libvirt: {exc.get_error_message()}"
+            conds.append(condition(names.COND_READY, False, "LibvirtError", msg))
+            events.append(Event("Warning", "LibvirtError", msg))
+            new_status = {**status, **base, "printableStatus": "Failed",
+                          "conditions": merge_conditions(status.get("conditions"), conds)}
+            return Result(_clean(new_status), _dedupe(events, status, "Failed"), requeue=10.0)
+
+        conds.append(ready_condition(observed.power))
+        restart_needed = (observed.power in (Power.RUNNING, Power.PAUSED)
+                          and observed.running_spec_hash not in (None, spec_hash))
+        conds.append(condition(names.COND_RESTART_REQUIRED, restart_needed,
+                               "SpecChanged" if restart_needed else "UpToDate",
+                               "the spec changed in ways libvirt cannot apply to a running guest; restart the "
+                               "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
+                               if restart_needed else "the running guest matches the spec"))
+        stopping = uid in self._stopping
+        new_status = {
+            **status, **base,
+            "printableStatus": printable_status(
+                deleting=False, failed=None, provisioning=False, power=observed.power,
+                transition="stopping" if stopping else None),
+            "conditions": merge_conditions(status.get("conditions"), conds),
+            "resolvedTemplate": expanded.template,
+            "resolvedPresets": expanded.presets or None,
+            "consoleLog": str(storage.console_log_path(ns, name, self.settings.storage_root)),
+            "interfaces": _interfaces(uid, expanded.spec, observed.domain),
+        }
+        if observed.power == Power.RUNNING and requeue is None and any(
+                "ipAddress" not in i and n.get("bridge") is None
+                for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False)):
+            requeue = 3.0  # DHCP leases raise no libvirt event: look again until the address shows
+        if new_status["printableStatus"] != status.get("printableStatus"):
+            events.append(Event("Normal", new_status["printableStatus"],
+                                f"VM is {new_status['printableStatus'].lower()}"))
+        return Result(_clean(new_status), events, requeue)
+
+    # ------------------------------------------------------------------ steps
+    def _expand(self, ns: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> templates.Expanded:
+        try:
+            return templates.expand(spec, lambda n: self.get_template(ns, n),
+                                    resolved_template=status.get("resolvedTemplate"),
+                                    resolved_presets=status.get("resolvedPresets") or ())
+        except templates.TemplateError as exc:
+            raise SpecProblem("Failed", names.COND_TEMPLATE_RESOLVED, "InvalidSpec", str(exc)) from exc
+
+    def _provision(self, ns: str, name: str, uid: str, spec: Mapping[str, Any]) -> DomainContext:
+        root = self.settings.storage_root
+        try:
+            storage.ensure_vm_dir(ns, name, root)
+            plans = storage.plan_disks(ns, name, spec.get("disks") or [], root)
+            results = storage.ensure_disks(plans, root)
+            seed = None
+            if spec.get("cloudInit"):
+                seed = str(cloudinit.build_seed(ns, name, uid, spec["cloudInit"],
+                                                storage.seed_path(ns, name, root)))
+        except (storage.StorageSpecError, cloudinit.CloudInitError) as exc:
+            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InvalidStorageSpec", str(exc)) from exc
+        except (storage.StorageError, image_cache.ImageError, cloudinit.SeedBuildError) as exc:
+            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "ProvisioningFailed", str(exc)) from exc
+        host_devices: dict[str, str] = {}
+        if spec.get("hostDevices"):
+            if self.resolve_host_devices is None:
+                raise SpecProblem("Failed", names.COND_HOST_DEVICES_READY, "HostDevicesUnavailable",
+                                  "this node's operator has PCI passthrough disabled")
+            try:
+                host_devices = self.resolve_host_devices({"namespace": ns, "name": name}, spec)
+            except ValueError as exc:
+                raise SpecProblem("Failed", names.COND_HOST_DEVICES_READY, "HostDevicesNotReady",
+                                  str(exc)) from exc
+        return DomainContext(
+            domain_type=self.accel.domain_type,
+            disks={r.name: r for r in results},
+            seed_iso=seed,
+            console_log=str(storage.console_log_path(ns, name, root)),
+            host_devices=host_devices,
+            uefi_nvram=str(storage.vm_dir(ns, name, root) / "nvram.fd"),
+            libvirt_version=self._libvirt_version(),
+        )
+
+    def _libvirt_version(self) -> int | None:
+        try:
+            return self.conn.get().getLibVersion()
+        except libvirt.libvirtError:
+            return None
+
+    def _build(self, ns: str, name: str, uid: str, generation: int, spec: Mapping[str, Any],
+               ctx: DomainContext) -> Any:
+        try:
+            return build_domain(VMRef(ns, name, uid, generation), spec, ctx)
+        except DomainBuildError as exc:
+            raise SpecProblem("Failed", names.COND_READY, "InvalidSpec", str(exc)) from exc
+
+    def _observe(self, conn: libvirt.virConnect, ns: str, name: str, uid: str) -> domains.Observed:
+        try:
+            return domains.observe(conn, ns, name, uid)
+        except domains.DomainConflict as exc:
+            raise SpecProblem("Failed", names.COND_READY, "DomainConflict", str(exc)) from exc
+
+    def _apply_power(self, run_strategy: str, observed: domains.Observed, action: str | None,
+                     events: list[Event], uid: str) -> float | None:
+        dom = observed.domain
+        assert dom is not None
+        pending = self._stopping.get(uid)
+        if pending is not None:
+            return self._continue_stop(dom, observed, pending, events, uid)
+        decision = decide(run_strategy, observed.power, observed.reason, action)
+        if decision.warning:
+            events.append(Event("Warning", "ActionRefused", decision.warning))
+        if decision.step == Step.START:
+            try:
+                domains.start(dom)
+            except libvirt.libvirtError as exc:
+                raise SpecProblem("Failed", names.COND_READY, "StartFailed",
+                                  f"the domain failed to start: {exc.get_error_message()}") from exc
+            events.append(Event("Normal", "Started", decision.reason))
+        elif decision.step in (Step.STOP, Step.RESTART):
+            self._stopping[uid] = _Stopping(time.monotonic(), decision.step == Step.RESTART)
+            domains.request_shutdown(dom)
+            events.append(Event("Normal", "Stopping", decision.reason))
+            return 0.5
+        return None
+
+    def _continue_stop(self, dom: libvirt.virDomain, observed: domains.Observed, pending: _Stopping,
+                       events: list[Event], uid: str) -> float | None:
+        if observed.power in (Power.RUNNING, Power.PAUSED, Power.STOPPING):
+            if time.monotonic() - pending.since < self.settings.stop_grace_seconds:
+                return 0.5
+            domains.destroy(dom)
+            events.append(Event("Normal", "Destroyed",
+                                f"the guest did not shut down within {self.settings.stop_grace_seconds:g} s"))
+        del self._stopping[uid]
+        events.append(Event("Normal", "Stopped", "the domain is shut off"))
+        if pending.then_start:
+            domains.start(dom)
+            events.append(Event("Normal", "Started", "restarted"))
+        return None
+
+    # ------------------------------------------------------------------ delete
+    def delete(self, body: Mapping[str, Any]) -> list[Event]:
+        meta, spec = body["metadata"], body.get("spec") or {}
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        events: list[Event] = []
+        conn = self.conn.get()
+        with contextlib.suppress(domains.DomainConflict):
+            dom = domains.find(conn, ns, name, uid)
+            if dom is not None:
+                domains.destroy(dom)
+                domains.undefine(dom)
+                events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed"))
+        self._stopping.pop(uid, None)
+        keep = spec.get("deletionPolicy") == "Retain"
+        storage.remove_vm_storage(ns, name, self.settings.storage_root, keep=keep)
+        events.append(Event("Normal", "StorageRetained" if keep else "StorageRemoved",
+                            "disks and seed kept (deletionPolicy Retain)" if keep else "disks and seed removed"))
+        return events
+
+
+def _hash_of(xml: str) -> str | None:
+    return domains._spec_hash(xml)
+
+
+def _pending_action(meta: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    value = (meta.get("annotations") or {}).get(names.ANNOTATION_ACTION)
+    if not value or value == status.get("lastActionRequest"):
+        return None, None
+    try:
+        action, _ = names.parse_action_request(value)
+    except ValueError as exc:
+        raise SpecProblem("Failed", names.COND_READY, "InvalidActionRequest", str(exc)) from exc
+    return action, value
+
+
+def _describe_resolution(expanded: templates.Expanded) -> str:
+    parts = []
+    if expanded.template:
+        parts.append(f"template {expanded.template['name']}@{expanded.template['version']}")
+    parts += [f"preset {p['name']}@{p['version']}" for p in expanded.presets]
+    return "using " + ", ".join(parts) if parts else "no template"
+
+
+def _interfaces(uid: str, spec: Mapping[str, Any], dom: libvirt.virDomain | None) -> list[dict[str, Any]]:
+    leases = domains.lease_addresses(dom) if dom is not None and dom.isActive() else {}
+    out = []
+    for net in spec.get("networks") or []:
+        mac = (net.get("macAddress") or default_mac(uid, net["name"])).lower()
+        entry: dict[str, Any] = {"name": net["name"], "macAddress": mac}
+        if mac in leases:
+            entry["ipAddress"] = leases[mac]
+            entry["ipAddresses"] = [leases[mac]]
+        out.append(entry)
+    return out
+
+
+def _clean(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def _dedupe(events: list[Event], old_status: Mapping[str, Any], new_printable: str) -> list[Event]:
+    """A failure that persists is reported once, not on every resync."""
+    if old_status.get("printableStatus") == new_printable:
+        old = {(c.get("reason"), c.get("message")) for c in old_status.get("conditions") or []}
+        return [e for e in events if (e.reason, e.message) not in old]
+    return events
