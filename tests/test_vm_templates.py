@@ -226,6 +226,8 @@ def test_api_server_enforces_version_immutability(kubeconfig, namespace):
         return json.loads(proc.stdout)
 
     def replace(obj: dict) -> subprocess.CompletedProcess:
+        # unconditional update (no resourceVersion): an operator may write status meanwhile
+        obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}}
         return kubectl(kubeconfig, "-n", namespace, "replace", "--validate=false", "-f", "-", stdin=json.dumps(obj))
 
     created = kubectl(
@@ -266,7 +268,8 @@ def test_api_server_enforces_version_immutability(kubeconfig, namespace):
     # kubectl export of the stored object round-trips to the same canonical YAML as the file + changes
     assert t.export_yaml(stored) == t.export_yaml(new)
     # the status subresource accepts what compute_status writes
-    status = {**stored, "status": t.compute_status(stored)}
+    meta = {k: v for k, v in stored["metadata"].items() if k != "resourceVersion"}
+    status = {**stored, "metadata": meta, "status": t.compute_status(stored)}
     proc = kubectl(
         kubeconfig,
         "-n",

@@ -463,7 +463,7 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
         _sub(dom, "uuid", str(uuid.UUID(ref.uid)))
     meta = _sub(dom, "metadata")
     _sub(meta, f"{XML_PREFIX}:vm", **{f"xmlns:{XML_PREFIX}": XML_NAMESPACE}, namespace=ref.namespace,
-         name=ref.name, uid=ref.uid, generation=ref.generation, specHash=spec_hash(s))
+         name=ref.name, uid=ref.uid, generation=ref.generation, specHash=spec_hash({k: v for k, v in s.items() if k not in NON_DOMAIN_FIELDS}))
     _memory(dom, s)
     iothreads = _cpu(dom, s, ctx, adj)
     _os(dom, s, ctx)

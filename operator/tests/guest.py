@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 GUEST_MARKER = "K3SVIRT-GUEST-UP"
@@ -196,7 +197,7 @@ def domain_xml(
     disk: str | os.PathLike[str] | None = None,
     disk_format: str = "raw",
     network: str | None = "default",
-    memory_mib: int = 96,
+    memory_mib: int = 96,  # the Debian cloud kernel needs >= ~72 MiB
     vcpus: int = 1,
     serial_log: str | os.PathLike[str] | None = None,
     metadata: str | None = None,
@@ -256,8 +257,12 @@ def domain_xml(
 
 
 def wait_for_marker(serial_log: str | os.PathLike[str], marker: str = GUEST_MARKER,
-                    timeout: float = 120.0) -> str:
-    """Poll the serial log until ``marker`` appears; return the log text (TimeoutError otherwise)."""
+                    timeout: float = 120.0, domain: Any | None = None) -> str:
+    """Poll the serial log until ``marker`` appears; return the log text.
+
+    TimeoutError after ``timeout``; RuntimeError at once when ``domain`` (a libvirt.virDomain) is
+    no longer active (e.g. the kernel died early: below ~72 MiB the Debian cloud kernel does).
+    """
     import time
 
     deadline = time.monotonic() + timeout
@@ -269,5 +274,12 @@ def wait_for_marker(serial_log: str | os.PathLike[str], marker: str = GUEST_MARK
             text = ""
         if marker in text:
             return text
+        if domain is not None:
+            try:
+                active = domain.isActive()
+            except Exception:  # libvirtError: domain gone (transient domains vanish when stopped)
+                active = False
+            if not active:
+                raise RuntimeError(f"guest stopped before printing {marker!r}:\n{text[-3000:]}")
         time.sleep(0.5)
     raise TimeoutError(f"marker {marker!r} not seen on serial console after {timeout}s:\n{text[-3000:]}")

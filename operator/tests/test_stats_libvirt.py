@@ -95,7 +95,7 @@ def guest_vm(conn: libvirt.virConnect) -> Iterator[tuple[libvirt.virDomain, str,
             metadata=vm_metadata_xml(NAMESPACE, vm_name, uid=str(uuid.uuid4()), generation=1),
         )
         dom = conn.createXML(xml, 0)
-        wait_for_marker(log, "GUEST-WORKLOAD-STARTED", timeout=120)
+        wait_for_marker(log, "GUEST-WORKLOAD-STARTED", timeout=120, domain=dom)
         yield dom, vm_name, log
     finally:
         if dom is not None:

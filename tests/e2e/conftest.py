@@ -1,0 +1,115 @@
+"""End-to-end fixtures: a real operator process against the test bed, and kubectl/virsh helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Operator:
+    """The real k3svirt-operator as a subprocess (kopf + libvirt), restartable by tests."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen([str(REPO / ".venv/bin/k3svirt-operator")], env=self.env,
+                                     stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{self.env['K3SVIRT_METRICS_PORT']}/healthz"
+        wait_until(lambda: _http_ok(url), 90, f"operator did not come up; log: {self.log}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def wait_until(pred: Callable[[], object], timeout: float, message: str, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(message)
+
+
+@pytest.fixture(scope="module")
+def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    env = {**os.environ, **testbed, "K3SVIRT_NODE_NAME": "e2e-node", "K3SVIRT_STOP_GRACE_SECONDS": "3",
+           "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STATS_INTERVAL": "1",
+           "K3SVIRT_STATUS_SUMMARY_SECONDS": "5", "PYTHONUNBUFFERED": "1"}
+    op = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    sys.stdout.write(f"\n--- operator log tail ---\n{op.tail()}\n")
+
+
+def kubectl(kubeconfig: str, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin,
+                          capture_output=True, text=True, timeout=180)
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def get_json(kubeconfig: str, *args: str) -> dict:
+    return json.loads(kubectl(kubeconfig, "get", *args, "-o", "json").stdout)
+
+
+def virsh(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, f"virsh {' '.join(args)}: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+def tiny_vm(name: str, guest, **spec_overrides: object) -> dict:
+    spec: dict = {
+        "runStrategy": "Always",
+        "nodeName": "e2e-node",
+        "cpu": {"cores": 1},
+        "memory": {"size": "128Mi"},
+        "boot": {"kernel": {"path": str(guest.kernel), "initrdPath": str(guest.initrd),
+                            "cmdline": f"console=ttyS0 quiet k3svirt.hostname={name}"}},
+        "disks": [{"name": "scratch", "size": "64Mi", "source": {"blank": {}}}],
+        "networks": [{"name": "default", "nat": {"network": "default"}}],
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": "k3svirt.io/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": name}, "spec": spec}

@@ -1,0 +1,117 @@
+"""A VirtualMachine through its whole life, with real kubectl, a real operator and real libvirt."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+from .conftest import get_json, kubectl, tiny_vm, virsh, wait_until
+
+
+def _vm(kubeconfig: str, ns: str, name: str) -> dict:
+    return get_json(kubeconfig, "vm", name, "-n", ns)
+
+
+def _domstate(domain: str) -> str:
+    return virsh("domstate", domain, check=False)
+
+
+def _domid(domain: str) -> str:
+    return virsh("domid", domain, check=False)
+
+
+def test_apply_ready_console_stop_start_restart_drift_delete(kubeconfig, namespace, operator, tiny_guest):
+    name, domain = "life", f"{namespace}_life"
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm(name, tiny_guest)))
+    kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", f"vm/{name}", "--timeout=120s")
+    vm = _vm(kubeconfig, namespace, name)
+    assert vm["status"]["printableStatus"] == "Running"
+    assert vm["status"]["node"] == "e2e-node"
+    assert vm["status"]["domainUUID"] == vm["metadata"]["uid"]
+    assert vm["status"]["acceleration"] in ("kvm", "emulation")
+    assert _domstate(domain) == "running"
+
+    # The guest really runs: its marker shows in the console log the operator reports.
+    console = Path(vm["status"]["consoleLog"])
+    wait_until(lambda: console.exists() and tiny_guest.marker in console.read_text(errors="replace"), 60,
+               f"no {tiny_guest.marker} in {console}")
+
+    # Stop and start through runStrategy, as kubectl/GitOps would.
+    kubectl(kubeconfig, "patch", "-n", namespace, f"vm/{name}", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+    wait_until(lambda: _domstate(domain) == "shut off", 60, "the domain did not stop")
+    wait_until(lambda: _vm(kubeconfig, namespace, name)["status"]["printableStatus"] == "Stopped", 30,
+               "status did not say Stopped")
+    kubectl(kubeconfig, "patch", "-n", namespace, f"vm/{name}", "--type=merge", "-p", '{"spec":{"runStrategy":"Always"}}')
+    kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", f"vm/{name}", "--timeout=60s")
+    assert _domstate(domain) == "running"
+
+    # Restart through the one-shot action annotation: a new QEMU process, the request recorded.
+    before = _domid(domain)
+    request = f"restart/{uuid.uuid4().hex[:8]}"
+    kubectl(kubeconfig, "annotate", "-n", namespace, f"vm/{name}", f"k3svirt.io/action-request={request}",
+            "--overwrite")
+    wait_until(lambda: _vm(kubeconfig, namespace, name)["status"].get("lastActionRequest") == request, 60,
+               "restart request not recorded")
+    wait_until(lambda: _domstate(domain) == "running" and _domid(domain) not in ("", "-", before), 60,
+               "the domain was not restarted")
+
+    # Drift: destroyed behind the operator's back -> started again without any API change.
+    virsh("destroy", domain)
+    wait_until(lambda: _domstate(domain) == "running", 30, "destroyed domain was not repaired")
+    events = get_json(kubeconfig, "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")
+    reasons = {e["reason"] for e in events["items"]}
+    assert {"Defined", "Started", "Stopping", "Running"} <= reasons, reasons
+
+    # Delete: domain, disks and seed are gone.
+    vm_dir = console.parent
+    assert (vm_dir / "scratch.qcow2").exists()
+    kubectl(kubeconfig, "delete", "-n", namespace, f"vm/{name}", "--timeout=60s")
+    assert virsh("list", "--all", "--name").split().count(domain) == 0
+    assert not vm_dir.exists()
+
+
+def test_undefined_domain_is_recreated_and_operator_restart_adopts(kubeconfig, namespace, operator, tiny_guest):
+    name, domain = "adopt", f"{namespace}_adopt"
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm(name, tiny_guest)))
+    kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", f"vm/{name}", "--timeout=120s")
+
+    # Operator restart: the running domain is adopted by UUID, not duplicated or restarted.
+    before = _domid(domain)
+    operator.stop()
+    operator.start()
+    time.sleep(3)
+    assert _domid(domain) == before
+    assert virsh("list", "--all", "--name").split().count(domain) == 1
+
+    # Undefined and destroyed behind its back: defined and started again.
+    virsh("undefine", domain)
+    virsh("destroy", domain)
+    wait_until(lambda: _domstate(domain) == "running", 30, "undefined domain was not recreated")
+    kubectl(kubeconfig, "delete", "-n", namespace, f"vm/{name}", "--timeout=60s")
+    assert domain not in virsh("list", "--all", "--name").split()
+
+
+def test_invalid_manifests_are_refused_naming_the_field(kubeconfig, namespace):
+    bad = tiny_vm("bad", type("G", (), {"kernel": "/k", "initrd": "/i"})())
+    bad["spec"]["disks"][0]["bus"] = "floppy"
+    bad["spec"]["runStrategy"] = "Sometimes"
+    proc = kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(bad), check=False)
+    assert proc.returncode != 0
+    assert "spec.disks[0].bus" in proc.stderr and "spec.runStrategy" in proc.stderr, proc.stderr
+
+
+def test_unknown_template_becomes_a_failed_condition(kubeconfig, namespace, operator):
+    vm = {"apiVersion": "k3svirt.io/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": "orphan"},
+          "spec": {"nodeName": "e2e-node", "template": {"name": "no-such-template"}}}
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
+
+    def failed() -> dict | None:
+        st = _vm(kubeconfig, namespace, "orphan").get("status") or {}
+        return st if st.get("printableStatus") == "Failed" else None
+
+    status = wait_until(failed, 30, "no Failed status for an unknown template")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and "no-such-template" in ready["message"]
+    kubectl(kubeconfig, "delete", "-n", namespace, "vm/orphan", "--timeout=60s")
