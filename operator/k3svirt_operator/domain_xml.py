@@ -151,6 +151,11 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def domain_spec_hash(spec: Mapping[str, Any]) -> str:
+    """spec_hash() of the fields that shape the domain: a runStrategy change is no restart."""
+    return spec_hash({k: v for k, v in spec.items() if k not in NON_DOMAIN_FIELDS})
+
+
 def _dev_name(prefix: str, index: int) -> str:
     letters = ""
     n = index + 1
@@ -463,7 +468,7 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
         _sub(dom, "uuid", str(uuid.UUID(ref.uid)))
     meta = _sub(dom, "metadata")
     _sub(meta, f"{XML_PREFIX}:vm", **{f"xmlns:{XML_PREFIX}": XML_NAMESPACE}, namespace=ref.namespace,
-         name=ref.name, uid=ref.uid, generation=ref.generation, specHash=spec_hash({k: v for k, v in s.items() if k not in NON_DOMAIN_FIELDS}))
+         name=ref.name, uid=ref.uid, generation=ref.generation, specHash=domain_spec_hash(s))
     _memory(dom, s)
     iothreads = _cpu(dom, s, ctx, adj)
     _os(dom, s, ctx)

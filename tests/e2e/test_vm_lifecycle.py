@@ -14,6 +14,11 @@ def _vm(kubeconfig: str, ns: str, name: str) -> dict:
     return get_json(kubeconfig, "vm", name, "-n", ns)
 
 
+def _set_run_strategy(kubeconfig: str, ns: str, name: str, strategy: str) -> None:
+    patch = json.dumps({"spec": {"runStrategy": strategy}})
+    kubectl(kubeconfig, "patch", "-n", ns, f"vm/{name}", "--type=merge", "-p", patch)
+
+
 def _domstate(domain: str) -> str:
     return virsh("domstate", domain, check=False)
 
@@ -39,11 +44,11 @@ def test_apply_ready_console_stop_start_restart_drift_delete(kubeconfig, namespa
                f"no {tiny_guest.marker} in {console}")
 
     # Stop and start through runStrategy, as kubectl/GitOps would.
-    kubectl(kubeconfig, "patch", "-n", namespace, f"vm/{name}", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+    _set_run_strategy(kubeconfig, namespace, name, "Halted")
     wait_until(lambda: _domstate(domain) == "shut off", 60, "the domain did not stop")
     wait_until(lambda: _vm(kubeconfig, namespace, name)["status"]["printableStatus"] == "Stopped", 30,
                "status did not say Stopped")
-    kubectl(kubeconfig, "patch", "-n", namespace, f"vm/{name}", "--type=merge", "-p", '{"spec":{"runStrategy":"Always"}}')
+    _set_run_strategy(kubeconfig, namespace, name, "Always")
     kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", f"vm/{name}", "--timeout=60s")
     assert _domstate(domain) == "running"
 
