@@ -19,6 +19,7 @@ class Settings:
     stop_grace_seconds: float
     resync_seconds: float
     status_summary_seconds: float
+    pci_inventory_seconds: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -38,4 +39,5 @@ class Settings:
             # Safety-net re-check of every VM; lifecycle events make repairs immediate.
             resync_seconds=float(env("K3SVIRT_RESYNC_SECONDS", "30")),
             status_summary_seconds=float(env("K3SVIRT_STATUS_SUMMARY_SECONDS", "30")),
+            pci_inventory_seconds=float(env("K3SVIRT_PCI_INVENTORY_SECONDS", "60")),
         )

@@ -20,7 +20,7 @@ import kopf
 from k3svirt_common import names, templates
 
 from . import accel as accel_mod
-from . import stats
+from . import pci, stats
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .runtime import Runtime, kube_api_client
@@ -72,6 +72,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.poke_all_threadsafe() if RT else None)
     MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, port=SETTINGS.metrics_port)
+    asyncio.get_running_loop().create_task(_publish_pci_inventory())
 
 
 @kopf.on.cleanup()
@@ -152,6 +153,7 @@ async def vm_deleted(body: kopf.Body, namespace: str, name: str, uid: str, **_: 
     rt, reconciler = _rt(), RECONCILER
     assert reconciler is not None
     events = await asyncio.to_thread(reconciler.delete, copy.deepcopy(dict(body)))
+    await asyncio.to_thread(pci.release_for_vm, rt, {"namespace": namespace, "name": name})
     _post(body, events)
     rt.wakers.pop((namespace, name), None)
     rt.seen.pop((namespace, name), None)
@@ -179,3 +181,68 @@ def template_deleted(body: kopf.Body, namespace: str, **_: Any) -> None:
     if problem:
         kopf.event(body, type="Warning", reason="InUse", message=problem)
         raise kopf.TemporaryError(problem, delay=15)
+
+
+# ---------------------------------------------------------------------- PCI passthrough
+async def _publish_pci_inventory() -> None:
+    """Keeps NodePCIInventory/<node> current so the gateway lists devices without touching nodes."""
+    while True:
+        try:
+            status = await asyncio.to_thread(pci.node_inventory_status)
+            await asyncio.to_thread(_rt().ensure_cluster_object, names.NODEPCIINVENTORY_PLURAL,
+                                    names.NODEPCIINVENTORY_KIND, SETTINGS.node_name)
+            await asyncio.to_thread(_rt().patch_status, names.NODEPCIINVENTORY_PLURAL, None,
+                                    SETTINGS.node_name, status)
+        except Exception as exc:  # keep publishing later; the VM work must not suffer
+            log.warning("publishing the PCI inventory failed", extra={"error": str(exc)})
+        await asyncio.sleep(SETTINGS.pci_inventory_seconds)
+
+
+def on_this_node(spec: Mapping[str, Any], **_: Any) -> bool:
+    return spec.get("nodeName") == SETTINGS.node_name
+
+
+def _claimed_by_others(name: str) -> dict[str, str]:
+    out = {}
+    for o in _rt().list_objects(names.PCIPASSTHROUGH_PLURAL):
+        st, meta = o.get("status") or {}, o["metadata"]
+        if (meta["name"] != name and not meta.get("deletionTimestamp") and st.get("address")
+                and (o.get("spec") or {}).get("nodeName") == SETTINGS.node_name):
+            out[st["address"]] = meta["name"]
+    return out
+
+
+def _reconcile_passthrough(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return pci.reconcile_passthrough(body.get("spec") or {}, body.get("status") or {},
+                                     generation=meta.get("generation"), claimed=_claimed_by_others(meta["name"]))
+
+
+@kopf.on.resume(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
+@kopf.on.create(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
+@kopf.on.update(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node, field="spec")
+@kopf.timer(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node, interval=30, idle=10)
+async def passthrough_changed(body: kopf.Body, name: str, **_: Any) -> None:
+    """Binds the device (and its IOMMU group) to vfio-pci, or says in status why it refuses."""
+    status = await asyncio.to_thread(_reconcile_passthrough, copy.deepcopy(dict(body)))
+    old = {k: v for k, v in (body.get("status") or {}).items() if not k.startswith("kopf")}
+    if {k: v for k, v in status.items() if k != "lastTransitionTime"} != old:
+        await asyncio.to_thread(_rt().patch_status, names.PCIPASSTHROUGH_PLURAL, None, name, status)
+        if status.get("phase") != old.get("phase"):
+            ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+            kopf.event(body, type="Warning" if status.get("phase") == pci.PHASE_FAILED else "Normal",
+                       reason=ready.get("reason") or str(status.get("phase")),
+                       message=(ready.get("message") or "")[:1000])
+
+
+@kopf.on.delete(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
+async def passthrough_deleted(body: kopf.Body, name: str, **_: Any) -> None:
+    """Gives the device back to its host driver; waits while a VM still uses it."""
+    try:
+        await asyncio.to_thread(pci.release_passthrough, body.get("status") or {}, spec=body.get("spec") or {},
+                                claimed=_claimed_by_others(name))
+    except pci.BindError as exc:
+        kopf.event(body, type="Warning", reason=exc.reason, message=str(exc)[:1000])
+        if exc.reason == "StillAssigned":
+            raise kopf.TemporaryError(str(exc), delay=10) from exc
+        raise kopf.PermanentError(str(exc)) from exc

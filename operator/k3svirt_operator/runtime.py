@@ -74,6 +74,16 @@ class Runtime:
             return api.list_cluster_custom_object(names.GROUP, names.VERSION, plural)["items"]
         return api.list_namespaced_custom_object(names.GROUP, names.VERSION, namespace, plural)["items"]
 
+    def ensure_cluster_object(self, plural: str, kind: str, name: str) -> None:
+        """Creates an empty cluster-scoped object of ours if it does not exist yet."""
+        api = client.CustomObjectsApi(self.api)
+        body = {"apiVersion": names.API_VERSION, "kind": kind, "metadata": {"name": name}}
+        try:
+            api.create_cluster_custom_object(names.GROUP, names.VERSION, plural, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
     def patch_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
         api = client.CustomObjectsApi(self.api)
         body = {"status": dict(status)}

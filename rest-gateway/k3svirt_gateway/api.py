@@ -1,0 +1,172 @@
+"""Route declaration helpers: `op` registers a Flask route AND records its OpenAPI metadata on the
+view function, so /openapi.json is built from the real URL map (every route, nothing stale)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from flask import Blueprint, current_app, json, request
+
+from .errors import Problem
+from .schemas import NAME_PATTERN, SUBDOMAIN_PATTERN
+
+JSON_TYPES = ("application/json",)
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+
+# Reusable query parameters (OpenAPI parameter objects).
+PARAMS: dict[str, dict[str, Any]] = {
+    "namespace": {
+        "name": "namespace",
+        "in": "query",
+        "required": False,
+        "description": "Kubernetes namespace (default: the gateway's default namespace, `default`)",
+        "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
+    },
+    "version": {
+        "name": "version",
+        "in": "query",
+        "required": False,
+        "description": "template version (semver); default: every version",
+        "schema": {"type": "string", "maxLength": 64},
+    },
+    "container": {
+        "name": "container",
+        "in": "query",
+        "required": False,
+        "description": "container name (default: the pod's only container)",
+        "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
+    },
+    "tailLines": {
+        "name": "tailLines",
+        "in": "query",
+        "required": False,
+        "description": "only the last N lines",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 100000},
+    },
+    "node": {
+        "name": "node",
+        "in": "query",
+        "required": False,
+        "description": "only this node",
+        "schema": {"type": "string", "pattern": SUBDOMAIN_PATTERN, "maxLength": 253},
+    },
+    "labelSelector": {
+        "name": "labelSelector",
+        "in": "query",
+        "required": False,
+        "description": "Kubernetes label selector (e.g. app=web)",
+        "schema": {"type": "string", "maxLength": 1024},
+    },
+}
+
+DEFAULT_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422, 503)
+
+
+def op(
+    bp: Blueprint,
+    rule: str,
+    method: str,
+    *,
+    summary: str,
+    response: tuple[int, str | None, str] = (200, None, "OK"),
+    body: str | None = None,
+    body_types: tuple[str, ...] = JSON_TYPES,
+    query: tuple[str | dict[str, Any], ...] = (),
+    public: bool = False,
+    role: str | None = None,
+    errors: tuple[int, ...] = DEFAULT_ERRORS,
+    description: str | None = None,
+    response_type: str = "application/json",
+    response_headers: dict[str, Any] | None = None,
+    operation_id: str | None = None,
+    names: str = "subdomain",
+    also: dict[int, tuple[str | None, str]] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare one route (rule + method) with its documentation."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        meta = {
+            "summary": summary,
+            "description": description or (fn.__doc__ or "").strip() or None,
+            "response": response,
+            "response_type": response_type,
+            "response_headers": response_headers,
+            "body": body,
+            "body_types": body_types,
+            "query": query,
+            "public": public,
+            "errors": errors,
+            "tag": bp.name,
+            "operation_id": operation_id or fn.__name__,
+            "names": names,
+            "also": also or {},
+        }
+        ops = fn.__dict__.setdefault("k3s_ops", {})
+        ops[method] = meta
+        fn.k3s_public = public
+        if role:
+            fn.__dict__.setdefault("k3s_roles", {})[method] = role
+        bp.add_url_rule(rule, endpoint=fn.__name__, view_func=fn, methods=[method])
+        return fn
+
+    return deco
+
+
+_NAME_RE = re.compile(SUBDOMAIN_PATTERN)
+_LABEL_RE = re.compile(NAME_PATTERN)
+
+
+def check_name(value: str, field: str = "name", label: bool = False) -> str:
+    """Path/query names must be valid Kubernetes names: else 422 (they could never exist)."""
+    limit = 63 if label else 253
+    pattern = _LABEL_RE if label else _NAME_RE
+    if not value or len(value) > limit or not pattern.match(value):
+        kind = "DNS-1123 label" if label else "DNS-1123 subdomain"
+        raise Problem(
+            422,
+            f"{field}: {value!r} is not a valid {kind}",
+            title="Validation failed",
+            errors=[{"field": field, "message": f"must be a {kind} (lower-case, <= {limit} chars)"}],
+        )
+    return value
+
+
+def namespace() -> str:
+    ns = request.args.get("namespace")
+    if ns is None:
+        return current_app.config["DEFAULT_NAMESPACE"]
+    return check_name(ns, "namespace", label=True)
+
+
+def _mime() -> str:
+    return (request.mimetype or "").lower()
+
+
+def json_body() -> Any:
+    """The JSON request body; 415 for another media type, 400 for malformed JSON."""
+    if _mime() not in JSON_TYPES and not _mime().endswith("+json"):
+        raise Problem(415, f"expected Content-Type application/json, got {request.mimetype or 'none'}")
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise Problem(400, f"malformed JSON body: {exc}") from exc
+
+
+def json_or_yaml_body() -> Any:
+    mime = _mime()
+    if mime in YAML_TYPES:
+        try:
+            return yaml.safe_load(request.get_data(cache=True))
+        except yaml.YAMLError as exc:
+            raise Problem(400, f"malformed YAML body: {exc}") from exc
+    if mime in JSON_TYPES or mime.endswith("+json"):
+        return json_body()
+    raise Problem(415, f"expected Content-Type application/json or application/yaml, got {mime or 'none'}")
+
+
+def created(payload: Any, location: str) -> tuple[Any, int, dict[str, str]]:
+    return payload, 201, {"Location": location}

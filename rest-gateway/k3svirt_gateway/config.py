@@ -1,0 +1,55 @@
+"""Gateway configuration, read from the environment (and overridable by create_app(config))."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    # Where API keys live: a file with lines "<name>:<role>:sha256:<hex>" and/or a Secret "namespace/name".
+    "API_KEYS_FILE": None,
+    "API_KEYS_SECRET": None,
+    # Kubernetes access: KUBECONFIG path, else in-cluster service account, else ~/.kube/config.
+    "KUBECONFIG": None,
+    "KUBE_CONTEXT": None,
+    "DEFAULT_NAMESPACE": "default",
+    # Timeouts (seconds) for calls to the API server and to a VM's monitoring endpoint.
+    "KUBE_TIMEOUT": 10.0,
+    "KUBE_CONNECT_TIMEOUT": 3.0,
+    "STATS_TIMEOUT": 2.0,
+    # Request bodies above this are refused with 413.
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    # Seconds an API-key Secret is cached before it is read again.
+    "API_KEYS_SECRET_TTL": 30.0,
+}
+
+ENV_MAP = {
+    "API_KEYS_FILE": "K3SVIRT_API_KEYS_FILE",
+    "API_KEYS_SECRET": "K3SVIRT_API_KEYS_SECRET",
+    "KUBECONFIG": "KUBECONFIG",
+    "KUBE_CONTEXT": "K3SVIRT_KUBE_CONTEXT",
+    "DEFAULT_NAMESPACE": "K3SVIRT_DEFAULT_NAMESPACE",
+    "KUBE_TIMEOUT": "K3SVIRT_KUBE_TIMEOUT",
+    "KUBE_CONNECT_TIMEOUT": "K3SVIRT_KUBE_CONNECT_TIMEOUT",
+    "STATS_TIMEOUT": "K3SVIRT_STATS_TIMEOUT",
+    "MAX_CONTENT_LENGTH": "K3SVIRT_MAX_BODY_BYTES",
+    "API_KEYS_SECRET_TTL": "K3SVIRT_API_KEYS_SECRET_TTL",
+}
+
+
+def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Return the gateway settings: DEFAULTS overlaid with the K3SVIRT_* environment variables."""
+    env = os.environ if environ is None else environ
+    cfg = dict(DEFAULTS)
+    for key, var in ENV_MAP.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        default = DEFAULTS[key]
+        if isinstance(default, float):
+            cfg[key] = float(raw)
+        elif isinstance(default, int):
+            cfg[key] = int(raw)
+        else:
+            cfg[key] = raw
+    return cfg

@@ -1,0 +1,135 @@
+"""Manage gateway API keys.
+
+    python -m k3svirt_gateway.keys add <name> [--role read|admin] --file PATH
+    python -m k3svirt_gateway.keys add <name> --role admin --secret NAMESPACE/NAME   (writes a Secret)
+    python -m k3svirt_gateway.keys list --file PATH
+    python -m k3svirt_gateway.keys remove <name> --file PATH
+
+`add` prints the new key once on stdout; only its SHA-256 hash is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import secrets
+import sys
+
+from .auth import ROLES, SECRET_DATA_KEY, format_entry, parse_keys
+
+KEY_PREFIX = "k3sv_"
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _without(text: str, name: str) -> str:
+    lines = [
+        ln for ln in text.splitlines() if not ln.strip() or ln.lstrip().startswith("#") or ln.split(":", 1)[0] != name
+    ]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _secret_text(ref: str) -> tuple[str, str, str]:
+    from kubernetes import client, config
+
+    ns, _, name = ref.partition("/")
+    config.load_kube_config() if not os.environ.get("KUBERNETES_SERVICE_HOST") else config.load_incluster_config()
+    api = client.CoreV1Api()
+    try:
+        sec = api.read_namespaced_secret(name, ns)
+        raw = (sec.data or {}).get(SECRET_DATA_KEY, "")
+        return ns, name, base64.b64decode(raw).decode() if raw else ""
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return ns, name, ""
+        raise
+
+
+def _secret_write(ns: str, name: str, text: str) -> None:
+    from kubernetes import client
+
+    api = client.CoreV1Api()
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "type": "Opaque",
+        "data": {SECRET_DATA_KEY: base64.b64encode(text.encode()).decode()},
+    }
+    try:
+        api.replace_namespaced_secret(name, ns, body)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        api.create_namespaced_secret(ns, body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m k3svirt_gateway.keys",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for cmd in ("add", "remove", "list"):
+        sp = sub.add_parser(cmd)
+        if cmd != "list":
+            sp.add_argument("name")
+        if cmd == "add":
+            sp.add_argument("--role", choices=ROLES, default="read")
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--file", default=os.environ.get("K3SVIRT_API_KEYS_FILE"))
+        where.add_argument("--secret", help="NAMESPACE/NAME of the Secret holding the keys")
+    args = p.parse_args(argv)
+    if not args.file and not args.secret:
+        p.error("--file PATH (or K3SVIRT_API_KEYS_FILE) or --secret NAMESPACE/NAME is required")
+    if getattr(args, "name", None) is not None and (":" in args.name or not args.name.strip()):
+        p.error("key name must be non-empty and contain no ':'")
+
+    if args.secret:
+        ns, sname, text = _secret_text(args.secret)
+    else:
+        text = _read(args.file)
+
+    if args.cmd == "list":
+        for e in parse_keys(text):
+            print(f"{e.name}\t{e.role}")
+        return 0
+    if args.cmd == "remove":
+        if args.name not in {e.name for e in parse_keys(text)}:
+            print(f"no key named {args.name!r}", file=sys.stderr)
+            return 1
+        text = _without(text, args.name)
+    else:
+        key = new_key()
+        text = _without(text, args.name) + format_entry(args.name, args.role, key) + "\n"
+    if args.secret:
+        _secret_write(ns, sname, text)
+    else:
+        _write(args.file, text)
+    if args.cmd == "add":
+        print(key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

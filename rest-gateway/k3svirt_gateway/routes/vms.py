@@ -1,0 +1,307 @@
+"""/vms: VirtualMachine custom resources (the node operator does the rest)."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+import urllib3
+from flask import Blueprint, current_app, json, request
+from k3svirt_common import templates as tmod
+
+from .. import contract as c
+from ..api import check_name, created, json_body, namespace, op
+from ..errors import Problem, validation_problem
+from ..k8s import group_path
+from ..schemas import require_object, validate
+from . import clean_metadata, kube
+
+bp = Blueprint("vms", __name__)
+
+_http = urllib3.PoolManager(num_pools=4, maxsize=4, retries=False)
+
+
+def blueprints() -> list[Blueprint]:
+    return [bp]
+
+
+def vm_path(ns: str, name: str | None = None, sub: str | None = None) -> str:
+    return group_path(c.GROUP, c.VERSION, c.VM_PLURAL, ns, name, sub)
+
+
+def template_path(ns: str, name: str | None = None) -> str:
+    return group_path(c.GROUP, c.VERSION, c.TEMPLATE_PLURAL, ns, name)
+
+
+def summary(obj: dict[str, Any]) -> dict[str, Any]:
+    md = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    ready = any(
+        cond.get("type") == "Ready" and cond.get("status") == "True"
+        for cond in status.get("conditions") or []
+        if isinstance(cond, dict)
+    )
+    out: dict[str, Any] = {
+        "name": md.get("name", ""),
+        "namespace": md.get("namespace", ""),
+        "runStrategy": spec.get("runStrategy", "Always"),
+        "printableStatus": status.get("printableStatus")
+        or ("Terminating" if md.get("deletionTimestamp") else "Pending"),
+        "ready": ready,
+        "deleting": bool(md.get("deletionTimestamp")),
+    }
+    if status.get("node"):
+        out["node"] = status["node"]
+    tmpl = spec.get("template") or {}
+    if tmpl.get("name"):
+        out["template"] = tmpl["name"]
+    version = (status.get("resolvedTemplate") or {}).get("version") or tmpl.get("version")
+    if version:
+        out["templateVersion"] = version
+    if md.get("creationTimestamp"):
+        out["created"] = md["creationTimestamp"]
+    return out
+
+
+def build_spec(ns: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The VM spec to write: as given, or template/presets references + overrides (the operator merges)."""
+    if "spec" in body:
+        return copy.deepcopy(body["spec"])
+    overrides = copy.deepcopy(body.get("overrides") or {})
+    for key in ("template", "presets"):
+        if key in overrides:
+            raise validation_problem(
+                [
+                    {
+                        "field": f"overrides.{key}",
+                        "message": f"set {key} at the top level of the request, not in overrides",
+                    }
+                ]
+            )
+    spec: dict[str, Any] = {"template": {k: v for k, v in body["template"].items() if k in ("name", "version")}}
+    presets = [{"name": p} if isinstance(p, str) else dict(p) for p in body.get("presets") or []]
+    if presets:
+        spec["presets"] = presets
+    spec.update(overrides)
+    return spec
+
+
+def _rename(errors: list[dict[str, str]], from_template: bool) -> list[dict[str, str]]:
+    """Name fields as the caller sent them: VM-own fields are `overrides.*` in a template request."""
+    if not from_template:
+        return errors
+    for e in errors:
+        f = e["field"]
+        if f.startswith("spec.") and not f.startswith(("spec.template", "spec.presets")):
+            e["field"] = "overrides." + f[len("spec.") :]
+        elif f.startswith(("spec.template", "spec.presets")):
+            e["field"] = f[len("spec.") :]
+    return errors
+
+
+def check_spec(ns: str, spec: dict[str, Any], from_template: bool) -> None:
+    """422 naming the field when the spec (or its merge with the template/presets) is invalid."""
+    errors = c.validate_spec(c.VM_KIND, spec)
+    if errors:
+        raise validation_problem(_rename(errors, from_template))
+    if not spec.get("template") and not spec.get("presets"):
+        return
+
+    def get_template(name: str) -> dict[str, Any] | None:
+        try:
+            return kube().get(template_path(ns, name))
+        except Problem as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    try:
+        tmod.expand(spec, get_template, validate=True)
+    except tmod.TemplateError as exc:
+        errs = [{"field": str(getattr(e, "field", "")), "message": str(getattr(e, "message", e))} for e in exc.errors]
+        raise validation_problem(_rename(errs, from_template)) from exc
+
+
+@op(
+    bp,
+    "/vms",
+    "POST",
+    summary="Create a VirtualMachine from a template (+presets, overrides) or a full spec",
+    body="VMCreate",
+    response=(201, "VirtualMachine", "created"),
+    query=("namespace",),
+)
+def create_vm():
+    ns = namespace()
+    body = require_object(json_body())
+    if ("spec" in body) == ("template" in body):
+        raise validation_problem([{"field": "spec", "message": "give exactly one of spec or template"}])
+    validate("VMCreateFromSpec" if "spec" in body else "VMCreateFromTemplate", body)
+    spec = build_spec(ns, body)
+    check_spec(ns, spec, from_template="spec" not in body)
+    obj = {
+        "apiVersion": c.API_VERSION,
+        "kind": c.VM_KIND,
+        "metadata": {"name": body["name"], "namespace": ns, "labels": body.get("labels") or {}},
+        "spec": spec,
+    }
+    out = kube().post(vm_path(ns), obj)
+    return created(clean_metadata(out), f"/api/v1/vms/{body['name']}?namespace={ns}")
+
+
+@op(
+    bp,
+    "/vms",
+    "GET",
+    summary="List VirtualMachines with a status summary",
+    response=(200, "VMList", "VMs"),
+    query=("namespace", "labelSelector"),
+)
+def list_vms():
+    ns = namespace()
+    out = kube().get(vm_path(ns), query={"labelSelector": request.args.get("labelSelector") or None})
+    return {"items": [summary(o) for o in out.get("items", [])]}
+
+
+@op(
+    bp,
+    "/vms/<name>",
+    "GET",
+    summary="Get one VirtualMachine (spec + status)",
+    response=(200, "VirtualMachine", "the VM"),
+    query=("namespace",),
+    names="label",
+)
+def get_vm(name: str):
+    ns = namespace()
+    return clean_metadata(kube().get(vm_path(ns, check_name(name, label=True))))
+
+
+@op(
+    bp,
+    "/vms/<name>",
+    "DELETE",
+    summary="Delete a VirtualMachine (the operator removes the domain)",
+    response=(202, "Accepted", "deletion accepted"),
+    query=("namespace",),
+    names="label",
+)
+def delete_vm(name: str):
+    ns = namespace()
+    kube().delete(vm_path(ns, check_name(name, label=True)))
+    return {"kind": c.VM_KIND, "name": name, "namespace": ns, "message": "deletion requested"}, 202
+
+
+def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
+    ns = namespace()
+    check_name(name, label=True)
+    vm = kube().get(vm_path(ns, name))
+    md = vm.get("metadata") or {}
+    if md.get("deletionTimestamp"):
+        raise Problem(409, f"VirtualMachine {name!r} is being deleted")
+    strategy = (vm.get("spec") or {}).get("runStrategy", "Always")
+    result: dict[str, Any] = {"name": name, "namespace": ns, "action": action}
+    if action == "restart" or strategy == "Manual":
+        if action == "restart":
+            status = (vm.get("status") or {}).get("printableStatus")
+            if strategy == "Halted" or status in ("Stopped", "Stopping"):
+                raise Problem(
+                    409,
+                    f"VirtualMachine {name!r} is not running (runStrategy {strategy}, "
+                    f"status {status}); start it instead",
+                )
+        request_id = f"{action}/{uuid.uuid4()}"
+        patch = {
+            "metadata": {
+                "annotations": {c.ACTION_ANNOTATION: request_id},
+                "resourceVersion": md.get("resourceVersion"),
+            }
+        }
+        result["requestId"] = request_id
+    else:
+        target = "Always" if action == "start" else "Halted"
+        patch = {"spec": {"runStrategy": target}}
+        strategy = target
+    kube().patch(vm_path(ns, name), patch)
+    result["runStrategy"] = strategy
+    return result, 202
+
+
+@op(
+    bp,
+    "/vms/<name>/start",
+    "POST",
+    summary="Start: runStrategy Always (Manual: a start action request)",
+    response=(202, "VMAction", "requested"),
+    query=("namespace",),
+    names="label",
+)
+def start_vm(name: str):
+    return _action(name, "start")
+
+
+@op(
+    bp,
+    "/vms/<name>/stop",
+    "POST",
+    summary="Stop: runStrategy Halted (Manual: a stop action request)",
+    response=(202, "VMAction", "requested"),
+    query=("namespace",),
+    names="label",
+)
+def stop_vm(name: str):
+    return _action(name, "stop")
+
+
+@op(
+    bp,
+    "/vms/<name>/reboot",
+    "POST",
+    summary="Reboot: a restart action request (any runStrategy)",
+    response=(202, "VMAction", "requested"),
+    query=("namespace",),
+    names="label",
+)
+def reboot_vm(name: str):
+    return _action(name, "restart")
+
+
+@op(
+    bp,
+    "/vms/<name>/stats",
+    "GET",
+    summary="Live resource figures from the node operator's monitoring endpoint",
+    response=(200, "VMStats", "stats JSON"),
+    query=("namespace",),
+    names="label",
+)
+def vm_stats(name: str):
+    ns = namespace()
+    vm = kube().get(vm_path(ns, check_name(name, label=True)))
+    status = vm.get("status") or {}
+    printable = status.get("printableStatus") or "Pending"
+    if printable != "Running":
+        raise Problem(409, f"VirtualMachine {name!r} is not running (status {printable})", reason="NotRunning")
+    endpoint = (status.get("monitoring") or {}).get("endpoint")
+    if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+        raise Problem(503, f"VirtualMachine {name!r} has no monitoring endpoint yet", headers={"Retry-After": "5"})
+    timeout = float(current_app.config.get("STATS_TIMEOUT", 2.0))
+    try:
+        resp = _http.request(
+            "GET",
+            endpoint,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            headers={"Accept": "application/json"},
+        )
+        if resp.status != 200:
+            raise Problem(503, f"monitoring endpoint answered HTTP {resp.status}", headers={"Retry-After": "5"})
+        data = json.loads(resp.data)
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        raise Problem(
+            503, f"monitoring endpoint unreachable: {type(exc).__name__}", headers={"Retry-After": "5"}
+        ) from exc
+    if not isinstance(data, dict):
+        raise Problem(503, "monitoring endpoint returned non-object JSON")
+    return data

@@ -1,0 +1,472 @@
+"""JSON schemas of the gateway's own request/response shapes, declared once and used both to
+validate request bodies and to build /openapi.json. The VM spec is NOT declared here: it is the
+VirtualMachine CRD's openAPIV3Schema, loaded at runtime through k3svirt_common.schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from k3svirt_common.names import API_VERSION
+
+from .errors import Problem, validation_problem
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # DNS-1123 label
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+PCI_ADDRESS_PATTERN = r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$"
+
+PORT_NAME = {"type": "string", "pattern": r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 15}
+NAME = {"type": "string", "pattern": NAME_PATTERN, "minLength": 1, "maxLength": 63}
+SUBDOMAIN = {"type": "string", "pattern": SUBDOMAIN_PATTERN, "minLength": 1, "maxLength": 253}
+LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+OBJ = {"type": "object"}  # free-form object
+ENV_NAME = {"type": "string", "pattern": r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", "maxLength": 256}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def list_of(name: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": ref(name)}},
+    }
+
+
+PORT = {
+    "type": "object",
+    "required": ["port"],
+    "additionalProperties": False,
+    "properties": {
+        "name": PORT_NAME,
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP"]},
+    },
+}
+
+COMPONENTS: dict[str, dict[str, Any]] = {
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "instance": {"type": "string"},
+            "reason": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "ObjectMeta": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "uid": {"type": "string"},
+            "resourceVersion": {"type": "string"},
+            "generation": {"type": "integer"},
+            "creationTimestamp": {"type": "string"},
+            "deletionTimestamp": {"type": "string"},
+            "labels": LABELS,
+            "annotations": LABELS,
+            "finalizers": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    # ------------------------------------------------------------------ VMs
+    "VMCreateFromTemplate": {
+        "type": "object",
+        "required": ["name", "template"],
+        "additionalProperties": False,
+        "properties": {
+            "name": NAME,
+            "template": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": SUBDOMAIN,
+                    "version": {"type": "string", "minLength": 1, "maxLength": 64},
+                },
+            },
+            "presets": {
+                "type": "array",
+                "maxItems": 16,
+                "description": "tuning presets (VMTemplates of kind Preset), by name or {name, version}",
+                "items": {
+                    "anyOf": [
+                        SUBDOMAIN,
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": SUBDOMAIN,
+                                "version": {"type": "string", "minLength": 1, "maxLength": 64},
+                            },
+                        },
+                    ]
+                },
+            },
+            "overrides": {
+                **OBJ,
+                "description": "VirtualMachine spec fields laid over the template (deep merge)",
+            },
+            "labels": LABELS,
+        },
+    },
+    "VMCreateFromSpec": {
+        "type": "object",
+        "required": ["name", "spec"],
+        "additionalProperties": False,
+        "properties": {"name": NAME, "spec": ref("VirtualMachineSpec"), "labels": LABELS},
+    },
+    "VMCreate": {"oneOf": [ref("VMCreateFromTemplate"), ref("VMCreateFromSpec")]},
+    "VirtualMachine": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": ref("ObjectMeta"),
+            "spec": ref("VirtualMachineSpec"),
+            "status": ref("VirtualMachineStatus"),
+        },
+    },
+    "VMSummary": {
+        "type": "object",
+        "required": ["name", "namespace"],
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "runStrategy": {"type": "string"},
+            "printableStatus": {"type": "string"},
+            "ready": {"type": "boolean"},
+            "node": {"type": "string"},
+            "template": {"type": "string"},
+            "templateVersion": {"type": "string"},
+            "created": {"type": "string"},
+            "deleting": {"type": "boolean"},
+        },
+    },
+    "VMList": list_of("VMSummary"),
+    "VMAction": {
+        "type": "object",
+        "required": ["name", "namespace", "action"],
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "action": {"type": "string", "enum": ["start", "stop", "restart"]},
+            "runStrategy": {"type": "string"},
+            "requestId": {"type": "string"},
+        },
+    },
+    "VMStats": {
+        "type": "object",
+        "description": "JSON served by the node operator at status.monitoring.endpoint",
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["kind", "name", "message"],
+        "properties": {
+            "kind": {"type": "string"},
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "message": {"type": "string"},
+        },
+    },
+    # ------------------------------------------------------------ templates
+    "VMTemplate": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": ref("ObjectMeta"),
+            "spec": ref("VMTemplateSpec"),
+            "status": OBJ,
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "latest": {"type": "string"},
+        },
+    },
+    "VMTemplateSummary": {
+        "type": "object",
+        "required": ["name", "namespace"],
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "kind": {"type": "string", "enum": ["Template", "Preset"]},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "latest": {"type": "string"},
+            "displayName": {"type": "string"},
+            "description": {"type": "string"},
+            "created": {"type": "string"},
+        },
+    },
+    "VMTemplateList": list_of("VMTemplateSummary"),
+    "VMTemplateImport": {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": [API_VERSION]},
+            "kind": {"type": "string", "enum": ["VMTemplate"]},
+            "metadata": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": SUBDOMAIN, "namespace": NAME, "labels": LABELS, "annotations": LABELS},
+            },
+            "spec": ref("VMTemplateSpec"),
+        },
+    },
+    # ------------------------------------------------------------------ PCI
+    "PCIDevice": {
+        "type": "object",
+        "required": ["node", "address"],
+        "properties": {
+            "node": {"type": "string"},
+            "address": {"type": "string"},
+            "device": OBJ,
+            "passthrough": {
+                "type": "object",
+                "description": "the PCIPassthrough for node+address, if any",
+                "properties": {
+                    "name": {"type": "string"},
+                    "phase": {"type": "string"},
+                    "spec": OBJ,
+                    "status": OBJ,
+                },
+            },
+            "assignedTo": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+            },
+        },
+    },
+    "PCIDeviceList": list_of("PCIDevice"),
+    "PCIAssign": {
+        "type": "object",
+        "required": ["vm", "node"],
+        "additionalProperties": False,
+        "properties": {"vm": NAME, "namespace": NAME, "node": SUBDOMAIN},
+    },
+    "PCIUnassign": {
+        "type": "object",
+        "required": ["node"],
+        "additionalProperties": False,
+        "properties": {"node": SUBDOMAIN, "vm": NAME, "namespace": NAME},
+    },
+    "PCIAssignment": {
+        "type": "object",
+        "required": ["address", "node"],
+        "properties": {
+            "address": {"type": "string"},
+            "node": {"type": "string"},
+            "passthrough": {"type": "string"},
+            "vm": {"type": "string"},
+            "namespace": {"type": "string"},
+        },
+    },
+    # ------------------------------------------------------------ workloads
+    "DeploymentCreate": {
+        "type": "object",
+        "required": ["name", "image"],
+        "additionalProperties": False,
+        "properties": {
+            "name": NAME,
+            "image": {"type": "string", "minLength": 1, "maxLength": 512, "pattern": r"^\S+$"},
+            "replicas": {"type": "integer", "minimum": 0, "maximum": 100},
+            "ports": {"type": "array", "items": PORT, "maxItems": 32},
+            "env": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "propertyNames": ENV_NAME,
+                "maxProperties": 128,
+            },
+            "command": {"type": "array", "items": {"type": "string"}},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "labels": LABELS,
+        },
+    },
+    "Scale": {
+        "type": "object",
+        "required": ["replicas"],
+        "additionalProperties": False,
+        "properties": {"replicas": {"type": "integer", "minimum": 0, "maximum": 100}},
+    },
+    "Deployment": {
+        "type": "object",
+        "required": ["name", "namespace"],
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "image": {"type": "string"},
+            "replicas": {"type": "integer"},
+            "readyReplicas": {"type": "integer"},
+            "availableReplicas": {"type": "integer"},
+            "ports": {"type": "array", "items": OBJ},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "labels": LABELS,
+            "created": {"type": "string"},
+        },
+    },
+    "DeploymentList": list_of("Deployment"),
+    "ServiceCreate": {
+        "type": "object",
+        "required": ["name", "ports"],
+        "additionalProperties": False,
+        "properties": {
+            "name": NAME,
+            "selector": {**LABELS, "description": "pod labels; default {app: <deployment or name>}"},
+            "deployment": {**NAME, "description": "expose this deployment (selector app=<deployment>)"},
+            "type": {"type": "string", "enum": ["ClusterIP", "NodePort"]},
+            "ports": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 32,
+                "items": {
+                    "type": "object",
+                    "required": ["port"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": PORT_NAME,
+                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        "targetPort": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP"]},
+                    },
+                },
+            },
+        },
+    },
+    "Service": {
+        "type": "object",
+        "required": ["name", "namespace"],
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "type": {"type": "string"},
+            "clusterIP": {"type": "string"},
+            "selector": LABELS,
+            "ports": {"type": "array", "items": OBJ},
+            "created": {"type": "string"},
+        },
+    },
+    "ServiceList": list_of("Service"),
+    "Pod": {
+        "type": "object",
+        "required": ["name", "namespace"],
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "phase": {"type": "string"},
+            "node": {"type": "string"},
+            "podIP": {"type": "string"},
+            "ready": {"type": "boolean"},
+            "restarts": {"type": "integer"},
+            "containers": {"type": "array", "items": {"type": "string"}},
+            "labels": LABELS,
+            "conditions": {"type": "array", "items": OBJ},
+            "created": {"type": "string"},
+        },
+    },
+    "PodList": list_of("Pod"),
+    "NamespaceCreate": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {"name": NAME, "labels": LABELS},
+    },
+    "Namespace": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "phase": {"type": "string"},
+            "labels": LABELS,
+            "created": {"type": "string"},
+        },
+    },
+    "NamespaceList": list_of("Namespace"),
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}, "detail": {"type": "string"}},
+    },
+}
+
+# For validation the VM/template specs are checked by k3svirt_common.schema (the CRD schema), so
+# the envelope check only needs "it is an object".
+_VALIDATION_OVERRIDES = {"VirtualMachineSpec": OBJ, "VirtualMachineStatus": OBJ, "VMTemplateSpec": OBJ}
+_validators: dict[str, Draft202012Validator] = {}
+
+
+def _validator(name: str) -> Draft202012Validator:
+    v = _validators.get(name)
+    if v is None:
+        root = {
+            "$ref": f"#/components/schemas/{name}",
+            "components": {"schemas": {**COMPONENTS, **_VALIDATION_OVERRIDES}},
+        }
+        v = _validators[name] = Draft202012Validator(root)
+    return v
+
+
+def _field(path: Any, prefix: str = "") -> str:
+    out = prefix
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_error(err: Any, prefix: str = "") -> dict[str, str]:
+    field = _field(err.absolute_path, prefix)
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else ""
+        field = f"{field}.{missing}" if field else missing
+    elif err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            field = f"{field}.{extra[0]}" if field else extra[0]
+    return {"field": field, "message": err.message}
+
+
+def _best(err: Any) -> Any:
+    # Descend into oneOf/anyOf to the most specific failure.
+    while err.context:
+        err = min(err.context, key=lambda e: (-len(e.absolute_path), e.validator == "required"))
+    return err
+
+
+def errors_for(name: str, body: Any) -> list[dict[str, str]]:
+    errs = sorted(_validator(name).iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
+    return [format_error(_best(e)) for e in errs]
+
+
+def validate(name: str, body: Any) -> dict[str, Any]:
+    """Validate `body` against COMPONENTS[name]; raise a 422 Problem naming the failing fields."""
+    errs = errors_for(name, body)
+    if errs:
+        raise validation_problem(errs)
+    return body
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise Problem(
+            422,
+            "request body must be a JSON object",
+            title="Validation failed",
+            errors=[{"field": "", "message": "expected an object"}],
+        )
+    return body

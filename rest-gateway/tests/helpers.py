@@ -1,0 +1,41 @@
+"""Shared test data."""
+
+from __future__ import annotations
+
+TEMPLATE_YAML = """\
+apiVersion: k3svirt.io/v1alpha1
+kind: VMTemplate
+metadata:
+  name: {name}
+spec:
+  kind: Template
+  description: tiny test template
+  versions:
+    - version: 1.0.0
+      vm:
+        cpu: {{cores: 1}}
+        memory: {{size: 128Mi}}
+"""
+
+PRESET_YAML = """\
+apiVersion: k3svirt.io/v1alpha1
+kind: VMTemplate
+metadata:
+  name: {name}
+spec:
+  kind: Preset
+  versions:
+    - version: 0.1.0
+      vm:
+        cpu: {{model: host-passthrough}}
+"""
+
+
+def import_template(client, headers, ns: str, name: str, text: str | None = None) -> dict:
+    r = client.post(
+        f"/api/v1/templates?namespace={ns}",
+        data=text or TEMPLATE_YAML.format(name=name),
+        headers={**headers, "Content-Type": "application/yaml"},
+    )
+    assert r.status_code in (200, 201), r.get_data(as_text=True)
+    return r.json
