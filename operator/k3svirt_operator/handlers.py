@@ -100,15 +100,30 @@ def _on_domain_event(domain: str, _event: int, _detail: int) -> None:
 
 # ---------------------------------------------------------------------- VirtualMachine
 @kopf.on.event(names.GROUP, names.VERSION, names.VM_PLURAL)
-def vm_changed(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+def vm_changed(body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
     """Wakes the VM's loop when the user changed its spec or asked for an action."""
     if RT is None:
         return
     key = (namespace, name)
     marker = (body.metadata.get("generation"), body.metadata.annotations.get(names.ANNOTATION_ACTION))
-    if RT.seen.get(key) != marker:
+    if RT.seen.get(key) != marker or type == "DELETED":
         RT.seen[key] = marker
         RT.poke(key)
+        # A template's status counts the VMs that use it.
+        for ref in [body.spec.get("template") or {}, *(body.spec.get("presets") or [])]:
+            if ref.get("name"):
+                _refresh_template_status(namespace, ref["name"])
+
+
+def _refresh_template_status(namespace: str, name: str) -> None:
+    rt = _rt()
+    template = rt.get_object(names.VMTEMPLATE_PLURAL, namespace, name)
+    if template is None:
+        return
+    status = templates.compute_status(template, rt.list_objects(names.VM_PLURAL, namespace))
+    old = {k: v for k, v in (template.get("status") or {}).items() if not k.startswith("kopf")}
+    if status != old:
+        rt.patch_status(names.VMTEMPLATE_PLURAL, namespace, name, status)
 
 
 @kopf.daemon(names.GROUP, names.VERSION, names.VM_PLURAL, when=owned, cancellation_timeout=30)
@@ -166,11 +181,7 @@ def template_changed(body: kopf.Body, namespace: str, name: str, type: str | Non
     """Keeps status (latest version, users) current; every node computes the same answer."""
     if RT is None or type == "DELETED":
         return
-    vms = RT.list_objects(names.VM_PLURAL, namespace)
-    status = templates.compute_status(dict(body), vms)
-    old = {k: v for k, v in (body.get("status") or {}).items() if not k.startswith("kopf")}
-    if status != old:
-        RT.patch_status(names.VMTEMPLATE_PLURAL, namespace, name, status)
+    _refresh_template_status(namespace, name)
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.VMTEMPLATE_PLURAL)

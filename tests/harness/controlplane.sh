@@ -96,7 +96,7 @@ start() {
     pki
     write_kubeconfig "$KUBECONFIG_OUT"
     nohup "$BIN/kine" --endpoint "sqlite://$CP/state.db?_journal=WAL&cache=shared&_busy_timeout=30000" \
-      --listen-address "unix://$CP/kine.sock" > "$CP/kine.log" 2>&1 &
+      --listen-address "unix://$CP/kine.sock" --metrics-bind-address 0 > "$CP/kine.log" 2>&1 &
     echo $! > "$CP/kine.pid"
     wait_for 30 kine test -S "$CP/kine.sock" || die "kine did not start: see $CP/kine.log"
     nohup "$BIN/kube-apiserver" \
