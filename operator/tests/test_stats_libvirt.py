@@ -71,8 +71,18 @@ def conn() -> Iterator[libvirt.virConnect]:
 
 
 def _destroy(dom: libvirt.virDomain) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
-        dom.destroy()
+    """Destroy, retrying: on a busy libvirtd destroy can time out on the domain's state lock."""
+    for _ in range(5):
+        try:
+            dom.destroy()
+            return
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            with contextlib.suppress(libvirt.libvirtError):
+                if not dom.isActive():
+                    return
+            time.sleep(2)
 
 
 @pytest.fixture(scope="module")

@@ -398,3 +398,41 @@ def test_interval_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert StatsCollector(FakeConn, node_name="n").interval == 2.0  # type: ignore[arg-type]
     monkeypatch.setenv("K3SVIRT_METRICS_PORT", "9999")
     assert MetricsServer(StatsCollector(FakeConn, node_name="n")).port == 9999  # type: ignore[arg-type]
+
+
+def _skipped(rec: dict) -> dict:
+    """What libvirt returns with NOWAIT while another job holds the domain: no guarded groups."""
+    out = {k: v for k, v in rec.items()
+           if not k.startswith("block.") and not (k.startswith("balloon.") and k not in
+                                                  ("balloon.current", "balloon.maximum"))}
+    out["block.count"] = 0
+    return out
+
+
+def test_sampler_bridges_nowait_gaps() -> None:
+    conn, clock = FakeConn(), Clock()
+    d = FakeDomain("u1", "ns_vm", 1, None)
+    s = make_sampler(conn, clock)
+    conn.domains["u1"] = (d, record(1.0, rd=0, wr=0))
+    s.sample()
+    clock.t += 2
+    conn.domains["u1"] = (d, record(2.0, rd=2000, wr=4000))
+    r2 = s.sample()["u1"]
+    assert r2.disks[0].read_bytes_per_sec == pytest.approx(1000)
+    clock.t += 2
+    conn.domains["u1"] = (d, _skipped(record(3.0, rd=9999, wr=9999)))
+    r3 = s.sample()["u1"]
+    assert r3.cpu.usage_percent == pytest.approx(50.0)  # never skipped
+    assert r3.memory.resident_bytes == 200000 * 1024  # carried gauge
+    assert r3.disks[0].read_bytes_per_sec == pytest.approx(1000)  # last round's figures
+    clock.t += 2
+    conn.domains["u1"] = (d, record(4.0, rd=10000, wr=4000))
+    r4 = s.sample()["u1"]
+    assert r4.disks[0].read_bytes_per_sec == pytest.approx(2000)  # (10000-2000) over 4 s, not 2 s
+    assert r4.disks[0].write_bytes_per_sec == pytest.approx(0)
+    # gaps longer than the hold time are not bridged
+    for _ in range(3):
+        clock.t += 2
+        conn.domains["u1"] = (d, _skipped(record(5.0)))
+        r = s.sample()["u1"]
+    assert r.disks == () and r.memory.resident_bytes is None

@@ -15,7 +15,12 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 SRC="$HARNESS_DIR/controlplane"
-KEY=$(cat "$SRC/go.mod" "$SRC/go.sum" | sha256sum | cut -c1-12)
+# Stamped like upstream release builds, so `kubectl version` and Helm's kubeVersion checks work.
+LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
+  -X k8s.io/component-base/version.gitMajor=$(cut -d. -f1 <<<"${KUBE_VERSION#v}") \
+  -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION") \
+  -X k8s.io/component-base/version.gitTreeState=clean"
+KEY=$( (cat "$SRC/go.mod" "$SRC/go.sum"; echo "$LDFLAGS") | sha256sum | cut -c1-12)
 BIN="$K3SVIRT_CACHE/controlplane/$KUBE_VERSION-kine-$KINE_VERSION-$KEY"
 CP="$K3SVIRT_STATE/controlplane"
 PKI="$CP/pki"
@@ -28,7 +33,7 @@ build() {
   mkdir -p "$BIN.tmp"
   log "building kube-apiserver/kube-controller-manager $KUBE_VERSION and kine $KINE_VERSION (once, ~10 min on 2 cores)"
   local t0=$SECONDS
-  (cd "$SRC" && go build -trimpath -ldflags "-s -w" -o "$BIN.tmp/" ./cmd/kube-apiserver ./cmd/kube-controller-manager) \
+  (cd "$SRC" && go build -trimpath -ldflags "$LDFLAGS" -o "$BIN.tmp/" ./cmd/kube-apiserver ./cmd/kube-controller-manager) \
     || die "building the control plane failed: is the Go module proxy reachable (go env GOPROXY)?"
   CGO_ENABLED=1 GOBIN="$BIN.tmp" go install "github.com/k3s-io/kine@$KINE_VERSION" \
     || die "building kine failed: it needs cgo (gcc) and the Go module proxy"

@@ -34,6 +34,7 @@ class DiskCounters:
     fl_times_ns: int | None = None
     capacity: int | None = None
     allocation: int | None = None
+    monotonic: float | None = None  # when these counters were read, if older than the sample (carried)
 
 
 NET_FIELDS = ("rx_bytes", "rx_pkts", "rx_errs", "rx_drop", "tx_bytes", "tx_pkts", "tx_errs", "tx_drop")
@@ -72,6 +73,7 @@ class RawSample:
     cpu_system_ns: int | None = None
     vcpu_times_ns: dict[int, int] = field(default_factory=dict)
     balloon: dict[str, int] = field(default_factory=dict)
+    balloon_monotonic: float | None = None  # when the balloon figures were read, if carried
     disks: tuple[DiskCounters, ...] = ()
     nets: tuple[NetCounters, ...] = ()
 

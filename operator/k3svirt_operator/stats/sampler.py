@@ -17,7 +17,7 @@ import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import libvirt
@@ -50,11 +50,14 @@ STATS_FLAGS = (
     | libvirt.VIR_DOMAIN_STATS_INTERFACE
     | libvirt.VIR_DOMAIN_STATS_BLOCK
 )
-# ACTIVE = running + paused (+ shutting down). NOWAIT: a domain busy with a long job (migration,
-# block job) must not stall the round for everybody; it just misses the job-guarded stats once.
-LIST_FLAGS = (
-    libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
-)
+# ACTIVE = running + paused (+ shutting down). NOWAIT: libvirt does not wait for a domain's job (a
+# starting / migrating / hung domain would otherwise stall the whole round, up to libvirt's 30 s job
+# timeout); that domain's job-guarded groups (balloon guest memory + rss, block) are then omitted
+# for the round. The sampler bridges such gaps for up to HOLD_SECONDS (see _bridge_gaps).
+LIST_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+NOWAIT_FLAG = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+HOLD_SECONDS = 5.0
+
 
 # --------------------------------------------------------------------------- identity
 
@@ -263,6 +266,11 @@ def derive(prev: RawSample | None, cur: RawSample, ref: VMRef | None = None) -> 
     disks = []
     for d in cur.disks:
         p = prev_disks.get(d.drive)
+        ddt = dt
+        if p is not None and dt is not None and (p.monotonic is not None or d.monotonic is not None):
+            # counters carried over a skipped round: their own read times give the interval
+            ddt = (d.monotonic or cur.monotonic) - (p.monotonic or prev.monotonic)  # type: ignore[union-attr]
+            ddt = ddt if ddt > 0 else None
         disks.append(
             DiskStats(
                 drive=d.drive,
@@ -274,10 +282,10 @@ def derive(prev: RawSample | None, cur: RawSample, ref: VMRef | None = None) -> 
                 write_times_seconds_total=_ns_to_s(d.wr_times_ns),
                 flush_ops_total=d.fl_reqs,
                 flush_times_seconds_total=_ns_to_s(d.fl_times_ns),
-                read_bytes_per_sec=_rate(p.rd_bytes if p else None, d.rd_bytes, dt),
-                write_bytes_per_sec=_rate(p.wr_bytes if p else None, d.wr_bytes, dt),
-                read_iops=_rate(p.rd_reqs if p else None, d.rd_reqs, dt),
-                write_iops=_rate(p.wr_reqs if p else None, d.wr_reqs, dt),
+                read_bytes_per_sec=_rate(p.rd_bytes if p else None, d.rd_bytes, ddt),
+                write_bytes_per_sec=_rate(p.wr_bytes if p else None, d.wr_bytes, ddt),
+                read_iops=_rate(p.rd_reqs if p else None, d.rd_reqs, ddt),
+                write_iops=_rate(p.wr_reqs if p else None, d.wr_reqs, ddt),
                 capacity_bytes=d.capacity,
                 allocation_bytes=d.allocation,
             )
@@ -304,6 +312,32 @@ def derive(prev: RawSample | None, cur: RawSample, ref: VMRef | None = None) -> 
         disks=tuple(disks),
         nets=tuple(nets),
     )
+
+
+def bridge_gaps(prev: RawSample | None, cur: RawSample, hold: float = HOLD_SECONDS) -> tuple[RawSample, set[str]]:
+    """Fill groups libvirt skipped this round (NOWAIT) from ``prev``, for at most ``hold`` seconds.
+
+    Balloon figures (gauges) are copied when ``rss`` is missing now but was present. Disks present
+    before but without counters now keep their previous counters *with their read time*, so the next
+    real reading yields a correct rate over the longer interval. Returns the patched sample and the
+    carried drive names (their rates are the previous round's, see Sampler). No-op after a restart.
+    """
+    if prev is None or prev.uuid != cur.uuid or restarted(prev, cur):
+        return cur, set()
+    changes: dict[str, Any] = {}
+    b_time = prev.balloon_monotonic or prev.monotonic
+    if "rss" not in cur.balloon and "rss" in prev.balloon and cur.monotonic - b_time <= hold:
+        changes["balloon"] = {**prev.balloon, **cur.balloon}
+        changes["balloon_monotonic"] = b_time
+    have = {d.drive for d in cur.disks}
+    carried = []
+    for d in prev.disks:
+        t = d.monotonic or prev.monotonic
+        if d.drive not in have and cur.monotonic - t <= hold:
+            carried.append(replace(d, monotonic=t))
+    if carried:
+        changes["disks"] = cur.disks + tuple(carried)
+    return (replace(cur, **changes) if changes else cur), {d.drive for d in carried}
 
 
 # --------------------------------------------------------------------------- sampler
@@ -343,17 +377,19 @@ class Sampler:
         *,
         stats_flags: int = STATS_FLAGS,
         list_flags: int = LIST_FLAGS,
+        nowait: bool = True,
         include_unmanaged: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._conn = conn
         self.stats_flags = stats_flags
-        self.list_flags = list_flags
+        self.list_flags = list_flags | (NOWAIT_FLAG if nowait else 0)
         self.include_unmanaged = include_unmanaged
         self._clock = clock
         self._wall = wall_clock
         self._prev: dict[str, RawSample] = {}
+        self._last: dict[str, VMStats] = {}
         self._info: dict[str, _DomainInfo] = {}
         self.last_round: RoundInfo | None = None
 
@@ -426,10 +462,18 @@ class Sampler:
             cur = parse_record(
                 rec, uuid=uuid, domain=name, monotonic=mono, wall=wall, dom_id=dom_id, labels=info.labels
             )
-            out[uuid] = derive(self._prev.get(uuid), cur, info.ref)
+            prev = self._prev.get(uuid)
+            cur, carried = bridge_gaps(prev, cur)
+            stats = derive(prev, cur, info.ref)
+            if carried and uuid in self._last:  # skipped drives: show last round's figures
+                last = {d.drive: d for d in self._last[uuid].disks}
+                stats = replace(stats, disks=tuple(
+                    last.get(d.drive, d) if d.drive in carried else d for d in stats.disks))
+            out[uuid] = self._last[uuid] = stats
             self._prev[uuid] = cur
         for gone in set(self._prev) - seen:
             del self._prev[gone]
+            self._last.pop(gone, None)
         for gone in set(self._info) - seen:
             del self._info[gone]
         return out
@@ -437,4 +481,5 @@ class Sampler:
     def forget(self) -> None:
         """Drop all baselines and caches (e.g. after reconnecting to libvirtd)."""
         self._prev.clear()
+        self._last.clear()
         self._info.clear()

@@ -213,12 +213,9 @@ def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
                     f"status {status}); start it instead",
                 )
         request_id = f"{action}/{uuid.uuid4()}"
-        patch = {
-            "metadata": {
-                "annotations": {c.ACTION_ANNOTATION: request_id},
-                "resourceVersion": md.get("resourceVersion"),
-            }
-        }
+        # No resourceVersion precondition: the operator rewrites status all the time, and a one-shot
+        # request with a unique id is judged against the VM's runStrategy when the operator performs it.
+        patch = {"metadata": {"annotations": {c.ACTION_ANNOTATION: request_id}}}
         result["requestId"] = request_id
     else:
         target = "Always" if action == "start" else "Halted"

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Benchmark the gateway (gunicorn, 1 worker x 4 threads) against the real API server:
+requests/s and p50/p99 latency of GET /vms with 200 VMs, and of POST /vms. Prints figures only.
+
+    KUBECONFIG=~/.local/state/k3svirt/kubeconfig .venv/bin/python bench/bench_gateway.py [--vms 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(fn, n: int, concurrency: int) -> tuple[float, list[float], list[int]]:
+    def one(i: int) -> tuple[float, int]:
+        t = time.perf_counter()
+        code = fn(i)
+        return time.perf_counter() - t, code
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        res = list(pool.map(one, range(n)))
+    return time.perf_counter() - t0, [r[0] for r in res], [r[1] for r in res]
+
+
+def report(name: str, total: float, lat: list[float], codes: list[int]) -> None:
+    lat = sorted(lat)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    print(
+        f"{name:<28} {len(lat) / total:8.1f} req/s   p50 {statistics.median(lat) * 1000:7.1f} ms   "
+        f"p99 {p99 * 1000:7.1f} ms   codes {sorted(set(codes))}"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vms", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+    kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".local/state/k3svirt/kubeconfig")
+    tmp = Path(tempfile.mkdtemp())
+    keyfile = tmp / "keys"
+    key = subprocess.run(
+        [sys.executable, "-m", "k3svirt_gateway.keys", "add", "bench", "--role", "admin", "--file", str(keyfile)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": kubeconfig,
+        "K3SVIRT_API_KEYS_FILE": str(keyfile),
+        "K3SVIRT_LOG_LEVEL": "WARNING",
+    }
+    exe = Path(sys.executable).with_name("k3svirt-gateway")
+    proc = subprocess.Popen([str(exe), "--bind", f"127.0.0.1:{port}"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {key}"
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=args.concurrency)
+    s.mount("http://", adapter)
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    try:
+        for _ in range(100):
+            try:
+                if s.get(url + "/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        s.post(f"{url}/api/v1/namespaces", json={"name": ns}).raise_for_status()
+        spec = {"memory": {"size": "64Mi"}, "runStrategy": "Halted"}
+
+        def post(i: int) -> int:
+            return s.post(
+                f"{url}/api/v1/vms", params={"namespace": ns}, json={"name": f"vm-{i}", "spec": spec}
+            ).status_code
+
+        total, lat, codes = run(post, args.vms, args.concurrency)
+        report(f"POST /vms ({args.vms} VMs)", total, lat, codes)
+
+        def get(_: int) -> int:
+            r = s.get(f"{url}/api/v1/vms", params={"namespace": ns})
+            assert len(r.json()["items"]) == args.vms
+            return r.status_code
+
+        run(get, 10, 2)  # warm-up
+        total, lat, codes = run(get, args.requests, args.concurrency)
+        report(f"GET /vms ({args.vms} VMs)", total, lat, codes)
+        rss = Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split("\n")[0].strip()
+        print(f"gateway RSS (master) {rss}; machine: {os.cpu_count()} cores")
+    finally:
+        s.delete(f"{url}/api/v1/namespaces/{ns}")
+        proc.terminate()
+        proc.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
