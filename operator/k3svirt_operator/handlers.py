@@ -22,12 +22,17 @@ from k3svirt_common import names, templates
 from . import accel as accel_mod
 from . import pci, stats
 from .config import Settings
+from .kubeapi import KubeAPI
 from .libvirt_conn import LibvirtConnection
-from .runtime import Runtime, kube_api_client
+from .runtime import Runtime
 from .vm_reconciler import Event, VMReconciler
 
+# A plain registry: kopf's default one imports the `kubernetes` package (~28 MiB) just to offer a
+# login through it; the operator logs in with kopf's own kubeconfig/service-account readers.
+kopf.set_default_registry(kopf.OperatorRegistry())
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
+CREDENTIALS: Any = None
 RT: Runtime | None = None
 RECONCILER: VMReconciler | None = None
 MONITOR: tuple[Any, Any] | None = None
@@ -38,18 +43,47 @@ def _rt() -> Runtime:
     return RT
 
 
+# This node's labels for spec.nodeSelector: K3SVIRT_NODE_LABELS plus the Node object's, refreshed.
+NODE_LABELS: dict[str, str] = dict(SETTINGS.node_labels)
+
+
 def owned(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
-    """This node runs the VM: named by spec.nodeName, claimed in status.node, or matched by selector."""
+    """This node runs the VM: named by spec.nodeName, claimed in status.node, or matched by selector.
+
+    A VM matched only by selector is claimed (status.node, with an optimistic-concurrency write)
+    before anything is done with it, so two nodes never both run it.
+    """
     if spec.get("nodeName"):
         return spec["nodeName"] == SETTINGS.node_name
     if (status or {}).get("node"):
         return status["node"] == SETTINGS.node_name
-    return all(SETTINGS.node_labels.get(k) == v for k, v in (spec.get("nodeSelector") or {}).items())
+    return all(NODE_LABELS.get(k) == v for k, v in (spec.get("nodeSelector") or {}).items())
+
+
+async def _refresh_node_labels() -> None:
+    while True:
+        labels = await asyncio.to_thread(_rt().node_labels)
+        NODE_LABELS.clear()
+        NODE_LABELS.update({**labels, **SETTINGS.node_labels})
+        await asyncio.sleep(60)
 
 
 def _post(body: Any, events: list[Event]) -> None:
     for e in events:
         kopf.event(body, type=e.type, reason=e.reason, message=e.message[:1000])
+
+
+def _credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    global CREDENTIALS
+    if CREDENTIALS is None:
+        CREDENTIALS = (kopf.login_with_service_account(settings=settings)
+                       or kopf.login_with_kubeconfig(settings=settings))
+    return CREDENTIALS
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+    return _credentials(settings)
 
 
 @kopf.on.startup()
@@ -67,12 +101,16 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     acc = await asyncio.to_thread(accel_mod.detect, raw, SETTINGS.storage_root)
     log.info("operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type,
                                          "reason": acc.reason})
-    RT = Runtime(SETTINGS, conn, acc, kube_api_client(), asyncio.get_running_loop())
+    creds = _credentials(settings)
+    if creds is None:
+        raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod")
+    RT = Runtime(SETTINGS, conn, acc, KubeAPI(creds), asyncio.get_running_loop())
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, _resolve_host_devices)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.poke_all_threadsafe() if RT else None)
     MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, port=SETTINGS.metrics_port)
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
+    asyncio.get_running_loop().create_task(_refresh_node_labels())
 
 
 @kopf.on.cleanup()
@@ -131,20 +169,30 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, uid: str, **_: Any
     rt, reconciler = _rt(), RECONCILER
     assert reconciler is not None
     key = (namespace, name)
+    if not body.spec.get("nodeName") and not (body.status or {}).get("node"):
+        owner = await asyncio.to_thread(rt.claim_vm, namespace, name, body.metadata["resourceVersion"])
+        if owner != SETTINGS.node_name:
+            return  # another node's operator claimed it first
     wake = rt.waker(key)
     last_summary = 0.0
     while True:
         if body.metadata.get("deletionTimestamp"):
             return
+        wake.clear()  # before the pass: an event that arrives during it wakes the next one
         snapshot = copy.deepcopy(dict(body))
         if uid in rt.written:  # our last write may not have come back through the watch yet
             snapshot["status"] = {**(snapshot.get("status") or {}), **rt.written[uid]}
         result = await asyncio.to_thread(reconciler.reconcile, snapshot)
         status = result.status
-        if MONITOR is not None and time.monotonic() - last_summary >= SETTINGS.status_summary_seconds:
+        figures = MONITOR[0].get(namespace, name) if MONITOR is not None else None
+        shown = ((snapshot.get("status") or {}).get("monitoring") or {}).get("updatedAt")
+        due = time.monotonic() - last_summary >= SETTINGS.status_summary_seconds
+        if MONITOR is not None and (due or (figures is not None and not shown)):
             last_summary = time.monotonic()
-            summary = stats.summarize(MONITOR[0].get(namespace, name))
+            summary = stats.summarize(figures)
+            previous = (snapshot.get("status") or {}).get("monitoring") or {}
             status["monitoring"] = {
+                **{k: None for k in previous},  # a merge patch keeps keys it is not told to clear
                 **(summary or {}),
                 "endpoint": MONITOR[1].stats_url(namespace, name, host=SETTINGS.node_ip),
             }
@@ -155,7 +203,6 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, uid: str, **_: Any
             await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
             rt.written[uid] = status
         _post(body, result.events)
-        wake.clear()
         timeout = result.requeue if result.requeue is not None else SETTINGS.resync_seconds
         if MONITOR is not None:
             timeout = min(timeout, SETTINGS.status_summary_seconds)

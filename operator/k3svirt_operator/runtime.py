@@ -9,23 +9,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k3svirt_common import names
-from kubernetes import client
-from kubernetes import config as kube_config
-from kubernetes.client.rest import ApiException
 
 from .accel import Acceleration
 from .config import Settings
+from .kubeapi import ApiError, KubeAPI
 from .libvirt_conn import LibvirtConnection
 
 log = logging.getLogger(__name__)
 
 
-def kube_api_client() -> client.ApiClient:
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
-    return client.ApiClient()
+def _path(plural: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    path = f"/apis/{names.GROUP}/{names.VERSION}"
+    if namespace is not None:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name is not None:
+        path += f"/{name}"
+    if sub is not None:
+        path += f"/{sub}"
+    return path
 
 
 @dataclass
@@ -33,7 +35,7 @@ class Runtime:
     settings: Settings
     libvirt: LibvirtConnection
     accel: Acceleration
-    api: client.ApiClient
+    api: KubeAPI
     loop: asyncio.AbstractEventLoop
     wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     # What each VM's loop last saw of spec generation/annotation, to wake only on real changes.
@@ -58,40 +60,48 @@ class Runtime:
 
     # ------------------------------------------------------------------ Kubernetes access
     def get_object(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        api = client.CustomObjectsApi(self.api)
         try:
-            if namespace is None:
-                return api.get_cluster_custom_object(names.GROUP, names.VERSION, plural, name)
-            return api.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, plural, name)
-        except ApiException as exc:
+            return self.api.get(_path(plural, namespace, name))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
 
     def list_objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        api = client.CustomObjectsApi(self.api)
-        if namespace is None:
-            return api.list_cluster_custom_object(names.GROUP, names.VERSION, plural)["items"]
-        return api.list_namespaced_custom_object(names.GROUP, names.VERSION, namespace, plural)["items"]
+        return self.api.get(_path(plural, namespace))["items"]
+
+    def claim_vm(self, namespace: str, name: str, resource_version: str) -> str | None:
+        """Writes status.node = this node unless another operator got there first; returns the owner."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": {"node": self.settings.node_name}}
+        try:
+            self.api.merge_patch(_path(names.VM_PLURAL, namespace, name, "status"), body)
+            return self.settings.node_name
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        current = self.get_object(names.VM_PLURAL, namespace, name) or {}
+        return (current.get("status") or {}).get("node")
+
+    def node_labels(self) -> dict[str, str]:
+        """Labels of this node's Node object (none in a control plane without kubelets)."""
+        try:
+            node = self.api.get(f"/api/v1/nodes/{self.settings.node_name}")
+        except ApiError:
+            return {}
+        return dict((node.get("metadata") or {}).get("labels") or {})
 
     def ensure_cluster_object(self, plural: str, kind: str, name: str) -> None:
         """Creates an empty cluster-scoped object of ours if it does not exist yet."""
-        api = client.CustomObjectsApi(self.api)
         body = {"apiVersion": names.API_VERSION, "kind": kind, "metadata": {"name": name}}
         try:
-            api.create_cluster_custom_object(names.GROUP, names.VERSION, plural, body)
-        except ApiException as exc:
+            self.api.post(_path(plural, None), body)
+        except ApiError as exc:
             if exc.status != 409:
                 raise
 
     def patch_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
-        api = client.CustomObjectsApi(self.api)
-        body = {"status": dict(status)}
         try:
-            if namespace is None:
-                api.patch_cluster_custom_object_status(names.GROUP, names.VERSION, plural, name, body)
-            else:
-                api.patch_namespaced_custom_object_status(names.GROUP, names.VERSION, namespace, plural, name, body)
-        except ApiException as exc:
+            self.api.merge_patch(_path(plural, namespace, name, "status"), {"status": dict(status)})
+        except ApiError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise

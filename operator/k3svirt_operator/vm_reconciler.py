@@ -27,6 +27,8 @@ from .vmstatus import condition, merge_conditions, printable_status, ready_condi
 
 log = logging.getLogger(__name__)
 
+ADDRESS_POLLS = 20  # quick re-checks (every 3 s) for a DHCP lease after a start
+
 TemplateGetter = Callable[[str, str], Mapping[str, Any] | None]  # (namespace, name) -> VMTemplate
 HostDeviceResolver = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, str]]
 
@@ -68,6 +70,8 @@ class VMReconciler:
         self.get_template = get_template
         self.resolve_host_devices = resolve_host_devices
         self._stopping: dict[str, _Stopping] = {}
+        self._libvirt_version_cache: int | None = None
+        self._address_polls: dict[str, int] = {}  # uid -> quick re-checks made while waiting for a lease
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self, body: Mapping[str, Any]) -> Result:
@@ -146,10 +150,16 @@ class VMReconciler:
             "consoleLog": str(storage.console_log_path(ns, name, self.settings.storage_root)),
             "interfaces": _interfaces(uid, expanded.spec, observed.domain),
         }
-        if observed.power == Power.RUNNING and requeue is None and any(
-                "ipAddress" not in i and n.get("bridge") is None
-                for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False)):
-            requeue = 3.0  # DHCP leases raise no libvirt event: look again until the address shows
+        waiting_for_lease = observed.power == Power.RUNNING and any(
+            "ipAddress" not in i and n.get("bridge") is None
+            for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False))
+        polls = self._address_polls.get(uid, 0)
+        if not waiting_for_lease:
+            self._address_polls.pop(uid, None)
+        elif requeue is None and polls < ADDRESS_POLLS:
+            # DHCP leases raise no libvirt event: look again soon, for the first minute of a boot.
+            self._address_polls[uid] = polls + 1
+            requeue = 3.0
         if new_status["printableStatus"] != status.get("printableStatus"):
             events.append(Event("Normal", new_status["printableStatus"],
                                 f"VM is {new_status['printableStatus'].lower()}"))
@@ -199,10 +209,12 @@ class VMReconciler:
         )
 
     def _libvirt_version(self) -> int | None:
-        try:
-            return self.conn.get().getLibVersion()
-        except libvirt.libvirtError:
-            return None
+        if self._libvirt_version_cache is None:  # fixed for the life of libvirtd; asked once
+            try:
+                self._libvirt_version_cache = self.conn.get().getLibVersion()
+            except libvirt.libvirtError:
+                return None
+        return self._libvirt_version_cache
 
     def _build(self, ns: str, name: str, uid: str, generation: int, spec: Mapping[str, Any],
                ctx: DomainContext) -> Any:
@@ -228,6 +240,7 @@ class VMReconciler:
         if decision.warning:
             events.append(Event("Warning", "ActionRefused", decision.warning))
         if decision.step == Step.START:
+            self._address_polls.pop(uid, None)
             try:
                 domains.start(dom)
             except libvirt.libvirtError as exc:
@@ -269,6 +282,7 @@ class VMReconciler:
                 domains.undefine(dom)
                 events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed"))
         self._stopping.pop(uid, None)
+        self._address_polls.pop(uid, None)
         keep = spec.get("deletionPolicy") == "Retain"
         storage.remove_vm_storage(ns, name, self.settings.storage_root, keep=keep)
         events.append(Event("Normal", "StorageRetained" if keep else "StorageRemoved",

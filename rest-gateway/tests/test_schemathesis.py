@@ -30,7 +30,8 @@ def st_namespace(live_gateway, admin):
     after = {
         n["name"] for n in requests.get(f"{live_gateway}/api/v1/namespaces", headers=admin, timeout=30).json()["items"]
     }
-    for name in (after - before) | {ns}:
+    # Only namespaces this run made (their names are forced to gwst-...): other suites share the cluster.
+    for name in {n for n in after - before if n.startswith("gwst-")} | {ns}:
         requests.delete(f"{live_gateway}/api/v1/namespaces/{name}", headers=admin, timeout=30)
 
 
@@ -50,6 +51,9 @@ def test_api_conforms(case, live_gateway, st_namespace, admin):
     if any(p.endswith("/namespace") for p in params):
         # keep every namespaced object inside the module's namespace (cleaned up afterwards)
         case.query = {**(case.query or {}), "namespace": st_namespace}
+    if case.path == "/api/v1/namespaces" and case.method == "POST" and isinstance(case.body, dict) \
+            and isinstance(case.body.get("name"), str):
+        case.body = {**case.body, "name": f"gwst-{uuid.uuid4().hex[:8]}"}
     if case.path == "/api/v1/namespaces/{name}" and case.method == "DELETE":
         case.path_parameters = {"name": f"gwst-none-{uuid.uuid4().hex[:6]}"}
     # positive_data_acceptance is excluded: a schema-valid body may still be refused with 422 for

@@ -120,3 +120,26 @@ def test_unknown_template_becomes_a_failed_condition(kubeconfig, namespace, oper
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and "no-such-template" in ready["message"]
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/orphan", "--timeout=60s")
+
+
+def test_libvirtd_restart_is_survived(kubeconfig, namespace, operator, tiny_guest):
+    import subprocess
+
+    name, domain = "survivor", f"{namespace}_survivor"
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm(name, tiny_guest)))
+    kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", f"vm/{name}", "--timeout=120s")
+    before = _domid(domain)
+
+    subprocess.run(["pkill", "-x", "libvirtd"], check=True)
+    wait_until(lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0, 30,
+               "libvirtd did not exit")
+    subprocess.run(["libvirtd", "-d"], check=True)
+    wait_until(lambda: virsh("version", check=False), 30, "libvirtd did not come back")
+    assert _domid(domain) == before  # QEMU outlives libvirtd; nothing was restarted
+
+    # The operator reconnected and listens to lifecycle events again: drift is still repaired.
+    time.sleep(2)
+    virsh("destroy", domain)
+    wait_until(lambda: _domstate(domain) == "running", 60, "drift after a libvirtd restart was not repaired")
+    kubectl(kubeconfig, "delete", "-n", namespace, f"vm/{name}", "--timeout=60s")
+    assert domain not in virsh("list", "--all", "--name").split()
