@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask
 
 from . import auth, config
+from .cache import Cache
 from .errors import register_error_handlers
 from .k8s import Kube
 
@@ -33,6 +34,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     kube = Kube(settings)
     app.extensions["k3svirt.kube"] = kube
+    # List cache: informers are created and started by the first list request, not here.
+    app.extensions["k3svirt.cache"] = Cache(kube, settings)
     store = auth.KeyStore(settings, kube)
     app.extensions["k3svirt.keys"] = store
     if not store.configured:

@@ -21,6 +21,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     # Seconds an API-key Secret is cached before it is read again.
     "API_KEYS_SECRET_TTL": 30.0,
+    # Watch-backed cache for GET /vms and GET /templates ("off" lists directly every time), and how
+    # long (seconds) it may keep answering, with a Warning header, after its watch lost the API server.
+    "LIST_CACHE": "on",
+    "LIST_CACHE_MAX_STALE": 30.0,
 }
 
 ENV_MAP = {
@@ -34,6 +38,8 @@ ENV_MAP = {
     "STATS_TIMEOUT": "K3SVIRT_STATS_TIMEOUT",
     "MAX_CONTENT_LENGTH": "K3SVIRT_MAX_BODY_BYTES",
     "API_KEYS_SECRET_TTL": "K3SVIRT_API_KEYS_SECRET_TTL",
+    "LIST_CACHE": "K3SVIRT_LIST_CACHE",
+    "LIST_CACHE_MAX_STALE": "K3SVIRT_LIST_CACHE_MAX_STALE",
 }
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -70,6 +71,8 @@ class Kube:
         self.settings = settings
         self._api: kclient.ApiClient | None = None
         self._lock = threading.Lock()
+        # Called with (method, path, decoded result) after every successful write (cache.Cache.observe).
+        self.on_write: Callable[[str, str, Any], None] | None = None
         self.timeout = urllib3.Timeout(
             connect=float(settings.get("KUBE_CONNECT_TIMEOUT", 3.0)),
             read=float(settings.get("KUBE_TIMEOUT", 10.0)),
@@ -151,8 +154,24 @@ class Kube:
         if 200 <= status < 300:
             if raw:
                 return payload
-            return json.loads(payload) if payload else {}
+            result = json.loads(payload) if payload else {}
+            if method != "GET" and self.on_write is not None:
+                try:
+                    self.on_write(method, path, result)
+                except Exception:  # a cache bug must never fail a write that happened
+                    log.exception("write observer failed", extra={"method": method, "path": path})
+            return result
         raise self._problem(status, payload, method, path)
+
+    def stream(self, path: str, *, query: dict[str, Any], timeout: urllib3.Timeout) -> Any:
+        """Open a streaming GET (a watch); the caller reads and releases the urllib3 response, whatever
+        its status. Connection failures raise urllib3/OS errors, not Problem."""
+        api = self.api
+        _m, url, headers, _b, _p = api.param_serialize(
+            "GET", path, header_params={"Accept": JSON}, auth_settings=["BearerToken"]
+        )
+        url += "?" + urlencode({k: v for k, v in query.items() if v is not None and v != ""})
+        return api.rest_client.pool_manager.request("GET", url, headers=headers, timeout=timeout, preload_content=False)
 
     @staticmethod
     def _problem(status: int, payload: bytes, method: str, path: str) -> Problem:

@@ -94,6 +94,8 @@ def build(app: Flask) -> dict[str, Any]:
             ok: dict[str, Any] = {"description": desc, "content": content}
             if code == 201:
                 ok["headers"] = {"Location": {"schema": {"type": "string"}, "description": "URL of the new object"}}
+            if meta.get("response_headers"):
+                ok.setdefault("headers", {}).update(meta["response_headers"])
             responses: dict[str, Any] = {str(code): ok}
             for extra_code, (extra_schema, extra_desc) in sorted(meta.get("also", {}).items()):
                 extra_content = {meta["response_type"]: {"schema": {"$ref": f"#/components/schemas/{extra_schema}"}}}

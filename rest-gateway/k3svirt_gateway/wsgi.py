@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         "timeout": args.timeout,
         "graceful_timeout": 10,
         "keepalive": 5,
+        # gunicorn's maximum (default 4094): a 1024-character labelSelector of non-ASCII text, percent-
+        # encoded, is longer than the default and was answered with an undocumented 414.
+        "limit_request_line": 8190,
         "max_requests": 0,
         "accesslog": "-" if args.access_log else None,
         "errorlog": "-",

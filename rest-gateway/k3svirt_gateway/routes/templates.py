@@ -17,9 +17,10 @@ from k3svirt_common import templates as tmod
 
 from .. import contract as c
 from ..api import JSON_TYPES, YAML_TYPES, check_name, namespace, op
+from ..cache import STALE_HEADER, Resource
 from ..errors import Problem, validation_problem
 from ..schemas import validate
-from . import clean_metadata, kube
+from . import clean_metadata, kube, list_items
 from .vms import template_path, vm_path
 
 bp = Blueprint("templates", __name__)
@@ -56,6 +57,9 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+TEMPLATES = Resource(c.TEMPLATE_KIND, c.TEMPLATE_PLURAL, summary)
+
+
 def _detail(obj: dict[str, Any]) -> dict[str, Any]:
     out = clean_metadata(obj)
     out["versions"] = tmod.sort_versions(v.get("version", "") for v in tmod.versions_of(obj))
@@ -72,11 +76,11 @@ def _detail(obj: dict[str, Any]) -> dict[str, Any]:
     summary="List VMTemplates (templates and presets) with their versions",
     response=(200, "VMTemplateList", "templates"),
     query=("namespace",),
+    response_headers=STALE_HEADER,
 )
 def list_templates():
     ns = namespace()
-    out = kube().get(template_path(ns))
-    return {"items": [summary(o) for o in out.get("items", [])]}
+    return list_items(TEMPLATES, ns, None, lambda: [summary(o) for o in kube().get(template_path(ns)).get("items", [])])
 
 
 @op(

@@ -12,10 +12,11 @@ from k3svirt_common import templates as tmod
 
 from .. import contract as c
 from ..api import check_name, created, json_body, namespace, op
+from ..cache import STALE_HEADER, Resource
 from ..errors import Problem, validation_problem
 from ..k8s import group_path
 from ..schemas import require_object, validate
-from . import clean_metadata, kube
+from . import clean_metadata, kube, list_items
 
 bp = Blueprint("vms", __name__)
 
@@ -63,6 +64,9 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     if md.get("creationTimestamp"):
         out["created"] = md["creationTimestamp"]
     return out
+
+
+VMS = Resource(c.VM_KIND, c.VM_PLURAL, summary)
 
 
 def build_spec(ns: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -158,11 +162,17 @@ def create_vm():
     summary="List VirtualMachines with a status summary",
     response=(200, "VMList", "VMs"),
     query=("namespace", "labelSelector"),
+    response_headers=STALE_HEADER,
 )
 def list_vms():
     ns = namespace()
-    out = kube().get(vm_path(ns), query={"labelSelector": request.args.get("labelSelector") or None})
-    return {"items": [summary(o) for o in out.get("items", [])]}
+    selector = request.args.get("labelSelector") or None
+
+    def direct() -> list[dict[str, Any]]:
+        out = kube().get(vm_path(ns), query={"labelSelector": selector})
+        return [summary(o) for o in out.get("items", [])]
+
+    return list_items(VMS, ns, selector, direct)
 
 
 @op(

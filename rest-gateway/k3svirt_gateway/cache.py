@@ -1,0 +1,531 @@
+"""Watch-backed in-memory caches for the list routes (GET /vms, GET /templates).
+
+One `Informer` per resource kind: a cluster-wide list, then a watch from the list's resourceVersion
+in a daemon thread, started lazily by the first list request (never at app creation: building the app
+stays offline). Each informer keeps, per (namespace, name), only what a list response needs: the
+route's summary of the object, its labels (for labelSelector), uid and resourceVersion.
+
+* 410 Gone / "too old resource version" (as an HTTP status or as a watch ERROR event) -> relist.
+* API server unreachable -> reconnect with capped exponential backoff (jitter); on reconnect the watch
+  resumes from the last resourceVersion seen (bookmarks keep it fresh), or relists after a 410.
+* `synced` is set by the first complete list. While the watch is disconnected, a list is still served
+  from memory for up to `LIST_CACHE_MAX_STALE` seconds, flagged with a `Warning: 110` header; after
+  that (or before the first sync, or when the watch is refused with 401/403/404) the route lists
+  directly, with the usual 503 when the API server is down.
+* Read-your-writes: `Kube` hands every successful write it makes (POST/PUT/PATCH/DELETE) to
+  `Cache.observe`, which applies the returned object at once. Watch events never move an entry back
+  to an older resourceVersion, and deletions leave a short-lived tombstone (by uid) so a late watch
+  event or a relist snapshot taken before the delete cannot resurrect the object.
+
+Thread-safe: one lock per informer guards the entries; readers take a sorted snapshot rebuilt only
+after a change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import urllib3
+
+from . import contract as c
+from .errors import Problem
+from .k8s import Kube, group_path
+
+log = logging.getLogger(__name__)
+
+TOMBSTONE_TTL = 60.0
+ENABLED_WORDS = ("1", "on", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A namespaced custom resource the gateway lists, and the view a list response shows of one object."""
+
+    kind: str
+    plural: str
+    project: Callable[[dict[str, Any]], dict[str, Any]]
+    group: str = c.GROUP
+    version: str = c.VERSION
+
+    @property
+    def path(self) -> str:
+        return group_path(self.group, self.version, self.plural)
+
+
+class Listing(NamedTuple):
+    items: list[dict[str, Any]]
+    stale_for: float | None  # seconds the watch has been disconnected; None when it is connected
+
+
+@dataclass(frozen=True)
+class _Entry:
+    uid: str
+    rv: int | None
+    labels: dict[str, str]
+    view: dict[str, Any]
+
+
+class _Expired(Exception):
+    """The API server no longer has our resourceVersion (410): relist."""
+
+
+class _Refused(Exception):
+    """The watch is refused for a reason retrying soon will not fix (401/403/404)."""
+
+
+def _rv(obj: dict[str, Any]) -> int | None:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None  # opaque: never used for ordering
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    md = obj.get("metadata") or {}
+    return md.get("namespace", ""), md.get("name", "")
+
+
+# ---------------------------------------------------------------------------------- label selectors
+_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_PREFIX = r"[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?"
+_KEY = rf"(?:{_PREFIX}/)?{_NAME}"
+_VALUE = rf"(?:{_NAME})?"
+_RE_NOT_EXISTS = re.compile(rf"!\s*({_KEY})")
+_RE_EXISTS = re.compile(rf"({_KEY})")
+_RE_EQ = re.compile(rf"({_KEY})\s*(==|=|!=)\s*({_VALUE})")
+_RE_SET = re.compile(rf"({_KEY})\s+(in|notin)\s*\(\s*({_VALUE}(?:\s*,\s*{_VALUE})*)\s*\)")
+
+Requirement = tuple[str, str, frozenset[str]]  # (key, op, values); op: exists, !exists, in, notin
+
+
+def parse_selector(text: str | None) -> list[Requirement]:
+    """The subset of Kubernetes label-selector syntax the cache evaluates itself (=, ==, !=, in, notin,
+    key, !key). Anything else (gt/lt, odd spacing, invalid keys or values) raises ValueError and the
+    route lists directly, so the API server's own parser decides (400 for a malformed selector)."""
+    if not text or not text.strip():
+        return []
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    reqs: list[Requirement] = []
+    for raw in parts:
+        part = raw.strip()
+        if m := _RE_NOT_EXISTS.fullmatch(part):
+            reqs.append((m[1], "!exists", frozenset()))
+        elif m := _RE_EQ.fullmatch(part):
+            reqs.append((m[1], "notin" if m[2] == "!=" else "in", frozenset([m[3]])))
+        elif m := _RE_SET.fullmatch(part):
+            reqs.append((m[1], m[2], frozenset(v.strip() for v in m[3].split(","))))
+        elif m := _RE_EXISTS.fullmatch(part):
+            reqs.append((m[1], "exists", frozenset()))
+        else:
+            raise ValueError(f"selector requirement not evaluated locally: {part!r}")
+    return reqs
+
+
+def matches(reqs: list[Requirement], labels: dict[str, str]) -> bool:
+    for key, op, values in reqs:
+        present = key in labels
+        if op == "exists" and not present:
+            return False
+        if op == "!exists" and present:
+            return False
+        if op == "in" and (not present or labels[key] not in values):
+            return False
+        if op == "notin" and present and labels[key] in values:
+            return False
+    return True
+
+
+# Documented on the cached list routes (OpenAPI response header).
+STALE_HEADER = {
+    "Warning": {
+        "schema": {"type": "string"},
+        "description": "Present only when the list was served from the gateway's watch cache while its "
+        'watch is disconnected from the API server: `110 k3svirt-gateway "Response is Stale: ..."`',
+    }
+}
+
+
+# ------------------------------------------------------------------------------------------ informer
+class Informer:
+    """List+watch of one resource kind, cluster-wide, in a background thread."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        resource: Resource,
+        *,
+        max_stale: float = 30.0,
+        watch_timeout: int = 240,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.kube = kube
+        self.resource = resource
+        self.max_stale = max_stale
+        self.watch_timeout = watch_timeout
+        self.backoff_max = backoff_max
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, str], _Entry] = {}
+        self._tombstones: dict[tuple[str, str], tuple[str, float]] = {}  # key -> (uid, expiry)
+        self._snapshot: list[tuple[tuple[str, str], _Entry]] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._resp: Any = None  # the open watch response, so restart_watch()/stop() can interrupt it
+        self._restarting = False
+        self._next_rv: str | None = None
+        self.resource_version = ""
+        self.synced = False
+        self.disconnected_since: float | None = None
+        self.relists = 0
+        self.events = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"informer-{self.resource.plural}", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._interrupt()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.synced and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.synced
+
+    def restart_watch(self, resource_version: str | None = None) -> None:
+        """Drop the current watch; the next one starts from `resource_version` (if given). With a
+        resourceVersion the API server no longer has, that is the 410 -> relist path (tests, ops)."""
+        self._next_rv = resource_version  # not resource_version: an event in flight would overwrite it
+        self._restarting = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        resp = self._resp
+        if resp is not None:
+            with contextlib.suppress(Exception):  # already closed
+                resp.shutdown()
+
+    # ------------------------------------------------------------------- reading
+    def list(self, namespace: str, selector: list[Requirement]) -> Listing | None:
+        """The cached list-item views of `namespace` (sorted like the API server: by name), or None when
+        the cache cannot answer (not synced, or disconnected for longer than max_stale)."""
+        if not self.synced:
+            return None
+        since = self.disconnected_since
+        stale_for = None if since is None else time.monotonic() - since
+        if stale_for is not None and stale_for > self.max_stale:
+            return None
+        snap = self._snapshot
+        if snap is None:
+            with self._lock:
+                if self._snapshot is None:
+                    self._snapshot = sorted(self._items.items(), key=lambda kv: kv[0])
+                snap = self._snapshot
+        items = [e.view for (ns, _n), e in snap if ns == namespace and (not selector or matches(selector, e.labels))]
+        return Listing(items, stale_for)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # ------------------------------------------------------------------- writing
+    def _entry(self, obj: dict[str, Any]) -> _Entry:
+        md = obj.get("metadata") or {}
+        return _Entry(
+            uid=md.get("uid", ""),
+            rv=_rv(obj),
+            labels=dict(md.get("labels") or {}),
+            view=self.resource.project(obj),
+        )
+
+    def _changed(self) -> None:
+        self._snapshot = None
+
+    def upsert(self, obj: dict[str, Any]) -> None:
+        """Apply an object seen in a watch event or returned by a write; never moves an entry back to an
+        older resourceVersion and never resurrects a uid deleted through the gateway."""
+        key = _key(obj)
+        uid = (obj.get("metadata") or {}).get("uid", "")
+        entry = self._entry(obj)
+        with self._lock:
+            tomb = self._tombstones.get(key)
+            if tomb is not None:
+                if tomb[0] == uid and tomb[1] > time.monotonic():
+                    return
+                del self._tombstones[key]
+            old = self._items.get(key)
+            if old is not None and old.rv is not None and entry.rv is not None and old.rv > entry.rv:
+                return
+            self._items[key] = entry
+            self._changed()
+
+    def remove(self, obj: dict[str, Any], *, tombstone: bool = False) -> None:
+        key = _key(obj)
+        md = obj.get("metadata") or {}
+        uid = md.get("uid", "")
+        with self._lock:
+            old = self._items.get(key)
+            if old is not None and (not uid or not old.uid or old.uid == uid):
+                del self._items[key]
+                self._changed()
+            if tombstone:
+                self._tombstones[key] = (uid, time.monotonic() + TOMBSTONE_TTL)
+            elif self._tombstones.get(key, ("",))[0] == uid:
+                del self._tombstones[key]
+
+    def observe_delete(self, obj: dict[str, Any], key: tuple[str, str]) -> None:
+        """The gateway deleted `key`; `obj` is what the API server answered (the object, or a Status)."""
+        if obj.get("kind") == self.resource.kind:
+            md = obj.get("metadata") or {}
+            if md.get("deletionTimestamp") and md.get("finalizers"):
+                self.upsert(obj)  # still there until its finalizers are removed
+                return
+        else:
+            obj = {"metadata": {"namespace": key[0], "name": key[1]}}
+        self.remove(obj, tombstone=True)
+
+    def _replace(self, objs: list[dict[str, Any]], list_rv: int | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._tombstones = {k: t for k, t in self._tombstones.items() if t[1] > now}
+            new: dict[tuple[str, str], _Entry] = {}
+            for obj in objs:
+                key = _key(obj)
+                tomb = self._tombstones.get(key)
+                if tomb is not None and tomb[0] in ("", (obj.get("metadata") or {}).get("uid")):
+                    continue  # deleted through the gateway after this snapshot was taken
+                new[key] = self._entry(obj)
+            if list_rv is not None:
+                for key, old in self._items.items():  # written through the gateway after the snapshot
+                    if old.rv is not None and old.rv > list_rv:
+                        new[key] = old
+            self._items = new
+            self._changed()
+
+    # ---------------------------------------------------------------- background
+    def _run(self) -> None:
+        failures = 0
+        need_list = True
+        while not self._stop.is_set():
+            try:
+                if need_list:
+                    self._list()
+                    need_list = False
+                started = time.monotonic()
+                self._watch()
+                # A watch that ends at once without an error (a proxy closing it?) must not spin.
+                failures = 0 if time.monotonic() - started > 1.0 else failures + 1
+            except _Expired:
+                log.info("watch expired; relisting", extra={"resource": self.resource.plural})
+                need_list = True
+                failures = 0
+            except _Refused as exc:
+                # Permission or CRD missing: not an outage; stop answering from memory, retry slowly.
+                self.synced = False
+                need_list = True
+                failures = max(failures + 1, 5)
+                log.warning(
+                    "watch refused; list routes read the API server directly",
+                    extra={"resource": self.resource.plural, "error": str(exc)},
+                )
+            except Exception as exc:  # noqa: BLE001 - API server down, reset connection, bad chunk...
+                if self._stop.is_set():
+                    break
+                if self._restarting:  # restart_watch() cut the stream on purpose
+                    self._restarting = False
+                    continue
+                if self.disconnected_since is None:
+                    self.disconnected_since = time.monotonic()
+                    log.warning(
+                        "watch lost the API server; reconnecting",
+                        extra={"resource": self.resource.plural, "error": f"{type(exc).__name__}: {exc}"},
+                    )
+                failures += 1
+            if failures and not self._stop.is_set():
+                delay = min(self.backoff_max, 0.2 * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+                self._stop.wait(delay)
+
+    def _connected(self) -> None:
+        if self.disconnected_since is not None:
+            log.info("watch reconnected", extra={"resource": self.resource.plural})
+            self.disconnected_since = None
+
+    def _list(self) -> None:
+        objs: list[dict[str, Any]] = []
+        query: dict[str, Any] = {"limit": 500}
+        list_rv = ""
+        while True:
+            try:
+                out = self.kube.get(self.resource.path, query=query, timeout=urllib3.Timeout(connect=3.0, read=60.0))
+            except Problem as exc:
+                if exc.status == 409 and query.get("continue"):  # continue token expired (410)
+                    objs, query, list_rv = [], {"limit": 500}, ""
+                    continue
+                raise
+            objs.extend(out.get("items") or [])
+            meta = out.get("metadata") or {}
+            list_rv = list_rv or meta.get("resourceVersion", "")
+            if not meta.get("continue"):
+                break
+            query = {"limit": 500, "continue": meta["continue"]}
+        try:
+            rv_int: int | None = int(list_rv)
+        except ValueError:
+            rv_int = None
+        self._replace(objs, rv_int)
+        self.resource_version = list_rv
+        self.relists += 1
+        self._connected()
+        self.synced = True
+        log.info("listed", extra={"resource": self.resource.plural, "count": len(objs), "resourceVersion": list_rv})
+
+    def _watch(self) -> None:
+        self._restarting = False
+        rv, self._next_rv = self._next_rv or self.resource_version, None
+        timeout = self.watch_timeout + random.randint(0, max(1, self.watch_timeout // 4))
+        resp = self.kube.stream(
+            self.resource.path,
+            query={
+                "watch": "1",
+                "resourceVersion": rv,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": timeout,
+            },
+            timeout=urllib3.Timeout(connect=3.0, read=timeout + 30),
+        )
+        self._resp = resp
+        try:
+            if self._stop.is_set():
+                return
+            if resp.status == 410:
+                raise _Expired()
+            if resp.status in (401, 403, 404):
+                raise _Refused(f"HTTP {resp.status}: {resp.data[:300]!r}")
+            if resp.status != 200:
+                raise OSError(f"watch answered HTTP {resp.status}")
+            self._connected()
+            buf = b""
+            for chunk in resp.stream(64 * 1024):
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        break
+                    line, buf = buf[:nl], buf[nl + 1 :]
+                    if line.strip():
+                        self._event(json.loads(line))
+        finally:
+            self._resp = None
+            # Never hand a watch connection back to the pool for reuse: it may have been shut down
+            # (restart_watch/stop) or broken mid-stream. Close it; the pool reconnects on next use.
+            resp.close()
+            resp.release_conn()
+
+    def _event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        obj = ev.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Expired()
+            raise OSError(f"watch error: {obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
+        self.events += 1
+        if kind in ("ADDED", "MODIFIED"):
+            self.upsert(obj)
+        elif kind == "DELETED":
+            self.remove(obj)
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if rv:
+            self.resource_version = rv
+
+
+# ----------------------------------------------------------------------------------------- the cache
+class Cache:
+    """The informers of one gateway process (created on first use, each with its own thread)."""
+
+    def __init__(self, kube: Kube, settings: dict[str, Any]) -> None:
+        self.kube = kube
+        self.enabled = str(settings.get("LIST_CACHE", "on")).strip().lower() in ENABLED_WORDS
+        self.max_stale = float(settings.get("LIST_CACHE_MAX_STALE", 30.0))
+        self._informers: dict[tuple[str, str, str], Informer] = {}
+        self._lock = threading.Lock()
+        kube.on_write = self.observe
+
+    def informer(self, resource: Resource) -> Informer:
+        ident = (resource.group, resource.version, resource.plural)
+        inf = self._informers.get(ident)
+        if inf is None:
+            with self._lock:
+                inf = self._informers.get(ident)
+                if inf is None:
+                    inf = Informer(self.kube, resource, max_stale=self.max_stale)
+                    self._informers[ident] = inf
+        return inf
+
+    def list(self, resource: Resource, namespace: str, selector: str | None) -> Listing | None:
+        """The list from memory, or None: the caller lists directly."""
+        if not self.enabled:
+            return None
+        inf = self.informer(resource)
+        inf.start()
+        try:
+            reqs = parse_selector(selector)
+        except ValueError:
+            return None
+        return inf.list(namespace, reqs)
+
+    def observe(self, method: str, path: str, result: Any) -> None:
+        """Read-your-writes: called by Kube after each successful write it made."""
+        parts = path.split("?", 1)[0].split("/")
+        # ['', 'apis', group, version, 'namespaces', ns, plural, name?, sub?]
+        if len(parts) < 7 or parts[1] != "apis" or parts[4] != "namespaces" or not isinstance(result, dict):
+            return
+        inf = self._informers.get((parts[2], parts[3], parts[6]))
+        if inf is None:
+            return
+        name = parts[7] if len(parts) > 7 else None
+        sub = parts[8] if len(parts) > 8 else None
+        if method == "DELETE":
+            if name and not sub:
+                inf.observe_delete(result, (parts[5], name))
+            return
+        if sub not in (None, "status") or result.get("kind") != inf.resource.kind:
+            return
+        inf.upsert(result)
+
+    def stop(self) -> None:
+        for inf in list(self._informers.values()):
+            inf.stop()
+
+    def stale_warning(self, listing: Listing) -> dict[str, str]:
+        if listing.stale_for is None:
+            return {}
+        return {
+            "Warning": f'110 k3svirt-gateway "Response is Stale: API server unreachable for '
+            f'{listing.stale_for:.0f}s; served from the gateway cache"'
+        }
