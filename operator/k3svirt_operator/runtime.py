@@ -71,16 +71,27 @@ class Runtime:
         return self.api.get(_path(plural, namespace))["items"]
 
     def claim_vm(self, namespace: str, name: str, resource_version: str) -> str | None:
-        """Writes status.node = this node unless another operator got there first; returns the owner."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": {"node": self.settings.node_name}}
-        try:
-            self.api.merge_patch(_path(names.VM_PLURAL, namespace, name, "status"), body)
-            return self.settings.node_name
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-        current = self.get_object(names.VM_PLURAL, namespace, name) or {}
-        return (current.get("status") or {}).get("node")
+        """Writes status.node = this node unless another operator got there first; returns the owner.
+
+        The write carries the resourceVersion, so of two nodes claiming at once exactly one wins. A
+        conflict caused by another change (e.g. a finalizer added) is retried with the fresh version.
+        """
+        for _ in range(10):
+            body = {"metadata": {"resourceVersion": resource_version}, "status": {"node": self.settings.node_name}}
+            try:
+                self.api.merge_patch(_path(names.VM_PLURAL, namespace, name, "status"), body)
+                return self.settings.node_name
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+            current = self.get_object(names.VM_PLURAL, namespace, name)
+            if current is None:
+                return None
+            owner = (current.get("status") or {}).get("node")
+            if owner:
+                return owner
+            resource_version = current["metadata"]["resourceVersion"]
+        return None
 
     def node_labels(self) -> dict[str, str]:
         """Labels of this node's Node object (none in a control plane without kubelets)."""
