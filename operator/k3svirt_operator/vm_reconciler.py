@@ -17,7 +17,7 @@ from typing import Any
 import libvirt
 from k3svirt_common import names, templates
 
-from . import cloudinit, domains, image_cache, storage
+from . import cloudinit, domains, hostpaths, image_cache, storage
 from .accel import Acceleration
 from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
@@ -176,6 +176,10 @@ class VMReconciler:
 
     def _provision(self, ns: str, name: str, uid: str, spec: Mapping[str, Any]) -> DomainContext:
         root = self.settings.storage_root
+        refused = hostpaths.violations(spec)
+        if refused:
+            raise SpecProblem("Failed", names.COND_PROVISIONED, "HostPathNotAllowed",
+                              "; ".join(f"{field}: {msg}" for field, msg in refused))
         try:
             storage.ensure_vm_dir(ns, name, root)
             plans = storage.plan_disks(ns, name, spec.get("disks") or [], root)

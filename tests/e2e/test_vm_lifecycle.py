@@ -143,3 +143,19 @@ def test_libvirtd_restart_is_survived(kubeconfig, namespace, operator, tiny_gues
     wait_until(lambda: _domstate(domain) == "running", 60, "drift after a libvirtd restart was not repaired")
     kubectl(kubeconfig, "delete", "-n", namespace, f"vm/{name}", "--timeout=60s")
     assert domain not in virsh("list", "--all", "--name").split()
+
+
+def test_host_paths_outside_the_allowed_dirs_are_refused(kubeconfig, namespace, operator, tiny_guest):
+    vm = tiny_vm("thief", tiny_guest)
+    vm["spec"]["disks"].append({"name": "hostroot", "format": "raw", "source": {"volume": {"path": "/dev/vda"}}})
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
+
+    def failed() -> dict | None:
+        st = _vm(kubeconfig, namespace, "thief").get("status") or {}
+        return st if st.get("printableStatus") == "Failed" else None
+
+    status = wait_until(failed, 30, "a VM naming /dev/vda was not refused")
+    cond = next(c for c in status["conditions"] if c["type"] == "Provisioned")
+    assert cond["reason"] == "HostPathNotAllowed" and "spec.disks[1].source.volume.path" in cond["message"]
+    assert f"{namespace}_thief" not in virsh("list", "--all", "--name").split()
+    kubectl(kubeconfig, "delete", "-n", namespace, "vm/thief", "--timeout=60s")

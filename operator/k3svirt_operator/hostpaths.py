@@ -1,0 +1,47 @@
+"""Which host paths a VM spec may name. Without this, anyone allowed to create a VirtualMachine could
+attach the host's root disk (`disks[].source.volume.path: /dev/sda`) or read any host file as a
+"kernel". Paths are resolved (symlinks, `..`) before they are compared with the allowed directories.
+
+K3SVIRT_KERNEL_DIRS  colon-separated; default /var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot
+K3SVIRT_VOLUME_DIRS  colon-separated; default /var/lib/k3svirt-volumes (add e.g. /dev/disk/by-id to
+                     hand whole disks to VMs, knowing that it hands out every disk there)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_KERNEL_DIRS = "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
+DEFAULT_VOLUME_DIRS = "/var/lib/k3svirt-volumes"
+
+
+def _dirs(env: str, default: str) -> list[str]:
+    return [os.path.realpath(d) for d in os.environ.get(env, default).split(":") if d]
+
+
+def _inside(path: str, dirs: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == d or real.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def violations(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for every host path in a merged VM spec that is not allowed on this node."""
+    out = []
+    kernel_dirs = _dirs("K3SVIRT_KERNEL_DIRS", DEFAULT_KERNEL_DIRS)
+    kernel = (spec.get("boot") or {}).get("kernel") or {}
+    for key in ("path", "initrdPath"):
+        value = kernel.get(key)
+        if value and not _inside(value, kernel_dirs):
+            out.append((f"spec.boot.kernel.{key}",
+                        f"{value!r} is not under an allowed kernel directory ({':'.join(kernel_dirs)}; "
+                        "the node's K3SVIRT_KERNEL_DIRS)"))
+    volume_dirs = _dirs("K3SVIRT_VOLUME_DIRS", DEFAULT_VOLUME_DIRS)
+    for i, disk in enumerate(spec.get("disks") or []):
+        path = ((disk.get("source") or {}).get("volume") or {}).get("path")
+        if path and not _inside(path, volume_dirs):
+            out.append((f"spec.disks[{i}].source.volume.path",
+                        f"{path!r} is not under an allowed volume directory ({':'.join(volume_dirs)}; "
+                        "the node's K3SVIRT_VOLUME_DIRS)"))
+    return out

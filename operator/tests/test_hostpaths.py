@@ -1,0 +1,31 @@
+"""Host paths a VM may name: kernels and volumes only from the node's allowed directories."""
+
+from __future__ import annotations
+
+from k3svirt_operator import hostpaths
+
+
+def test_default_guest_kernel_is_allowed():
+    spec = {"boot": {"kernel": {"path": "/var/lib/k3svirt/guest/vmlinuz",
+                                "initrdPath": "/var/lib/k3svirt/guest/initramfs.img"}}}
+    assert hostpaths.violations(spec) == []
+
+
+def test_host_files_and_disks_are_refused_naming_the_field():
+    spec = {"boot": {"kernel": {"path": "/etc/shadow"}},
+            "disks": [{"name": "a", "source": {"blank": {}}},
+                      {"name": "root", "source": {"volume": {"path": "/dev/vda"}}}]}
+    fields = [f for f, _ in hostpaths.violations(spec)]
+    assert fields == ["spec.boot.kernel.path", "spec.disks[1].source.volume.path"]
+
+
+def test_dot_dot_and_symlinks_cannot_escape(tmp_path, monkeypatch):
+    allowed = tmp_path / "vols"
+    allowed.mkdir()
+    (allowed / "escape").symlink_to("/etc")
+    monkeypatch.setenv("K3SVIRT_VOLUME_DIRS", str(allowed))
+    for path in (f"{allowed}/../secret.img", f"{allowed}/escape/passwd"):
+        spec = {"disks": [{"name": "d", "source": {"volume": {"path": path}}}]}
+        assert hostpaths.violations(spec), path
+    ok = {"disks": [{"name": "d", "source": {"volume": {"path": f"{allowed}/data.img"}}}]}
+    assert hostpaths.violations(ok) == []
