@@ -20,7 +20,6 @@ Choices (documented):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .filelock import locked
 from .storage import DIR_MODE, StorageError, ensure_dir, qemu_img_info, storage_root
 
 log = logging.getLogger(__name__)
@@ -109,15 +109,6 @@ def _load_cached(path: Path) -> CachedImage | None:
         return None
 
 
-@contextlib.contextmanager
-def _flock(lock_path: Path):
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
 
 def ensure_image(url: str, checksum: str | None = None, root: Path | None = None) -> CachedImage:
     """Return the cached image for ``url``, downloading (once) and verifying it if needed."""
@@ -126,7 +117,7 @@ def ensure_image(url: str, checksum: str | None = None, root: Path | None = None
     path = cache_path(url, root)
     cached = _load_cached(path)
     if cached is None:
-        with _flock(path.with_suffix(".lock")):
+        with locked(path.with_suffix(".lock")):
             cached = _load_cached(path)  # someone else may have finished while we waited
             if cached is None:
                 return _download(url, path, d, want)
@@ -272,7 +263,7 @@ def prune_unused(root: Path | None = None, in_use: Iterable[Path] = ()) -> list[
     for img in sorted(d.glob("*.img")):
         if img.resolve() in keep:
             continue
-        with _flock(img.with_suffix(".lock")):
+        with locked(img.with_suffix(".lock")):
             _sidecar(img).unlink(missing_ok=True)
             img.unlink(missing_ok=True)
         removed.append(img)

@@ -22,7 +22,6 @@ we do it in the plan so the argv is exact).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import grp
 import json
 import logging
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from k3svirt_common.quantity import parse_quantity
+
+from .filelock import locked
 
 log = logging.getLogger(__name__)
 
@@ -478,15 +479,6 @@ def qemu_img_info(path: Path, fmt: str | None = None, timeout: float = 60) -> di
     return json.loads(run_qemu_img(argv, timeout=timeout))
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path):
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
 
 ImageFetcher = Callable[[str, "str | None", Path], BaseImage]
 
@@ -522,7 +514,7 @@ def ensure_disks(
         ensure_dir(root / "vms")
         ensure_dir(vdir.parent)
         ensure_dir(vdir, VM_DIR_MODE)
-        with _locked(vdir / ".lock"):
+        with locked(vdir / ".lock"):
             if plan.path.exists():
                 results.append(DiskResult(plan.name, plan.path, plan.format or "", False, plan.kind))
                 continue
