@@ -56,6 +56,17 @@ class SpecProblem(Exception):
 
 
 @dataclass
+class _StartFailure:
+    generation: int
+    count: int
+    not_before: float
+    message: str
+
+
+START_BACKOFF_MAX = 300.0  # seconds between start attempts of a VM whose domain keeps failing to start
+
+
+@dataclass
 class _Stopping:
     since: float
     then_start: bool
@@ -72,6 +83,7 @@ class VMReconciler:
         self._stopping: dict[str, _Stopping] = {}
         self._libvirt_version_cache: int | None = None
         self._address_polls: dict[str, int] = {}  # uid -> quick re-checks made while waiting for a lease
+        self._start_failures: dict[str, _StartFailure] = {}  # uid -> back-off after failed starts
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self, body: Mapping[str, Any]) -> Result:
@@ -111,7 +123,11 @@ class VMReconciler:
             for adj in built.adjustments:
                 events.append(Event("Warning", adj.reason, f"{adj.field}: {adj.message}"))
             action, action_value = _pending_action(meta, status)
-            requeue = self._apply_power(spec.get("runStrategy", "Always"), observed, action, events, uid)
+            failure = self._start_failures.get(uid)
+            if failure is not None and (failure.generation != meta.get("generation") or action_value is not None):
+                del self._start_failures[uid]  # a new spec or an explicit request: try again at once
+            requeue = self._apply_power(spec.get("runStrategy", "Always"), observed, action, events, uid,
+                                        meta.get("generation") or 0)
             if action_value is not None:
                 status["lastActionRequest"] = action_value
             observed = self._observe(conn, ns, name, uid)
@@ -234,7 +250,7 @@ class VMReconciler:
             raise SpecProblem("Failed", names.COND_READY, "DomainConflict", str(exc)) from exc
 
     def _apply_power(self, run_strategy: str, observed: domains.Observed, action: str | None,
-                     events: list[Event], uid: str) -> float | None:
+                     events: list[Event], uid: str, generation: int) -> float | None:
         dom = observed.domain
         assert dom is not None
         pending = self._stopping.get(uid)
@@ -245,11 +261,19 @@ class VMReconciler:
             events.append(Event("Warning", "ActionRefused", decision.warning))
         if decision.step == Step.START:
             self._address_polls.pop(uid, None)
+            failure = self._start_failures.get(uid)
+            if failure is not None and time.monotonic() < failure.not_before:
+                raise SpecProblem("Failed", names.COND_READY, "StartFailed", failure.message)
             try:
                 domains.start(dom)
             except libvirt.libvirtError as exc:
-                raise SpecProblem("Failed", names.COND_READY, "StartFailed",
-                                  f"the domain failed to start: {exc.get_error_message()}") from exc
+                count = failure.count + 1 if failure else 1
+                delay = min(10.0 * 2 ** (count - 1), START_BACKOFF_MAX)
+                message = (f"the domain failed to start (attempt {count}, next in {delay:g} s unless the spec "
+                           f"changes): {exc.get_error_message()}")
+                self._start_failures[uid] = _StartFailure(generation, count, time.monotonic() + delay, message)
+                raise SpecProblem("Failed", names.COND_READY, "StartFailed", message) from exc
+            self._start_failures.pop(uid, None)
             events.append(Event("Normal", "Started", decision.reason))
         elif decision.step in (Step.STOP, Step.RESTART):
             self._stopping[uid] = _Stopping(time.monotonic(), decision.step == Step.RESTART)
@@ -287,6 +311,7 @@ class VMReconciler:
                 events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed"))
         self._stopping.pop(uid, None)
         self._address_polls.pop(uid, None)
+        self._start_failures.pop(uid, None)
         keep = spec.get("deletionPolicy") == "Retain"
         storage.remove_vm_storage(ns, name, self.settings.storage_root, keep=keep)
         events.append(Event("Normal", "StorageRetained" if keep else "StorageRemoved",

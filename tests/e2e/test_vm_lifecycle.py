@@ -159,3 +159,26 @@ def test_host_paths_outside_the_allowed_dirs_are_refused(kubeconfig, namespace, 
     assert cond["reason"] == "HostPathNotAllowed" and "spec.disks[1].source.volume.path" in cond["message"]
     assert f"{namespace}_thief" not in virsh("list", "--all", "--name").split()
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/thief", "--timeout=60s")
+
+
+def test_start_failure_is_a_condition_with_backoff_and_a_fixed_spec_recovers(kubeconfig, namespace, operator,
+                                                                              tiny_guest):
+    vm = tiny_vm("greedy", tiny_guest, memory={"size": "900Ti"})
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
+
+    def failed() -> dict | None:
+        st = _vm(kubeconfig, namespace, "greedy").get("status") or {}
+        return st if st.get("printableStatus") == "Failed" else None
+
+    status = wait_until(failed, 60, "a VM QEMU cannot start did not become Failed")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "StartFailed" and "attempt 1" in ready["message"], ready
+    time.sleep(8)  # inside the first 10 s back-off: no second attempt
+    events = get_json(kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=greedy")
+    assert sum(e.get("count", 1) for e in events["items"] if e["reason"] == "StartFailed") == 1
+
+    # Fixing the spec retries at once and the VM runs.
+    kubectl(kubeconfig, "patch", "-n", namespace, "vm/greedy", "--type=merge", "-p",
+            json.dumps({"spec": {"memory": {"size": "128Mi"}}}))
+    kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", "vm/greedy", "--timeout=60s")
+    kubectl(kubeconfig, "delete", "-n", namespace, "vm/greedy", "--timeout=60s")
