@@ -65,7 +65,10 @@ def test_operator_daemonset(rendered) -> None:
     assert c["ports"][0]["containerPort"] == 9470
     mounts = {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]}
     assert mounts == {"/var/run/libvirt": False, "/var/lib/k3svirt": False, "/sys": False, "/dev": False,
-                      "/boot": True, "/lib/modules": True}
+                      "/boot": True, "/lib/modules": True, "/var/lib/k3svirt-volumes": False}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["K3SVIRT_VOLUME_DIRS"] == "/var/lib/k3svirt-volumes"
+    assert env["K3SVIRT_KERNEL_DIRS"] == "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
     assert c["resources"]["requests"]["memory"] == "100Mi"
     assert pod["nodeSelector"] and pod["tolerations"]
 
