@@ -1,16 +1,14 @@
 """Tiny real guest for libvirt tests: Debian cloud kernel + busybox initramfs.
 
-Self-contained on purpose (the lead will move it into the shared test harness later).
+The initramfs is the harness's tiny guest (tests/harness/tiny_guest.py) with a script baked in.
 
     kernel = find_kernel()
     initrd = build_initramfs(work_dir, "while true; do :; done")
     disk = make_disk(work_dir / "disk.raw", size_mib=16)
     xml = domain_xml("k3svirt-unittest-x", kernel, initrd, disk=disk, serial_log=work_dir / "serial.log")
 
-The generated ``/init`` mounts proc/sys/dev, installs busybox applets, loads the virtio modules the
-cloud kernel builds as modules (virtio_blk, virtio_net, virtio_balloon, ...), prints
-``GUEST_MARKER`` on the serial console and then runs ``script`` (as ``/bin/sh`` code). When the
-script returns the guest idles forever (init must never exit).
+Its ``/init`` mounts proc/sys/dev, loads the virtio modules, prints ``GUEST_MARKER`` on the serial
+console and runs ``script`` (``/bin/sh`` code) in the background.
 
 Files handed to libvirt must be reachable by the qemu user (``libvirt-qemu`` with dynamic ownership):
 use :func:`make_work_dir`, not pytest's 0700 ``tmp_path``.
@@ -19,33 +17,20 @@ use :func:`make_work_dir`, not pytest's 0700 ``tmp_path``.
 from __future__ import annotations
 
 import glob
-import gzip
 import os
 import platform
-import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-GUEST_MARKER = "K3SVIRT-GUEST-UP"
-BUSYBOX = Path("/bin/busybox")
+# The one tiny-guest builder lives in the harness; these helpers only add libvirt glue around it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "harness"))
+import tiny_guest  # noqa: E402
 
-# Load order matters: dependencies first (see modules.dep). Missing files are skipped, so a kernel
-# that builds a driver in (=y) still works.
-VIRTIO_MODULES: tuple[str, ...] = (
-    "kernel/drivers/virtio/virtio_ring.ko",
-    "kernel/drivers/virtio/virtio.ko",
-    "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
-    "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
-    "kernel/drivers/virtio/virtio_pci.ko",
-    "kernel/drivers/block/virtio_blk.ko",
-    "kernel/net/core/failover.ko",
-    "kernel/drivers/net/net_failover.ko",
-    "kernel/drivers/net/virtio_net.ko",
-    "kernel/drivers/virtio/virtio_balloon.ko",
-)
+GUEST_MARKER = tiny_guest.MARKER
 
 K3SVIRT_XMLNS = "https://k3svirt.io/xmlns/domain/v1"
 
@@ -66,105 +51,10 @@ def find_kernel() -> tuple[Path, str]:
     return Path(path), path.removeprefix("/boot/vmlinuz-")
 
 
-def _decompress_module(src: Path, dst: Path) -> None:
-    if src.suffix == ".xz":
-        subprocess.run(["xz", "-dc", str(src)], check=True, stdout=dst.open("wb"))
-    elif src.suffix == ".zst":
-        subprocess.run(["zstd", "-dc", str(src)], check=True, stdout=dst.open("wb"))
-    elif src.suffix == ".gz":
-        dst.write_bytes(gzip.decompress(src.read_bytes()))
-    else:
-        shutil.copyfile(src, dst)
-
-
-def _module_builtin(kernel_release: str, module_rel: str) -> bool:
-    """True when the kernel config builds this driver in (then there is nothing to insmod)."""
-    config = Path(f"/boot/config-{kernel_release}")
-    if not config.exists():
-        return False
-    symbol = {
-        "virtio_ring": "CONFIG_VIRTIO",
-        "virtio": "CONFIG_VIRTIO",
-        "virtio_pci": "CONFIG_VIRTIO_PCI",
-        "virtio_blk": "CONFIG_VIRTIO_BLK",
-        "virtio_net": "CONFIG_VIRTIO_NET",
-        "virtio_balloon": "CONFIG_VIRTIO_BALLOON",
-        "failover": "CONFIG_FAILOVER",
-        "net_failover": "CONFIG_NET_FAILOVER",
-    }.get(Path(module_rel).name.removesuffix(".ko"))
-    return bool(symbol) and f"{symbol}=y\n" in config.read_text()
-
-
-INIT_PREAMBLE = """#!/bin/busybox sh
-/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /run
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for m in {modules}; do
-    [ -f "/lib/modules/$m" ] && insmod "/lib/modules/$m"
-done
-ip link set lo up
-echo "{marker}" > /dev/ttyS0
-"""
-
-INIT_EPILOGUE = """
-# init must never exit (kernel panic otherwise)
-while true; do sleep 3600; done
-"""
-
-
-def build_initramfs(
-    out_dir: str | os.PathLike[str],
-    script: str,
-    *,
-    kernel_release: str | None = None,
-    modules: tuple[str, ...] = VIRTIO_MODULES,
-) -> Path:
-    """Build ``<out_dir>/initramfs.cpio.gz`` running ``script`` after the standard preamble.
-
-    ``script`` is POSIX sh run by busybox; it can use every busybox applet (dd, ping, udhcpc, ...).
-    Returns the path of the gzip'd newc cpio archive.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if kernel_release is None:
-        kernel_release = find_kernel()[1]
-    moddir = Path("/lib/modules") / kernel_release
-    with tempfile.TemporaryDirectory(prefix="k3svirt-initramfs-") as tmp:
-        root = Path(tmp)
-        (root / "bin").mkdir()
-        (root / "lib" / "modules").mkdir(parents=True)
-        shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-        (root / "bin" / "sh").symlink_to("busybox")
-        loaded: list[str] = []
-        for rel in modules:
-            if _module_builtin(kernel_release, rel):
-                continue
-            src = next((moddir / (rel + ext) for ext in ("", ".xz", ".zst", ".gz")
-                        if (moddir / (rel + ext)).exists()), None)
-            if src is None:
-                continue
-            name = Path(rel).name
-            _decompress_module(src, root / "lib" / "modules" / name)
-            loaded.append(name)
-        init = root / "init"
-        init.write_text(
-            INIT_PREAMBLE.format(modules=" ".join(loaded), marker=GUEST_MARKER)
-            + "\n" + script + "\n" + INIT_EPILOGUE
-        )
-        init.chmod(0o755)
-        files = subprocess.run(
-            ["find", ".", "-mindepth", "1"], cwd=root, check=True, capture_output=True, text=True
-        ).stdout
-        archive = subprocess.run(
-            ["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0"],
-            cwd=root, input=files.encode(), check=True, capture_output=True,
-        ).stdout
-    out = out_dir / "initramfs.cpio.gz"
-    out.write_bytes(gzip.compress(archive, compresslevel=1))
-    out.chmod(0o644)
-    return out
+def build_initramfs(out_dir: str | os.PathLike[str], script: str, **_: Any) -> Path:
+    """``<out_dir>/initramfs.img``: the harness's tiny guest (tests/harness/tiny_guest.py, the one
+    initramfs builder) with ``script`` baked in; it runs in the background after ``GUEST_MARKER``."""
+    return tiny_guest.build(Path(out_dir), script=script)[1]
 
 
 def make_work_dir(prefix: str = "k3svirt-unittest-") -> Path:

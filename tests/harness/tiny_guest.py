@@ -5,6 +5,9 @@ the serial console and leaves a shell there (so `virsh console` works). Boots to
 about 3 s under software emulation.
 
 usage: python tiny_guest.py OUT_DIR        prints OUT_DIR/vmlinuz and OUT_DIR/initramfs.img
+
+Work for a test runs either from the kernel command line (k3svirt.run=<base64 sh>) or, baked into
+the initramfs, from build(out_dir, script=...); both run in the background after the marker.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ echo "{MARKER} $(uname -r)"
 # Extra work a test asks for, passed as k3svirt.run=<base64 shell script> on the kernel cmdline.
 run=$(sed -n 's/.*k3svirt.run=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
 [ -n "$run" ] && echo "$run" | base64 -d > /tmp/run.sh && sh /tmp/run.sh &
+[ -f /etc/k3svirt-run.sh ] && sh /etc/k3svirt-run.sh &
 while true; do setsid cttyhack sh; done
 """
 
@@ -104,10 +108,12 @@ def _decompressed(path: Path) -> bytes:
     return data
 
 
-def build(out_dir: Path) -> tuple[Path, Path]:
+def build(out_dir: Path, script: str | None = None) -> tuple[Path, Path]:
+    """(vmlinuz, initramfs.img) in out_dir, rebuilt only when an input changed."""
     kernel, release = _kernel()
     modules = _module_files(release)
-    key = hashlib.sha256((INIT + UDHCPC + release + BUSYBOX.read_bytes().hex()[:64]).encode()).hexdigest()[:12]
+    key = hashlib.sha256((INIT + UDHCPC + release + BUSYBOX.read_bytes().hex()[:64] + (script or "")).encode()
+                         ).hexdigest()[:12]
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = out_dir / ".stamp"
     vmlinuz, initrd = out_dir / "vmlinuz", out_dir / "initramfs.img"
@@ -124,7 +130,8 @@ def build(out_dir: Path) -> tuple[Path, Path]:
             (root / "lib/modules" / f"{name}.ko").write_bytes(_decompressed(mod))
             names.append(name)
         (root / "etc/modules").write_text("\n".join(names) + "\n")
-        for rel, text in (("init", INIT), ("etc/udhcpc.script", UDHCPC)):
+        extra = [("etc/k3svirt-run.sh", script)] if script else []
+        for rel, text in (("init", INIT), ("etc/udhcpc.script", UDHCPC), *extra):
             (root / rel).write_text(text)
             (root / rel).chmod(0o755 | stat.S_IFREG)
         buf = io.BytesIO()
