@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from fixtures.sysfs import pci_fakesys as fakesys  # operator/tests is on sys.path
 from k3svirt_operator import pci
 from k3svirt_operator.pci import binding, discovery, pciids, safety
 
-
-def _fakesys():
-    name = "k3svirt_pci_fakesys"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "fixtures" / "sysfs" / "pci_fakesys.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-fakesys = _fakesys()
 X520_0, X520_1, ROOT_PORT = "0000:03:00.0", "0000:03:00.1", "0000:00:1c.0"
 GPU, NVME, HOST_NIC, PF, VF0, IDLE_NIC = ("0000:00:02.0", "0000:04:00.0", "0000:01:00.0", "0000:05:00.0",
                                           "0000:05:02.0", "0000:06:00.0")

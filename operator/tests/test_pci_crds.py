@@ -3,28 +3,18 @@ operator actually writes into status."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from fixtures.sysfs import pci_fakesys as fakesys  # operator/tests is on sys.path
 from k3svirt_common import names, schema
 from k3svirt_operator import pci
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
-def _fakesys():
-    name = "k3svirt_pci_fakesys"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "fixtures" / "sysfs" / "pci_fakesys.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def _crd(plural):
@@ -82,7 +72,7 @@ def test_pcipassthrough_spec_validation():
 
 
 def test_statuses_the_operator_writes_validate_against_the_crds(tmp_path):
-    fakesys = _fakesys()
+
     h = fakesys.build_n305(tmp_path)
     k = fakesys.FakeKernel(h)
     npi = {"apiVersion": names.API_VERSION, "kind": names.NODEPCIINVENTORY_KIND, "metadata": {"name": "n305"},

@@ -14,6 +14,15 @@ def _vm(kubeconfig: str, ns: str, name: str) -> dict:
     return get_json(kubeconfig, "vm", name, "-n", ns)
 
 
+def _wait_failed(kubeconfig: str, ns: str, name: str, timeout: float, message: str) -> dict:
+    """The VM's status once printableStatus is Failed."""
+    def failed() -> dict | None:
+        st = _vm(kubeconfig, ns, name).get("status") or {}
+        return st if st.get("printableStatus") == "Failed" else None
+
+    return wait_until(failed, timeout, message)
+
+
 def _set_run_strategy(kubeconfig: str, ns: str, name: str, strategy: str) -> None:
     patch = json.dumps({"spec": {"runStrategy": strategy}})
     kubectl(kubeconfig, "patch", "-n", ns, f"vm/{name}", "--type=merge", "-p", patch)
@@ -112,11 +121,7 @@ def test_unknown_template_becomes_a_failed_condition(kubeconfig, namespace, oper
           "spec": {"nodeName": "e2e-node", "template": {"name": "no-such-template"}}}
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
 
-    def failed() -> dict | None:
-        st = _vm(kubeconfig, namespace, "orphan").get("status") or {}
-        return st if st.get("printableStatus") == "Failed" else None
-
-    status = wait_until(failed, 30, "no Failed status for an unknown template")
+    status = _wait_failed(kubeconfig, namespace, "orphan", 30, "no Failed status for an unknown template")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and "no-such-template" in ready["message"]
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/orphan", "--timeout=60s")
@@ -150,11 +155,7 @@ def test_host_paths_outside_the_allowed_dirs_are_refused(kubeconfig, namespace, 
     vm["spec"]["disks"].append({"name": "hostroot", "format": "raw", "source": {"volume": {"path": "/dev/vda"}}})
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
 
-    def failed() -> dict | None:
-        st = _vm(kubeconfig, namespace, "thief").get("status") or {}
-        return st if st.get("printableStatus") == "Failed" else None
-
-    status = wait_until(failed, 30, "a VM naming /dev/vda was not refused")
+    status = _wait_failed(kubeconfig, namespace, "thief", 30, "a VM naming /dev/vda was not refused")
     cond = next(c for c in status["conditions"] if c["type"] == "Provisioned")
     assert cond["reason"] == "HostPathNotAllowed" and "spec.disks[1].source.volume.path" in cond["message"]
     assert f"{namespace}_thief" not in virsh("list", "--all", "--name").split()
@@ -166,11 +167,7 @@ def test_start_failure_is_a_condition_with_backoff_and_a_fixed_spec_recovers(kub
     vm = tiny_vm("greedy", tiny_guest, memory={"size": "900Ti"})
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
 
-    def failed() -> dict | None:
-        st = _vm(kubeconfig, namespace, "greedy").get("status") or {}
-        return st if st.get("printableStatus") == "Failed" else None
-
-    status = wait_until(failed, 60, "a VM QEMU cannot start did not become Failed")
+    status = _wait_failed(kubeconfig, namespace, "greedy", 60, "a VM QEMU cannot start did not become Failed")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "StartFailed" and "attempt 1" in ready["message"], ready
     time.sleep(8)  # inside the first 10 s back-off: no second attempt
