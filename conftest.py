@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from tests import install_inventory
+
 REPO = Path(__file__).resolve().parent
+
+# Record every program the session starts, for tests/test_install_step.py (runs last, see below).
+sys.addaudithook(install_inventory.record_launch)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    last = [i for i in items if i.name == "test_programs_started_during_this_session"]
+    items[:] = [i for i in items if i not in last] + last
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ def main() -> int:
             except requests.ConnectionError:
                 time.sleep(0.1)
         s.post(f"{url}/api/v1/namespaces", json={"name": ns}).raise_for_status()
-        spec = {"memory": {"size": "64Mi"}, "runStrategy": "Halted"}
+        # Pinned to a node no operator runs for: a local k3svirt-up operator must not claim them.
+        spec = {"memory": {"size": "64Mi"}, "runStrategy": "Halted", "nodeName": f"{ns}-no-operator"}
 
         def post(i: int) -> int:
             return s.post(

@@ -8,7 +8,17 @@ cd "$(dirname "$0")/.."
 . tests/harness/lib.sh
 
 was_up=$(bash tests/harness/controlplane.sh status 2>/dev/null || true)
+# A running k3svirt-up stack would claim the tests' VMs and finalize their templates: it is stopped
+# for the run and started again afterwards with the same settings (its VMs keep running meanwhile).
+stack_was=$(bash tests/harness/stack.sh status)
+if [ "$stack_was" = running ]; then
+  log "stopping the local operator and gateway of k3svirt-up for the test run (restarted afterwards)"
+  bash tests/harness/stack.sh stop
+fi
 cleanup() {
+  if [ "$stack_was" = running ]; then
+    bash tests/harness/stack.sh start || log "restarting the local stack failed: run bash scripts/k3svirt-up"
+  fi
   case "$was_up" in "api: ready"*) ;; *) bash tests/harness/testbed.sh stop || true ;; esac
 }
 trap cleanup EXIT

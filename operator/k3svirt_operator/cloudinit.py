@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from . import shutdown
+
 log = logging.getLogger(__name__)
 
 SEED_FORMAT_VERSION = "1"  # bump when the rendering changes, so existing seeds get rebuilt
@@ -306,9 +308,11 @@ def build_seed(
         ]  # fmt: skip
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(FIXED_EPOCH)}
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
+            proc = shutdown.run(argv, timeout=60, env=env)
+        except (OSError, subprocess.TimeoutExpired, shutdown.Stopped) as e:
             tmp_iso.unlink(missing_ok=True)
+            if isinstance(e, shutdown.Stopped):
+                raise
             raise SeedBuildError(f"{argv[0]}: {e}") from e
         if proc.returncode != 0:
             tmp_iso.unlink(missing_ok=True)

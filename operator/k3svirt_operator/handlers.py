@@ -20,7 +20,7 @@ import kopf
 from k3svirt_common import names, templates
 
 from . import accel as accel_mod
-from . import pci, stats
+from . import pci, shutdown, stats
 from .config import Settings
 from .kubeapi import KubeAPI
 from .libvirt_conn import LibvirtConnection
@@ -110,6 +110,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
     settings.watching.server_timeout = 300
     settings.peering.standalone = True
+    shutdown.install_signal_handlers(asyncio.get_running_loop())
     conn = LibvirtConnection(SETTINGS.libvirt_uri)
     raw = await asyncio.to_thread(conn.wait_connected, 60.0)
     acc = await asyncio.to_thread(accel_mod.detect, raw, SETTINGS.storage_root)
@@ -130,6 +131,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    shutdown.request_stop()  # whatever stopped kopf, worker threads must not keep the process alive
     if MONITOR is not None:
         MONITOR[1].stop()
         MONITOR[0].stop()

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import shutdown
 from .filelock import locked
 from .storage import DIR_MODE, StorageError, ensure_dir, qemu_img_info, storage_root
 
@@ -146,11 +148,13 @@ def _download(url: str, path: Path, d: Path, want: str | None) -> CachedImage:
         except (OSError, ValueError) as e:
             raise ImageError(f"cannot reach {url}: {e}") from e
         head = b""
-        with resp, open(tmp, "wb") as out:
+        with resp, open(tmp, "wb") as out, shutdown.on_stop(lambda: _abort(resp)):
             while True:
+                shutdown.check(f"download of {url}")
                 try:
                     chunk = resp.read(CHUNK)
-                except OSError as e:
+                except (OSError, ValueError) as e:
+                    shutdown.check(f"download of {url}")
                     raise ImageError(f"download of {url} failed after {size} bytes: {e}") from e
                 if not chunk:
                     break
@@ -161,6 +165,10 @@ def _download(url: str, path: Path, d: Path, want: str | None) -> CachedImage:
                 size += len(chunk)
             out.flush()
             os.fsync(out.fileno())
+        shutdown.check(f"download of {url}")  # a stop ends a blocked read as if the body had ended
+        expected = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
+        if expected is not None and expected.isdigit() and int(expected) != size:
+            raise ImageError(f"download of {url} ended after {size} of {expected} bytes")
         digest = h.hexdigest()
         if want is not None and digest != want:
             raise ImageError(f"checksum mismatch for {url}: got sha256:{digest}, expected sha256:{want}")
@@ -193,6 +201,14 @@ def _download(url: str, path: Path, d: Path, want: str | None) -> CachedImage:
         },
     )
     return CachedImage(path=path, format=fmt, virtual_size=vsize, url=url, sha256=digest, size=size)
+
+
+def _abort(resp: object) -> None:
+    """Wake a read blocked on the response's socket (close() alone would not interrupt it)."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _validate_image(url: str, tmp: Path, head: bytes, size: int) -> tuple[str, int]:

@@ -12,7 +12,7 @@ sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
 import kopf  # noqa: E402
 
-from . import handlers  # noqa: E402,F401  (registers the handlers)
+from . import handlers, shutdown  # noqa: E402,F401  (registers the handlers)
 
 
 def _limit_malloc_arenas(count: int = 2) -> None:
@@ -32,7 +32,12 @@ def main() -> None:
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON)
     logging.getLogger().setLevel(level)
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    kopf.run(standalone=True, clusterwide=True, liveness_endpoint=os.environ.get("K3SVIRT_LIVENESS"))
+    kopf.run(
+        standalone=True,
+        clusterwide=True,
+        liveness_endpoint=os.environ.get("K3SVIRT_LIVENESS"),
+        stop_flag=shutdown.KOPF_STOP,
+    )
 
 
 if __name__ == "__main__":

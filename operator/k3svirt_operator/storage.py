@@ -37,6 +37,7 @@ from typing import Any
 
 from k3svirt_common.quantity import parse_quantity
 
+from . import shutdown
 from .filelock import locked
 
 log = logging.getLogger(__name__)
@@ -459,7 +460,7 @@ def ensure_vm_dir(namespace: str, name: str, root: Path | None = None) -> Path:
 def run_qemu_img(argv: Sequence[str], timeout: float = QEMU_IMG_TIMEOUT) -> str:
     """Run one qemu-img argv; raise StorageError with its stderr on failure."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        proc = shutdown.run(argv, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise StorageError(f"{' '.join(argv)}: timed out after {timeout}s") from e
     except OSError as e:

@@ -126,9 +126,9 @@ start() {
 }
 
 stop() {
+  # Reverse order of start; each one waits for its process to exit (SIGKILL after a bound).
   for p in k3s kube-controller-manager kube-apiserver kine; do
-    if pid_alive "$CP/$p.pid"; then kill "$(cat "$CP/$p.pid")" 2>/dev/null || true; fi
-    rm -f "$CP/$p.pid"
+    stop_pidfile "$CP/$p.pid" 20
   done
 }
 

@@ -6,13 +6,19 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 APT_PACKAGES=(
-  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config   # libvirtd, virsh, virt-xml-validate, bindings build
+  libvirt-daemon-system libvirt-daemon libvirt-clients           # libvirtd, virsh, virt-xml-validate
+  libvirt-dev pkg-config                                         # libvirt-python's build
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools              # QEMU/KVM, qemu-img, UEFI firmware, vTPM
   dnsmasq-base iptables iproute2 openssl                         # libvirt NAT network, ss, certificates
-  linux-image-cloud-amd64 busybox-static cpio                    # the tiny test guest
+  linux-image-cloud-amd64 busybox-static cpio zstd               # the tiny test guest
   genisoimage pciutils                                           # cloud-init seed ISOs, PCI names (pci.ids)
-  shellcheck gcc                                                 # script lint, cgo for the SQLite datastore
+  libxml2-utils                                                  # xmllint, which virt-xml-validate runs
+  curl procps kmod psmisc                                        # health checks, pgrep/pkill, modprobe, fuser
+  shellcheck shfmt gcc                                           # script lint + parsing, cgo for the SQLite datastore
 )
+# What this machine must already have (the README's prerequisites); every other program the code,
+# the tests and the scripts run comes from APT_PACKAGES, the .venv, or a build of ours in $K3SVIRT_CACHE.
+PREREQUISITES=(python3 go git)
 
 install_apt() {
   local missing=()
@@ -41,6 +47,13 @@ install_venv() {
     || die "pip install failed (PyPI not reachable or a pin is wrong): see $K3SVIRT_STATE/pip.log"
   echo "$stamp" > "$venv/.k3svirt-stamp"
 }
+
+case "${1:-}" in
+  --list-packages) printf '%s\n' "${APT_PACKAGES[@]}"; exit 0 ;;
+  --list-prerequisites) printf '%s\n' "${PREREQUISITES[@]}"; exit 0 ;;
+  "") ;;
+  *) die "usage: $0 [--list-packages|--list-prerequisites]" ;;
+esac
 
 install_apt
 install_venv

@@ -32,7 +32,8 @@ start() {
 stop() {
   [ -f "$STARTED" ] || return 0
   # Stop in reverse order of start, only what this script started.
-  tac "$STARTED" | while read -r d; do pkill -x "$d" 2>/dev/null || true; done
+  # Each daemon is waited for, so a start straight after this stop finds none still exiting.
+  tac "$STARTED" | while read -r d; do stop_named "$d" 20; done
   rm -f "$STARTED"
 }
 

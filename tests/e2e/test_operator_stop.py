@@ -1,0 +1,89 @@
+"""The real operator exits within seconds of SIGTERM, even in the middle of an image download, and
+leaves no partial file behind (the download is cancelled, not finished)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from .conftest import Operator, free_port, kubectl, tiny_vm, wait_until
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    """Announces 4 GiB, then sends 64 KiB every 0.2 s (bounded: gives up after 90 s)."""
+
+    started = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(4 << 30))
+        self.end_headers()
+        Trickle.started.set()
+        deadline = time.monotonic() + 90
+        try:
+            while time.monotonic() < deadline:
+                self.wfile.write(b"\0" * 65536)
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, tmp_path):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    node = f"stop-{namespace}"
+    env = {
+        **os.environ,
+        **testbed,
+        "K3SVIRT_NODE_NAME": node,
+        "K3SVIRT_METRICS_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    op = Operator(env, tmp_path / "operator.log")
+    op.start()
+    try:
+        vm = tiny_vm(
+            "dl",
+            tiny_guest,
+            nodeName=node,
+            disks=[{"name": "root", "source": {"image": {"url": f"http://127.0.0.1:{srv.server_address[1]}/big.img"}}}],
+        )
+        kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=json.dumps(vm))
+        images = Path(testbed["K3SVIRT_STORAGE_ROOT"]) / "images"
+        url = vm["spec"]["disks"][0]["source"]["image"]["url"]
+        part = f".{hashlib.sha256(url.encode()).hexdigest()}.img.*.part"  # image_cache's partial file
+        wait_until(Trickle.started.is_set, 60, f"the operator never started the download; log:\n{op.tail()}")
+        wait_until(lambda: list(images.glob(part)), 30, "no partial download file appeared")
+        t0 = time.monotonic()
+        assert op.proc is not None
+        op.proc.send_signal(signal.SIGTERM)
+        op.proc.wait(30)
+        took = time.monotonic() - t0
+        assert took < 5, f"the operator took {took:.1f} s to exit after SIGTERM; log:\n{op.tail()}"
+        assert list(images.glob(part)) == [], "the cancelled download left its partial file"
+    finally:
+        op.stop()
+        kubectl(
+            kubeconfig,
+            "-n",
+            namespace,
+            "patch",
+            "vm",
+            "dl",
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
+        srv.shutdown()
+        srv.server_close()
