@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from .image_fetch import FetchPolicy
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -20,6 +22,7 @@ class Settings:
     resync_seconds: float
     status_summary_seconds: float
     pci_inventory_seconds: float
+    image_fetch: FetchPolicy = FetchPolicy()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -40,4 +43,6 @@ class Settings:
             resync_seconds=float(env("K3SVIRT_RESYNC_SECONDS", "30")),
             status_summary_seconds=float(env("K3SVIRT_STATUS_SUMMARY_SECONDS", "30")),
             pci_inventory_seconds=float(env("K3SVIRT_PCI_INVENTORY_SECONDS", "60")),
+            # Limits and address rules for image downloads (image_fetch.py).
+            image_fetch=FetchPolicy.from_env(os.environ),
         )

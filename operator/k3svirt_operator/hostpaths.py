@@ -5,16 +5,20 @@ attach the host's root disk (`disks[].source.volume.path: /dev/sda`) or read any
 K3SVIRT_KERNEL_DIRS  colon-separated; default /var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot
 K3SVIRT_VOLUME_DIRS  colon-separated; default /var/lib/k3svirt-volumes (add e.g. /dev/disk/by-id to
                      hand whole disks to VMs, knowing that it hands out every disk there)
+K3SVIRT_IMAGE_DIRS   colon-separated; default /var/lib/k3svirt-images: where `file://` image URLs may
+                     point (without it, `file:///dev/sda` would copy the host's disk into a guest's)
 """
 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 DEFAULT_KERNEL_DIRS = "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
 DEFAULT_VOLUME_DIRS = "/var/lib/k3svirt-volumes"
+DEFAULT_IMAGE_DIRS = "/var/lib/k3svirt-images"
 
 
 def _dirs(env: str, default: str) -> list[str]:
@@ -44,4 +48,30 @@ def violations(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
             out.append((f"spec.disks[{i}].source.volume.path",
                         f"{path!r} is not under an allowed volume directory ({':'.join(volume_dirs)}; "
                         "the node's K3SVIRT_VOLUME_DIRS)"))
+    image_dirs = _dirs("K3SVIRT_IMAGE_DIRS", DEFAULT_IMAGE_DIRS)
+    for i, disk in enumerate(spec.get("disks") or []):
+        url = ((disk.get("source") or {}).get("image") or {}).get("url")
+        problem = file_url_problem(url, image_dirs) if url else None
+        if problem:
+            out.append((f"spec.disks[{i}].source.image.url", problem))
     return out
+
+
+def file_url_problem(url: str, image_dirs: list[str] | None = None) -> str | None:
+    """Why a file:// image URL may not be read on this node (None: allowed, or not a file:// URL)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "file":
+        return None
+    dirs = image_dirs if image_dirs is not None else _dirs("K3SVIRT_IMAGE_DIRS", DEFAULT_IMAGE_DIRS)
+    if parts.netloc not in ("", "localhost"):
+        return f"{url!r} names a host ({parts.netloc!r}); file:// URLs are files of this node"
+    path = urllib.parse.unquote(parts.path)
+    if "\0" in path or not path.startswith("/"):
+        return f"{url!r} is not an absolute file path"
+    if not _inside(path, dirs):
+        return f"{url!r} is not under an allowed image directory ({':'.join(dirs)}; the node's K3SVIRT_IMAGE_DIRS)"
+    real = os.path.realpath(path)
+    if os.path.exists(real) and not os.path.isfile(real):
+        return f"{url!r} is not a regular file"
+    return None
+

@@ -199,7 +199,10 @@ class VMReconciler:
         try:
             storage.ensure_vm_dir(ns, name, root)
             plans = storage.plan_disks(ns, name, spec.get("disks") or [], root)
-            results = storage.ensure_disks(plans, root)
+            policy = self.settings.image_fetch
+            results = storage.ensure_disks(
+                plans, root, fetch_image=lambda url, sum_, at: image_cache.ensure_image(url, sum_, at, policy)
+            )
             seed = None
             if spec.get("cloudInit"):
                 seed = str(cloudinit.build_seed(ns, name, uid, spec["cloudInit"],

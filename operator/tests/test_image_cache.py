@@ -29,6 +29,13 @@ pytestmark = pytest.mark.skipif(
 MiB = 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def node_rules_for_local_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests serve images from 127.0.0.1 and from their tmp dir: allow exactly that."""
+    monkeypatch.setenv("K3SVIRT_IMAGE_ALLOW_LOOPBACK", "true")
+    monkeypatch.setenv("K3SVIRT_IMAGE_DIRS", str(tmp_path))
+
+
 class Server:
     def __init__(self, docroot: Path) -> None:
         self.docroot = docroot

@@ -15,7 +15,8 @@ from k3svirt_operator import image_cache, shutdown
 
 
 @pytest.fixture(autouse=True)
-def fresh_stop_signal() -> Iterator[None]:
+def fresh_stop_signal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("K3SVIRT_IMAGE_ALLOW_LOOPBACK", "true")  # the slow servers run on 127.0.0.1
     shutdown.STOP.clear()
     shutdown.KOPF_STOP.clear()
     yield

@@ -68,6 +68,8 @@ def test_operator_daemonset(rendered) -> None:
                       "/boot": True, "/lib/modules": True, "/var/lib/k3svirt-volumes": False}
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["K3SVIRT_VOLUME_DIRS"] == "/var/lib/k3svirt-volumes"
+    assert env["K3SVIRT_IMAGE_DIRS"] == "/var/lib/k3svirt-images"
+    assert env["K3SVIRT_IMAGE_MAX_BYTES"] == "68719476736"
     assert env["K3SVIRT_KERNEL_DIRS"] == "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
     assert c["resources"]["requests"]["memory"] == "100Mi"
     assert pod["nodeSelector"] and pod["tolerations"]

@@ -47,6 +47,7 @@ def test_sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, t
         **testbed,
         "K3SVIRT_NODE_NAME": node,
         "K3SVIRT_METRICS_PORT": str(free_port()),
+        "K3SVIRT_IMAGE_ALLOW_LOOPBACK": "true",
         "PYTHONUNBUFFERED": "1",
     }
     op = Operator(env, tmp_path / "operator.log")

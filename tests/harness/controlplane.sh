@@ -27,17 +27,24 @@ PKI="$CP/pki"
 PORT=${K3SVIRT_API_PORT:-6443}
 KUBECONFIG_OUT="$K3SVIRT_STATE/kubeconfig"
 
+built() { [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kine" ]; }
+
 build() {
-  [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kine" ] && return 0
+  built && return 0
   command -v go >/dev/null || die "Go is missing: install Go 1.26+ to build the control plane once"
-  mkdir -p "$BIN.tmp"
+  with_lock "$BIN.lock" build_locked
+}
+
+build_locked() {
+  built && return 0  # another checkout finished the same build while we waited for the lock
+  local tmp t0=$SECONDS
+  tmp=$(mktemp -d "$BIN.tmp.XXXXXX")
   log "building kube-apiserver/kube-controller-manager $KUBE_VERSION and kine $KINE_VERSION (once, ~10 min on 2 cores)"
-  local t0=$SECONDS
-  (cd "$SRC" && go build -trimpath -ldflags "$LDFLAGS" -o "$BIN.tmp/" ./cmd/kube-apiserver ./cmd/kube-controller-manager) \
+  (cd "$SRC" && go build -trimpath -ldflags "$LDFLAGS" -o "$tmp/" ./cmd/kube-apiserver ./cmd/kube-controller-manager) \
     || die "building the control plane failed: is the Go module proxy reachable (go env GOPROXY)?"
-  CGO_ENABLED=1 GOBIN="$BIN.tmp" go install "github.com/k3s-io/kine@$KINE_VERSION" \
+  CGO_ENABLED=1 GOBIN="$tmp" go install "github.com/k3s-io/kine@$KINE_VERSION" \
     || die "building kine failed: it needs cgo (gcc) and the Go module proxy"
-  rm -rf "$BIN" && mv "$BIN.tmp" "$BIN"
+  rm -rf "$BIN" && mv -T "$tmp" "$BIN"
   log "control plane built in $((SECONDS - t0)) s"
 }
 

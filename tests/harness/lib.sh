@@ -68,6 +68,14 @@ wait_gone() {
   done
 }
 
+# with_lock FILE COMMAND...: runs COMMAND holding an exclusive lock on FILE. Builds into the shared
+# cache take it, so two checkouts (or CI and a bring-up) never build into the same directory at once.
+with_lock() {
+  local file=$1; shift
+  mkdir -p "$(dirname "$file")"
+  ( flock 9 && "$@" ) 9>"$file"
+}
+
 # port_owner PORT: prints the process listening on a TCP port, empty when free.
 port_owner() {
   ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)".*/\1/p' | head -n1
