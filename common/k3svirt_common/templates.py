@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from k3svirt_common import safeyaml
 from k3svirt_common.names import API_VERSION, VM_KIND, VMTEMPLATE_KIND
 
 KIND_TEMPLATE = "Template"
@@ -922,7 +923,7 @@ def import_yaml(text: str, *, validate: bool = True) -> dict[str, Any]:
     """Parse one VMTemplate document (as written by export_yaml or by hand), strip server fields,
     and (``validate``) refuse it with every field error when it is not a valid VMTemplate."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in safeyaml.load_all(text) if d is not None]
     except yaml.YAMLError as e:
         raise TemplateError(FieldError("yaml", f"not valid YAML: {e}")) from e
     if len(docs) != 1 or not isinstance(docs[0], Mapping):

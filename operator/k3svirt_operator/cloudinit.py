@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from k3svirt_common import safeyaml
 
 from . import shutdown
 
@@ -118,7 +119,7 @@ def render_user_data(user_data: str | None, keys: list[str]) -> str:
     low = first.lower()
     if first == "#cloud-config":
         try:
-            doc = yaml.safe_load(user_data)
+            doc = safeyaml.load(user_data)
         except yaml.YAMLError as e:
             raise _yaml_error("userData", e) from e
         if doc is None:
@@ -135,7 +136,7 @@ def render_user_data(user_data: str | None, keys: list[str]) -> str:
                 user_data + ("" if user_data.endswith("\n") else "\n") + _dump({"ssh_authorized_keys": keys})
             )
             try:
-                if yaml.safe_load(appended) == {**doc, "ssh_authorized_keys": keys}:
+                if safeyaml.load(appended) == {**doc, "ssh_authorized_keys": keys}:
                     return appended
             except yaml.YAMLError:
                 pass
@@ -194,7 +195,7 @@ def render_meta_data(name: str, uid: str, meta_data: Any) -> str:
     if meta_data is not None and meta_data != "":
         if isinstance(meta_data, str):
             try:
-                extra = yaml.safe_load(meta_data)
+                extra = safeyaml.load(meta_data)
             except yaml.YAMLError as e:
                 raise _yaml_error("metaData", e) from e
         else:
@@ -210,7 +211,7 @@ def render_network_config(network_data: Any) -> str | None:
         return None
     if isinstance(network_data, str):
         try:
-            doc = yaml.safe_load(network_data)
+            doc = safeyaml.load(network_data)
         except yaml.YAMLError as e:
             raise _yaml_error("networkData", e) from e
         if not isinstance(doc, Mapping):

@@ -69,8 +69,7 @@ async def _trim_heap() -> None:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return
-    while True:
-        await asyncio.sleep(30)
+    while await shutdown.pause(30):
         await asyncio.to_thread(trim, 0)
 
 
@@ -79,7 +78,8 @@ async def _refresh_node_labels() -> None:
         labels = await asyncio.to_thread(_rt().node_labels)
         NODE_LABELS.clear()
         NODE_LABELS.update({**labels, **SETTINGS.node_labels})
-        await asyncio.sleep(60)
+        if not await shutdown.pause(60):
+            return
 
 
 def _post(body: Any, events: list[Event]) -> None:
@@ -270,7 +270,8 @@ async def _publish_pci_inventory() -> None:
                                     SETTINGS.node_name, status)
         except Exception as exc:  # keep publishing later; the VM work must not suffer
             log.warning("publishing the PCI inventory failed", extra={"error": str(exc)})
-        await asyncio.sleep(SETTINGS.pci_inventory_seconds)
+        if not await shutdown.pause(SETTINGS.pci_inventory_seconds):
+            return
 
 
 def on_this_node(spec: Mapping[str, Any], **_: Any) -> bool:

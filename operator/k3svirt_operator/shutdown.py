@@ -37,6 +37,16 @@ def check(what: str) -> None:
         raise Stopped(f"{what}: cancelled because the operator is stopping")
 
 
+async def pause(seconds: float) -> bool:
+    """Sleep up to ``seconds``; False at once when the operator is stopping. Background loops of
+    our own use it, so they end with the operator (kopf waits 5 s for tasks it did not start)."""
+    try:
+        await asyncio.wait_for(KOPF_STOP.wait(), seconds)
+    except TimeoutError:
+        return True
+    return False
+
+
 def install_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
     """Replace kopf's SIGTERM/SIGINT handlers: stop the worker threads' work first, then kopf."""
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 from flask import Blueprint, Response, request
+from k3svirt_common import safeyaml
 from k3svirt_common import templates as tmod
 
 from .. import contract as c
@@ -105,7 +106,7 @@ def _imported() -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise Problem(400, "request body is not UTF-8") from exc
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]  # JSON is YAML: one parser for both
+        docs = [d for d in safeyaml.load_all(text) if d is not None]  # JSON is YAML: one parser for both
     except yaml.YAMLError as exc:
         raise validation_problem([{"field": "body", "message": f"not valid YAML/JSON: {exc}"}]) from exc
     if len(docs) != 1:
