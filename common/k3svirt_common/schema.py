@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -212,9 +213,28 @@ def _kube_list_type(validator: Any, list_type: str, instance: Any, schema: Any) 
             seen_items.append(item)
 
 
+@functools.lru_cache(maxsize=256)
+def _go_regex(pattern: str) -> re.Pattern[str]:
+    """The API server matches `pattern` with Go's RE2, where a final `$` is the end of the text;
+    Python's `$` also matches before a trailing newline ("x\n" would pass '^[a-z]*$'). Same answer
+    as the API server: a trailing unescaped `$` becomes `\\Z`."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _kube_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if isinstance(instance, str) and not _go_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 _KubeValidator = validators.extend(
     jsonschema.Draft202012Validator,
-    {"x-kubernetes-validations": _kube_validations, "x-kubernetes-list-type": _kube_list_type},
+    {
+        "x-kubernetes-validations": _kube_validations,
+        "x-kubernetes-list-type": _kube_list_type,
+        "pattern": _kube_pattern,
+    },
 )
 
 

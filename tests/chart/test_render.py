@@ -65,7 +65,8 @@ def test_operator_daemonset(rendered) -> None:
     assert c["ports"][0]["containerPort"] == 9470
     mounts = {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]}
     assert mounts == {"/var/run/libvirt": False, "/var/lib/k3svirt": False, "/sys": False, "/dev": False,
-                      "/boot": True, "/lib/modules": True, "/var/lib/k3svirt-volumes": False}
+                      "/boot": True, "/lib/modules": True, "/var/lib/k3svirt-volumes": False,
+                      "/var/lib/k3svirt-images": True}
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["K3SVIRT_VOLUME_DIRS"] == "/var/lib/k3svirt-volumes"
     assert env["K3SVIRT_IMAGE_DIRS"] == "/var/lib/k3svirt-images"
