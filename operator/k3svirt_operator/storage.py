@@ -554,16 +554,19 @@ def _check_volume(plan: DiskPlan) -> DiskResult:
         raise StorageError(f"{fp}: {plan.path} does not exist on this node")
     if not (plan.path.is_file() or plan.path.is_block_device()):
         raise StorageError(f"{fp}: {plan.path} is not a regular file or block device")
-    info = qemu_img_info(plan.path)
-    detected = info.get("format", "raw")
-    if plan.format is not None and plan.format != detected:
-        raise StorageError(
-            f"spec.disks[{plan.index}].format: {plan.format} given but {plan.path} is {detected}"
-        )
+    # Never probed: the guest writes this file, and a qcow2 header it wrote into a raw volume (naming
+    # a backing file) would otherwise hand it a host file at the next define. No format means raw.
+    fmt = plan.format or "raw"
+    try:
+        info = qemu_img_info(plan.path, fmt)
+    except StorageError as e:
+        raise StorageError(f"{fp}: {plan.path} is not a usable {fmt} volume: {e}") from e
+    if info.get("backing-filename") or ((info.get("format-specific") or {}).get("data") or {}).get("data-file"):
+        raise StorageError(f"{fp}: {plan.path} refers to other files (backing or data file); refusing to use it")
     return DiskResult(
         plan.name,
         plan.path,
-        plan.format or detected,
+        fmt,
         False,
         "volume",
         virtual_size=info.get("virtual-size"),

@@ -22,9 +22,7 @@ from k3svirt_operator.storage import (
     remove_vm_storage,
 )
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed"
-)
+pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed")
 
 MiB = 1024 * 1024
 
@@ -36,9 +34,7 @@ def info(path: Path) -> dict:
     return json.loads(out.stdout)
 
 
-def make_base(
-    tmp_path: Path, fmt: str = "qcow2", size: str = "32M", marker: bytes | None = None
-) -> BaseImage:
+def make_base(tmp_path: Path, fmt: str = "qcow2", size: str = "32M", marker: bytes | None = None) -> BaseImage:
     raw = tmp_path / "base-src.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), size], check=True)
     if marker:
@@ -56,9 +52,7 @@ def one(disk: dict, root: Path, images: dict | None = None) -> storage.DiskPlan:
 
 # ----------------------------------------------------------------------------------------- planning
 def test_plan_blank_qcow2_exact_argv(tmp_path: Path) -> None:
-    plan = one(
-        {"name": "root", "size": "1Gi", "qcow2": {"clusterSize": "128Ki", "lazyRefcounts": True}}, tmp_path
-    )
+    plan = one({"name": "root", "size": "1Gi", "qcow2": {"clusterSize": "128Ki", "lazyRefcounts": True}}, tmp_path)
     vdir = tmp_path / "vms" / "ns1" / "vm1"
     assert plan.path == vdir / "root.qcow2"
     assert plan.format == "qcow2" and plan.kind == "blank" and plan.size == 1 << 30
@@ -94,9 +88,7 @@ def test_plan_raw_thin_and_thick(tmp_path: Path) -> None:
 
 
 def test_plan_thick_qcow2_explicit_preallocation_wins(tmp_path: Path) -> None:
-    plan = one(
-        {"name": "a", "size": "1Gi", "provisioning": "thick", "qcow2": {"preallocation": "falloc"}}, tmp_path
-    )
+    plan = one({"name": "a", "size": "1Gi", "provisioning": "thick", "qcow2": {"preallocation": "falloc"}}, tmp_path)
     assert plan.preallocation == "falloc"
     assert one({"name": "a", "size": "1Gi", "provisioning": "thick"}, tmp_path).preallocation == "full"
 
@@ -143,9 +135,7 @@ def test_plan_image_overlay_and_copy(tmp_path: Path) -> None:
         str(16 * MiB),
     )
     # same size as the image: no resize step
-    same = one(
-        {"name": "r", "size": "8Mi", "source": {"image": {"url": url, "clone": "copy"}}}, tmp_path, images
-    )
+    same = one({"name": "r", "size": "8Mi", "source": {"image": {"url": url, "clone": "copy"}}}, tmp_path, images)
     assert len(same.commands) == 1
 
 
@@ -157,9 +147,7 @@ def test_plan_image_unresolved_then_with_base(tmp_path: Path) -> None:
     assert plan.needs_image and plan.commands == ()
     assert plan.image is not None and plan.image.checksum == "sha256:" + "a" * 64
     resolved = plan.with_base(BaseImage(Path("/c/x.img"), "qcow2", MiB))
-    assert not resolved.needs_image and resolved.commands[0][-1] == str(
-        plan.tmp_path
-    )  # no size -> image size
+    assert not resolved.needs_image and resolved.commands[0][-1] == str(plan.tmp_path)  # no size -> image size
 
 
 def test_plan_volume(tmp_path: Path) -> None:
@@ -244,9 +232,7 @@ def test_plan_validation_names_the_field(tmp_path: Path, disks: list, message: s
 
 def test_plan_volume_inside_root_rejected(tmp_path: Path) -> None:
     with pytest.raises(StorageSpecError, match=r"spec.disks\[0\].source.volume.path: must not be inside"):
-        plan_disks(
-            "ns", "vm", [{"name": "a", "source": {"volume": {"path": str(tmp_path / "vms/x")}}}], tmp_path
-        )
+        plan_disks("ns", "vm", [{"name": "a", "source": {"volume": {"path": str(tmp_path / "vms/x")}}}], tmp_path)
 
 
 def test_plan_image_smaller_size_rejected(tmp_path: Path) -> None:
@@ -413,19 +399,28 @@ def test_volume_used_as_is(tmp_path: Path) -> None:
     root = tmp_path / "root"
     vol = tmp_path / "data.img"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(vol), "4M"], check=True)
-    plans = plan_disks("ns1", "vm1", [{"name": "data", "source": {"volume": {"path": str(vol)}}}], root)
-    (res,) = ensure_disks(plans, root)
+    declared = [{"name": "data", "format": "qcow2", "source": {"volume": {"path": str(vol)}}}]
+    (res,) = ensure_disks(plan_disks("ns1", "vm1", declared, root), root)
     assert res.format == "qcow2" and not res.created and res.path == vol and res.virtual_size == 4 * MiB
-    bad = plan_disks(
-        "ns1", "vm1", [{"name": "data", "format": "raw", "source": {"volume": {"path": str(vol)}}}], root
-    )
-    with pytest.raises(StorageError, match=r"spec.disks\[0\].format: raw given but .* is qcow2"):
-        ensure_disks(bad, root)
-    missing = plan_disks(
-        "ns1", "vm1", [{"name": "data", "source": {"volume": {"path": str(tmp_path / "nope")}}}], root
-    )
+    missing = plan_disks("ns1", "vm1", [{"name": "data", "source": {"volume": {"path": str(tmp_path / "nope")}}}], root)
     with pytest.raises(StorageError, match=r"spec.disks\[0\].source.volume.path: .* does not exist"):
         ensure_disks(missing, root)
+
+
+def test_a_volume_format_is_never_probed(tmp_path: Path) -> None:
+    """A guest that writes a qcow2 header naming a host file into its raw volume gets nothing: without
+    `format` a volume is raw, whatever its bytes say, and a declared qcow2 may not name other files."""
+    root = tmp_path / "root"
+    secret = tmp_path / "host-secret.raw"
+    secret.write_bytes(b"SECRET" * 1000)
+    vol = tmp_path / "guest-written.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(vol)], check=True)
+    plain = [{"name": "data", "source": {"volume": {"path": str(vol)}}}]
+    (res,) = ensure_disks(plan_disks("ns1", "vm1", plain, root), root)
+    assert res.format == "raw" and res.backing_file is None
+    declared = [{"name": "data", "format": "qcow2", "source": {"volume": {"path": str(vol)}}}]
+    with pytest.raises(StorageError, match="refers to other files"):
+        ensure_disks(plan_disks("ns1", "vm1", declared, root), root)
 
 
 def test_permissions(tmp_path: Path) -> None:
