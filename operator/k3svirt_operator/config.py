@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .image_fetch import FetchPolicy
+from .storage import SpaceRules
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Settings:
     status_summary_seconds: float
     pci_inventory_seconds: float
     image_fetch: FetchPolicy = FetchPolicy()
+    space: SpaceRules = SpaceRules()
+    image_cache_gc_seconds: float = 3600.0
+    image_cache_idle_seconds: float = 86400.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,4 +49,8 @@ class Settings:
             pci_inventory_seconds=float(env("K3SVIRT_PCI_INVENTORY_SECONDS", "60")),
             # Limits and address rules for image downloads (image_fetch.py).
             image_fetch=FetchPolicy.from_env(os.environ),
+            space=SpaceRules.from_env(os.environ),
+            # Cached base images that no overlay uses and nobody asked for in a day are removed.
+            image_cache_gc_seconds=float(env("K3SVIRT_IMAGE_CACHE_GC_SECONDS", "3600")),
+            image_cache_idle_seconds=float(env("K3SVIRT_IMAGE_CACHE_IDLE_SECONDS", "86400")),
         )

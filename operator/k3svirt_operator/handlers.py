@@ -20,7 +20,7 @@ import kopf
 from k3svirt_common import names, templates
 
 from . import accel as accel_mod
-from . import pci, shutdown, stats
+from . import image_cache, pci, shutdown, stats
 from .config import Settings
 from .kubeapi import KubeAPI
 from .libvirt_conn import LibvirtConnection
@@ -71,6 +71,16 @@ async def _trim_heap() -> None:
         return
     while await shutdown.pause(30):
         await asyncio.to_thread(trim, 0)
+
+
+async def _prune_image_cache() -> None:
+    """Garbage-collects the image cache: images no overlay uses and nobody asked for lately."""
+    while await shutdown.pause(SETTINGS.image_cache_gc_seconds):
+        try:
+            await asyncio.to_thread(image_cache.prune_unused, SETTINGS.storage_root, (),
+                                    SETTINGS.image_cache_idle_seconds)  # fmt: skip
+        except Exception as exc:  # retried at the next round; VM work must not suffer
+            log.warning("pruning the image cache failed", extra={"error": str(exc)})
 
 
 async def _refresh_node_labels() -> None:
@@ -127,6 +137,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
     asyncio.get_running_loop().create_task(_refresh_node_labels())
     asyncio.get_running_loop().create_task(_trim_heap())
+    asyncio.get_running_loop().create_task(_prune_image_cache())
 
 
 @kopf.on.cleanup()

@@ -126,6 +126,8 @@ def ensure_image(
             cached = _load_cached(path)  # someone else may have finished while we waited
             if cached is None:
                 return _download(url, path, d, want, policy or FetchPolicy.from_env())
+    with contextlib.suppress(OSError):
+        os.utime(_sidecar(path))  # last use, for the cache's garbage collection (prune_unused)
     if want is not None and cached.sha256 != want:
         raise ImageError(
             f"checksum mismatch for {url}: the cached image has sha256:{cached.sha256} but "
@@ -285,8 +287,9 @@ def _overlay_backings(root: Path) -> set[Path]:
     return used
 
 
-def prune_unused(root: Path | None = None, in_use: Iterable[Path] = ()) -> list[Path]:
-    """Delete cached images not in ``in_use`` and not backing any overlay under <root>/vms.
+def prune_unused(root: Path | None = None, in_use: Iterable[Path] = (), idle_seconds: float = 0.0) -> list[Path]:
+    """Delete cached images not in ``in_use``, not backing any overlay under <root>/vms, and not used
+    (downloaded or asked for) in the last ``idle_seconds``.
 
     Also removes stale partial downloads. Returns the removed image paths.
     """
@@ -299,7 +302,13 @@ def prune_unused(root: Path | None = None, in_use: Iterable[Path] = ()) -> list[
     for img in sorted(d.glob("*.img")):
         if img.resolve() in keep:
             continue
+        with contextlib.suppress(OSError):
+            if time.time() - _sidecar(img).stat().st_mtime < idle_seconds:
+                continue
         with locked(img.with_suffix(".lock")):
+            with contextlib.suppress(OSError):
+                if time.time() - _sidecar(img).stat().st_mtime < idle_seconds:
+                    continue  # used while we waited for the lock
             _sidecar(img).unlink(missing_ok=True)
             img.unlink(missing_ok=True)
         removed.append(img)

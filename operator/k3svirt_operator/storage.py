@@ -67,6 +67,54 @@ class StorageError(RuntimeError):
     """Creating/inspecting storage failed at execution time (qemu-img failure, missing volume...)."""
 
 
+class InsufficientStorage(StorageError):
+    """A disk is larger than the node allows, or creating it would eat the node's free-space reserve."""
+
+
+@dataclass(frozen=True)
+class SpaceRules:
+    """What one VM author may take from the node's disk (the node admin sets these)."""
+
+    max_disk_bytes: int = 4 << 40  # K3SVIRT_DISK_MAX_BYTES, one disk's virtual size
+    reserve_bytes: int = 2 << 30  # K3SVIRT_STORAGE_RESERVE_BYTES, free space never handed out
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SpaceRules:
+        d = cls()
+        return cls(
+            max_disk_bytes=int(env.get("K3SVIRT_DISK_MAX_BYTES") or d.max_disk_bytes),
+            reserve_bytes=int(env.get("K3SVIRT_STORAGE_RESERVE_BYTES") or d.reserve_bytes),
+        )
+
+
+def bytes_written_now(plan: DiskPlan) -> int:
+    """Bytes creating the disk allocates at once: its size when preallocated, the image for a copy;
+    thin disks and overlays start (almost) empty and grow as the guest writes."""
+    virtual = plan.size or (plan.base.virtual_size if plan.base is not None else 0)
+    if plan.preallocation in ("falloc", "full"):
+        return virtual
+    if plan.kind == "image" and plan.image is not None and plan.image.clone == "copy":
+        return plan.base.virtual_size if plan.base is not None else virtual
+    return 0
+
+
+def check_space(plan: DiskPlan, root: Path, rules: SpaceRules) -> None:
+    fp = f"spec.disks[{plan.index}]"
+    virtual = plan.size or (plan.base.virtual_size if plan.base is not None else 0)
+    if virtual > rules.max_disk_bytes:
+        raise InsufficientStorage(
+            f"{fp}.size: {virtual} bytes is more than this node allows for one disk "
+            f"({rules.max_disk_bytes} bytes, K3SVIRT_DISK_MAX_BYTES)"
+        )
+    need = bytes_written_now(plan)
+    free = shutil.disk_usage(root).free
+    if free - need < rules.reserve_bytes:
+        raise InsufficientStorage(
+            f"{fp}: creating it needs {need} bytes now, the node's storage has {free} bytes free and keeps "
+            f"{rules.reserve_bytes} in reserve (K3SVIRT_STORAGE_RESERVE_BYTES); it is retried when space returns"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # quantities
 def quantity_bytes(value: Any, field_path: str) -> int:
@@ -495,6 +543,7 @@ def ensure_disks(
     root: Path | None = None,
     fetch_image: ImageFetcher | None = None,
     timeout: float = QEMU_IMG_TIMEOUT,
+    space: SpaceRules | None = None,
 ) -> list[DiskResult]:
     """Create the disks that don't exist yet; never touch an existing disk. Idempotent.
 
@@ -524,6 +573,7 @@ def ensure_disks(
                 plan = plan.with_base(fetch(plan.image.url, plan.image.checksum, root))
             assert plan.tmp_path is not None and plan.format is not None
             plan.tmp_path.unlink(missing_ok=True)  # leftover of an interrupted attempt
+            check_space(plan, vdir, space or SpaceRules())
             try:
                 for argv in plan.commands:
                     run_qemu_img(argv, timeout=timeout)

@@ -201,7 +201,10 @@ class VMReconciler:
             plans = storage.plan_disks(ns, name, spec.get("disks") or [], root)
             policy = self.settings.image_fetch
             results = storage.ensure_disks(
-                plans, root, fetch_image=lambda url, sum_, at: image_cache.ensure_image(url, sum_, at, policy)
+                plans,
+                root,
+                fetch_image=lambda url, sum_, at: image_cache.ensure_image(url, sum_, at, policy),
+                space=self.settings.space,
             )
             seed = None
             if spec.get("cloudInit"):
@@ -209,6 +212,8 @@ class VMReconciler:
                                                 storage.seed_path(ns, name, root)))
         except (storage.StorageSpecError, cloudinit.CloudInitError) as exc:
             raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InvalidStorageSpec", str(exc)) from exc
+        except storage.InsufficientStorage as exc:
+            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InsufficientStorage", str(exc)) from exc
         except (storage.StorageError, image_cache.ImageError, cloudinit.SeedBuildError) as exc:
             raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "ProvisioningFailed", str(exc)) from exc
         host_devices: dict[str, str] = {}

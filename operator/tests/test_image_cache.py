@@ -240,3 +240,18 @@ def test_prune_unused(server: Server, tmp_path: Path) -> None:
     assert [i.url for i in image_cache.list_cached(tmp_path)] == sorted(
         [a.url, b.url], key=image_cache.cache_key
     )
+
+
+def test_prune_keeps_recently_used_images(server: Server, tmp_path: Path) -> None:
+    """LRU by last use: an image asked for within idle_seconds stays, an idle one goes."""
+    import os
+
+    for n in ("fresh", "stale"):
+        make_qcow2(server.docroot / f"{n}.qcow2")
+    fresh, stale = (ensure_image(server.url(f"{n}.qcow2"), None, tmp_path) for n in ("fresh", "stale"))
+    old = time.time() - 7200
+    os.utime(stale.path.with_suffix(".json"), (old, old))
+    os.utime(fresh.path.with_suffix(".json"), (old, old))
+    ensure_image(fresh.url, None, tmp_path)  # a cache hit counts as a use
+    assert prune_unused(tmp_path, idle_seconds=3600) == [stale.path]
+    assert fresh.path.exists() and not stale.path.exists()

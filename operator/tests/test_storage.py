@@ -475,3 +475,23 @@ def test_storage_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert storage.console_log_path("a", "b") == tmp_path / "vms/a/b/console.log"
     monkeypatch.delenv("K3SVIRT_STORAGE_ROOT")
     assert storage.storage_root() == Path("/var/lib/k3svirt")
+
+
+def test_disk_size_cap_and_free_space_reserve(tmp_path: Path) -> None:
+    """A VM author cannot fill the node: one disk is capped, and nothing that allocates at once may eat
+    into the free-space reserve (thin disks still may be created: they start empty)."""
+    from k3svirt_operator.storage import InsufficientStorage, SpaceRules
+
+    root = tmp_path / "root"
+    big = [{"name": "d", "size": "5Ti", "source": {"blank": {}}}]
+    with pytest.raises(InsufficientStorage, match=r"spec.disks\[0\].size: .* K3SVIRT_DISK_MAX_BYTES"):
+        ensure_disks(plan_disks("ns1", "vm1", big, root), root)
+    free = shutil.disk_usage(tmp_path).free
+    tight = SpaceRules(reserve_bytes=free - 4 * MiB)  # as if only 4 MiB could be handed out
+    thick = [{"name": "t", "size": "64Mi", "provisioning": "thick", "source": {"blank": {}}}]
+    with pytest.raises(InsufficientStorage, match="in reserve"):
+        ensure_disks(plan_disks("ns1", "vm1", thick, root), root, space=tight)
+    assert not list((root / "vms/ns1/vm1").glob("*t.*"))
+    thin = [{"name": "s", "size": "64Mi", "source": {"blank": {}}}]
+    (res,) = ensure_disks(plan_disks("ns1", "vm1", thin, root), root, space=tight)
+    assert res.created
