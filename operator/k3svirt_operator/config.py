@@ -19,6 +19,7 @@ class Settings:
     libvirt_uri: str
     storage_root: Path
     metrics_port: int
+    metrics_addr: str
     stop_grace_seconds: float
     resync_seconds: float
     status_summary_seconds: float
@@ -41,6 +42,9 @@ class Settings:
             libvirt_uri=env("LIBVIRT_DEFAULT_URI", "qemu:///system"),
             storage_root=Path(env("K3SVIRT_STORAGE_ROOT", "/var/lib/k3svirt")),
             metrics_port=int(env("K3SVIRT_METRICS_PORT", "9470")),
+            # The node endpoint (stats, /metrics) answers on the node's own address only, not on
+            # every interface (it has no authentication; the gateway reaches it at node_ip).
+            metrics_addr=env("K3SVIRT_METRICS_ADDR") or env("K3SVIRT_NODE_IP", "127.0.0.1"),
             # How long a guest gets to shut down on ACPI power-off before it is destroyed.
             stop_grace_seconds=float(env("K3SVIRT_STOP_GRACE_SECONDS", "30")),
             # Safety-net re-check of every VM; lifecycle events make repairs immediate.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
@@ -85,6 +87,26 @@ def request_shutdown(dom: libvirt.virDomain) -> None:
     """ACPI power button; a guest without ACPI support ignores it (destroy follows after the grace)."""
     with contextlib.suppress(libvirt.libvirtError):
         dom.shutdown()
+
+
+def power_off(dom: libvirt.virDomain, grace_seconds: float, should_stop: Callable[[], bool]) -> bool:
+    """ACPI shutdown, waiting up to ``grace_seconds`` for the guest to power off, then destroy.
+    True when the guest shut down by itself. Blocks the calling (worker) thread while it waits;
+    ``should_stop`` ends the wait early (the operator is stopping: the caller decides what then)."""
+    with contextlib.suppress(libvirt.libvirtError):
+        if not dom.isActive():
+            return True
+    request_shutdown(dom)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and not should_stop():
+        try:
+            if not dom.isActive():
+                return True
+        except libvirt.libvirtError:
+            return True  # gone already
+        time.sleep(0.25)
+    destroy(dom)
+    return False
 
 
 def destroy(dom: libvirt.virDomain) -> None:

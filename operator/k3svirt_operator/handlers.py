@@ -133,7 +133,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, _resolve_host_devices)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.poke_all_threadsafe() if RT else None)
-    MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, port=SETTINGS.metrics_port)
+    MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, port=SETTINGS.metrics_port,
+                                     host=SETTINGS.metrics_addr)  # fmt: skip
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
     asyncio.get_running_loop().create_task(_refresh_node_labels())
     asyncio.get_running_loop().create_task(_trim_heap())

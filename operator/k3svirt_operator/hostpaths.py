@@ -22,6 +22,10 @@ DEFAULT_IMAGE_DIRS = "/var/lib/k3svirt-images"
 
 
 def _dirs(env: str, default: str) -> list[str]:
+    # The defaults follow the storage root, so a node with K3SVIRT_STORAGE_ROOT elsewhere keeps its
+    # own guest kernels allowed (and only those).
+    root = os.environ.get("K3SVIRT_STORAGE_ROOT") or "/var/lib/k3svirt"
+    default = default.replace("/var/lib/k3svirt/", root.rstrip("/") + "/")
     return [os.path.realpath(d) for d in os.environ.get(env, default).split(":") if d]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import libvirt
 from k3svirt_common import names, templates
 
-from . import cloudinit, domains, hostpaths, image_cache, storage
+from . import cloudinit, domains, hostpaths, image_cache, shutdown, storage
 from .accel import Acceleration
 from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
@@ -314,9 +314,13 @@ class VMReconciler:
         with contextlib.suppress(domains.DomainConflict):
             dom = domains.find(conn, ns, name, uid)
             if dom is not None:
-                domains.destroy(dom)
+                # The guest gets its ACPI shutdown and stop_grace_seconds, as for a stop; then it is
+                # destroyed. An operator stopping meanwhile keeps the finalizer: the next one finishes.
+                clean = domains.power_off(dom, self.settings.stop_grace_seconds, shutdown.stopping)
+                shutdown.check(f"deleting {ns}/{name}")
                 domains.undefine(dom)
-                events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed"))
+                how = "after a clean shutdown" if clean else f"destroyed after {self.settings.stop_grace_seconds:g} s"
+                events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed ({how})"))
         self._stopping.pop(uid, None)
         self._address_polls.pop(uid, None)
         self._start_failures.pop(uid, None)

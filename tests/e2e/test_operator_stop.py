@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -91,3 +92,12 @@ def test_sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, t
         )
         srv.shutdown()
         srv.server_close()
+
+
+def test_the_node_endpoint_listens_on_the_node_address_only(operator):
+    """The stats and /metrics endpoint has no authentication: it answers on the node's own address
+    (K3SVIRT_NODE_IP, here the default 127.0.0.1), not on every interface."""
+    port = operator.env["K3SVIRT_METRICS_PORT"]
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    local = {line.split()[3] for line in out.splitlines() if line.strip()}
+    assert local == {f"127.0.0.1:{port}"}, local

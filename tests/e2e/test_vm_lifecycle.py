@@ -55,6 +55,8 @@ def test_apply_ready_console_stop_start_restart_drift_delete(kubeconfig, namespa
     # Stop and start through runStrategy, as kubectl/GitOps would.
     _set_run_strategy(kubeconfig, namespace, name, "Halted")
     wait_until(lambda: _domstate(domain) == "shut off", 60, "the domain did not stop")
+    # ... by an ACPI shutdown the guest honoured (the tiny guest's acpid), not by a destroy
+    assert "K3SVIRT-GUEST-POWEROFF" in console.read_text(errors="replace")
     wait_until(lambda: _vm(kubeconfig, namespace, name)["status"]["printableStatus"] == "Stopped", 30,
                "status did not say Stopped")
     _set_run_strategy(kubeconfig, namespace, name, "Always")
@@ -72,18 +74,30 @@ def test_apply_ready_console_stop_start_restart_drift_delete(kubeconfig, namespa
                "the domain was not restarted")
 
     # Drift: destroyed behind the operator's back -> started again without any API change.
+    boots = console.read_text(errors="replace").count(tiny_guest.marker)
     virsh("destroy", domain)
     wait_until(lambda: _domstate(domain) == "running", 30, "destroyed domain was not repaired")
     events = get_json(kubeconfig, "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")
     reasons = {e["reason"] for e in events["items"]}
     assert {"Defined", "Started", "Stopping", "Running"} <= reasons, reasons
 
-    # Delete: domain, disks and seed are gone.
+    # Delete: domain, disks and seed are gone. (First let the repaired guest finish booting: a guest
+    # still in early boot has no ACPI handler yet and would be destroyed after the grace.)
+    wait_until(lambda: console.read_text(errors="replace").count(tiny_guest.marker) > boots, 60,
+               "the repaired guest did not boot")
     vm_dir = console.parent
     assert (vm_dir / "scratch.qcow2").exists()
     kubectl(kubeconfig, "delete", "-n", namespace, f"vm/{name}", "--timeout=60s")
     assert virsh("list", "--all", "--name").split().count(domain) == 0
     assert not vm_dir.exists()
+
+    # The running guest was shut down cleanly (ACPI, within the grace), not killed.
+    def undefined_message() -> str:
+        items = get_json(kubeconfig, "events", "-n", namespace, "--field-selector",
+                         f"involvedObject.name={name},reason=Undefined")["items"]  # fmt: skip
+        return items[-1]["message"] if items else ""
+
+    assert "after a clean shutdown" in wait_until(undefined_message, 20, "no Undefined event after the delete")
 
 
 def test_undefined_domain_is_recreated_and_operator_restart_adopts(kubeconfig, namespace, operator, tiny_guest):

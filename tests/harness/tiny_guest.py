@@ -26,7 +26,7 @@ from pathlib import Path
 MARKER = "K3SVIRT-GUEST-READY"
 BUSYBOX = Path("/bin/busybox")
 # Loaded in this order; their own dependencies are resolved from modules.dep.
-MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_console"]
+MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_console", "button", "evdev"]
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -42,12 +42,20 @@ for n in /sys/class/net/e*; do
   ip link set "${{n##*/}}" up
   udhcpc -i "${{n##*/}}" -b -q -t 5 -s /etc/udhcpc.script >/dev/null 2>&1 &
 done
+# The ACPI power button (virsh shutdown, the operator's graceful stop and delete) powers it off.
+mkdir -p /var/log /var/run && acpid -c /etc/acpi -l /var/log/acpid.log
 echo "{MARKER} $(uname -r)"
 # Extra work a test asks for, passed as k3svirt.run=<base64 shell script> on the kernel cmdline.
 run=$(sed -n 's/.*k3svirt.run=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
 [ -n "$run" ] && echo "$run" | base64 -d > /tmp/run.sh && sh /tmp/run.sh &
 [ -f /etc/k3svirt-run.sh ] && sh /etc/k3svirt-run.sh &
 while true; do setsid cttyhack sh; done
+"""
+
+POWER_BUTTON = """#!/bin/sh
+echo "K3SVIRT-GUEST-POWEROFF" > /dev/console
+sync
+poweroff -f
 """
 
 UDHCPC = """#!/bin/sh
@@ -112,8 +120,8 @@ def build(out_dir: Path, script: str | None = None) -> tuple[Path, Path]:
     """(vmlinuz, initramfs.img) in out_dir, rebuilt only when an input changed."""
     kernel, release = _kernel()
     modules = _module_files(release)
-    key = hashlib.sha256((INIT + UDHCPC + release + BUSYBOX.read_bytes().hex()[:64] + (script or "")).encode()
-                         ).hexdigest()[:12]
+    inputs = INIT + UDHCPC + POWER_BUTTON + release + BUSYBOX.read_bytes().hex()[:64] + (script or "")
+    key = hashlib.sha256(inputs.encode()).hexdigest()[:12]
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = out_dir / ".stamp"
     vmlinuz, initrd = out_dir / "vmlinuz", out_dir / "initramfs.img"
@@ -121,7 +129,7 @@ def build(out_dir: Path, script: str | None = None) -> tuple[Path, Path]:
         return vmlinuz, initrd
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for d in ("bin", "etc", "lib/modules", "usr/share/udhcpc"):
+        for d in ("bin", "etc", "etc/acpi/PWRF", "lib/modules", "usr/share/udhcpc"):
             (root / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(BUSYBOX, root / "bin/busybox")
         names = []
@@ -131,7 +139,8 @@ def build(out_dir: Path, script: str | None = None) -> tuple[Path, Path]:
             names.append(name)
         (root / "etc/modules").write_text("\n".join(names) + "\n")
         extra = [("etc/k3svirt-run.sh", script)] if script else []
-        for rel, text in (("init", INIT), ("etc/udhcpc.script", UDHCPC), *extra):
+        files = (("init", INIT), ("etc/udhcpc.script", UDHCPC), ("etc/acpi/PWRF/00000080", POWER_BUTTON))
+        for rel, text in (*files, *extra):
             (root / rel).write_text(text)
             (root / rel).chmod(0o755 | stat.S_IFREG)
         buf = io.BytesIO()
