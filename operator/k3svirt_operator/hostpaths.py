@@ -7,6 +7,10 @@ K3SVIRT_VOLUME_DIRS  colon-separated; default /var/lib/k3svirt-volumes (add e.g.
                      hand whole disks to VMs, knowing that it hands out every disk there)
 K3SVIRT_IMAGE_DIRS   colon-separated; default /var/lib/k3svirt-images: where `file://` image URLs may
                      point (without it, `file:///dev/sda` would copy the host's disk into a guest's)
+
+Host networks are fenced the same way (without it, `bridge: cni0` would put a VM on the pod network):
+K3SVIRT_BRIDGES      colon-separated host bridges VMs may join; default none
+K3SVIRT_NAT_NETWORKS colon-separated libvirt networks VMs may join; default "default"
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ def _dirs(env: str, default: str) -> list[str]:
     root = os.environ.get("K3SVIRT_STORAGE_ROOT") or "/var/lib/k3svirt"
     default = default.replace("/var/lib/k3svirt/", root.rstrip("/") + "/")
     return [os.path.realpath(d) for d in os.environ.get(env, default).split(":") if d]
+
+
+def _names(env: str, default: str) -> list[str]:
+    return [n for n in os.environ.get(env, default).split(":") if n]
 
 
 def _inside(path: str, dirs: list[str]) -> bool:
@@ -52,6 +60,19 @@ def violations(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
             out.append((f"spec.disks[{i}].source.volume.path",
                         f"{path!r} is not under an allowed volume directory ({':'.join(volume_dirs)}; "
                         "the node's K3SVIRT_VOLUME_DIRS)"))
+    bridges = _names("K3SVIRT_BRIDGES", "")
+    networks = _names("K3SVIRT_NAT_NETWORKS", "default")
+    for i, nic in enumerate(spec.get("networks") or []):
+        bridge = (nic.get("bridge") or {}).get("name")
+        if bridge is not None and bridge not in bridges:
+            out.append((f"spec.networks[{i}].bridge.name",
+                        f"{bridge!r} is not a bridge VMs may join on this node "
+                        f"({':'.join(bridges) or 'none'}; the node's K3SVIRT_BRIDGES)"))
+        nat = nic.get("nat")
+        if nat is not None and (nat.get("network") or "default") not in networks:
+            out.append((f"spec.networks[{i}].nat.network",
+                        f"{nat.get('network')!r} is not a network VMs may join on this node "
+                        f"({':'.join(networks) or 'none'}; the node's K3SVIRT_NAT_NETWORKS)"))
     image_dirs = _dirs("K3SVIRT_IMAGE_DIRS", DEFAULT_IMAGE_DIRS)
     for i, disk in enumerate(spec.get("disks") or []):
         url = ((disk.get("source") or {}).get("image") or {}).get("url")

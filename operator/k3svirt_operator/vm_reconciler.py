@@ -194,7 +194,9 @@ class VMReconciler:
         root = self.settings.storage_root
         refused = hostpaths.violations(spec)
         if refused:
-            raise SpecProblem("Failed", names.COND_PROVISIONED, "HostPathNotAllowed",
+            network_only = all(field.startswith("spec.networks") for field, _ in refused)
+            raise SpecProblem("Failed", names.COND_PROVISIONED,
+                              "HostNetworkNotAllowed" if network_only else "HostPathNotAllowed",
                               "; ".join(f"{field}: {msg}" for field, msg in refused))
         try:
             storage.ensure_vm_dir(ns, name, root)

@@ -6,15 +6,19 @@ from k3svirt_operator import hostpaths
 
 
 def test_default_guest_kernel_is_allowed():
-    spec = {"boot": {"kernel": {"path": "/var/lib/k3svirt/guest/vmlinuz",
-                                "initrdPath": "/var/lib/k3svirt/guest/initramfs.img"}}}
+    spec = {
+        "boot": {
+            "kernel": {"path": "/var/lib/k3svirt/guest/vmlinuz", "initrdPath": "/var/lib/k3svirt/guest/initramfs.img"}
+        }
+    }
     assert hostpaths.violations(spec) == []
 
 
 def test_host_files_and_disks_are_refused_naming_the_field():
-    spec = {"boot": {"kernel": {"path": "/etc/shadow"}},
-            "disks": [{"name": "a", "source": {"blank": {}}},
-                      {"name": "root", "source": {"volume": {"path": "/dev/vda"}}}]}
+    spec = {
+        "boot": {"kernel": {"path": "/etc/shadow"}},
+        "disks": [{"name": "a", "source": {"blank": {}}}, {"name": "root", "source": {"volume": {"path": "/dev/vda"}}}],
+    }
     fields = [f for f, _ in hostpaths.violations(spec)]
     assert fields == ["spec.boot.kernel.path", "spec.disks[1].source.volume.path"]
 
@@ -29,3 +33,20 @@ def test_dot_dot_and_symlinks_cannot_escape(tmp_path, monkeypatch):
         assert hostpaths.violations(spec), path
     ok = {"disks": [{"name": "d", "source": {"volume": {"path": f"{allowed}/data.img"}}}]}
     assert hostpaths.violations(ok) == []
+
+
+def test_host_networks_are_allow_listed(monkeypatch):
+    """`bridge: cni0` would put a VM on the pod network: bridges and NAT networks are allow-listed."""
+    nics = [{"name": "a", "bridge": {"name": "cni0"}}, {"name": "b", "nat": {}},
+            {"name": "c", "nat": {"network": "mgmt"}}, {"name": "d", "bridge": {"name": "br0"}}]  # fmt: skip
+    spec = {"networks": nics}
+    monkeypatch.delenv("K3SVIRT_BRIDGES", raising=False)
+    monkeypatch.delenv("K3SVIRT_NAT_NETWORKS", raising=False)
+    assert [f for f, _ in hostpaths.violations(spec)] == [
+        "spec.networks[0].bridge.name",
+        "spec.networks[2].nat.network",
+        "spec.networks[3].bridge.name",
+    ]
+    monkeypatch.setenv("K3SVIRT_BRIDGES", "br0")
+    monkeypatch.setenv("K3SVIRT_NAT_NETWORKS", "default:mgmt")
+    assert [f for f, _ in hostpaths.violations(spec)] == ["spec.networks[0].bridge.name"]
