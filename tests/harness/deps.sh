@@ -11,7 +11,8 @@ APT_PACKAGES=(
   dnsmasq-base iptables iproute2 openssl                         # libvirt NAT network, ss, certificates
   linux-image-cloud-amd64 busybox-static cpio                    # the tiny test guest
   genisoimage pciutils                                           # cloud-init seed ISOs, PCI names (pci.ids)
-  shellcheck gcc                                                 # script lint, cgo for the SQLite datastore
+  shellcheck gcc libc6-dev                                       # script lint, cgo for SQLite, the static pause
+  buildah mmdebstrap containerd                                  # local image builds (images.sh), image tests
 )
 
 install_apt() {
