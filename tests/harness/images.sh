@@ -12,6 +12,7 @@
 # Usage: images.sh build                 build what is missing, print "<reference> <archive>" lines
 #        images.sh import <socket>       import every archive into containerd (namespace k8s.io)
 #        images.sh list                  print "<reference> <archive> <bytes>" of the built archives
+#        images.sh refs                  print the reference of every image (builds nothing)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -201,6 +202,7 @@ cmd_import() {
 case ${1:-} in
   build) cmd_build ;;
   list) cmd_list ;;
+  refs) for entry in "${IMAGES[@]}"; do echo "${entry#* }"; done ;;
   import) shift; cmd_import "$@" ;;
-  *) die "usage: images.sh build | import <containerd-socket> | list" ;;
+  *) die "usage: images.sh build | import <containerd-socket> | list | refs" ;;
 esac
