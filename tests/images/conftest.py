@@ -95,6 +95,17 @@ class Containerd:
                 return fields[2]
         return "MISSING"
 
+    def stop(self, name: str, sig: str = "SIGTERM", timeout: float = 10) -> int:
+        """Sends SIG, waits for the task to stop, deletes it; returns its exit code (128+n: killed by n)."""
+        self.ctr("tasks", "kill", "-s", sig, name)
+        deadline = time.monotonic() + timeout
+        while self.task_status(name) != "STOPPED":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not stop within {timeout} s of {sig}")
+            time.sleep(0.1)
+        # `ctr tasks rm` exits with the task's exit code.
+        return self.ctr("tasks", "rm", name, check=False).returncode
+
     def remove(self, name: str) -> None:
         self.ctr("tasks", "kill", "-s", "SIGKILL", name, check=False)
         deadline = time.monotonic() + 20
