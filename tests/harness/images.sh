@@ -13,6 +13,8 @@
 #        images.sh import <socket>       import every archive into containerd (namespace k8s.io)
 #        images.sh list                  print "<reference> <archive> <bytes>" of the built archives
 #        images.sh refs                  print the reference of every image (builds nothing)
+#        images.sh prune                 delete archives of older inputs (other checkouts sharing
+#                                        $K3SVIRT_CACHE rebuild theirs when they need them)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -188,6 +190,18 @@ cmd_list() {
   return 0
 }
 
+cmd_prune() {
+  local entry name keep f
+  for entry in "${IMAGES[@]}"; do
+    name=${entry%% *}
+    keep=$(archive_of "$name")
+    for f in "$ARCHIVES/$name"-????????????????.tar; do
+      [ -f "$f" ] && [ "$f" != "$keep" ] && rm -f "$f" && log "removed $f"
+    done
+  done
+  return 0
+}
+
 cmd_import() {
   local socket=${1:?usage: images.sh import <containerd-socket>} ref archive _size
   [ -S "$socket" ] || die "$socket is not a containerd socket"
@@ -202,7 +216,8 @@ cmd_import() {
 case ${1:-} in
   build) cmd_build ;;
   list) cmd_list ;;
+  prune) cmd_prune ;;
   refs) for entry in "${IMAGES[@]}"; do echo "${entry#* }"; done ;;
   import) shift; cmd_import "$@" ;;
-  *) die "usage: images.sh build | import <containerd-socket> | list | refs" ;;
+  *) die "usage: images.sh build | import <containerd-socket> | list | refs | prune" ;;
 esac
