@@ -84,8 +84,9 @@ def _images(objs) -> tuple[str, str]:
 
 def test_default_images_are_the_ones_images_sh_builds(rendered, render) -> None:
     app = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-    built = subprocess.run(["bash", str(REPO / "tests/harness/images.sh"), "refs"], capture_output=True, text=True,
-                           check=True).stdout.split()
+    built = subprocess.run(
+        ["bash", str(REPO / "tests/harness/images.sh"), "refs"], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert _images(rendered) == (f"localhost/k3svirt/operator:{app}", f"localhost/k3svirt/gateway:{app}")
     assert set(_images(rendered)) <= set(built)
     moved = render("--set", "image.repository=registry.example/k3svirt/", "--set", "image.tag=1.2.3")
