@@ -149,9 +149,11 @@ build_one() {
   file=$(stage "$name" "$ctx")
   local args=(--isolation chroot --pull=never --timestamp "$EPOCH" --build-arg "SOURCE_DATE_EPOCH=$EPOCH"
               --build-arg "BASE=$BASE_REF" -f "$ctx/$file" -t "$ref")
-  # A TLS-inspecting proxy's CA for pip inside the build (this machine sets PIP_CERT).
-  if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
-    args+=(--volume "$PIP_CERT:/run/k3svirt-pip-ca.pem:ro" --build-arg PIP_CERT=/run/k3svirt-pip-ca.pem)
+  # pip inside the build trusts what the host trusts ($PIP_CERT, else the system bundle): behind a
+  # TLS-inspecting proxy (as here) pip's own certifi bundle would refuse PyPI. Not part of the key.
+  local ca=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+  if [ -f "$ca" ]; then
+    args+=(--volume "$ca:/run/k3svirt-pip-ca.pem:ro" --build-arg PIP_CERT=/run/k3svirt-pip-ca.pem)
   fi
   log "building $ref"
   bah bud --quiet "${args[@]}" "$ctx" >"$WORK/$name.log" 2>&1 || die "building $ref failed: see $WORK/$name.log"
