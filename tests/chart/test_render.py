@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import subprocess
 
-from .conftest import CHART, find, run
+import pytest
+import yaml
+
+from .conftest import CHART, REPO, find, run
 
 VARIANTS = {
     "defaults": [],
@@ -74,6 +77,23 @@ def test_operator_daemonset(rendered) -> None:
     assert env["K3SVIRT_KERNEL_DIRS"] == "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
     assert c["resources"]["requests"]["memory"] == "100Mi"
     assert pod["nodeSelector"] and pod["tolerations"]
+
+
+def _images(objs) -> tuple[str, str]:
+    (op,) = find(objs, "DaemonSet", "-operator")["spec"]["template"]["spec"]["containers"]
+    (gw,) = find(objs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"]
+    return op["image"], gw["image"]
+
+
+def test_default_images_are_the_ones_images_sh_builds(rendered, render) -> None:
+    app = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    built = subprocess.run(
+        ["bash", str(REPO / "tests/harness/images.sh"), "refs"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert _images(rendered) == (f"localhost/k3svirt/operator:{app}", f"localhost/k3svirt/gateway:{app}")
+    assert set(_images(rendered)) <= set(built)
+    moved = render("--set", "image.repository=registry.example/k3svirt/", "--set", "image.tag=1.2.3")
+    assert _images(moved) == ("registry.example/k3svirt/operator:1.2.3", "registry.example/k3svirt/gateway:1.2.3")
 
 
 def test_gateway_deployment(rendered) -> None:

@@ -14,7 +14,8 @@ APT_PACKAGES=(
   genisoimage pciutils                                           # cloud-init seed ISOs, PCI names (pci.ids)
   libxml2-utils                                                  # xmllint, which virt-xml-validate runs
   curl procps kmod psmisc                                        # health checks, pgrep/pkill, modprobe, fuser
-  shellcheck shfmt gcc                                           # script lint + parsing, cgo for the SQLite datastore
+  shellcheck shfmt gcc libc6-dev                                 # script lint + parsing, cgo for SQLite, the static pause
+  buildah mmdebstrap containerd runc                             # local image builds (images.sh), the node's runtime
 )
 # What this machine must already have (the README's prerequisites); every other program the code,
 # the tests and the scripts run comes from APT_PACKAGES, the .venv, or a build of ours in $K3SVIRT_CACHE.

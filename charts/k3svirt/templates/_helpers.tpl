@@ -36,8 +36,11 @@ app.kubernetes.io/name: {{ include "k3svirt.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* k3svirt.image: (list $ "operator"|"gateway") -> <repository>/<component>:<tag> */}}
 {{- define "k3svirt.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) -}}
+{{- $root := index . 0 -}}
+{{- $v := $root.Values.image -}}
+{{- printf "%s/%s:%s" (trimSuffix "/" $v.repository) (index . 1) (default $root.Chart.AppVersion $v.tag | toString) -}}
 {{- end -}}
 
 {{- define "k3svirt.operator.fullname" -}}
