@@ -30,6 +30,8 @@ NAMESPACED: dict[str, bool] = {
 
 # "<start|stop|restart>/<unique id>": performed once; the value is copied to status.lastActionRequest.
 ANNOTATION_ACTION = f"{GROUP}/action-request"
+# Set to the uid of an earlier VM of the same name whose disks were retained, to take them over.
+ANNOTATION_ADOPT_STORAGE = f"{GROUP}/adopt-retained-storage"
 ACTIONS = ("start", "stop", "restart")
 
 # XML namespace of the <k3svirt:vm .../> element in a domain's <metadata>.

@@ -496,13 +496,45 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
     return path
 
 
-def ensure_vm_dir(namespace: str, name: str, root: Path | None = None) -> Path:
+class StorageOwnedByAnotherVM(StorageError):
+    """The VM's directory holds the retained disks of an earlier VM of the same name."""
+
+
+OWNER_FILE = ".owner-uid"
+
+
+def ensure_vm_dir(
+    namespace: str, name: str, root: Path | None = None, uid: str | None = None, adopt: str | None = None
+) -> Path:
+    """The VM's storage directory, owned by the VM ``uid``. Disks retained from an earlier VM of the
+    same name (deletionPolicy Retain) are never reused silently: they are taken over only when the
+    new VM names the old uid in ``adopt`` (annotation k3svirt.io/adopt-retained-storage)."""
     root = Path(root) if root is not None else storage_root()
     ensure_dir(root)
     ensure_dir(root / "vms")
     d = vm_dir(namespace, name, root)
     ensure_dir(d.parent)
-    return ensure_dir(d, VM_DIR_MODE)
+    ensure_dir(d, VM_DIR_MODE)
+    if uid is None:
+        return d
+    owner_file = d / OWNER_FILE
+    try:
+        owner = owner_file.read_text().strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner and owner != uid:
+        if adopt != owner:
+            raise StorageOwnedByAnotherVM(
+                f"{d} holds the retained disks of an earlier VM {namespace}/{name} (uid {owner}); they are "
+                f"not reused silently: delete them on the node, or annotate this VM "
+                f"k3svirt.io/adopt-retained-storage={owner} to take them over"
+            )
+        log.info("retained storage adopted", extra={"dir": str(d), "from": owner, "to": uid})
+    if owner != uid:
+        tmp = d / f"{OWNER_FILE}.tmp"
+        tmp.write_text(uid + "\n")
+        os.rename(tmp, owner_file)
+    return d
 
 
 def run_qemu_img(argv: Sequence[str], timeout: float = QEMU_IMG_TIMEOUT) -> str:

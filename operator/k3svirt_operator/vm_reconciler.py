@@ -104,7 +104,8 @@ class VMReconciler:
             if spec.get("template") or spec.get("presets"):
                 conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved",
                                        _describe_resolution(expanded)))
-            ctx = self._provision(ns, name, uid, expanded.spec)
+            adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
+            ctx = self._provision(ns, name, uid, expanded.spec, adopt)
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
             if expanded.spec.get("hostDevices"):
                 conds.append(condition(names.COND_HOST_DEVICES_READY, True, "Bound",
@@ -190,7 +191,9 @@ class VMReconciler:
         except templates.TemplateError as exc:
             raise SpecProblem("Failed", names.COND_TEMPLATE_RESOLVED, "InvalidSpec", str(exc)) from exc
 
-    def _provision(self, ns: str, name: str, uid: str, spec: Mapping[str, Any]) -> DomainContext:
+    def _provision(
+        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], adopt: str | None = None
+    ) -> DomainContext:
         root = self.settings.storage_root
         refused = hostpaths.violations(spec)
         if refused:
@@ -199,7 +202,7 @@ class VMReconciler:
                               "HostNetworkNotAllowed" if network_only else "HostPathNotAllowed",
                               "; ".join(f"{field}: {msg}" for field, msg in refused))
         try:
-            storage.ensure_vm_dir(ns, name, root)
+            storage.ensure_vm_dir(ns, name, root, uid=uid, adopt=adopt)
             plans = storage.plan_disks(ns, name, spec.get("disks") or [], root)
             policy = self.settings.image_fetch
             results = storage.ensure_disks(
@@ -214,6 +217,8 @@ class VMReconciler:
                                                 storage.seed_path(ns, name, root)))
         except (storage.StorageSpecError, cloudinit.CloudInitError) as exc:
             raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InvalidStorageSpec", str(exc)) from exc
+        except storage.StorageOwnedByAnotherVM as exc:
+            raise SpecProblem("Failed", names.COND_PROVISIONED, "RetainedStorageExists", str(exc)) from exc
         except storage.InsufficientStorage as exc:
             raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InsufficientStorage", str(exc)) from exc
         except (storage.StorageError, image_cache.ImageError, cloudinit.SeedBuildError) as exc:

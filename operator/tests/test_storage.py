@@ -495,3 +495,21 @@ def test_disk_size_cap_and_free_space_reserve(tmp_path: Path) -> None:
     thin = [{"name": "s", "size": "64Mi", "source": {"blank": {}}}]
     (res,) = ensure_disks(plan_disks("ns1", "vm1", thin, root), root, space=tight)
     assert res.created
+
+
+def test_retained_disks_are_never_reused_silently(tmp_path: Path) -> None:
+    """deletionPolicy Retain keeps a VM's disks; a new VM of the same name (another uid) does not get
+    them unless it names the old uid (annotation k3svirt.io/adopt-retained-storage)."""
+    from k3svirt_operator.storage import StorageOwnedByAnotherVM, ensure_vm_dir, remove_vm_storage
+
+    d = ensure_vm_dir("ns1", "web", tmp_path, uid="uid-old")
+    (d / "root.qcow2").write_bytes(b"old tenant data")
+    assert ensure_vm_dir("ns1", "web", tmp_path, uid="uid-old") == d  # the same VM again: fine
+    remove_vm_storage("ns1", "web", tmp_path, keep=True)
+    with pytest.raises(StorageOwnedByAnotherVM, match="uid-old.*adopt-retained-storage=uid-old"):
+        ensure_vm_dir("ns1", "web", tmp_path, uid="uid-new")
+    with pytest.raises(StorageOwnedByAnotherVM):
+        ensure_vm_dir("ns1", "web", tmp_path, uid="uid-new", adopt="some-other-uid")
+    assert ensure_vm_dir("ns1", "web", tmp_path, uid="uid-new", adopt="uid-old") == d
+    assert (d / ".owner-uid").read_text().strip() == "uid-new"
+    assert ensure_vm_dir("ns1", "web", tmp_path, uid="uid-new") == d  # adopted for good
