@@ -75,6 +75,40 @@ def observe(conn: libvirt.virConnect, namespace: str, name: str, uid: str) -> Ob
     return Observed(dom, power, shutoff, running_hash, defined_hash)
 
 
+def _claims(xml: str) -> tuple[set[str], set[str]]:
+    """(MAC addresses, disk sources opened read-write) of a domain definition."""
+    root = ET.fromstring(xml)
+    macs = {m.get("address", "").lower() for m in root.findall("devices/interface/mac") if m.get("address")}
+    writable = set()
+    for disk in root.findall("devices/disk"):
+        if disk.get("device") == "cdrom" or disk.find("readonly") is not None or disk.find("shareable") is not None:
+            continue
+        src = disk.find("source")
+        path = None if src is None else (src.get("file") or src.get("dev"))
+        if path:
+            writable.add(path)
+    return macs, writable
+
+
+def clashes(conn: libvirt.virConnect, uid: str, xml: str) -> list[str]:
+    """What the new definition would share with another domain on this node: a MAC address (two guests
+    answering for one address) or a disk opened read-write by both (corruption). Checked at define."""
+    macs, writable = _claims(xml)
+    if not macs and not writable:
+        return []
+    out = []
+    for other in conn.listAllDomains(0):
+        if other.UUIDString() == uid:
+            continue
+        try:
+            their_macs, their_disks = _claims(other.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        except (libvirt.libvirtError, ET.ParseError):
+            continue
+        out += [f"MAC address {m} is used by domain {other.name()}" for m in sorted(macs & their_macs)]
+        out += [f"{d} is opened read-write by domain {other.name()}" for d in sorted(writable & their_disks)]
+    return out
+
+
 def define(conn: libvirt.virConnect, xml: str) -> libvirt.virDomain:
     return conn.defineXML(xml)
 

@@ -116,6 +116,9 @@ class VMReconciler:
             dom = observed.domain
             spec_hash = _hash_of(built.xml)
             if dom is None or observed.defined_spec_hash != spec_hash:
+                shared = domains.clashes(conn, uid, built.xml)
+                if shared:
+                    raise SpecProblem("Failed", names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
                 dom = domains.define(conn, built.xml)
                 events.append(Event("Normal", "Defined" if observed.domain is None else "Updated",
                                     f"libvirt domain {names.domain_name(ns, name)} "

@@ -1,0 +1,42 @@
+"""Shared host resources between VMs, checked against real libvirt before a define: a MAC address
+already answered for by another domain, a volume another domain opens read-write."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from k3svirt_operator import domains
+
+
+def domain_xml(name: str, uid: str, mac: str, disk: Path, readonly: bool = False) -> str:
+    ro = "<readonly/>" if readonly else ""
+    return f"""<domain type='qemu'><name>{name}</name><uuid>{uid}</uuid><memory unit='MiB'>64</memory>
+<os><type arch='x86_64'>hvm</type></os><devices>
+<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{disk}'/>
+<target dev='vda' bus='virtio'/>{ro}</disk>
+<interface type='network'><mac address='{mac}'/><source network='default'/><model type='virtio'/></interface>
+</devices></domain>"""
+
+
+@pytest.fixture
+def other_domain(libvirt_conn, tmp_path: Path):
+    disk = tmp_path / "shared.raw"
+    disk.write_bytes(b"\0" * 1024 * 1024)
+    uid = str(uuid.uuid4())
+    dom = libvirt_conn.defineXML(domain_xml(f"clash-a-{uid[:6]}", uid, "52:54:00:aa:bb:01", disk))
+    yield disk, dom
+    dom.undefine()
+
+
+def test_a_mac_or_a_writable_volume_held_by_another_domain_is_reported(libvirt_conn, other_domain):
+    disk, dom = other_domain
+    me = str(uuid.uuid4())
+    both = domains.clashes(libvirt_conn, me, domain_xml("clash-b", me, "52:54:00:AA:BB:01", disk))
+    assert both == [f"MAC address 52:54:00:aa:bb:01 is used by domain {dom.name()}",
+                    f"{disk} is opened read-write by domain {dom.name()}"]  # fmt: skip
+    readonly = domains.clashes(libvirt_conn, me, domain_xml("clash-b", me, "52:54:00:aa:bb:02", disk, True))
+    assert readonly == []  # a read-only attachment of the same file is fine
+    # the domain itself (same uid) never clashes with its own earlier definition
+    assert domains.clashes(libvirt_conn, dom.UUIDString(), dom.XMLDesc(0)) == []
