@@ -26,7 +26,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # The appliance image and the build container install their own tools (recipes, Containerfile).
 NOT_ON_THIS_MACHINE = ("meta-k3svirt/", "devenv/")
-WRAPPERS = {"nohup", "exec", "env", "timeout", "nice", "ionice", "xargs", "time", "setsid", "stdbuf"}
+WRAPPERS = {"nohup", "exec", "env", "timeout", "nice", "ionice", "xargs", "time", "setsid", "stdbuf", "flock"}
+# Options of those wrappers that take a value as the next word (`xargs -d '\n' sha256sum`).
+WRAPPER_VALUE_OPTIONS = {
+    "xargs": {"-d", "-n", "-I", "-L", "-P", "-s", "-E", "-a"},
+    "timeout": {"-s", "-k", "--signal", "--kill-after"},
+    "env": {"-u", "-C", "-S", "--unset", "--chdir"},
+    "nice": {"-n"},
+    "ionice": {"-c", "-n", "-p"},
+    "stdbuf": {"-i", "-o", "-e"},
+    "flock": {"-w", "-E", "-c"},
+}
 SUBPROCESS_CALLS = {"run", "Popen", "check_output", "check_call", "call"}
 # program -> the test that first started it, filled by the root conftest's audit hook
 LAUNCHED: dict[str, str] = {}
@@ -86,13 +96,15 @@ def _command_name(args: list[dict]) -> str | None:
             return None  # "$BIN/kine", "$@": decided at run time (the session's audit hook sees Python's)
         if w in WRAPPERS:
             i += 1
-            # skip the wrapper's options and, for env/timeout, assignments and durations
+            # skip the wrapper's options (and their values) and, for env/timeout, assignments and durations
             while (
                 i < len(words)
                 and words[i] is not None
                 and (words[i].startswith("-") or "=" in words[i] or words[i].replace(".", "").isdigit())
             ):
-                i += 1
+                i += 2 if words[i] in WRAPPER_VALUE_OPTIONS.get(w, ()) else 1
+            if w == "flock" and i < len(words) and words[i] is not None:
+                i += 1  # flock's lock file or fd comes before the command
             continue
         if w == "command":
             return None  # `command -v X` probes for X, it does not run it
