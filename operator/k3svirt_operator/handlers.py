@@ -90,8 +90,9 @@ def _post(body: Any, events: list[Event]) -> None:
 def _credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
     global CREDENTIALS
     if CREDENTIALS is None:
-        CREDENTIALS = (kopf.login_with_service_account(settings=settings)
-                       or kopf.login_with_kubeconfig(settings=settings))
+        CREDENTIALS = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings
+        )
     return CREDENTIALS
 
 
@@ -113,8 +114,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     conn = LibvirtConnection(SETTINGS.libvirt_uri)
     raw = await asyncio.to_thread(conn.wait_connected, 60.0)
     acc = await asyncio.to_thread(accel_mod.detect, raw, SETTINGS.storage_root)
-    log.info("operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type,
-                                         "reason": acc.reason})
+    log.info(
+        "operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type, "reason": acc.reason}
+    )
     creds = _credentials(settings)
     if creds is None:
         raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod")
@@ -262,10 +264,13 @@ async def _publish_pci_inventory() -> None:
     while True:
         try:
             status = await asyncio.to_thread(pci.node_inventory_status)
-            await asyncio.to_thread(_rt().ensure_cluster_object, names.NODEPCIINVENTORY_PLURAL,
-                                    names.NODEPCIINVENTORY_KIND, SETTINGS.node_name)
-            await asyncio.to_thread(_rt().patch_status, names.NODEPCIINVENTORY_PLURAL, None,
-                                    SETTINGS.node_name, status)
+            await asyncio.to_thread(
+                _rt().ensure_cluster_object,
+                names.NODEPCIINVENTORY_PLURAL,
+                names.NODEPCIINVENTORY_KIND,
+                SETTINGS.node_name,
+            )
+            await asyncio.to_thread(_rt().patch_status, names.NODEPCIINVENTORY_PLURAL, None, SETTINGS.node_name, status)
         except Exception as exc:  # keep publishing later; the VM work must not suffer
             log.warning("publishing the PCI inventory failed", extra={"error": str(exc)})
         await asyncio.sleep(SETTINGS.pci_inventory_seconds)
@@ -279,16 +284,24 @@ def _claimed_by_others(name: str) -> dict[str, str]:
     out = {}
     for o in _rt().list_objects(names.PCIPASSTHROUGH_PLURAL):
         st, meta = o.get("status") or {}, o["metadata"]
-        if (meta["name"] != name and not meta.get("deletionTimestamp") and st.get("address")
-                and (o.get("spec") or {}).get("nodeName") == SETTINGS.node_name):
+        if (
+            meta["name"] != name
+            and not meta.get("deletionTimestamp")
+            and st.get("address")
+            and (o.get("spec") or {}).get("nodeName") == SETTINGS.node_name
+        ):
             out[st["address"]] = meta["name"]
     return out
 
 
 def _reconcile_passthrough(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
-    return pci.reconcile_passthrough(body.get("spec") or {}, body.get("status") or {},
-                                     generation=meta.get("generation"), claimed=_claimed_by_others(meta["name"]))
+    return pci.reconcile_passthrough(
+        body.get("spec") or {},
+        body.get("status") or {},
+        generation=meta.get("generation"),
+        claimed=_claimed_by_others(meta["name"]),
+    )
 
 
 @kopf.on.resume(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
@@ -303,17 +316,24 @@ async def passthrough_changed(body: kopf.Body, name: str, **_: Any) -> None:
         await asyncio.to_thread(_rt().patch_status, names.PCIPASSTHROUGH_PLURAL, None, name, status)
         if status.get("phase") != old.get("phase"):
             ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-            kopf.event(body, type="Warning" if status.get("phase") == pci.PHASE_FAILED else "Normal",
-                       reason=ready.get("reason") or str(status.get("phase")),
-                       message=(ready.get("message") or "")[:1000])
+            kopf.event(
+                body,
+                type="Warning" if status.get("phase") == pci.PHASE_FAILED else "Normal",
+                reason=ready.get("reason") or str(status.get("phase")),
+                message=(ready.get("message") or "")[:1000],
+            )
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
 async def passthrough_deleted(body: kopf.Body, name: str, **_: Any) -> None:
     """Gives the device back to its host driver; waits while a VM still uses it."""
     try:
-        await asyncio.to_thread(pci.release_passthrough, body.get("status") or {}, spec=body.get("spec") or {},
-                                claimed=_claimed_by_others(name))
+        await asyncio.to_thread(
+            pci.release_passthrough,
+            body.get("status") or {},
+            spec=body.get("spec") or {},
+            claimed=_claimed_by_others(name),
+        )
     except pci.BindError as exc:
         kopf.event(body, type="Warning", reason=exc.reason, message=str(exc)[:1000])
         if exc.reason == "StillAssigned":
