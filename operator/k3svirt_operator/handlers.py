@@ -18,21 +18,21 @@ from typing import Any
 
 import kopf
 from k3svirt_common import names, templates
+from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
 from . import accel as accel_mod
 from . import pci, stats
 from .config import Settings
-from .kubeapi import KubeAPI
 from .libvirt_conn import LibvirtConnection
 from .runtime import Runtime
 from .vm_reconciler import Event, VMReconciler
 
 # A plain registry: kopf's default one imports the `kubernetes` package (~28 MiB) just to offer a
-# login through it; the operator logs in with kopf's own kubeconfig/service-account readers.
+# login through it; the operator logs in with k3svirt_common.kube's configuration (login() below).
 kopf.set_default_registry(kopf.OperatorRegistry())
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
-CREDENTIALS: Any = None
+KUBE_CONFIG: KubeConfig | None = None
 RT: Runtime | None = None
 RECONCILER: VMReconciler | None = None
 MONITOR: tuple[Any, Any] | None = None
@@ -76,9 +76,13 @@ async def _trim_heap() -> None:
 
 async def _refresh_node_labels() -> None:
     while True:
-        labels = await asyncio.to_thread(_rt().node_labels)
-        NODE_LABELS.clear()
-        NODE_LABELS.update({**labels, **SETTINGS.node_labels})
+        try:
+            labels = await asyncio.to_thread(_rt().node_labels)
+        except ApiError as exc:
+            log.warning("node labels not refreshed", extra={"error": str(exc)})
+        else:
+            NODE_LABELS.clear()
+            NODE_LABELS.update({**labels, **SETTINGS.node_labels})
         await asyncio.sleep(60)
 
 
@@ -87,18 +91,38 @@ def _post(body: Any, events: list[Event]) -> None:
         kopf.event(body, type=e.type, reason=e.reason, message=e.message[:1000])
 
 
-def _credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
-    global CREDENTIALS
-    if CREDENTIALS is None:
-        CREDENTIALS = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-            settings=settings
-        )
-    return CREDENTIALS
+def _kube_config() -> KubeConfig:
+    """One reading of the credentials for both clients: kopf's (watches, events) and ours."""
+    global KUBE_CONFIG
+    if KUBE_CONFIG is None:
+        try:
+            KUBE_CONFIG = load_config()
+        except ConfigError as exc:
+            raise kopf.PermanentError(f"no Kubernetes credentials: {exc.message}") from exc
+    return KUBE_CONFIG
 
 
 @kopf.on.login()
-def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-    return _credentials(settings)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    cfg = _kube_config()
+    token = cfg.token
+    if cfg.token_file:  # re-read at every login: kopf logs in again after a 401 (rotated token)
+        with open(cfg.token_file, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    return kopf.ConnectionInfo(
+        server=cfg.server,
+        ca_path=cfg.ca_file,
+        ca_data=cfg.ca_data,
+        insecure=cfg.insecure or None,
+        certificate_path=cfg.cert_file,
+        certificate_data=cfg.cert_data,
+        private_key_path=cfg.key_file,
+        private_key_data=cfg.key_data,
+        token=token,
+        username=cfg.username,
+        password=cfg.password,
+        default_namespace=cfg.namespace,
+    )
 
 
 @kopf.on.startup()
@@ -117,10 +141,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     log.info(
         "operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type, "reason": acc.reason}
     )
-    creds = _credentials(settings)
-    if creds is None:
-        raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod")
-    RT = Runtime(SETTINGS, conn, acc, KubeAPI(creds), asyncio.get_running_loop())
+    api = Client(_kube_config(), timeout=30.0, user_agent=f"k3svirt-operator/{SETTINGS.node_name}")
+    RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, _resolve_host_devices)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.poke_all_threadsafe() if RT else None)
