@@ -251,8 +251,9 @@ class Bench:
 
     # ------------------------------------------------------------------ plumbing
     def operator_env(self) -> dict[str, str]:
-        return {**os.environ, **self.tb, "K3SVIRT_NODE_NAME": self.node, "K3SVIRT_STOP_GRACE_SECONDS": "2",
-                "K3SVIRT_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.tb, "K3SVIRT_NODE_NAME": self.node, "K3SVIRT_STOP_GRACE_SECONDS": "2",
+               "K3SVIRT_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
+        return {**env, **client_preload_env(self.args.client, self.args.client_path)}
 
     def start_operator(self, shim_trace: Path | None = None) -> None:
         if shim_trace is None:
@@ -634,6 +635,13 @@ class Bench:
             log(f"operator pid {self.operator.pid if self.operator else '?'}, node {self.node}, "
                 f"namespace {self.ns}, log {self.work / 'operator.log'}")
             self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)  # warm the connection
+            self.results["client"] = self.args.client
+            if self.args.memory_only:
+                time.sleep(15)  # let start-up settle: the figure is the idle one
+                self.idle_memory("idleBefore")
+                self.phase_defined()
+                self.idle_memory("idleAfter")
+                return self.results
             self.idle_memory("idleBefore")
             self.results["importRssMiB"] = import_footprint()
             self.phase_sequential()
@@ -655,6 +663,20 @@ class Bench:
 
 
 IMPORT_STEPS = ("python", "libvirt", "kubernetes", "kopf", "k3svirt_operator.handlers")
+CLIENTS = ("layer", "kubernetes", "lightkube")
+
+
+def client_preload_env(client: str, path: str | None) -> dict[str, str]:
+    """Environment that makes a Python process load and use another Kubernetes client library at start
+    (bench/client_preload/sitecustomize.py): what the process would cost built on that library."""
+    if client == "layer":
+        return {}
+    env = {"K3SVIRT_BENCH_CLIENT": client,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "bench/client_preload"),
+                                                     os.environ.get("PYTHONPATH")) if p)}
+    if path:
+        env["K3SVIRT_BENCH_CLIENT_PATH"] = path
+    return env
 
 
 def import_footprint() -> dict[str, float]:
@@ -846,6 +868,11 @@ def main() -> None:
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                     help="run the timing-shim profile (default: only when the ratio misses the target)")
     ap.add_argument("--profile-vms", type=int, default=8)
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the memory figures: idle, --defined Halted VMs, idle again")
+    ap.add_argument("--client", choices=CLIENTS, default="layer",
+                    help="make the operator also load and use this client library (what it would cost)")
+    ap.add_argument("--client-path", help="an extra site dir holding --client's library (e.g. pip --target)")
     args = ap.parse_args()
     t0 = time.monotonic()
     res = Bench(args).run()
