@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app
 
 from ..cache import Cache, Resource
 from ..k8s import Kube
@@ -27,12 +27,6 @@ def list_items(
     if listing is None:
         return {"items": direct()}, 200, {}
     return {"items": listing.items}, 200, cache().stale_warning(listing)
-
-
-def listed(path: str, view: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    """A list response: the objects at `path` that match the request's labelSelector, each through `view`."""
-    out = kube().get(path, query={"labelSelector": request.args.get("labelSelector") or None})
-    return {"items": [view(o) for o in out.get("items", [])]}
 
 
 def meta_summary(obj: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from ..api import check_name, created, json_body, namespace, op
 from ..errors import Problem
 from ..k8s import core_path, group_path
 from ..schemas import require_object, validate
-from . import kube, listed
+from . import kube
 
 deployments = Blueprint("deployments", __name__)
 services = Blueprint("services", __name__)
@@ -119,7 +119,8 @@ def create_deployment():
 )
 def list_deployments():
     ns = namespace()
-    return listed(dep_path(ns), deployment_view)
+    out = kube().get(dep_path(ns), query={"labelSelector": request.args.get("labelSelector") or None})
+    return {"items": [deployment_view(o) for o in out.get("items", [])]}
 
 
 @op(
@@ -245,7 +246,8 @@ def create_service():
 )
 def list_services():
     ns = namespace()
-    return listed(core_path("services", ns), service_view)
+    out = kube().get(core_path("services", ns), query={"labelSelector": request.args.get("labelSelector") or None})
+    return {"items": [service_view(o) for o in out.get("items", [])]}
 
 
 @op(
@@ -311,7 +313,8 @@ def pod_view(obj: dict[str, Any]) -> dict[str, Any]:
 )
 def list_pods():
     ns = namespace()
-    return listed(core_path("pods", ns), pod_view)
+    out = kube().get(core_path("pods", ns), query={"labelSelector": request.args.get("labelSelector") or None})
+    return {"items": [pod_view(o) for o in out.get("items", [])]}
 
 
 @op(pods, "/pods/<name>", "GET", summary="Get a Pod", response=(200, "Pod", "the pod"), query=("namespace",))
