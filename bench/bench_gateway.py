@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-from bench_vm import CLIENTS, client_preload_env
+from bench_vm import add_client_args, client_preload_env
 
 
 def free_port() -> int:
@@ -73,13 +73,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--list-cache", choices=("on", "off"), default="on", help="K3SVIRT_LIST_CACHE for the gateway")
-    ap.add_argument(
-        "--client",
-        choices=CLIENTS,
-        default="layer",
-        help="make the gateway also load and use this client library (what it would cost)",
-    )
-    ap.add_argument("--client-path", help="an extra site dir holding --client's library (e.g. pip --target)")
+    add_client_args(ap, "gateway")
     ap.add_argument(
         "--gateway-src",
         help="run the k3svirt_gateway package found in this directory instead "

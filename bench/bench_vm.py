@@ -729,6 +729,16 @@ IMPORT_STEPS = ("python", "libvirt", "kubernetes", "kopf", "k3svirt_operator.han
 CLIENTS = ("layer", "kubernetes", "lightkube")
 
 
+def add_client_args(ap: argparse.ArgumentParser, process: str) -> None:
+    ap.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="layer",
+        help=f"make the {process} also load and use this client library (what it would cost)",
+    )
+    ap.add_argument("--client-path", help="an extra site dir holding --client's library (e.g. pip --target)")
+
+
 def client_preload_env(client: str, path: str | None) -> dict[str, str]:
     """Environment that makes a Python process load and use another Kubernetes client library at start
     (bench/client_preload/sitecustomize.py): what the process would cost built on that library."""
@@ -979,13 +989,7 @@ def main() -> None:
     ap.add_argument(
         "--memory-only", action="store_true", help="only the memory figures: idle, --defined Halted VMs, idle again"
     )
-    ap.add_argument(
-        "--client",
-        choices=CLIENTS,
-        default="layer",
-        help="make the operator also load and use this client library (what it would cost)",
-    )
-    ap.add_argument("--client-path", help="an extra site dir holding --client's library (e.g. pip --target)")
+    add_client_args(ap, "operator")
     args = ap.parse_args()
     t0 = time.monotonic()
     res = Bench(args).run()
