@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+from bench_vm import add_client_args, client_preload_env
 
 
 def free_port() -> int:
@@ -72,6 +73,12 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--list-cache", choices=("on", "off"), default="on", help="K3SVIRT_LIST_CACHE for the gateway")
+    add_client_args(ap, "gateway")
+    ap.add_argument(
+        "--gateway-src",
+        help="run the k3svirt_gateway package found in this directory instead "
+        "(e.g. an older revision: git archive REV rest-gateway | tar -x -C DIR)",
+    )
     args = ap.parse_args()
     kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".local/state/k3svirt/kubeconfig")
     tmp = Path(tempfile.mkdtemp())
@@ -89,7 +96,10 @@ def main() -> int:
         "K3SVIRT_API_KEYS_FILE": str(keyfile),
         "K3SVIRT_LOG_LEVEL": "WARNING",
         "K3SVIRT_LIST_CACHE": args.list_cache,
+        **client_preload_env(args.client, args.client_path),
     }
+    if args.gateway_src:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (args.gateway_src, env.get("PYTHONPATH")) if p)
     exe = Path(sys.executable).with_name("k3svirt-gateway")
     proc = subprocess.Popen([str(exe), "--bind", f"127.0.0.1:{port}"], env=env)
     url = f"http://127.0.0.1:{port}"
@@ -128,7 +138,10 @@ def main() -> int:
         total, lat, codes = run(get, args.requests, args.concurrency)
         report(f"GET /vms ({args.vms} VMs, cache {args.list_cache})", total, lat, codes)
         worker = ", ".join(f"worker {rss(w)}" for w in workers(proc.pid)) or "worker ?"
-        print(f"gateway RSS: master {rss(proc.pid)}, {worker}; machine: {os.cpu_count()} cores")
+        print(
+            f"gateway RSS ({args.client}{', ' + args.gateway_src if args.gateway_src else ''}): "
+            f"master {rss(proc.pid)}, {worker}; machine: {os.cpu_count()} cores"
+        )
     finally:
         s.delete(f"{url}/api/v1/namespaces/{ns}")
         proc.terminate()

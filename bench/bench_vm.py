@@ -98,8 +98,9 @@ def virsh(*args: str, check: bool = True) -> str:
 
 
 def testbed_env() -> dict[str, str]:
-    proc = subprocess.run(["bash", str(ROOT / "tests/harness/testbed.sh"), "start"], capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tests/harness/testbed.sh"), "start"], capture_output=True, text=True, timeout=1800
+    )
     if proc.returncode != 0:
         sys.exit(f"the test bed did not come up:\n{proc.stderr[-3000:]}")
     return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
@@ -181,8 +182,15 @@ class VMWatch(threading.Thread):
         while not self._stop_flag:
             try:
                 w = watch.Watch()
-                for ev in w.stream(api.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                                   timeout_seconds=300, _request_timeout=330):
+                for ev in w.stream(
+                    api.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    timeout_seconds=300,
+                    _request_timeout=330,
+                ):
                     self._handle(ev["type"], ev["object"], time.time())
                     if self._stop_flag:
                         w.stop()
@@ -251,8 +259,15 @@ class Bench:
 
     # ------------------------------------------------------------------ plumbing
     def operator_env(self) -> dict[str, str]:
-        return {**os.environ, **self.tb, "K3SVIRT_NODE_NAME": self.node, "K3SVIRT_STOP_GRACE_SECONDS": "2",
-                "K3SVIRT_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **self.tb,
+            "K3SVIRT_NODE_NAME": self.node,
+            "K3SVIRT_STOP_GRACE_SECONDS": "2",
+            "K3SVIRT_METRICS_PORT": str(free_port()),
+            "PYTHONUNBUFFERED": "1",
+        }
+        return {**env, **client_preload_env(self.args.client, self.args.client_path)}
 
     def start_operator(self, shim_trace: Path | None = None) -> None:
         if shim_trace is None:
@@ -272,15 +287,21 @@ class Bench:
 
     def vm_body(self, name: str, run_strategy: str = "Always") -> dict:
         return {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "metadata": {"name": name},
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "VirtualMachine",
+            "metadata": {"name": name},
             "spec": {
                 "runStrategy": run_strategy,
                 "nodeName": self.node,
                 "cpu": {"cores": 1},
                 "memory": {"size": "128Mi"},
-                "boot": {"kernel": {"path": self.tb["K3SVIRT_GUEST_KERNEL"],
-                                    "initrdPath": self.tb["K3SVIRT_GUEST_INITRD"],
-                                    "cmdline": f"console=ttyS0 quiet k3svirt.hostname={name}"}},
+                "boot": {
+                    "kernel": {
+                        "path": self.tb["K3SVIRT_GUEST_KERNEL"],
+                        "initrdPath": self.tb["K3SVIRT_GUEST_INITRD"],
+                        "cmdline": f"console=ttyS0 quiet k3svirt.hostname={name}",
+                    }
+                },
                 "disks": [{"name": "scratch", "size": "64Mi", "source": {"blank": {}}}],
                 "networks": [{"name": "default", "nat": {"network": "default"}}],
             },
@@ -295,8 +316,9 @@ class Bench:
 
         t0 = time.time()
         try:
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
-                                                        self.vm_body(name, run_strategy))
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.ns, PLURAL, self.vm_body(name, run_strategy)
+            )
         except ApiException as exc:
             self.check_alive()
             raise RuntimeError(f"creating {name}: {exc.status} {exc.reason}") from exc
@@ -357,7 +379,7 @@ class Bench:
         for el in root.iter():
             for k, v in list(el.attrib.items()):
                 if v.startswith(vm_dir):
-                    el.set(k, str(bdir) + v[len(vm_dir):])
+                    el.set(k, str(bdir) + v[len(vm_dir) :])
         for disk in root.findall("devices/disk"):
             src = disk.find("source")
             drv = disk.find("driver")
@@ -433,16 +455,24 @@ class Bench:
             ba.append(a)
             ratio_v.append(dt / v)
             ratio_a.append(dt / a)
-            log(f"  {i + 1}/{n}: create->Ready {dt:.3f} s, virsh create {v:.3f} s, createXML {a:.3f} s, "
-                f"ratio {dt / v:.2f}")
+            log(
+                f"  {i + 1}/{n}: create->Ready {dt:.3f} s, virsh create {v:.3f} s, createXML {a:.3f} s, "
+                f"ratio {dt / v:.2f}"
+            )
         self.results["sequential"] = {
-            "n": len(op), "skippedPairs": skipped,
-            "readyP50": r3(pct(op, 50)), "readyP95": r3(pct(op, 95)), "readyMin": r3(min(op)),
+            "n": len(op),
+            "skippedPairs": skipped,
+            "readyP50": r3(pct(op, 50)),
+            "readyP95": r3(pct(op, 95)),
+            "readyMin": r3(min(op)),
             "readyMax": r3(max(op)),
-            "bareVirshP50": r3(pct(bv, 50)), "bareVirshP95": r3(pct(bv, 95)),
-            "bareApiP50": r3(pct(ba, 50)), "bareApiP95": r3(pct(ba, 95)),
+            "bareVirshP50": r3(pct(bv, 50)),
+            "bareVirshP95": r3(pct(bv, 95)),
+            "bareApiP50": r3(pct(ba, 50)),
+            "bareApiP95": r3(pct(ba, 95)),
             "bareDefineStartP50": r3(pct(bp, 50)),
-            "ratioVsVirshMedian": r3(med(ratio_v)), "ratioVsVirshP95": r3(pct(ratio_v, 95)),
+            "ratioVsVirshMedian": r3(med(ratio_v)),
+            "ratioVsVirshP95": r3(pct(ratio_v, 95)),
             "ratioVsApiMedian": r3(med(ratio_a)),
             "deleteToGoneP50": r3(pct(dels, 50)),
         }
@@ -454,8 +484,13 @@ class Bench:
         for _ in range(n):
             name = self.new_name("kubectl")
             t0 = time.time()
-            subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, "apply", "-n", self.ns, "-f", "-"],
-                           input=json.dumps(self.vm_body(name)), text=True, check=True, capture_output=True)
+            subprocess.run(
+                ["kubectl", "--kubeconfig", self.kubeconfig, "apply", "-n", self.ns, "-f", "-"],
+                input=json.dumps(self.vm_body(name)),
+                text=True,
+                check=True,
+                capture_output=True,
+            )
             self.watch.wait(lambda name=name: name in self.watch.ready_at, 300, f"{name} Ready")
             times.append(self.watch.ready_at[name] - t0)
             self.delete([name])
@@ -473,7 +508,10 @@ class Bench:
         times = [self.watch.ready_at[x] - t for x, t in starts.items()]
         first = min(starts.values())
         self.results["concurrent"] = {
-            "n": n, "readyP50": r3(pct(times, 50)), "readyP95": r3(pct(times, 95)), "readyMax": r3(max(times)),
+            "n": n,
+            "readyP50": r3(pct(times, 50)),
+            "readyP95": r3(pct(times, 95)),
+            "readyMax": r3(max(times)),
             "allReadyAfter": r3(max(self.watch.ready_at[x] for x in starts) - first),
             "createCallsTook": r3(max(starts.values()) - first),
         }
@@ -498,8 +536,11 @@ class Bench:
                     missing += 1
             time.sleep(1.0)
         self.results["statsFreshness"] = {
-            "samples": len(ages), "withoutUpdatedAt": missing, "ageP50": r3(pct(ages, 50)),
-            "ageP95": r3(pct(ages, 95)), "ageMax": r3(max(ages)) if ages else None,
+            "samples": len(ages),
+            "withoutUpdatedAt": missing,
+            "ageP50": r3(pct(ages, 50)),
+            "ageP95": r3(pct(ages, 95)),
+            "ageMax": r3(max(ages)) if ages else None,
             "note": "K3SVIRT_STATUS_SUMMARY_SECONDS default (30 s); updatedAt has 1 s resolution",
         }
 
@@ -523,8 +564,12 @@ class Bench:
                 raise TimeoutError("destroyed domain was not started again within 120 s")
             times.append(time.time() - t0)
             log(f"  repaired in {times[-1]:.3f} s")
-        self.results["driftRepair"] = {"n": reps, "median": r3(med(times)), "max": r3(max(times)),
-                                       "all": [r3(t) for t in times]}
+        self.results["driftRepair"] = {
+            "n": reps,
+            "median": r3(med(times)),
+            "max": r3(max(times)),
+            "all": [r3(t) for t in times],
+        }
 
     def phase_defined(self) -> None:
         import libvirt
@@ -543,12 +588,19 @@ class Bench:
         log(f"  {len(defined)}/{n} domains defined after {all_stopped:.1f} s; settling 15 s")
         time.sleep(15)
         mem = proc_memory(self.operator.pid)
-        active = [d for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-                  if d.name().startswith(self.ns + "_")]
+        active = [
+            d
+            for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            if d.name().startswith(self.ns + "_")
+        ]
         self.results["defined"] = {
-            "n": n, "domainsDefined": len(defined), "runningOfThem": len(active),
+            "n": n,
+            "domainsDefined": len(defined),
+            "runningOfThem": len(active),
             "allStoppedAfter": r3(all_stopped),
-            "rssMiB": round(mem["VmRSS"], 1), "pssMiB": round(mem["Pss"], 1), "hwmMiB": round(mem["VmHWM"], 1),
+            "rssMiB": round(mem["VmRSS"], 1),
+            "pssMiB": round(mem["Pss"], 1),
+            "hwmMiB": round(mem["VmHWM"], 1),
             "threads": mem["Threads"],
         }
         log(f"  operator RSS {mem['VmRSS']:.1f} MiB, PSS {mem['Pss']:.1f} MiB; deleting")
@@ -558,8 +610,12 @@ class Bench:
         assert self.operator is not None
         time.sleep(5)
         mem = proc_memory(self.operator.pid)
-        self.results[key] = {"rssMiB": round(mem["VmRSS"], 1), "pssMiB": round(mem["Pss"], 1),
-                             "hwmMiB": round(mem["VmHWM"], 1), "threads": mem["Threads"]}
+        self.results[key] = {
+            "rssMiB": round(mem["VmRSS"], 1),
+            "pssMiB": round(mem["Pss"], 1),
+            "hwmMiB": round(mem["VmHWM"], 1),
+            "threads": mem["Threads"],
+        }
 
     # ------------------------------------------------------------------ profile (timing shim)
     def phase_profile(self, n: int) -> None:
@@ -595,30 +651,36 @@ class Bench:
                     self.delete(names, 300)
             for i in self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["items"]:
                 with contextlib.suppress(Exception):  # operator gone: strip finalizers
-                    self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
-                                                               i["metadata"]["name"],
-                                                               {"metadata": {"finalizers": None}})
-                    self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
-                                                                i["metadata"]["name"])
+                    self.custom.patch_namespaced_custom_object(
+                        GROUP, VERSION, self.ns, PLURAL, i["metadata"]["name"], {"metadata": {"finalizers": None}}
+                    )
+                    self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, i["metadata"]["name"])
         if self.operator is not None:
             self.operator.stop()
         if self.watch is not None:
             self.watch.stop()
         with contextlib.suppress(libvirt.libvirtError):
             for dom in self.conn.listAllDomains():
-                if dom.name().startswith(self.ns + "_") or dom.name() in self.bare_names or \
-                        dom.name().startswith(f"k3svirt-bench-bare-{self.suffix}"):
+                if (
+                    dom.name().startswith(self.ns + "_")
+                    or dom.name() in self.bare_names
+                    or dom.name().startswith(f"k3svirt-bench-bare-{self.suffix}")
+                ):
                     with contextlib.suppress(libvirt.libvirtError):
                         dom.destroy()
                     with contextlib.suppress(libvirt.libvirtError):
                         dom.undefine()
         shutil.rmtree(self.bare_dir, ignore_errors=True)
-        shutil.rmtree(Path(self.tb.get("K3SVIRT_STORAGE_ROOT", "/var/lib/k3svirt")) / "vms" / self.ns,
-                      ignore_errors=True)
+        shutil.rmtree(
+            Path(self.tb.get("K3SVIRT_STORAGE_ROOT", "/var/lib/k3svirt")) / "vms" / self.ns, ignore_errors=True
+        )
         with contextlib.suppress(Exception):
             self.core.delete_namespace(self.ns)
-        left = [d.name() for d in self.conn.listAllDomains() if d.name().startswith(self.ns + "_")
-                or d.name().startswith(f"k3svirt-bench-bare-{self.suffix}")]
+        left = [
+            d.name()
+            for d in self.conn.listAllDomains()
+            if d.name().startswith(self.ns + "_") or d.name().startswith(f"k3svirt-bench-bare-{self.suffix}")
+        ]
         self.results["leftoverDomains"] = len(left)
         self.conn.close()
 
@@ -631,9 +693,18 @@ class Bench:
             self.watch = VMWatch(self.api_client, self.ns, self.check_alive)
             self.watch.start()
             self.start_operator()
-            log(f"operator pid {self.operator.pid if self.operator else '?'}, node {self.node}, "
-                f"namespace {self.ns}, log {self.work / 'operator.log'}")
+            log(
+                f"operator pid {self.operator.pid if self.operator else '?'}, node {self.node}, "
+                f"namespace {self.ns}, log {self.work / 'operator.log'}"
+            )
             self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)  # warm the connection
+            self.results["client"] = self.args.client
+            if self.args.memory_only:
+                time.sleep(15)  # let start-up settle: the figure is the idle one
+                self.idle_memory("idleBefore")
+                self.phase_defined()
+                self.idle_memory("idleAfter")
+                return self.results
             self.idle_memory("idleBefore")
             self.results["importRssMiB"] = import_footprint()
             self.phase_sequential()
@@ -655,6 +726,33 @@ class Bench:
 
 
 IMPORT_STEPS = ("python", "libvirt", "kubernetes", "kopf", "k3svirt_operator.handlers")
+CLIENTS = ("layer", "kubernetes", "lightkube")
+
+
+def add_client_args(ap: argparse.ArgumentParser, process: str) -> None:
+    ap.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="layer",
+        help=f"make the {process} also load and use this client library (what it would cost)",
+    )
+    ap.add_argument("--client-path", help="an extra site dir holding --client's library (e.g. pip --target)")
+
+
+def client_preload_env(client: str, path: str | None) -> dict[str, str]:
+    """Environment that makes a Python process load and use another Kubernetes client library at start
+    (bench/client_preload/sitecustomize.py): what the process would cost built on that library."""
+    if client == "layer":
+        return {}
+    env = {
+        "K3SVIRT_BENCH_CLIENT": client,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT / "bench/client_preload"), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
+    if path:
+        env["K3SVIRT_BENCH_CLIENT_PATH"] = path
+    return env
 
 
 def import_footprint() -> dict[str, float]:
@@ -669,8 +767,13 @@ def import_footprint() -> dict[str, float]:
         "    importlib.import_module(m); out[m] = rss()\n"
         "print(json.dumps(out))\n"
     )
-    proc = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "K3SVIRT_NODE_NAME": "bench-import"})
+    proc = subprocess.run(
+        [str(ROOT / ".venv/bin/python"), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "K3SVIRT_NODE_NAME": "bench-import"},
+    )
     if proc.returncode != 0:
         return {}
     return {k: round(v, 1) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
@@ -692,8 +795,10 @@ def run_operator_shim(trace_path: str) -> None:
 
     def rec(vm: str | None, phase: str, t0: float, t1: float) -> None:
         with lock:
-            out.write(json.dumps({"vm": vm, "phase": phase, "t0": t0, "t1": t1,
-                                  "thread": threading.current_thread().name}) + "\n")
+            out.write(
+                json.dumps({"vm": vm, "phase": phase, "t0": t0, "t1": t1, "thread": threading.current_thread().name})
+                + "\n"
+            )
 
     def wrap(owner: Any, attr: str, phase: str, vm_of: Callable[..., str | None] | None = None) -> None:
         fn = getattr(owner, attr)
@@ -740,8 +845,9 @@ def run_operator_shim(trace_path: str) -> None:
     opmain.main()
 
 
-def summarize_trace(recs: list[dict], created: dict[str, tuple[float, float]],
-                    ready_at: dict[str, float]) -> dict[str, Any]:
+def summarize_trace(
+    recs: list[dict], created: dict[str, tuple[float, float]], ready_at: dict[str, float]
+) -> dict[str, Any]:
     """Per VM: where the time from the create call to Ready (seen by the watch) went."""
     per_phase: dict[str, list[float]] = {}
 
@@ -792,32 +898,62 @@ def report(res: dict[str, Any]) -> None:
     dr, fr = res.get("driftRepair", {}), res.get("statsFreshness", {})
     rows = [
         ("domain type", res.get("domainType"), ""),
-        (f"sequential create->Ready p50 / p95 (n={s.get('n')}, Python client)",
-         f"{fmt(s.get('readyP50'), ' s')} / {fmt(s.get('readyP95'), ' s')}", ""),
-        ("bare `virsh create` p50 / p95 (CLI incl. process start)",
-         f"{fmt(s.get('bareVirshP50'), ' s')} / {fmt(s.get('bareVirshP95'), ' s')}", ""),
+        (
+            f"sequential create->Ready p50 / p95 (n={s.get('n')}, Python client)",
+            f"{fmt(s.get('readyP50'), ' s')} / {fmt(s.get('readyP95'), ' s')}",
+            "",
+        ),
+        (
+            "bare `virsh create` p50 / p95 (CLI incl. process start)",
+            f"{fmt(s.get('bareVirshP50'), ' s')} / {fmt(s.get('bareVirshP95'), ' s')}",
+            "",
+        ),
         ("bare createXML p50 (libvirt API, warm connection)", fmt(s.get("bareApiP50"), " s"), ""),
         ("bare defineXML+create p50 (API, persistent like the operator)", fmt(s.get("bareDefineStartP50"), " s"), ""),
-        ("ratio operator / virsh create, median (p95)",
-         f"{fmt(s.get('ratioVsVirshMedian'))} ({fmt(s.get('ratioVsVirshP95'))})", f"target <= {TARGET_RATIO}"),
+        (
+            "ratio operator / virsh create, median (p95)",
+            f"{fmt(s.get('ratioVsVirshMedian'))} ({fmt(s.get('ratioVsVirshP95'))})",
+            f"target <= {TARGET_RATIO}",
+        ),
         ("ratio operator / createXML, median", fmt(s.get("ratioVsApiMedian")), ""),
         (f"kubectl apply -> Ready p50 (n={k.get('n')})", fmt(k.get("readyP50"), " s"), "incl. kubectl start"),
-        (f"concurrent create->Ready p50 / p95 (n={c.get('n')})",
-         f"{fmt(c.get('readyP50'), ' s')} / {fmt(c.get('readyP95'), ' s')}", ""),
+        (
+            f"concurrent create->Ready p50 / p95 (n={c.get('n')})",
+            f"{fmt(c.get('readyP50'), ' s')} / {fmt(c.get('readyP95'), ' s')}",
+            "",
+        ),
         ("concurrent: all Ready after first create", fmt(c.get("allReadyAfter"), " s"), ""),
-        ("operator RSS / PSS idle, 0 VMs (start)",
-         f"{fmt(ib.get('rssMiB'), ' MiB')} / {fmt(ib.get('pssMiB'), ' MiB')}", "target < 80 MiB"),
-        (f"operator RSS / PSS, {d.get('n')} Halted VMs defined",
-         f"{fmt(d.get('rssMiB'), ' MiB')} / {fmt(d.get('pssMiB'), ' MiB')}", "target < 80 MiB"),
-        ("operator RSS / PSS idle, 0 VMs (after load)",
-         f"{fmt(ia.get('rssMiB'), ' MiB')} / {fmt(ia.get('pssMiB'), ' MiB')}", ""),
+        (
+            "operator RSS / PSS idle, 0 VMs (start)",
+            f"{fmt(ib.get('rssMiB'), ' MiB')} / {fmt(ib.get('pssMiB'), ' MiB')}",
+            "target < 80 MiB",
+        ),
+        (
+            f"operator RSS / PSS, {d.get('n')} Halted VMs defined",
+            f"{fmt(d.get('rssMiB'), ' MiB')} / {fmt(d.get('pssMiB'), ' MiB')}",
+            "target < 80 MiB",
+        ),
+        (
+            "operator RSS / PSS idle, 0 VMs (after load)",
+            f"{fmt(ia.get('rssMiB'), ' MiB')} / {fmt(ia.get('pssMiB'), ' MiB')}",
+            "",
+        ),
         (f"{d.get('n')} Halted VMs: all Stopped after", fmt(d.get("allStoppedAfter"), " s"), ""),
-        ("drift repair (virsh destroy -> running) median / max",
-         f"{fmt(dr.get('median'), ' s')} / {fmt(dr.get('max'), ' s')}", f"all: {dr.get('all')}"),
-        ("import footprint RSS (python / +libvirt / +kubernetes / +kopf / +operator)",
-         " / ".join(fmt(v, "") for v in (res.get("importRssMiB") or {}).values()), "MiB"),
-        ("stats freshness now - updatedAt p50 / max",
-         f"{fmt(fr.get('ageP50'), ' s')} / {fmt(fr.get('ageMax'), ' s')}", ""),
+        (
+            "drift repair (virsh destroy -> running) median / max",
+            f"{fmt(dr.get('median'), ' s')} / {fmt(dr.get('max'), ' s')}",
+            f"all: {dr.get('all')}",
+        ),
+        (
+            "import footprint RSS (python / +libvirt / +kubernetes / +kopf / +operator)",
+            " / ".join(fmt(v, "") for v in (res.get("importRssMiB") or {}).values()),
+            "MiB",
+        ),
+        (
+            "stats freshness now - updatedAt p50 / max",
+            f"{fmt(fr.get('ageP50'), ' s')} / {fmt(fr.get('ageMax'), ' s')}",
+            "",
+        ),
     ]
     w = max(len(r[0]) for r in rows)
     print()
@@ -843,9 +979,17 @@ def main() -> None:
     ap.add_argument("--vms", type=int, default=20, help="VMs for the sequential and the concurrent runs")
     ap.add_argument("--defined", type=int, default=100, help="Halted VMs for the memory figure")
     ap.add_argument("--freshness-seconds", type=float, default=65.0)
-    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
-                    help="run the timing-shim profile (default: only when the ratio misses the target)")
+    ap.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the timing-shim profile (default: only when the ratio misses the target)",
+    )
     ap.add_argument("--profile-vms", type=int, default=8)
+    ap.add_argument(
+        "--memory-only", action="store_true", help="only the memory figures: idle, --defined Halted VMs, idle again"
+    )
+    add_client_args(ap, "operator")
     args = ap.parse_args()
     t0 = time.monotonic()
     res = Bench(args).run()

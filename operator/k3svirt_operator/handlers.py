@@ -18,21 +18,21 @@ from typing import Any
 
 import kopf
 from k3svirt_common import names, templates
+from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
 from . import accel as accel_mod
 from . import image_cache, pci, shutdown, stats
 from .config import Settings
-from .kubeapi import KubeAPI
 from .libvirt_conn import LibvirtConnection
 from .runtime import Runtime
 from .vm_reconciler import Event, VMReconciler
 
 # A plain registry: kopf's default one imports the `kubernetes` package (~28 MiB) just to offer a
-# login through it; the operator logs in with kopf's own kubeconfig/service-account readers.
+# login through it; the operator logs in with k3svirt_common.kube's configuration (login() below).
 kopf.set_default_registry(kopf.OperatorRegistry())
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
-CREDENTIALS: Any = None
+KUBE_CONFIG: KubeConfig | None = None
 RT: Runtime | None = None
 RECONCILER: VMReconciler | None = None
 MONITOR: tuple[Any, Any] | None = None
@@ -85,9 +85,13 @@ async def _prune_image_cache() -> None:
 
 async def _refresh_node_labels() -> None:
     while True:
-        labels = await asyncio.to_thread(_rt().node_labels)
-        NODE_LABELS.clear()
-        NODE_LABELS.update({**labels, **SETTINGS.node_labels})
+        try:
+            labels = await asyncio.to_thread(_rt().node_labels)
+        except ApiError as exc:
+            log.warning("node labels not refreshed", extra={"error": str(exc)})
+        else:
+            NODE_LABELS.clear()
+            NODE_LABELS.update({**labels, **SETTINGS.node_labels})
         if not await shutdown.pause(60):
             return
 
@@ -97,17 +101,38 @@ def _post(body: Any, events: list[Event]) -> None:
         kopf.event(body, type=e.type, reason=e.reason, message=e.message[:1000])
 
 
-def _credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
-    global CREDENTIALS
-    if CREDENTIALS is None:
-        CREDENTIALS = (kopf.login_with_service_account(settings=settings)
-                       or kopf.login_with_kubeconfig(settings=settings))
-    return CREDENTIALS
+def _kube_config() -> KubeConfig:
+    """One reading of the credentials for both clients: kopf's (watches, events) and ours."""
+    global KUBE_CONFIG
+    if KUBE_CONFIG is None:
+        try:
+            KUBE_CONFIG = load_config()
+        except ConfigError as exc:
+            raise kopf.PermanentError(f"no Kubernetes credentials: {exc.message}") from exc
+    return KUBE_CONFIG
 
 
 @kopf.on.login()
-def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-    return _credentials(settings)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    cfg = _kube_config()
+    token = cfg.token
+    if cfg.token_file:  # re-read at every login: kopf logs in again after a 401 (rotated token)
+        with open(cfg.token_file, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    return kopf.ConnectionInfo(
+        server=cfg.server,
+        ca_path=cfg.ca_file,
+        ca_data=cfg.ca_data,
+        insecure=cfg.insecure or None,
+        certificate_path=cfg.cert_file,
+        certificate_data=cfg.cert_data,
+        private_key_path=cfg.key_file,
+        private_key_data=cfg.key_data,
+        token=token,
+        username=cfg.username,
+        password=cfg.password,
+        default_namespace=cfg.namespace,
+    )
 
 
 @kopf.on.startup()
@@ -124,12 +149,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     conn = LibvirtConnection(SETTINGS.libvirt_uri)
     raw = await asyncio.to_thread(conn.wait_connected, 60.0)
     acc = await asyncio.to_thread(accel_mod.detect, raw, SETTINGS.storage_root)
-    log.info("operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type,
-                                         "reason": acc.reason})
-    creds = _credentials(settings)
-    if creds is None:
-        raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod")
-    RT = Runtime(SETTINGS, conn, acc, KubeAPI(creds), asyncio.get_running_loop())
+    log.info(
+        "operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type, "reason": acc.reason}
+    )
+    api = Client(_kube_config(), timeout=30.0, user_agent=f"k3svirt-operator/{SETTINGS.node_name}")
+    RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, _resolve_host_devices)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.poke_all_threadsafe() if RT else None)
@@ -276,10 +300,13 @@ async def _publish_pci_inventory() -> None:
     while True:
         try:
             status = await asyncio.to_thread(pci.node_inventory_status)
-            await asyncio.to_thread(_rt().ensure_cluster_object, names.NODEPCIINVENTORY_PLURAL,
-                                    names.NODEPCIINVENTORY_KIND, SETTINGS.node_name)
-            await asyncio.to_thread(_rt().patch_status, names.NODEPCIINVENTORY_PLURAL, None,
-                                    SETTINGS.node_name, status)
+            await asyncio.to_thread(
+                _rt().ensure_cluster_object,
+                names.NODEPCIINVENTORY_PLURAL,
+                names.NODEPCIINVENTORY_KIND,
+                SETTINGS.node_name,
+            )
+            await asyncio.to_thread(_rt().patch_status, names.NODEPCIINVENTORY_PLURAL, None, SETTINGS.node_name, status)
         except Exception as exc:  # keep publishing later; the VM work must not suffer
             log.warning("publishing the PCI inventory failed", extra={"error": str(exc)})
         if not await shutdown.pause(SETTINGS.pci_inventory_seconds):
@@ -294,16 +321,24 @@ def _claimed_by_others(name: str) -> dict[str, str]:
     out = {}
     for o in _rt().list_objects(names.PCIPASSTHROUGH_PLURAL):
         st, meta = o.get("status") or {}, o["metadata"]
-        if (meta["name"] != name and not meta.get("deletionTimestamp") and st.get("address")
-                and (o.get("spec") or {}).get("nodeName") == SETTINGS.node_name):
+        if (
+            meta["name"] != name
+            and not meta.get("deletionTimestamp")
+            and st.get("address")
+            and (o.get("spec") or {}).get("nodeName") == SETTINGS.node_name
+        ):
             out[st["address"]] = meta["name"]
     return out
 
 
 def _reconcile_passthrough(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
-    return pci.reconcile_passthrough(body.get("spec") or {}, body.get("status") or {},
-                                     generation=meta.get("generation"), claimed=_claimed_by_others(meta["name"]))
+    return pci.reconcile_passthrough(
+        body.get("spec") or {},
+        body.get("status") or {},
+        generation=meta.get("generation"),
+        claimed=_claimed_by_others(meta["name"]),
+    )
 
 
 @kopf.on.resume(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
@@ -318,17 +353,24 @@ async def passthrough_changed(body: kopf.Body, name: str, **_: Any) -> None:
         await asyncio.to_thread(_rt().patch_status, names.PCIPASSTHROUGH_PLURAL, None, name, status)
         if status.get("phase") != old.get("phase"):
             ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-            kopf.event(body, type="Warning" if status.get("phase") == pci.PHASE_FAILED else "Normal",
-                       reason=ready.get("reason") or str(status.get("phase")),
-                       message=(ready.get("message") or "")[:1000])
+            kopf.event(
+                body,
+                type="Warning" if status.get("phase") == pci.PHASE_FAILED else "Normal",
+                reason=ready.get("reason") or str(status.get("phase")),
+                message=(ready.get("message") or "")[:1000],
+            )
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
 async def passthrough_deleted(body: kopf.Body, name: str, **_: Any) -> None:
     """Gives the device back to its host driver; waits while a VM still uses it."""
     try:
-        await asyncio.to_thread(pci.release_passthrough, body.get("status") or {}, spec=body.get("spec") or {},
-                                claimed=_claimed_by_others(name))
+        await asyncio.to_thread(
+            pci.release_passthrough,
+            body.get("status") or {},
+            spec=body.get("spec") or {},
+            claimed=_claimed_by_others(name),
+        )
     except pci.BindError as exc:
         kopf.event(body, type="Warning", reason=exc.reason, message=str(exc)[:1000])
         if exc.reason == "StillAssigned":

@@ -7,7 +7,7 @@ import os
 import sys
 
 # kopf imports the `kubernetes` client whenever it is installed (for optional type checks), which
-# costs ~28 MiB; the operator never uses it (see kubeapi.py), so keep it out of this process.
+# costs ~28 MiB; the operator never uses it (k3svirt_common.kube is its client), so keep it out of this process.
 sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
 import kopf  # noqa: E402

@@ -9,25 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k3svirt_common import names
+from k3svirt_common.kube import ApiError, Client, core_path, group_path
 
 from .accel import Acceleration
 from .config import Settings
-from .kubeapi import ApiError, KubeAPI
 from .libvirt_conn import LibvirtConnection
 
 log = logging.getLogger(__name__)
 
 
 def _path(plural: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
-    path = f"/apis/{names.GROUP}/{names.VERSION}"
-    if namespace is not None:
-        path += f"/namespaces/{namespace}"
-    path += f"/{plural}"
-    if name is not None:
-        path += f"/{name}"
-    if sub is not None:
-        path += f"/{sub}"
-    return path
+    return group_path(names.GROUP, names.VERSION, plural, namespace, name, sub)
 
 
 @dataclass
@@ -35,7 +27,7 @@ class Runtime:
     settings: Settings
     libvirt: LibvirtConnection
     accel: Acceleration
-    api: KubeAPI
+    api: Client
     loop: asyncio.AbstractEventLoop
     wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     # What each VM's loop last saw of spec generation/annotation, to wake only on real changes.
@@ -79,7 +71,7 @@ class Runtime:
         for _ in range(10):
             body = {"metadata": {"resourceVersion": resource_version}, "status": {"node": self.settings.node_name}}
             try:
-                self.api.merge_patch(_path(names.VM_PLURAL, namespace, name, "status"), body)
+                self.api.patch(_path(names.VM_PLURAL, namespace, name, "status"), body)
                 return self.settings.node_name
             except ApiError as exc:
                 if exc.status != 409:
@@ -94,10 +86,13 @@ class Runtime:
         return None
 
     def node_labels(self) -> dict[str, str]:
-        """Labels of this node's Node object (none in a control plane without kubelets)."""
+        """Labels of this node's Node object (none in a control plane without kubelets). Raises
+        ApiError when the API server does not answer: the caller keeps the labels it had."""
         try:
-            node = self.api.get(f"/api/v1/nodes/{self.settings.node_name}")
-        except ApiError:
+            node = self.api.get(core_path("nodes", name=self.settings.node_name))
+        except ApiError as exc:
+            if not exc.answered:
+                raise
             return {}
         return dict((node.get("metadata") or {}).get("labels") or {})
 
@@ -105,14 +100,14 @@ class Runtime:
         """Creates an empty cluster-scoped object of ours if it does not exist yet."""
         body = {"apiVersion": names.API_VERSION, "kind": kind, "metadata": {"name": name}}
         try:
-            self.api.post(_path(plural, None), body)
+            self.api.create(_path(plural, None), body)
         except ApiError as exc:
             if exc.status != 409:
                 raise
 
     def patch_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
         try:
-            self.api.merge_patch(_path(plural, namespace, name, "status"), {"status": dict(status)})
+            self.api.patch(_path(plural, namespace, name, "status"), {"status": dict(status)})
         except ApiError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise

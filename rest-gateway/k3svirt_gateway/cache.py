@@ -12,6 +12,7 @@ route's summary of the object, its labels (for labelSelector), uid and resourceV
   from memory for up to `LIST_CACHE_MAX_STALE` seconds, flagged with a `Warning: 110` header; after
   that (or before the first sync, or when the watch is refused with 401/403/404) the route lists
   directly, with the usual 503 when the API server is down.
+* Watch mechanics (list, watch, bookmarks, 410 -> relist) are k3svirt_common.kube's ListWatch.
 * Read-your-writes: `Kube` hands every successful write it makes (POST/PUT/PATCH/DELETE) to
   `Cache.observe`, which applies the returned object at once. Watch events never move an entry back
   to an older resourceVersion, and deletions leave a short-lived tombstone (by uid) so a late watch
@@ -23,8 +24,6 @@ after a change.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import random
 import re
@@ -34,10 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import urllib3
+from k3svirt_common.kube import SYNC, ApiError, ListWatch, WatchEvent
 
 from . import contract as c
-from .errors import Problem
 from .k8s import Kube, group_path
 
 log = logging.getLogger(__name__)
@@ -74,12 +72,8 @@ class _Entry:
     view: dict[str, Any]
 
 
-class _Expired(Exception):
-    """The API server no longer has our resourceVersion (410): relist."""
-
-
-class _Refused(Exception):
-    """The watch is refused for a reason retrying soon will not fix (401/403/404)."""
+# The watch is refused for a reason retrying soon will not fix: permissions, or the CRD is missing.
+REFUSED = (401, 403, 404)
 
 
 def _rv(obj: dict[str, Any]) -> int | None:
@@ -189,14 +183,20 @@ class Informer:
         self._snapshot: list[tuple[tuple[str, str], _Entry]] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._resp: Any = None  # the open watch response, so restart_watch()/stop() can interrupt it
-        self._restarting = False
-        self._next_rv: str | None = None
-        self.resource_version = ""
+        self._lw = ListWatch(
+            kube.api, resource.path, timeout_seconds=watch_timeout, page=500, on_connect=self._connected
+        )
         self.synced = False
         self.disconnected_since: float | None = None
-        self.relists = 0
         self.events = 0
+
+    @property
+    def resource_version(self) -> str:
+        return self._lw.resource_version
+
+    @property
+    def relists(self) -> int:
+        return self._lw.relists
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -209,7 +209,7 @@ class Informer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._interrupt()
+        self._lw.close()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -222,15 +222,7 @@ class Informer:
     def restart_watch(self, resource_version: str | None = None) -> None:
         """Drop the current watch; the next one starts from `resource_version` (if given). With a
         resourceVersion the API server no longer has, that is the 410 -> relist path (tests, ops)."""
-        self._next_rv = resource_version  # not resource_version: an event in flight would overwrite it
-        self._restarting = True
-        self._interrupt()
-
-    def _interrupt(self) -> None:
-        resp = self._resp
-        if resp is not None:
-            with contextlib.suppress(Exception):  # already closed
-                resp.shutdown()
+        self._lw.restart(resource_version)
 
     # ------------------------------------------------------------------- reading
     def list(self, namespace: str, selector: list[Requirement]) -> Listing | None:
@@ -331,41 +323,34 @@ class Informer:
     # ---------------------------------------------------------------- background
     def _run(self) -> None:
         failures = 0
-        need_list = True
         while not self._stop.is_set():
             try:
-                if need_list:
-                    self._list()
-                    need_list = False
                 started = time.monotonic()
-                self._watch()
+                for ev in self._lw.events():  # relists by itself after a 410
+                    self._event(ev)
                 # A watch that ends at once without an error (a proxy closing it?) must not spin.
                 failures = 0 if time.monotonic() - started > 1.0 else failures + 1
-            except _Expired:
-                log.info("watch expired; relisting", extra={"resource": self.resource.plural})
-                need_list = True
-                failures = 0
-            except _Refused as exc:
-                # Permission or CRD missing: not an outage; stop answering from memory, retry slowly.
-                self.synced = False
-                need_list = True
-                failures = max(failures + 1, 5)
-                log.warning(
-                    "watch refused; list routes read the API server directly",
-                    extra={"resource": self.resource.plural, "error": str(exc)},
-                )
-            except Exception as exc:  # noqa: BLE001 - API server down, reset connection, bad chunk...
+            except ApiError as exc:
                 if self._stop.is_set():
                     break
-                if self._restarting:  # restart_watch() cut the stream on purpose
-                    self._restarting = False
-                    continue
-                if self.disconnected_since is None:
-                    self.disconnected_since = time.monotonic()
+                if exc.status in REFUSED:
+                    # Permission or CRD missing: not an outage; stop answering from memory, retry slowly.
+                    self.synced = False
+                    failures = max(failures + 1, 5)
                     log.warning(
-                        "watch lost the API server; reconnecting",
-                        extra={"resource": self.resource.plural, "error": f"{type(exc).__name__}: {exc}"},
+                        "watch refused; list routes read the API server directly",
+                        extra={"resource": self.resource.plural, "error": str(exc)},
                     )
+                else:  # API server down, reset connection, 5xx...
+                    if self.disconnected_since is None:
+                        self.disconnected_since = time.monotonic()
+                        log.warning(
+                            "watch lost the API server; reconnecting",
+                            extra={"resource": self.resource.plural, "error": str(exc)},
+                        )
+                    failures += 1
+            except Exception:  # noqa: BLE001 - a bug in event handling must not end the informer
+                log.exception("informer failed; restarting it", extra={"resource": self.resource.plural})
                 failures += 1
             if failures and not self._stop.is_set():
                 delay = min(self.backoff_max, 0.2 * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
@@ -376,92 +361,26 @@ class Informer:
             log.info("watch reconnected", extra={"resource": self.resource.plural})
             self.disconnected_since = None
 
-    def _list(self) -> None:
-        objs: list[dict[str, Any]] = []
-        query: dict[str, Any] = {"limit": 500}
-        list_rv = ""
-        while True:
+    def _event(self, ev: WatchEvent) -> None:
+        if ev.type == SYNC:
+            items = ev.object["items"]
             try:
-                out = self.kube.get(self.resource.path, query=query, timeout=urllib3.Timeout(connect=3.0, read=60.0))
-            except Problem as exc:
-                if exc.status == 409 and query.get("continue"):  # continue token expired (410)
-                    objs, query, list_rv = [], {"limit": 500}, ""
-                    continue
-                raise
-            objs.extend(out.get("items") or [])
-            meta = out.get("metadata") or {}
-            list_rv = list_rv or meta.get("resourceVersion", "")
-            if not meta.get("continue"):
-                break
-            query = {"limit": 500, "continue": meta["continue"]}
-        try:
-            rv_int: int | None = int(list_rv)
-        except ValueError:
-            rv_int = None
-        self._replace(objs, rv_int)
-        self.resource_version = list_rv
-        self.relists += 1
-        self._connected()
-        self.synced = True
-        log.info("listed", extra={"resource": self.resource.plural, "count": len(objs), "resourceVersion": list_rv})
-
-    def _watch(self) -> None:
-        self._restarting = False
-        rv, self._next_rv = self._next_rv or self.resource_version, None
-        timeout = self.watch_timeout + random.randint(0, max(1, self.watch_timeout // 4))
-        resp = self.kube.stream(
-            self.resource.path,
-            query={
-                "watch": "1",
-                "resourceVersion": rv,
-                "allowWatchBookmarks": "true",
-                "timeoutSeconds": timeout,
-            },
-            timeout=urllib3.Timeout(connect=3.0, read=timeout + 30),
-        )
-        self._resp = resp
-        try:
-            if self._stop.is_set():
-                return
-            if resp.status == 410:
-                raise _Expired()
-            if resp.status in (401, 403, 404):
-                raise _Refused(f"HTTP {resp.status}: {resp.data[:300]!r}")
-            if resp.status != 200:
-                raise OSError(f"watch answered HTTP {resp.status}")
+                list_rv: int | None = int(ev.object["metadata"]["resourceVersion"])
+            except (KeyError, TypeError, ValueError):
+                list_rv = None
+            self._replace(items, list_rv)
             self._connected()
-            buf = b""
-            for chunk in resp.stream(64 * 1024):
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
-                        break
-                    line, buf = buf[:nl], buf[nl + 1 :]
-                    if line.strip():
-                        self._event(json.loads(line))
-        finally:
-            self._resp = None
-            # Never hand a watch connection back to the pool for reuse: it may have been shut down
-            # (restart_watch/stop) or broken mid-stream. Close it; the pool reconnects on next use.
-            resp.close()
-            resp.release_conn()
-
-    def _event(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
-        obj = ev.get("object") or {}
-        if kind == "ERROR":
-            if obj.get("code") == 410:
-                raise _Expired()
-            raise OSError(f"watch error: {obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
+            self.synced = True
+            log.info(
+                "listed",
+                extra={"resource": self.resource.plural, "count": len(items), "resourceVersion": self.resource_version},
+            )
+            return
         self.events += 1
-        if kind in ("ADDED", "MODIFIED"):
-            self.upsert(obj)
-        elif kind == "DELETED":
-            self.remove(obj)
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
-        if rv:
-            self.resource_version = rv
+        if ev.type in ("ADDED", "MODIFIED"):
+            self.upsert(ev.object)
+        elif ev.type == "DELETED":
+            self.remove(ev.object)
 
 
 # ----------------------------------------------------------------------------------------- the cache

@@ -1,215 +1,82 @@
-"""The one place that talks to the Kubernetes API server.
+"""The gateway's door to the Kubernetes API server: k3svirt_common.kube, with its errors as Problems.
 
-Builds the ApiClient (KUBECONFIG, in-cluster, or ~/.kube/config), sends raw JSON requests (no typed
-models: the gateway passes Kubernetes objects through as plain dicts), and maps every failure onto a
-Problem: 404, 409, 422 (with the API server's field causes), 503 when the API server is unreachable,
+`Kube.api` is the shared layer's Client (configured on first use from KUBECONFIG, the pod's service
+account, or ~/.kube/config); `Kube`'s request methods map every ApiError onto a Problem: 404, 409,
+422 (with the API server's field causes), 503 when the API server is not configured, unreachable,
 times out, or answers 5xx/429/401/403 (the gateway's own credentials are not the caller's fault).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode
 
-import urllib3
-from kubernetes import client as kclient
-from kubernetes import config as kconfig
+from k3svirt_common.kube import JSON, MERGE_PATCH, ApiError, Client, core_path, group_path, load_config
 
 from .errors import Problem
 
+__all__ = ["JSON", "MERGE_PATCH", "Kube", "core_path", "group_path", "problem_for"]
+
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-MERGE_PATCH = "application/merge-patch+json"
+RETRY_LATER = {"Retry-After": "5"}
 
 
-def q(segment: str) -> str:
-    """Quote one path segment."""
-    return quote(str(segment), safe="")
-
-
-def core_path(resource: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
-    path = "/api/v1"
-    if namespace is not None:
-        path += f"/namespaces/{q(namespace)}"
-    path += f"/{resource}"
-    if name is not None:
-        path += f"/{q(name)}"
-    if sub:
-        path += f"/{sub}"
-    return path
-
-
-def group_path(
-    group: str,
-    version: str,
-    resource: str,
-    namespace: str | None = None,
-    name: str | None = None,
-    sub: str | None = None,
-) -> str:
-    path = f"/apis/{group}/{version}"
-    if namespace is not None:
-        path += f"/namespaces/{q(namespace)}"
-    path += f"/{resource}"
-    if name is not None:
-        path += f"/{q(name)}"
-    if sub:
-        path += f"/{sub}"
-    return path
+def problem_for(exc: ApiError, method: str, path: str) -> Problem:
+    """The Problem a gateway client sees for an API-server failure."""
+    if not exc.answered:
+        if exc.reason == "NotConfigured":
+            return Problem(503, f"Kubernetes API server not configured: {exc.message}")
+        log.warning("API server unreachable", extra={"method": method, "path": path, "error": exc.message})
+        return Problem(503, f"Kubernetes API server unreachable: {exc.message}", headers=RETRY_LATER)
+    status, message, reason = exc.status, exc.message, exc.reason
+    if status == 404:
+        if not exc.details:  # the resource type itself is not served: CRD not applied (yet)
+            return Problem(
+                503, f"the API server does not serve {path.split('?')[0]}: {message} (are the k3svirt CRDs applied?)"
+            )
+        return Problem(404, message, reason=reason)
+    if status in (409, 410):
+        return Problem(409, message, reason=reason)
+    if status == 422:
+        errors = [
+            {"field": c.get("field", ""), "message": c.get("message", c.get("reason", "invalid"))} for c in exc.causes
+        ] or [{"field": "", "message": message}]
+        return Problem(422, message, title="Validation failed", errors=errors)
+    if status == 400:
+        return Problem(400, message)
+    log.warning("API server error", extra={"method": method, "path": path, "status": status, "reason": reason})
+    return Problem(503, f"Kubernetes API server answered {status} {reason}: {message}", headers=RETRY_LATER)
 
 
 class Kube:
-    """A lazily-built API client; safe to share between threads."""
+    """Safe to share between threads; building it contacts nothing."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
-        self._api: kclient.ApiClient | None = None
-        self._lock = threading.Lock()
+        self.api = Client(
+            lambda: load_config(settings.get("KUBECONFIG"), settings.get("KUBE_CONTEXT")),
+            timeout=float(settings.get("KUBE_TIMEOUT", 10.0)),
+            connect_timeout=float(settings.get("KUBE_CONNECT_TIMEOUT", 3.0)),
+            user_agent="k3svirt-gateway",
+        )
         # Called with (method, path, decoded result) after every successful write (cache.Cache.observe).
         self.on_write: Callable[[str, str, Any], None] | None = None
-        self.timeout = urllib3.Timeout(
-            connect=float(settings.get("KUBE_CONNECT_TIMEOUT", 3.0)),
-            read=float(settings.get("KUBE_TIMEOUT", 10.0)),
-        )
 
-    # ----------------------------------------------------------------- client
-    def _load(self) -> kclient.ApiClient:
-        cfg = kclient.Configuration()
-        path = self.settings.get("KUBECONFIG")
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        """Client.request (query, body, content_type, accept, raw, timeout); failures raise Problem."""
         try:
-            if path:
-                kconfig.load_kube_config(
-                    config_file=path.split(os.pathsep)[0],
-                    context=self.settings.get("KUBE_CONTEXT"),
-                    client_configuration=cfg,
-                    persist_config=False,
-                )
-            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-                kconfig.load_incluster_config(client_configuration=cfg)
-            else:
-                kconfig.load_kube_config(client_configuration=cfg, persist_config=False)
-        except Exception as exc:  # missing file, bad YAML, no service account...
-            raise Problem(503, f"Kubernetes API server not configured: {exc}") from exc
-        # Fail fast when the API server is down: one quick reconnect, no status retries.
-        cfg.retries = urllib3.Retry(
-            total=1, connect=1, read=0, status=0, redirect=0, backoff_factor=0.05, respect_retry_after_header=False
-        )
-        cfg.connection_pool_maxsize = 16
-        return kclient.ApiClient(cfg)
+            result = self.api.request(method, path, **kw)
+        except ApiError as exc:
+            raise problem_for(exc, method, path) from exc
+        if method != "GET" and self.on_write is not None and not kw.get("raw"):
+            try:
+                self.on_write(method, path, result)
+            except Exception:  # a cache bug must never fail a write that happened
+                log.exception("write observer failed", extra={"method": method, "path": path})
+        return result
 
-    @property
-    def api(self) -> kclient.ApiClient:
-        if self._api is None:
-            with self._lock:
-                if self._api is None:
-                    self._api = self._load()
-        return self._api
-
-    # --------------------------------------------------------------- requests
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: dict[str, Any] | None = None,
-        body: Any = None,
-        content_type: str = JSON,
-        accept: str = JSON,
-        raw: bool = False,
-        timeout: urllib3.Timeout | float | None = None,
-    ) -> Any:
-        """Send one request; return the decoded JSON (or bytes when raw=True). Raise Problem on failure."""
-        api = self.api
-        try:
-            _m, url, headers, _b, _p = api.param_serialize(
-                method, path, header_params={"Accept": accept}, auth_settings=["BearerToken"]
-            )
-            if query:
-                url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-            data = None
-            if body is not None:
-                data = json.dumps(body).encode()
-                headers["Content-Type"] = content_type
-            resp = api.rest_client.pool_manager.request(
-                method,
-                url,
-                body=data,
-                headers=headers,
-                timeout=timeout if timeout is not None else self.timeout,
-                preload_content=True,
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            log.warning("API server unreachable", extra={"method": method, "path": path, "error": str(exc)})
-            raise Problem(
-                503, f"Kubernetes API server unreachable: {type(exc).__name__}", headers={"Retry-After": "5"}
-            ) from exc
-        status = resp.status
-        payload = resp.data
-        if 200 <= status < 300:
-            if raw:
-                return payload
-            result = json.loads(payload) if payload else {}
-            if method != "GET" and self.on_write is not None:
-                try:
-                    self.on_write(method, path, result)
-                except Exception:  # a cache bug must never fail a write that happened
-                    log.exception("write observer failed", extra={"method": method, "path": path})
-            return result
-        raise self._problem(status, payload, method, path)
-
-    def stream(self, path: str, *, query: dict[str, Any], timeout: urllib3.Timeout) -> Any:
-        """Open a streaming GET (a watch); the caller reads and releases the urllib3 response, whatever
-        its status. Connection failures raise urllib3/OS errors, not Problem."""
-        api = self.api
-        _m, url, headers, _b, _p = api.param_serialize(
-            "GET", path, header_params={"Accept": JSON}, auth_settings=["BearerToken"]
-        )
-        url += "?" + urlencode({k: v for k, v in query.items() if v is not None and v != ""})
-        return api.rest_client.pool_manager.request("GET", url, headers=headers, timeout=timeout, preload_content=False)
-
-    @staticmethod
-    def _problem(status: int, payload: bytes, method: str, path: str) -> Problem:
-        try:
-            st = json.loads(payload)
-            if not isinstance(st, dict):
-                st = {}
-        except ValueError:
-            st = {}
-        message = st.get("message") or payload.decode("utf-8", "replace")[:300] or f"HTTP {status}"
-        reason = st.get("reason", "")
-        details = st.get("details") or {}
-        if status == 404:
-            if not details:
-                # The resource type itself is not served: CRD not applied (yet).
-                return Problem(
-                    503,
-                    f"the API server does not serve {path.split('?')[0]}: {message} (are the k3svirt CRDs applied?)",
-                )
-            return Problem(404, message, reason=reason)
-        if status == 409:
-            return Problem(409, message, reason=reason)
-        if status == 422:
-            errors = [
-                {"field": c.get("field", ""), "message": c.get("message", c.get("reason", "invalid"))}
-                for c in details.get("causes", [])
-            ] or [{"field": "", "message": message}]
-            return Problem(422, message, title="Validation failed", errors=errors)
-        if status == 400:
-            return Problem(400, message)
-        if status == 410:
-            return Problem(409, message, reason=reason)
-        log.warning("API server error", extra={"method": method, "path": path, "status": status, "reason": reason})
-        return Problem(
-            503, f"Kubernetes API server answered {status} {reason}: {message}", headers={"Retry-After": "5"}
-        )
-
-    # convenience wrappers
+    # The verbs the routes use; each is one request() call.
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 
@@ -225,15 +92,13 @@ class Kube:
     def delete(self, path: str, **kw: Any) -> Any:
         return self.request("DELETE", path, **kw)
 
+    def text(self, path: str, *, query: dict[str, Any] | None = None, **kw: Any) -> str:
+        """A text answer (pod logs, the node proxy: nodes/NAME/proxy/stats/summary)."""
+        data = self.request("GET", path, query=query, accept="*/*", raw=True, **kw)
+        return data.decode("utf-8", "replace")
+
     def ready(self) -> tuple[bool, str]:
         try:
-            out = self.request(
-                "GET",
-                "/readyz",
-                accept="text/plain",
-                raw=True,
-                timeout=urllib3.Timeout(connect=2.0, read=3.0),
-            )
-            return True, out.decode("utf-8", "replace").strip() or "ok"
+            return True, self.text("/readyz", timeout=3.0).strip() or "ok"
         except Problem as exc:
             return False, exc.detail

@@ -16,6 +16,8 @@ import os
 import secrets
 import sys
 
+from k3svirt_common.kube import ApiError, Client, core_path, load_config
+
 from .auth import ROLES, SECRET_DATA_KEY, format_entry, parse_keys
 
 KEY_PREFIX = "k3sv_"
@@ -48,26 +50,18 @@ def _without(text: str, name: str) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _secret_text(ref: str) -> tuple[str, str, str]:
-    from kubernetes import client, config
-
-    ns, _, name = ref.partition("/")
-    config.load_kube_config() if not os.environ.get("KUBERNETES_SERVICE_HOST") else config.load_incluster_config()
-    api = client.CoreV1Api()
+def _secret_text(api: Client, ns: str, name: str) -> str:
     try:
-        sec = api.read_namespaced_secret(name, ns)
-        raw = (sec.data or {}).get(SECRET_DATA_KEY, "")
-        return ns, name, base64.b64decode(raw).decode() if raw else ""
-    except client.ApiException as exc:
+        sec = api.get(core_path("secrets", ns, name))
+    except ApiError as exc:
         if exc.status == 404:
-            return ns, name, ""
+            return ""
         raise
+    raw = (sec.get("data") or {}).get(SECRET_DATA_KEY, "")
+    return base64.b64decode(raw).decode() if raw else ""
 
 
-def _secret_write(ns: str, name: str, text: str) -> None:
-    from kubernetes import client
-
-    api = client.CoreV1Api()
+def _secret_write(api: Client, ns: str, name: str, text: str) -> None:
     body = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -76,11 +70,11 @@ def _secret_write(ns: str, name: str, text: str) -> None:
         "data": {SECRET_DATA_KEY: base64.b64encode(text.encode()).decode()},
     }
     try:
-        api.replace_namespaced_secret(name, ns, body)
-    except client.ApiException as exc:
+        api.replace(core_path("secrets", ns, name), body)
+    except ApiError as exc:
         if exc.status != 404:
             raise
-        api.create_namespaced_secret(ns, body)
+        api.create(core_path("secrets", ns), body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "name", None) is not None and (":" in args.name or not args.name.strip()):
         p.error("key name must be non-empty and contain no ':'")
 
+    if args.secret and not all(args.secret.partition("/")[::2]):
+        p.error("--secret must be NAMESPACE/NAME")
+    try:
+        return _run(args)
+    except ApiError as exc:
+        print(f"Kubernetes API: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    api: Client | None = None
+    ns, _, sname = (args.secret or "").partition("/")
     if args.secret:
-        ns, sname, text = _secret_text(args.secret)
+        api = Client(load_config())
+        text = _secret_text(api, ns, sname)
     else:
         text = _read(args.file)
 
@@ -122,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         key = new_key()
         text = _without(text, args.name) + format_entry(args.name, args.role, key) + "\n"
-    if args.secret:
-        _secret_write(ns, sname, text)
+    if api is not None:
+        _secret_write(api, ns, sname, text)
     else:
         _write(args.file, text)
     if args.cmd == "add":

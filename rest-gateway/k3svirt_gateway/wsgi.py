@@ -3,8 +3,8 @@
     gunicorn 'k3svirt_gateway.wsgi:app'        (any gunicorn options)
     k3svirt-gateway [--bind 0.0.0.0:8080] [--workers 1] [--threads 4]
 
-Defaults suit a small box: one worker process (flask + kubernetes client is ~53 MiB RSS), four
-threads (the work is I/O to the API server). Environment: K3SVIRT_BIND, K3SVIRT_WORKERS,
+Defaults suit a small box: one worker process (~46 MiB RSS with 200 VMs cached, see
+bench/bench_gateway.py), four threads (the work is I/O to the API server). Environment: K3SVIRT_BIND, K3SVIRT_WORKERS,
 K3SVIRT_THREADS, plus the gateway settings in k3svirt_gateway.config.
 """
 

@@ -37,13 +37,13 @@ do_install:append() {
 CONFFILES:${PN} += "${sysconfdir}/default/k3svirt-gateway"
 
 # rest-gateway/pyproject.toml runtime deps. flask, gunicorn (meta-python)
-# and jsonschema, pyyaml (oe-core) exist upstream; kubernetes is ours.
+# and jsonschema, pyyaml, urllib3 (oe-core) exist upstream.
 RDEPENDS:${PN} += "\
     k3svirt-k3s-config \
     python3-flask \
     python3-gunicorn \
     python3-jsonschema \
     python3-k3svirt-common \
-    python3-kubernetes \
     python3-pyyaml \
+    python3-urllib3 \
 "
