@@ -11,7 +11,9 @@ APT_PACKAGES=(
   dnsmasq-base iptables iproute2 openssl                         # libvirt NAT network, ss, certificates
   linux-image-cloud-amd64 busybox-static cpio                    # the tiny test guest
   genisoimage pciutils                                           # cloud-init seed ISOs, PCI names (pci.ids)
-  shellcheck gcc                                                 # script lint, cgo for the SQLite datastore
+  shellcheck gcc libc6-dev                                       # script lint, cgo (SQLite), static pause binary
+  containerd runc containernetworking-plugins                    # the node's container runtime and pod network
+  conntrack                                                      # kube-proxy clears stale UDP/NAT entries
 )
 
 install_apt() {
@@ -44,5 +46,5 @@ install_venv() {
 
 install_apt
 install_venv
-command -v go >/dev/null || die "Go is missing: install Go 1.26 or newer (needed to build the control plane once)"
-command -v kubectl >/dev/null || die "kubectl is missing: install kubectl"
+# kubectl is not checked here: controlplane.sh builds it with the other Kubernetes binaries.
+command -v go >/dev/null || die "Go is missing: install Go 1.26 or newer (needed to build the Kubernetes binaries once)"
