@@ -132,6 +132,7 @@ start() {
       --enable-admission-plugins NodeRestriction --kubelet-certificate-authority "$PKI/ca.crt" \
       --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
       --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+      --kubelet-preferred-address-types InternalIP,ExternalIP,Hostname \
       --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
       --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.43.0.0/16 \
       --allow-privileged --profiling=false --v=0 > "$CP/kube-apiserver.log" 2>&1 &

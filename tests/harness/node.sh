@@ -95,12 +95,14 @@ node_network() {
   ip addr replace "$NODE_IP/32" dev "$NODE_IF"
   ip route replace "$POD_CIDR" dev "$NODE_IF"
   ip route replace "$SERVICE_CIDR" dev "$NODE_IF"
-  # Pods talk to each other (on cni0) and to this machine, never through it to anywhere else.
-  if ! { { iptables -w -N "$FORWARD_GUARD" 2>/dev/null || iptables -w -F "$FORWARD_GUARD"; } \
-    && iptables -w -A "$FORWARD_GUARD" -i cni0 -o cni0 -j RETURN \
-    && iptables -w -A "$FORWARD_GUARD" -i cni0 -j DROP \
-    && iptables -w -A "$FORWARD_GUARD" -o cni0 -j DROP \
-    && { iptables -w -C FORWARD -j "$FORWARD_GUARD" 2>/dev/null || iptables -w -I FORWARD 1 -j "$FORWARD_GUARD"; }; }; then
+  # Pods talk to each other (on cni0) and to this machine, never through it to anywhere else. In
+  # mangle, so it runs before every filter rule (kube-proxy and libvirt accept forwarded packets).
+  local ipt=(iptables -w -t mangle)
+  if ! { { "${ipt[@]}" -N "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -F "$FORWARD_GUARD"; } \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -o cni0 -j RETURN \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -j DROP \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -o cni0 -j DROP \
+    && { "${ipt[@]}" -C FORWARD -j "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -I FORWARD 1 -j "$FORWARD_GUARD"; }; }; then
     die "cannot add the iptables chain $FORWARD_GUARD that keeps pod traffic on this machine"
   fi
   mkdir -p "$N/cni/net.d" "$N/cni/ipam"
@@ -119,8 +121,9 @@ JSON
 }
 
 unnode_network() {
-  while iptables -w -D FORWARD -j "$FORWARD_GUARD" 2>/dev/null; do :; done
-  if iptables -w -F "$FORWARD_GUARD" 2>/dev/null; then iptables -w -X "$FORWARD_GUARD"; fi
+  local ipt=(iptables -w -t mangle)
+  while "${ipt[@]}" -D FORWARD -j "$FORWARD_GUARD" 2>/dev/null; do :; done
+  if "${ipt[@]}" -F "$FORWARD_GUARD" 2>/dev/null; then "${ipt[@]}" -X "$FORWARD_GUARD"; fi
   local dev
   for dev in cni0 "$NODE_IF"; do ip link del "$dev" 2>/dev/null || true; done
   rm -rf "$N/cni/ipam"
@@ -178,7 +181,12 @@ state = "$c/state"
     bin_dir = "$CNI_BIN"
     conf_dir = "$N/cni/net.d"
 TOML
-  nohup containerd --config "$c/config.toml" > "$N/containerd.log" 2>&1 &
+  # No registry is reachable, and no pull may send traffic off this machine: every registry request
+  # goes to a proxy on a closed loopback port and fails at once ("proxyconnect ... refused").
+  # Images come from import_image; localhost registries are never proxied.
+  local closed=http://127.0.0.1:9
+  env -u NO_PROXY -u no_proxy HTTPS_PROXY=$closed HTTP_PROXY=$closed https_proxy=$closed http_proxy=$closed \
+    nohup containerd --config "$c/config.toml" > "$N/containerd.log" 2>&1 &
   echo $! > "$N/containerd.pid"
   wait_for 30 containerd containerd_up || die "containerd did not start: see $N/containerd.log"
 }
@@ -304,8 +312,18 @@ YAML
   echo $! > "$N/kube-proxy.pid"
 }
 
+# node_ready [SINCE]: the node is Ready, as reported by a kubelet heartbeat at or after SINCE (epoch s).
 node_ready() {
-  [ "$("${KUBECTL[@]}" get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+  local cond
+  cond=$("${KUBECTL[@]}" get node "$NODE" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}' 2>/dev/null) \
+    || return 1
+  [ "${cond%% *}" = True ] && [ "$(date -d "${cond#* }" +%s)" -ge "${1:-0}" ]
+}
+
+# cluster_dns_answers: CoreDNS resolves the API's Service through the kube-dns Service (kube-proxy).
+cluster_dns_answers() {
+  busybox nslookup kubernetes.default.svc.cluster.local "$CLUSTER_DNS" 2>/dev/null | grep -q 'Address:.*10\.43\.0\.1$'
 }
 
 # kubelet_iptables_cleanup: removes the chains kubelet keeps (its iptables canary and the guard that
@@ -354,23 +372,31 @@ start() {
   preflight
   mkdir -p "$N"
   local t0=$SECONDS
+  # The node's machine-wide parts (bridges, iptables chains, pod cgroups) belong to this state dir
+  # from here on: only a stop with the same state dir removes them.
+  touch "$N/started"
   node_network
   node_pki
   start_containerd
   node_image pause >/dev/null
+  # A kubelet started now must report Ready itself (the node's status may be from a previous run);
+  # a running one reports only on change (every 5 min otherwise), so its Ready stands.
+  local since=0
+  pid_alive "$N/kubelet.pid" || since=$(date +%s)
   start_kubelet
-  wait_for 120 "node $NODE (kubelet)" node_ready \
+  wait_for 120 "node $NODE (kubelet)" node_ready "$since" \
     || die "node $NODE did not become Ready in 120 s: see $N/kubelet.log and $N/containerd.log"
   start_kube_proxy
   wait_for 60 kube-proxy curl -fsS http://127.0.0.1:10256/healthz || die "kube-proxy did not start: see $N/kube-proxy.log"
   start_coredns
-  "${KUBECTL[@]}" -n kube-system rollout status deploy/coredns --timeout=120s >/dev/null \
-    || die "CoreDNS did not become ready in 120 s: kubectl -n kube-system describe pod -l k8s-app=kube-dns"
+  wait_for 120 "CoreDNS on $CLUSTER_DNS" cluster_dns_answers \
+    || die "CoreDNS does not answer on $CLUSTER_DNS after 120 s: kubectl -n kube-system describe pod -l k8s-app=kube-dns"
   log "node $NODE ($NODE_IP) ready in $((SECONDS - t0)) s"
 }
 
 stop() {
   need_root
+  [ -f "$N/started" ] || return 0   # not started from this state dir: nothing here is ours
   local t0=$SECONDS
   stop_pid "$N/kubelet.pid" kubelet 30     # first: nothing may restart the pods stopped below
   stop_pid "$N/kube-proxy.pid" kube-proxy
@@ -382,6 +408,7 @@ stop() {
   kubelet_iptables_cleanup
   unmount_under "$N"
   unnode_network
+  rm -f "$N/started"
   log "node stopped in $((SECONDS - t0)) s"
 }
 
@@ -390,7 +417,7 @@ status() {
   for p in containerd kubelet kube-proxy; do
     if pid_alive "$N/$p.pid"; then echo "$p: running"; else echo "$p: stopped"; fi
   done
-  if node_ready; then echo "node $NODE: Ready"; else echo "node $NODE: not ready"; fi
+  if node_ready 0; then echo "node $NODE: Ready"; else echo "node $NODE: not ready"; fi
 }
 
 case "${1:-}" in
