@@ -62,8 +62,22 @@ def try_http_get(url: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def busybox(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The busybox image, imported for this module and removed (with every pod using it) after."""
+def used_namespaces() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def ns(namespace: str, used_namespaces: list[str]) -> str:
+    """A fresh namespace (deleted after the test), remembered so the module can wait for its pods."""
+    used_namespaces.append(namespace)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def busybox(
+    testbed: dict[str, str], used_namespaces: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The busybox image, imported for this module and removed after it, once the pods are gone."""
     tar = tmp_path_factory.mktemp("images") / "busybox.tar"
     image = subprocess.run(
         [sys.executable, str(HARNESS / "node_images.py"), "busybox", str(tar)],
@@ -74,11 +88,11 @@ def busybox(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     subprocess.run(["bash", str(HARNESS / "node.sh"), "import-image", str(tar)], check=True)
     yield image
 
-    def pods_using_image() -> list[str]:
+    def pods_left() -> list[str]:
         pods = json.loads(kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
-        return [p["metadata"]["name"] for p in pods if any(c["image"] == image for c in p["spec"]["containers"])]
+        return [p["metadata"]["name"] for p in pods if p["metadata"]["namespace"] in used_namespaces]
 
-    wait_until("the test pods to be gone", lambda: not pods_using_image(), timeout=180, every=1)
+    wait_until("the test pods to be gone", lambda: not pods_left(), timeout=180, every=1)
     ctr = ["ctr", "-a", testbed["K3SVIRT_CONTAINERD_ADDRESS"], "-n", "k8s.io"]
     # kubelet's CRI also names the image by its ID (the config digest): remove both names.
     refs = [image, config_digest(tar)]
@@ -141,9 +155,9 @@ def test_nothing_in_the_cluster_is_stuck(kubeconfig: str) -> None:
         assert p["status"]["phase"] == "Running", p["metadata"]["name"]
 
 
-def test_pause_pod_runs_and_the_node_proxy_reports_it(testbed: dict[str, str], namespace: str) -> None:
+def test_pause_pod_runs_and_the_node_proxy_reports_it(testbed: dict[str, str], ns: str) -> None:
     apply(
-        namespace,
+        ns,
         {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -154,8 +168,8 @@ def test_pause_pod_runs_and_the_node_proxy_reports_it(testbed: dict[str, str], n
             },
         },
     )
-    wait_until("the pause pod to run", lambda: pod(namespace, "sleeper")["status"].get("phase") == "Running")
-    ip = pod(namespace, "sleeper")["status"]["podIP"]
+    wait_until("the pause pod to run", lambda: pod(ns, "sleeper")["status"].get("phase") == "Running")
+    ip = pod(ns, "sleeper")["status"]["podIP"]
     assert ip.startswith("10.42.0."), ip
     # The API server reaches kubelet's own API (its client certificate, kubelet's webhook authz).
     path = f"/api/v1/nodes/{testbed['K3SVIRT_NODE_NAME']}/proxy/stats/summary"
@@ -163,18 +177,18 @@ def test_pause_pod_runs_and_the_node_proxy_reports_it(testbed: dict[str, str], n
     def summary_lists_pod() -> bool:
         summary = json.loads(kubectl("get", "--raw", path).stdout)
         return any(
-            p["podRef"] == {"name": "sleeper", "namespace": namespace, "uid": p["podRef"]["uid"]}
+            p["podRef"] == {"name": "sleeper", "namespace": ns, "uid": p["podRef"]["uid"]}
             for p in summary.get("pods", [])
         )
 
     wait_until("kubelet's stats summary to list the pod", summary_lists_pod, timeout=60, every=2)
 
 
-def test_logs_and_exec_reach_the_container(namespace: str, busybox: str) -> None:
-    apply(namespace, busybox_pod("talker", busybox, "echo k3svirt-log-marker; exec sleep 3600", restart="Always"))
-    wait_until("the pod to run", lambda: pod(namespace, "talker")["status"].get("phase") == "Running")
-    wait_until("its log line", lambda: "k3svirt-log-marker" in kubectl("-n", namespace, "logs", "talker").stdout)
-    out = kubectl("-n", namespace, "exec", "talker", "--", "sh", "-c", "echo $((6 * 7)) $(hostname)").stdout
+def test_logs_and_exec_reach_the_container(ns: str, busybox: str) -> None:
+    apply(ns, busybox_pod("talker", busybox, "echo k3svirt-log-marker; exec sleep 3600", restart="Always"))
+    wait_until("the pod to run", lambda: pod(ns, "talker")["status"].get("phase") == "Running")
+    wait_until("its log line", lambda: "k3svirt-log-marker" in kubectl("-n", ns, "logs", "talker").stdout)
+    out = kubectl("-n", ns, "exec", "talker", "--", "sh", "-c", "echo $((6 * 7)) $(hostname)").stdout
     assert out.split() == ["42", "talker"]
 
 
@@ -213,16 +227,16 @@ def web_app(image: str) -> list[dict]:
     return [deployment, service, nodeport]
 
 
-def test_deployment_serves_through_clusterip_and_nodeport(testbed: dict[str, str], namespace: str, busybox: str):
+def test_deployment_serves_through_clusterip_and_nodeport(testbed: dict[str, str], ns: str, busybox: str):
     for obj in web_app(busybox):
-        apply(namespace, obj)
-    kubectl("-n", namespace, "rollout", "status", "deploy/web", "--timeout=120s")
-    pods = json.loads(kubectl("-n", namespace, "get", "pods", "-l", "app=web", "-o", "json").stdout)["items"]
+        apply(ns, obj)
+    kubectl("-n", ns, "rollout", "status", "deploy/web", "--timeout=120s")
+    pods = json.loads(kubectl("-n", ns, "get", "pods", "-l", "app=web", "-o", "json").stdout)["items"]
     names = {p["metadata"]["name"] for p in pods if p["status"]["phase"] == "Running"}
     assert len(names) == 2
 
-    cluster_ip = kubectl("-n", namespace, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}").stdout
-    node_port = kubectl("-n", namespace, "get", "svc", "web-np", "-o", "jsonpath={.spec.ports[0].nodePort}").stdout
+    cluster_ip = kubectl("-n", ns, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}").stdout
+    node_port = kubectl("-n", ns, "get", "svc", "web-np", "-o", "jsonpath={.spec.ports[0].nodePort}").stdout
     assert cluster_ip.startswith("10.43.") and node_port
     for url in (
         f"http://{cluster_ip}/",
@@ -231,24 +245,29 @@ def test_deployment_serves_through_clusterip_and_nodeport(testbed: dict[str, str
     ):
         body = wait_until(f"{url} to answer", lambda u=url: try_http_get(u), timeout=60)
         assert body.strip() in {f"hello from {n}" for n in names}, (url, body)
-    # The Service spreads requests over both replicas (random choice: 40 misses in a row are ~1e-12).
-    seen = {http_get(f"http://{cluster_ip}/").strip() for _ in range(40)}
-    assert seen == {f"hello from {n}" for n in names}
+    # The Service spreads requests over both replicas (once kube-proxy has both endpoints).
+    seen: set[str] = set()
+
+    def both_replicas_answered() -> bool:
+        seen.update(http_get(f"http://{cluster_ip}/").strip() for _ in range(10))
+        return seen == {f"hello from {n}" for n in names}
+
+    wait_until("both replicas to answer through the Service", both_replicas_answered, timeout=30)
 
 
-def test_cluster_dns_resolves_services_and_nothing_else(namespace: str, busybox: str) -> None:
+def test_cluster_dns_resolves_services_and_nothing_else(ns: str, busybox: str) -> None:
     for obj in web_app(busybox)[:2]:
-        apply(namespace, obj)
-    kubectl("-n", namespace, "rollout", "status", "deploy/web", "--timeout=120s")
+        apply(ns, obj)
+    kubectl("-n", ns, "rollout", "status", "deploy/web", "--timeout=120s")
     phase, log = run_to_end(
-        namespace,
+        ns,
         "asker",
         busybox,
         "\n".join(
             [
                 "nslookup kubernetes.default.svc.cluster.local",
                 # pod -> Service -> pod, by name (busybox's static wget crashes without NSS: nslookup and nc)
-                f"ip=$(nslookup web.{namespace}.svc.cluster.local | sed -n 's/^Address: //p' | tail -n1)",
+                f"ip=$(nslookup web.{ns}.svc.cluster.local | sed -n 's/^Address: //p' | tail -n1)",
                 'echo "web is $ip"',
                 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 "$ip" 80',
                 "if nslookup example.org; then echo UPSTREAM-ANSWERED; fi",  # no upstream: must fail
@@ -260,12 +279,12 @@ def test_cluster_dns_resolves_services_and_nothing_else(namespace: str, busybox:
     assert "UPSTREAM-ANSWERED" not in log, log
 
 
-def test_pod_dns_config_points_at_cluster_dns_only(namespace: str, busybox: str) -> None:
-    phase, log = run_to_end(namespace, "resolv", busybox, "cat /etc/resolv.conf")
+def test_pod_dns_config_points_at_cluster_dns_only(ns: str, busybox: str) -> None:
+    phase, log = run_to_end(ns, "resolv", busybox, "cat /etc/resolv.conf")
     assert phase == "Succeeded", log
     servers = [line.split()[1] for line in log.splitlines() if line.startswith("nameserver")]
     assert servers == ["10.43.0.10"], log
-    assert f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local" in log, log
+    assert f"search {ns}.svc.cluster.local svc.cluster.local cluster.local" in log, log
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reads the node's iptables rules")
