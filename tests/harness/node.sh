@@ -246,6 +246,7 @@ node_pki() {
 # libvirt's QEMU processes stay in libvirt's own /machine cgroups, which kubelet never touches.
 start_kubelet() {
   pid_alive "$N/kubelet.pid" && return 0
+  save_sysctls
   mkdir -p "$N/kubelet" "$N/pod-logs"
   # Pods inherit no upstream nameserver: names resolve inside cluster.local (CoreDNS) only.
   printf '# k3svirt test bed: no upstream DNS server for pods\noptions ndots:5\n' > "$N/resolv.conf"
@@ -291,8 +292,6 @@ YAML
 
 start_kube_proxy() {
   pid_alive "$N/kube-proxy.pid" && return 0
-  # kube-proxy turns route_localnet on (NodePorts on 127.0.0.1); stop puts the old value back.
-  [ -f "$N/route_localnet.orig" ] || sysctl -n net.ipv4.conf.all.route_localnet > "$N/route_localnet.orig"
   cat > "$N/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -326,13 +325,27 @@ cluster_dns_answers() {
   busybox nslookup kubernetes.default.svc.cluster.local "$CLUSTER_DNS" 2>/dev/null | grep -q 'Address:.*10\.43\.0\.1$'
 }
 
+# Host settings kubelet and kube-proxy change (as on any K3s node): kubelet sets its kernel defaults
+# (overcommit, panic on oops, key quotas), kube-proxy turns route_localnet on for NodePorts on
+# 127.0.0.1. start saves them before either runs, stop puts them back: this machine is shared.
+NODE_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet)
+
+save_sysctls() {
+  [ -f "$N/sysctl.orig" ] && return 0   # saved by an earlier start that was never stopped
+  sysctl "${NODE_SYSCTLS[@]}" | tr -d ' ' > "$N/sysctl.orig.tmp" && mv "$N/sysctl.orig.tmp" "$N/sysctl.orig"
+}
+
+restore_sysctls() {
+  [ -f "$N/sysctl.orig" ] || return 0
+  # shellcheck disable=SC2046  # one key=value per word
+  sysctl -qw $(cat "$N/sysctl.orig") && rm -f "$N/sysctl.orig"
+}
+
 # kubelet_iptables_cleanup: removes the chains kubelet keeps (its iptables canary and the guard that
-# drops outside packets to 127.0.0.0/8) and restores route_localnet, which that guard goes with.
+# drops outside packets to 127.0.0.0/8, which goes with route_localnet, restored before).
 kubelet_iptables_cleanup() {
   local ipt t
-  if [ -f "$N/route_localnet.orig" ]; then
-    sysctl -qw net.ipv4.conf.all.route_localnet="$(cat "$N/route_localnet.orig")" && rm -f "$N/route_localnet.orig"
-  fi
   for ipt in iptables ip6tables; do
     while "$ipt" -w -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
     while "$ipt" -w -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
@@ -405,6 +418,7 @@ stop() {
   if ! "$KUBE_BIN/kube-proxy" --cleanup > "$N/kube-proxy-cleanup.log" 2>&1; then
     log "warning: kube-proxy --cleanup failed: see $N/kube-proxy-cleanup.log"
   fi
+  restore_sysctls
   kubelet_iptables_cleanup
   unmount_under "$N"
   unnode_network
