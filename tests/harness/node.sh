@@ -24,34 +24,26 @@ SERVICE_CIDR=10.43.0.0/16
 CLUSTER_DNS=10.43.0.10
 SOCK="$N/containerd/containerd.sock"
 CNI_BIN=/usr/lib/cni         # Debian's containernetworking-plugins
-COREDNS_VERSION=v1.15.0
-COREDNS_BIN="$K3SVIRT_CACHE/coredns/$COREDNS_VERSION/coredns"
 FORWARD_GUARD=K3SVIRT-NODE-FWD
 KUBECTL=(kubectl --kubeconfig "$K3SVIRT_STATE/kubeconfig")
 
 ctr_() { ctr -a "$SOCK" -n k8s.io "$@"; }
 
-# --- images (a stop-gap: tests/harness/images.sh will build them with buildah) --------------------
+# --- images -----------------------------------------------------------------------------------------
+# Built locally by images.sh (no registry can be reached), cached, imported into the node's containerd.
 
 # import_image TAR: loads an OCI image archive into the node's containerd, where kubelet finds it.
 import_image() {
   ctr_ images import "$1" >/dev/null || die "ctr could not import $1 into the node's containerd ($SOCK)"
 }
 
-# node_image KIND [BINARY]: builds (once, cached by builder and inputs) and imports one image;
-# prints its name.
+# node_image NAME: builds (once, cached) and imports one of images.sh's images; prints its reference.
 node_image() {
-  local kind=$1 key tar
-  key=$( (cat "$HARNESS_DIR/node_images.py"; [ -z "${2:-}" ] || sha256sum "$2") | sha256sum | cut -c1-12)
-  tar="$K3SVIRT_CACHE/node-images/$kind-$key.tar"
-  if [ ! -f "$tar.name" ]; then
-    mkdir -p "${tar%/*}"
-    "$REPO_ROOT/.venv/bin/python" "$HARNESS_DIR/node_images.py" "$kind" "$tar" "${@:2}" > "$tar.name.tmp" \
-      || die "building the $kind image failed (node_images.py $kind)"
-    mv "$tar.name.tmp" "$tar.name"
-  fi
-  import_image "$tar"
-  cat "$tar.name"
+  local line
+  line=$(bash "$HARNESS_DIR/images.sh" build "$1" | grep -v "^localhost/k3svirt/debian-base:" | tail -n1) \
+    || die "building the $1 image failed (tests/harness/images.sh build $1)"
+  import_image "${line#* }"
+  echo "${line%% *}"
 }
 
 # --- checks -----------------------------------------------------------------------------------------
@@ -360,21 +352,11 @@ kubelet_iptables_cleanup() {
 
 # --- CoreDNS ----------------------------------------------------------------------------------------
 
-build_coredns() {
-  [ -x "$COREDNS_BIN" ] && return 0
-  log "building CoreDNS $COREDNS_VERSION (once, a few minutes)"
-  mkdir -p "${COREDNS_BIN%/*}.tmp"
-  CGO_ENABLED=0 GOBIN="${COREDNS_BIN%/*}.tmp" go install -trimpath -ldflags "-s -w" \
-    "github.com/coredns/coredns@$COREDNS_VERSION" || die "building CoreDNS failed: is the Go module proxy reachable?"
-  rm -rf "${COREDNS_BIN%/*}" && mv "${COREDNS_BIN%/*}.tmp" "${COREDNS_BIN%/*}"
-}
-
 # CoreDNS runs as a pod on the host network, bound to the node IP: the API server listens on this
 # machine, and it answers for cluster.local only, forwarding nothing upstream.
 start_coredns() {
-  build_coredns
   local image
-  image=$(node_image coredns "$COREDNS_BIN")
+  image=$(node_image coredns)
   sed -e "s|@IMAGE@|$image|" -e "s|@NODE_IP@|$NODE_IP|g" -e "s|@CLUSTER_DNS@|$CLUSTER_DNS|" \
     "$HARNESS_DIR/coredns.yaml" | "${KUBECTL[@]}" apply -f - >/dev/null || die "applying CoreDNS (coredns.yaml) failed"
 }

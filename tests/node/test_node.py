@@ -2,7 +2,7 @@
 
 Everything is real (tests/harness/node.sh): pods run in network namespaces the test bed creates, and
 the only traffic these tests send goes to loopback, the node IP (an address of this machine) or to
-pods, through Services as kube-proxy routes them. Images come from tests/harness/node_images.py.
+pods, through Services as kube-proxy routes them. Images come from tests/harness/images.sh.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import time
 import urllib.request
@@ -78,13 +77,10 @@ def busybox(
     testbed: dict[str, str], used_namespaces: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The busybox image, imported for this module and removed after it, once the pods are gone."""
-    tar = tmp_path_factory.mktemp("images") / "busybox.tar"
-    image = subprocess.run(
-        [sys.executable, str(HARNESS / "node_images.py"), "busybox", str(tar)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    built = subprocess.run(
+        ["bash", str(HARNESS / "images.sh"), "build", "busybox"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    image, tar = built[-2], Path(built[-1])
     subprocess.run(["bash", str(HARNESS / "node.sh"), "import-image", str(tar)], check=True)
     yield image
 
