@@ -51,8 +51,12 @@ def test_api_conforms(case, live_gateway, st_namespace, admin):
     if any(p.endswith("/namespace") for p in params):
         # keep every namespaced object inside the module's namespace (cleaned up afterwards)
         case.query = {**(case.query or {}), "namespace": st_namespace}
-    if case.path == "/api/v1/namespaces" and case.method == "POST" and isinstance(case.body, dict) \
-            and isinstance(case.body.get("name"), str):
+    if (
+        case.path == "/api/v1/namespaces"
+        and case.method == "POST"
+        and isinstance(case.body, dict)
+        and isinstance(case.body.get("name"), str)
+    ):
         case.body = {**case.body, "name": f"gwst-{uuid.uuid4().hex[:8]}"}
     if case.path == "/api/v1/namespaces/{name}" and case.method == "DELETE":
         case.path_parameters = {"name": f"gwst-none-{uuid.uuid4().hex[:6]}"}
