@@ -149,3 +149,35 @@ def test_stats_without_a_reachable_kubelet(app, client, admin, namespace, fake_n
     assert r.json["totals"]["cpuUsageCores"] is None
     empty = client.get("/api/v1/stats/pods?namespace=default&labelSelector=k3svirt.io%2Fnone%3Dx", headers=admin)
     assert empty.status_code == 200 and empty.json["items"] == [] and empty.json["totals"]["pods"] == 0
+
+
+def test_logs_when_the_kubelet_cannot_be_reached(app, client, admin, namespace, fake_node):
+    """The pod says its container runs (status written here as a kubelet would), but the API server
+    cannot reach the node's kubelet: 503 naming the cause, never a 500 or a 406."""
+    kube = app.extensions["k3svirt.kube"]
+    _pod(kube, namespace, "runs", fake_node, {"cpu": "100m"})
+    kube.patch(
+        core_path("pods", namespace, "runs", "status"),
+        {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "c",
+                        "image": MISSING,
+                        "imageID": "",
+                        "ready": True,
+                        "restartCount": 0,
+                        "started": True,
+                        "state": {"running": {"startedAt": "2025-01-10T10:00:05Z"}},
+                    }
+                ],
+            }
+        },
+    )
+    assert client.get(f"/api/v1/pods/runs?namespace={namespace}", headers=admin).json["status"] == "Running"
+    r = client.get(f"/api/v1/pods/runs/logs?namespace={namespace}&tailLines=3", headers=admin)
+    assert r.status_code == 503 and r.mimetype == "application/problem+json", r.get_data(as_text=True)
+    assert r.headers["Retry-After"] == "10" and "kubelet unreachable" in r.json["detail"], r.json
+    # the API server's own reason comes through (its errors are JSON: text/plain alone would be a 406)
+    assert "no preferred addresses found" in r.json["detail"], r.json

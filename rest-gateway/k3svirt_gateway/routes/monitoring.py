@@ -44,7 +44,9 @@ def node_summary(node: str) -> dict[str, Any]:
     try:
         out = kube().get(core_path("nodes", None, node, "proxy/stats/summary"))
     except Problem as exc:
-        if exc.status == 503:
+        # 400 is the API server refusing the proxy itself (e.g. "address not allowed": the node's
+        # preferred address is loopback); the path is ours, so neither is the caller's fault.
+        if exc.status in (400, 503):
             raise Problem(
                 503,
                 f"the kubelet of node {node!r} did not answer through the API server: {exc.detail}",

@@ -97,7 +97,10 @@ def pod_logs(name: str):
     if blocker:
         raise _not_started(name, pod, blocker)
     try:
-        text = kube().request("GET", core_path("pods", ns, name, "log"), query=query, accept="text/plain", raw=True)
+        # JSON next to text/plain: the API server's errors are Status objects (text/plain only -> 406)
+        text = kube().request(
+            "GET", core_path("pods", ns, name, "log"), query=query, accept="text/plain, application/json", raw=True
+        )
     except Problem as exc:
         if exc.status == 400:  # the container changed state since we read the pod
             raise _not_started(name, kube().get(core_path("pods", ns, name)), exc.detail) from exc
