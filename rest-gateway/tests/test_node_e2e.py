@@ -129,11 +129,13 @@ def test_app_runs_logs_and_is_measured(gw, ready_node):
     # figures from the kubelet's Summary API, through the API server's node proxy
     def measured():
         s = gw.ok("GET", f"/pods/{pod['name']}/stats")
-        return (
-            s
-            if s["memory"]["workingSetBytes"] and s["network"]["rxBytes"] and s["cpu"]["usageCores"] is not None
-            else None
+        have = (
+            s["memory"]["workingSetBytes"],
+            s["network"]["rxBytes"],
+            s["cpu"]["usageCores"],
+            s["filesystem"]["usedBytes"],
         )
+        return s if all(v is not None for v in have) and s["network"]["rxBytes"] > 0 else None
 
     s = wait_for("the kubelet's figures for the pod", measured, timeout=90, interval=3)
     assert s["available"] and s["node"] == ready_node and s["status"] == "Running" and ready_node in s["source"]
@@ -141,7 +143,7 @@ def test_app_runs_logs_and_is_measured(gw, ready_node):
     assert s["memory"]["limitBytes"] == 64 * 1024**2 and s["memory"]["percentOfLimit"] > 0
     assert s["cpu"]["limitCores"] == 0.5 and s["cpu"]["nodeCores"] >= 1 and s["cpu"]["usageCores"] >= 0
     assert s["network"]["txBytes"] > 0 and "eth0" in s["network"]["interfaces"]
-    assert s["filesystem"]["usedBytes"] is not None and s["filesystem"]["logsUsedBytes"] > 0
+    assert s["filesystem"]["rootfsUsedBytes"] is not None and s["filesystem"]["logsUsedBytes"] is not None
     assert [c["name"] for c in s["containers"]] == ["echo"]
 
     # a rate needs a second kubelet sample: keep traffic flowing and ask again
