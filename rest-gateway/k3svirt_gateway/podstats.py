@@ -110,12 +110,15 @@ def network_view(
             rate, window = rates.observe((*key, direction), at, int(total))
         out[f"{direction}BytesPerSecond"] = None if rate is None else round(rate, 1)
     out["rateWindowSeconds"] = window
-    if window is None:
+    if not net:
+        out["rateNote"] = NO_NETWORK
+    elif window is None:
         out["rateNote"] = no_rate_note
     out["interfaces"] = [i.get("name", "") for i in net.get("interfaces") or []]
     return out
 
 
+NO_NETWORK = "the kubelet's Summary has no network figures for this pod"
 NO_RATE_YET = (
     "rates need two kubelet samples with different timestamps; this gateway process has seen one "
     "(the kubelet samples every 10-15 s): ask again"

@@ -110,6 +110,15 @@ def test_rates_are_per_pod_uid():
     assert _stats(recreated, p, rates)["network"]["rxBytesPerSecond"] is None
 
 
+def test_pod_without_network_figures():
+    # what a kubelet whose cAdvisor cannot see the pod sandbox reports: no "network" section at all
+    entry = summary_pod()
+    del entry["network"]
+    net = _stats(entry, pod())["network"]
+    assert net["rxBytes"] is None and net["rxBytesPerSecond"] is None and net["interfaces"] == []
+    assert net["rateNote"] == "the kubelet's Summary has no network figures for this pod"
+
+
 def test_first_sample_without_cpu_rate():
     # right after a container starts the kubelet has usageCoreNanoSeconds but no usageNanoCores yet
     entry = summary_pod()
