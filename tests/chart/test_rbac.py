@@ -136,7 +136,7 @@ def gateway_calls() -> list[tuple[str, Perm]]:
             target = node.func.value
             is_kube = (isinstance(target, ast.Call) and getattr(target.func, "id", "") == "kube") or (
                 isinstance(target, ast.Attribute) and target.attr == "kube")
-            if not is_kube or node.func.attr not in {"get", "post", "put", "patch", "delete", "request"}:
+            if not is_kube or node.func.attr not in {"get", "post", "put", "patch", "delete", "request", "text"}:
                 continue
             args = list(node.args)
             method = node.func.attr

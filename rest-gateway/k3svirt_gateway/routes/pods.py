@@ -97,10 +97,9 @@ def pod_logs(name: str):
     if blocker:
         raise _not_started(name, pod, blocker)
     try:
-        # JSON next to text/plain: the API server's errors are Status objects (text/plain only -> 406)
-        text = kube().request(
-            "GET", core_path("pods", ns, name, "log"), query=query, accept="text/plain, application/json", raw=True
-        )
+        # Kube.text accepts any type: the log is text/plain, the API server's errors are JSON Status
+        # objects (asking for text/plain alone turned every error into a 406)
+        text = kube().text(core_path("pods", ns, name, "log"), query=query)
     except Problem as exc:
         if exc.status == 400:  # the container changed state since we read the pod
             raise _not_started(name, kube().get(core_path("pods", ns, name)), exc.detail) from exc
