@@ -374,6 +374,7 @@ start() {
   node_pki
   start_containerd
   node_image pause >/dev/null
+  node_image http-echo >/dev/null   # the demo/test app (README, examples/, the gateway e2e tests)
   # A kubelet started now must report Ready itself (the node's status may be from a previous run);
   # a running one reports only on change (every 5 min otherwise), so its Ready stands.
   local since=0
