@@ -5,6 +5,7 @@ quoting, one error type, patches and apply, paging, watches (bookmarks, 410 -> r
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import threading
 import time
@@ -347,3 +348,17 @@ def test_text_answers_and_streams(api, namespace):
     with pytest.raises(ApiError) as err:
         api.text(core_path("nodes", name="no-such-node", sub="proxy/stats/summary"))
     assert (err.value.status, err.value.reason) == (404, "NotFound")
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_replaced(kubeconfig, namespace):
+    """The API server drops idle kept-alive connections; over TLS the next request on one fails with
+    an EOF in the TLS layer. The client reconnects and retries once instead of answering 'unreachable'
+    (before, the gateway's first request after an idle spell was a 503)."""
+    c = Client(load_config(kubeconfig))
+    assert c.get(core_path("namespaces", name=namespace))["metadata"]["name"] == namespace
+    conn = c._local.conn
+    raw = socket.socket(fileno=os.dup(conn.sock.fileno()))
+    raw.shutdown(socket.SHUT_RDWR)  # the TCP connection is gone under the TLS session, as after a server close
+    raw.close()
+    assert c.get(core_path("namespaces", name=namespace))["metadata"]["name"] == namespace
+    assert c._local.conn is not conn

@@ -5,7 +5,9 @@ from __future__ import annotations
 from k3svirt_operator import hostpaths
 
 
-def test_default_guest_kernel_is_allowed():
+def test_default_guest_kernel_is_allowed(monkeypatch):
+    monkeypatch.delenv("K3SVIRT_STORAGE_ROOT", raising=False)  # the defaults follow the storage root
+    monkeypatch.delenv("K3SVIRT_KERNEL_DIRS", raising=False)
     spec = {
         "boot": {
             "kernel": {"path": "/var/lib/k3svirt/guest/vmlinuz", "initrdPath": "/var/lib/k3svirt/guest/initramfs.img"}

@@ -18,6 +18,7 @@ APT_PACKAGES=(
   buildah mmdebstrap                                             # local image builds (images.sh)
   containerd runc containernetworking-plugins                    # the node's container runtime and pod network
   conntrack                                                      # kube-proxy clears stale UDP/NAT entries
+  linux-source flex bison bc libelf-dev libssl-dev make xz-utils # tests/yocto: the kernel Kconfig check
 )
 # What this machine must already have (the README's prerequisites); every other program the code,
 # the tests and the scripts run comes from APT_PACKAGES, the .venv, or a build of ours in $K3SVIRT_CACHE.

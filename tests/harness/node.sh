@@ -277,8 +277,12 @@ serializeImagePulls: false
 containerLogMaxSize: 10Mi
 containerLogMaxFiles: 3
 YAML
+  # --containerd: kubelet's cAdvisor finds the pods' containers (and so their network figures in the
+  # Summary API) only through containerd's socket; it defaults to /run/containerd, not ours (K3s
+  # passes the same flag for its own socket).
   nohup "$KUBE_BIN/kubelet" --config "$N/kubelet.yaml" --kubeconfig "$N/kubelet.kubeconfig" \
-    --root-dir "$N/kubelet" --node-ip "$NODE_IP" --hostname-override "$NODE" --v=0 > "$N/kubelet.log" 2>&1 &
+    --root-dir "$N/kubelet" --node-ip "$NODE_IP" --hostname-override "$NODE" --containerd "$SOCK" \
+    --v=0 > "$N/kubelet.log" 2>&1 &
   echo $! > "$N/kubelet.pid"
 }
 

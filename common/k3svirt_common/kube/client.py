@@ -35,7 +35,16 @@ APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: server-side apply 
 PATCH_TYPES = {"merge": MERGE_PATCH, "strategic": STRATEGIC_MERGE_PATCH, "json": JSON_PATCH}
 
 # A kept-alive connection the server closed while idle fails like this on its next use: reconnect once.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.BadStatusLine)
+# A kept-alive connection the server closed while idle (the API server drops idle ones) fails on
+# its next use like this; over TLS that is an EOF in the TLS layer. One reconnect and retry then.
+_STALE = (
+    http.client.RemoteDisconnected,
+    BrokenPipeError,
+    ConnectionResetError,
+    http.client.BadStatusLine,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 
 
 def encode_query(query: Mapping[str, Any] | None) -> str:
