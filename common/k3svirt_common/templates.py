@@ -809,6 +809,23 @@ def references(template: Mapping[str, Any], vms: Iterable[Mapping[str, Any]]) ->
     return sorted(out, key=lambda r: r["name"])
 
 
+def referenced_names(vm_spec: Mapping[str, Any]) -> list[str]:
+    """Names of the VMTemplates (template and presets) a VM spec refers to."""
+    refs = [vm_spec.get("template") or {}, *(vm_spec.get("presets") or [])]
+    return [r["name"] for r in refs if r.get("name")]
+
+
+def usage_of(vm: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a VM that :func:`references` reads (kept per VM in the operator's index)."""
+    meta, spec, status = vm.get("metadata") or {}, vm.get("spec") or {}, vm.get("status") or {}
+    keep = {
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "spec": {"template": spec.get("template"), "presets": spec.get("presets")},
+        "status": {k: status.get(k) for k in ("resolvedTemplate", "resolvedPresets")},
+    }
+    return copy.deepcopy(keep)
+
+
 def check_delete(template: Mapping[str, Any], vms_using: Iterable[Mapping[str, Any] | str]) -> str | None:
     """Refusal message when VMs still use the template (None = safe to delete).
 

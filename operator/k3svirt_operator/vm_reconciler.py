@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,9 @@ from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
 from .libvirt_conn import LibvirtConnection
 from .lifecycle import Power, Step, decide
+from .pci.assignment import StatusPatch
+from .pci.claims import Claims
+from .vmstate import StartFailure, Stopping, VMState
 from .vmstatus import condition, merge_conditions, printable_status, ready_condition
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,6 @@ log = logging.getLogger(__name__)
 ADDRESS_POLLS = 20  # quick re-checks (every 3 s) for a DHCP lease after a start
 
 TemplateGetter = Callable[[str, str], Mapping[str, Any] | None]  # (namespace, name) -> VMTemplate
-HostDeviceResolver = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, str]]
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Result:
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     requeue: float | None = None  # seconds until the next pass is needed (None: on events/resync)
+    claims: list[StatusPatch] = field(default_factory=list)  # PCIPassthrough statuses to write
 
 
 class SpecProblem(Exception):
@@ -55,43 +58,29 @@ class SpecProblem(Exception):
         self.status, self.cond_type, self.reason, self.message = status, cond_type, reason, message
 
 
-@dataclass
-class _StartFailure:
-    generation: int
-    count: int
-    not_before: float
-    message: str
-
-
 START_BACKOFF_MAX = 300.0  # seconds between start attempts of a VM whose domain keeps failing to start
-
-
-@dataclass
-class _Stopping:
-    since: float
-    then_start: bool
 
 
 class VMReconciler:
     def __init__(self, settings: Settings, conn: LibvirtConnection, accel: Acceleration,
-                 get_template: TemplateGetter, resolve_host_devices: HostDeviceResolver | None = None) -> None:
+                 get_template: TemplateGetter, claims: Claims | None = None) -> None:
         self.settings = settings
         self.conn = conn
         self.accel = accel
         self.get_template = get_template
-        self.resolve_host_devices = resolve_host_devices
-        self._stopping: dict[str, _Stopping] = {}
+        self.claims = claims  # None: PCI passthrough disabled on this node
         self._libvirt_version_cache: int | None = None
-        self._address_polls: dict[str, int] = {}  # uid -> quick re-checks made while waiting for a lease
-        self._start_failures: dict[str, _StartFailure] = {}  # uid -> back-off after failed starts
 
     # ------------------------------------------------------------------ reconcile
-    def reconcile(self, body: Mapping[str, Any]) -> Result:
+    def reconcile(self, body: Mapping[str, Any], state: VMState,
+                  passthroughs: Sequence[Mapping[str, Any]] = ()) -> Result:
+        """One pass over a copy of the VM; `passthroughs`: every PCIPassthrough (kopf's index)."""
         meta, spec = body["metadata"], body.get("spec") or {}
         status = dict(body.get("status") or {})
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         events: list[Event] = []
         conds: list[dict[str, Any]] = []
+        claims: list[StatusPatch] = []
         base = {
             "node": self.settings.node_name,
             "observedGeneration": meta.get("generation"),
@@ -105,7 +94,7 @@ class VMReconciler:
                 conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved",
                                        _describe_resolution(expanded)))
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
-            ctx = self._provision(ns, name, uid, expanded.spec, adopt)
+            ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
             if expanded.spec.get("hostDevices"):
                 conds.append(condition(names.COND_HOST_DEVICES_READY, True, "Bound",
@@ -127,10 +116,10 @@ class VMReconciler:
             for adj in built.adjustments:
                 events.append(Event("Warning", adj.reason, f"{adj.field}: {adj.message}"))
             action, action_value = _pending_action(meta, status)
-            failure = self._start_failures.get(uid)
+            failure = state.start_failure
             if failure is not None and (failure.generation != meta.get("generation") or action_value is not None):
-                del self._start_failures[uid]  # a new spec or an explicit request: try again at once
-            requeue = self._apply_power(spec.get("runStrategy", "Always"), observed, action, events, uid,
+                state.start_failure = None  # a new spec or an explicit request: try again at once
+            requeue = self._apply_power(spec.get("runStrategy", "Always"), observed, action, events, state,
                                         meta.get("generation") or 0)
             if action_value is not None:
                 status["lastActionRequest"] = action_value
@@ -141,14 +130,14 @@ class VMReconciler:
             events.append(Event("Warning", problem.reason, problem.message))
             new_status = {**status, **base, "printableStatus": problem.status,
                           "conditions": merge_conditions(status.get("conditions"), conds)}
-            return Result(_clean(new_status), _dedupe(events, status, problem.status))
+            return Result(_clean(new_status), _dedupe(events, status, problem.status), claims=claims)
         except libvirt.libvirtError as exc:
             msg = f"libvirt: {exc.get_error_message()}"
             conds.append(condition(names.COND_READY, False, "LibvirtError", msg))
             events.append(Event("Warning", "LibvirtError", msg))
             new_status = {**status, **base, "printableStatus": "Failed",
                           "conditions": merge_conditions(status.get("conditions"), conds)}
-            return Result(_clean(new_status), _dedupe(events, status, "Failed"), requeue=10.0)
+            return Result(_clean(new_status), _dedupe(events, status, "Failed"), requeue=10.0, claims=claims)
 
         conds.append(ready_condition(observed.power))
         restart_needed = (observed.power in (Power.RUNNING, Power.PAUSED)
@@ -158,7 +147,7 @@ class VMReconciler:
                                "the spec changed in ways libvirt cannot apply to a running guest; restart the "
                                "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
                                if restart_needed else "the running guest matches the spec"))
-        stopping = uid in self._stopping
+        stopping = state.stopping is not None
         new_status = {
             **status, **base,
             "printableStatus": printable_status(
@@ -173,17 +162,16 @@ class VMReconciler:
         waiting_for_lease = observed.power == Power.RUNNING and any(
             "ipAddress" not in i and n.get("bridge") is None
             for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False))
-        polls = self._address_polls.get(uid, 0)
         if not waiting_for_lease:
-            self._address_polls.pop(uid, None)
-        elif requeue is None and polls < ADDRESS_POLLS:
+            state.address_polls = 0
+        elif requeue is None and state.address_polls < ADDRESS_POLLS:
             # DHCP leases raise no libvirt event: look again soon, for the first minute of a boot.
-            self._address_polls[uid] = polls + 1
+            state.address_polls += 1
             requeue = 3.0
         if new_status["printableStatus"] != status.get("printableStatus"):
             events.append(Event("Normal", new_status["printableStatus"],
                                 f"VM is {new_status['printableStatus'].lower()}"))
-        return Result(_clean(new_status), events, requeue)
+        return Result(_clean(new_status), events, requeue, claims)
 
     # ------------------------------------------------------------------ steps
     def _expand(self, ns: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> templates.Expanded:
@@ -195,7 +183,8 @@ class VMReconciler:
             raise SpecProblem("Failed", names.COND_TEMPLATE_RESOLVED, "InvalidSpec", str(exc)) from exc
 
     def _provision(
-        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], adopt: str | None = None
+        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], adopt: str | None,
+        passthroughs: Sequence[Mapping[str, Any]], claims: list[StatusPatch],
     ) -> DomainContext:
         root = self.settings.storage_root
         refused = hostpaths.violations(spec)
@@ -228,14 +217,17 @@ class VMReconciler:
             raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "ProvisioningFailed", str(exc)) from exc
         host_devices: dict[str, str] = {}
         if spec.get("hostDevices"):
-            if self.resolve_host_devices is None:
+            if self.claims is None:
                 raise SpecProblem("Failed", names.COND_HOST_DEVICES_READY, "HostDevicesUnavailable",
                                   "this node's operator has PCI passthrough disabled")
             try:
-                host_devices = self.resolve_host_devices({"namespace": ns, "name": name}, spec)
+                vm = {"namespace": ns, "name": name}
+                assignment = self.claims.assign(passthroughs, self.settings.node_name, vm, spec)
             except ValueError as exc:
                 raise SpecProblem("Failed", names.COND_HOST_DEVICES_READY, "HostDevicesNotReady",
                                   str(exc)) from exc
+            host_devices = assignment.devices
+            claims.extend(assignment.patches)
         return DomainContext(
             domain_type=self.accel.domain_type,
             disks={r.name: r for r in results},
@@ -268,18 +260,17 @@ class VMReconciler:
             raise SpecProblem("Failed", names.COND_READY, "DomainConflict", str(exc)) from exc
 
     def _apply_power(self, run_strategy: str, observed: domains.Observed, action: str | None,
-                     events: list[Event], uid: str, generation: int) -> float | None:
+                     events: list[Event], state: VMState, generation: int) -> float | None:
         dom = observed.domain
         assert dom is not None
-        pending = self._stopping.get(uid)
-        if pending is not None:
-            return self._continue_stop(dom, observed, pending, events, uid)
+        if state.stopping is not None:
+            return self._continue_stop(dom, observed, events, state)
         decision = decide(run_strategy, observed.power, observed.reason, action)
         if decision.warning:
             events.append(Event("Warning", "ActionRefused", decision.warning))
         if decision.step == Step.START:
-            self._address_polls.pop(uid, None)
-            failure = self._start_failures.get(uid)
+            state.address_polls = 0
+            failure = state.start_failure
             if failure is not None and time.monotonic() < failure.not_before:
                 raise SpecProblem("Failed", names.COND_READY, "StartFailed", failure.message)
             try:
@@ -289,26 +280,28 @@ class VMReconciler:
                 delay = min(10.0 * 2 ** (count - 1), START_BACKOFF_MAX)
                 message = (f"the domain failed to start (attempt {count}, next in {delay:g} s unless the spec "
                            f"changes): {exc.get_error_message()}")
-                self._start_failures[uid] = _StartFailure(generation, count, time.monotonic() + delay, message)
+                state.start_failure = StartFailure(generation, count, time.monotonic() + delay, message)
                 raise SpecProblem("Failed", names.COND_READY, "StartFailed", message) from exc
-            self._start_failures.pop(uid, None)
+            state.start_failure = None
             events.append(Event("Normal", "Started", decision.reason))
         elif decision.step in (Step.STOP, Step.RESTART):
-            self._stopping[uid] = _Stopping(time.monotonic(), decision.step == Step.RESTART)
+            state.stopping = Stopping(time.monotonic(), decision.step == Step.RESTART)
             domains.request_shutdown(dom)
             events.append(Event("Normal", "Stopping", decision.reason))
             return 0.5
         return None
 
-    def _continue_stop(self, dom: libvirt.virDomain, observed: domains.Observed, pending: _Stopping,
-                       events: list[Event], uid: str) -> float | None:
+    def _continue_stop(self, dom: libvirt.virDomain, observed: domains.Observed, events: list[Event],
+                       state: VMState) -> float | None:
+        pending = state.stopping
+        assert pending is not None
         if observed.power in (Power.RUNNING, Power.PAUSED, Power.STOPPING):
             if time.monotonic() - pending.since < self.settings.stop_grace_seconds:
                 return 0.5
             domains.destroy(dom)
             events.append(Event("Normal", "Destroyed",
                                 f"the guest did not shut down within {self.settings.stop_grace_seconds:g} s"))
-        del self._stopping[uid]
+        state.stopping = None
         events.append(Event("Normal", "Stopped", "the domain is shut off"))
         if pending.then_start:
             domains.start(dom)
@@ -331,9 +324,6 @@ class VMReconciler:
                 domains.undefine(dom)
                 how = "after a clean shutdown" if clean else f"destroyed after {self.settings.stop_grace_seconds:g} s"
                 events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed ({how})"))
-        self._stopping.pop(uid, None)
-        self._address_polls.pop(uid, None)
-        self._start_failures.pop(uid, None)
         keep = spec.get("deletionPolicy") == "Retain"
         storage.remove_vm_storage(ns, name, self.settings.storage_root, keep=keep)
         events.append(Event("Normal", "StorageRetained" if keep else "StorageRemoved",

@@ -60,3 +60,9 @@ def ready_condition(power: Power) -> dict[str, Any]:
     if power == Power.CRASHED:
         return condition(names.COND_READY, False, "DomainCrashed", "the guest crashed")
     return condition(names.COND_READY, False, "DomainNotRunning", "the libvirt domain is not running")
+
+
+def monitoring(previous: Mapping[str, Any], summary: Mapping[str, Any] | None, endpoint: str) -> dict[str, Any]:
+    """status.monitoring from the latest figures; keys of the previous one that are gone become None
+    (a merge patch keeps keys it is not told to clear)."""
+    return {**{k: None for k in previous}, **(summary or {}), "endpoint": endpoint}

@@ -385,32 +385,45 @@ def test_resolve_host_devices_missing_object_and_split_group():
     assert "a group can only belong to one VM" in str(e.value)
 
 
-class _FakeRuntime:
+class _FakeIndex:
+    """kopf's index of PCIPassthroughs as the handler sees it: statuses come back after a write."""
+
     def __init__(self, objs):
-        self.objs = {o["metadata"]["name"]: o for o in objs}
-        self.settings = type("S", (), {"node_name": "n305"})()
+        self.objs = {o["metadata"]["name"]: {**o, "metadata": {**o["metadata"], "resourceVersion": "1"}}
+                     for o in objs}
         self.patches = []
 
-    def list_objects(self, plural, namespace=None):
-        assert plural == "pcipassthroughs" and namespace is None
-        return list(self.objs.values())
+    def write(self, patches):
+        for name, status in patches:
+            self.patches.append((name, status.get("phase"), status.get("assignedTo")))
+            rv = str(int(self.objs[name]["metadata"]["resourceVersion"]) + 1)
+            self.objs[name] = {**self.objs[name], "status": status,
+                               "metadata": {**self.objs[name]["metadata"], "resourceVersion": rv}}
 
-    def patch_status(self, plural, namespace, name, status):
-        self.patches.append((name, status.get("phase"), status.get("assignedTo")))
-        self.objs[name] = {**self.objs[name], "status": status}
 
-
-def test_resolve_for_vm_marks_assigned_and_release_clears():
+def test_vm_claims_mark_assigned_and_release_clears():
     old = _pcip("old", address="0000:07:00.0", phase="Assigned", assigned={"namespace": "net", "name": "vpp"},
                 members=[])
-    rt = _FakeRuntime([_pcip("p0"), old])
+    index, claims = _FakeIndex([_pcip("p0"), old]), pci.Claims()
     vm = {"namespace": "net", "name": "vpp", "uid": "u1"}
     spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}]}
-    assert pci.resolve_for_vm(rt, vm, spec) == {"wan": X520_0}
-    assert rt.patches == [("p0", "Assigned", {"namespace": "net", "name": "vpp", "uid": "u1"}),
-                          ("old", "Bound", None)]
+    assignment = claims.assign(index.objs.values(), "n305", vm, spec)
+    assert assignment.devices == {"wan": X520_0}
+    index.write(assignment.patches)
+    assert index.patches == [("p0", "Assigned", {"namespace": "net", "name": "vpp", "uid": "u1"}),
+                             ("old", "Bound", None)]
     with pytest.raises(ValueError, match="assigned to other VM net/vpp"):
-        pci.resolve_for_vm(rt, {"namespace": "lab", "name": "x"}, spec)
-    rt.patches.clear()
-    assert pci.release_for_vm(rt, vm) == ["p0"]
-    assert rt.objs["p0"]["status"]["phase"] == "Bound" and rt.objs["p0"]["status"]["assignedTo"] is None
+        claims.assign(index.objs.values(), "n305", {"namespace": "lab", "name": "x"}, spec)
+    index.patches.clear()
+    patches = claims.release(index.objs.values(), vm)
+    assert [name for name, _ in patches] == ["p0"]
+    index.write(patches)
+    assert index.objs["p0"]["status"]["phase"] == "Bound" and index.objs["p0"]["status"]["assignedTo"] is None
+
+
+def test_a_claim_holds_before_the_index_shows_it():
+    index, claims = _FakeIndex([_pcip("p0")]), pci.Claims()
+    spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}]}
+    claims.assign(index.objs.values(), "n305", {"namespace": "net", "name": "vpp"}, spec)  # not written yet
+    with pytest.raises(ValueError, match="assigned to other VM net/vpp"):
+        claims.assign(index.objs.values(), "n305", {"namespace": "lab", "name": "x"}, spec)

@@ -3,7 +3,6 @@
 * :func:`node_inventory_status` -> ``NodePCIInventory.status`` (publish on startup and on a timer).
 * :func:`reconcile_passthrough` -> ``PCIPassthrough.status`` after resolving, checking and binding.
 * :func:`release_passthrough` -> restore the host drivers before the finalizer is removed.
-* :func:`assigned_status` / :func:`unassigned_status` -> the patch when a VM starts / stops using it.
 """
 
 from __future__ import annotations
@@ -14,33 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from . import binding, discovery, safety, sysfs
-from .assignment import PHASE_ASSIGNED, PHASE_AVAILABLE, PHASE_BOUND, PHASE_FAILED
+from .conditions import COND_READY, set_condition
+from .phases import PHASE_ASSIGNED, PHASE_AVAILABLE, PHASE_BOUND, PHASE_FAILED
 
-COND_READY = "Ready"
 COND_IOMMU_READY = "IOMMUReady"
 
 # One node operator binds at a time: plan + bind must not interleave between two PCIPassthroughs.
 BIND_LOCK = threading.Lock()
-
-
-def set_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str, status: bool | str,
-                  reason: str, message: str, now: str | None = None) -> list[dict[str, Any]]:
-    """Upsert one condition, keeping ``lastTransitionTime`` when ``status`` did not change."""
-    now = now or discovery.utcnow()
-    st = status if isinstance(status, str) else ("True" if status else "False")
-    out, found = [], False
-    for c in conditions or []:
-        c = dict(c)
-        if c.get("type") == type_:
-            found = True
-            ltt = c.get("lastTransitionTime") if c.get("status") == st else now
-            c = {"type": type_, "status": st, "reason": reason, "message": message,
-                 "lastTransitionTime": ltt or now}
-        out.append(c)
-    if not found:
-        out.append({"type": type_, "status": st, "reason": reason, "message": message,
-                    "lastTransitionTime": now})
-    return out
 
 
 # NodePCIInventory ------------------------------------------------------------------------------
@@ -212,26 +191,4 @@ def release_passthrough(
         out["driver"] = now_drivers[status["address"]]
     out["conditions"] = set_condition(status.get("conditions"), COND_READY, False, "Released",
                                       f"returned to the host: {now_drivers or 'nothing to restore'}", now)
-    return out
-
-
-def assigned_status(status: Mapping[str, Any], vm_namespace: str, vm_name: str, vm_uid: str | None = None,
-                    now: str | None = None) -> dict[str, Any]:
-    """Status after a VM started using the device (call before defining/starting the domain)."""
-    who = {"namespace": vm_namespace, "name": vm_name}
-    if vm_uid:
-        who["uid"] = vm_uid
-    out = {**status, "assignedTo": who, "phase": PHASE_ASSIGNED, "printableStatus": PHASE_ASSIGNED}
-    out["conditions"] = set_condition(status.get("conditions"), COND_READY, True, PHASE_ASSIGNED,
-                                      f"assigned to VM {vm_namespace}/{vm_name}", now)
-    return out
-
-
-def unassigned_status(status: Mapping[str, Any], now: str | None = None) -> dict[str, Any]:
-    """Status after the VM released the device (domain stopped/undefined or hostDevices entry removed)."""
-    out = {**status, "assignedTo": None}
-    if status.get("phase") == PHASE_ASSIGNED:
-        out["phase"] = out["printableStatus"] = PHASE_BOUND
-        out["conditions"] = set_condition(status.get("conditions"), COND_READY, True, PHASE_BOUND,
-                                          f"{status.get('address')} is bound and free", now)
     return out
