@@ -16,6 +16,7 @@ from typing import Any
 
 import libvirt
 from k3svirt_common import names, templates
+from k3svirt_common.names import PrintableStatus
 
 from . import cloudinit, domains, hostpaths, image_cache, shutdown, storage
 from .accel import Acceleration
@@ -29,6 +30,7 @@ from .vmstate import StartFailure, Stopping, VMState
 from .vmstatus import condition, merge_conditions, printable_status, ready_condition
 
 log = logging.getLogger(__name__)
+FAILED, ERROR_PROVISIONING = PrintableStatus.FAILED, PrintableStatus.ERROR_PROVISIONING
 
 ADDRESS_POLLS = 20  # quick re-checks (every 3 s) for a DHCP lease after a start
 
@@ -53,7 +55,7 @@ class Result:
 class SpecProblem(Exception):
     """The VM cannot be realised as specified: becomes printableStatus `status` and a condition."""
 
-    def __init__(self, status: str, cond_type: str, reason: str, message: str) -> None:
+    def __init__(self, status: PrintableStatus, cond_type: str, reason: str, message: str) -> None:
         super().__init__(message)
         self.status, self.cond_type, self.reason, self.message = status, cond_type, reason, message
 
@@ -107,7 +109,7 @@ class VMReconciler:
             if dom is None or observed.defined_spec_hash != spec_hash:
                 shared = domains.clashes(conn, uid, built.xml)
                 if shared:
-                    raise SpecProblem("Failed", names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
+                    raise SpecProblem(FAILED, names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
                 dom = domains.define(conn, built.xml)
                 events.append(Event("Normal", "Defined" if observed.domain is None else "Updated",
                                     f"libvirt domain {names.domain_name(ns, name)} "
@@ -119,7 +121,7 @@ class VMReconciler:
             failure = state.start_failure
             if failure is not None and (failure.generation != meta.get("generation") or action_value is not None):
                 state.start_failure = None  # a new spec or an explicit request: try again at once
-            requeue = self._apply_power(spec.get("runStrategy", "Always"), observed, action, events, state,
+            requeue = self._apply_power(names.run_strategy(spec), observed, action, events, state,
                                         meta.get("generation") or 0)
             if action_value is not None:
                 status["lastActionRequest"] = action_value
@@ -128,16 +130,14 @@ class VMReconciler:
             conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
             conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
             events.append(Event("Warning", problem.reason, problem.message))
-            new_status = {**status, **base, "printableStatus": problem.status,
-                          "conditions": merge_conditions(status.get("conditions"), conds)}
-            return Result(_clean(new_status), _dedupe(events, status, problem.status), claims=claims)
+            new_status = _status(status, base, printable_status(failed=problem.status), conds)
+            return Result(new_status, _dedupe(events, status, problem.status), claims=claims)
         except libvirt.libvirtError as exc:
             msg = f"libvirt: {exc.get_error_message()}"
             conds.append(condition(names.COND_READY, False, "LibvirtError", msg))
             events.append(Event("Warning", "LibvirtError", msg))
-            new_status = {**status, **base, "printableStatus": "Failed",
-                          "conditions": merge_conditions(status.get("conditions"), conds)}
-            return Result(_clean(new_status), _dedupe(events, status, "Failed"), requeue=10.0, claims=claims)
+            new_status = _status(status, base, printable_status(failed=FAILED), conds)
+            return Result(new_status, _dedupe(events, status, FAILED), requeue=10.0, claims=claims)
 
         conds.append(ready_condition(observed.power))
         restart_needed = (observed.power in (Power.RUNNING, Power.PAUSED)
@@ -147,18 +147,12 @@ class VMReconciler:
                                "the spec changed in ways libvirt cannot apply to a running guest; restart the "
                                "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
                                if restart_needed else "the running guest matches the spec"))
-        stopping = state.stopping is not None
-        new_status = {
-            **status, **base,
-            "printableStatus": printable_status(
-                deleting=False, failed=None, provisioning=False, power=observed.power,
-                transition="stopping" if stopping else None),
-            "conditions": merge_conditions(status.get("conditions"), conds),
-            "resolvedTemplate": expanded.template,
-            "resolvedPresets": expanded.presets or None,
-            "consoleLog": str(storage.console_log_path(ns, name, self.settings.storage_root)),
-            "interfaces": _interfaces(uid, expanded.spec, observed.domain),
-        }
+        printable = printable_status(power=observed.power, stopping=state.stopping is not None)
+        new_status = _status(status, base, printable, conds,
+                             resolvedTemplate=expanded.template,
+                             resolvedPresets=expanded.presets or None,
+                             consoleLog=str(storage.console_log_path(ns, name, self.settings.storage_root)),
+                             interfaces=_interfaces(uid, expanded.spec, observed.domain))
         waiting_for_lease = observed.power == Power.RUNNING and any(
             "ipAddress" not in i and n.get("bridge") is None
             for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False))
@@ -171,7 +165,7 @@ class VMReconciler:
         if new_status["printableStatus"] != status.get("printableStatus"):
             events.append(Event("Normal", new_status["printableStatus"],
                                 f"VM is {new_status['printableStatus'].lower()}"))
-        return Result(_clean(new_status), events, requeue, claims)
+        return Result(new_status, events, requeue, claims)
 
     # ------------------------------------------------------------------ steps
     def _expand(self, ns: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> templates.Expanded:
@@ -180,7 +174,7 @@ class VMReconciler:
                                     resolved_template=status.get("resolvedTemplate"),
                                     resolved_presets=status.get("resolvedPresets") or ())
         except templates.TemplateError as exc:
-            raise SpecProblem("Failed", names.COND_TEMPLATE_RESOLVED, "InvalidSpec", str(exc)) from exc
+            raise SpecProblem(FAILED, names.COND_TEMPLATE_RESOLVED, "InvalidSpec", str(exc)) from exc
 
     def _provision(
         self, ns: str, name: str, uid: str, spec: Mapping[str, Any], adopt: str | None,
@@ -190,7 +184,7 @@ class VMReconciler:
         refused = hostpaths.violations(spec)
         if refused:
             network_only = all(field.startswith("spec.networks") for field, _ in refused)
-            raise SpecProblem("Failed", names.COND_PROVISIONED,
+            raise SpecProblem(FAILED, names.COND_PROVISIONED,
                               "HostNetworkNotAllowed" if network_only else "HostPathNotAllowed",
                               "; ".join(f"{field}: {msg}" for field, msg in refused))
         try:
@@ -208,23 +202,23 @@ class VMReconciler:
                 seed = str(cloudinit.build_seed(ns, name, uid, spec["cloudInit"],
                                                 storage.seed_path(ns, name, root)))
         except (storage.StorageSpecError, cloudinit.CloudInitError) as exc:
-            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InvalidStorageSpec", str(exc)) from exc
+            raise SpecProblem(ERROR_PROVISIONING, names.COND_PROVISIONED, "InvalidStorageSpec", str(exc)) from exc
         except storage.StorageOwnedByAnotherVM as exc:
-            raise SpecProblem("Failed", names.COND_PROVISIONED, "RetainedStorageExists", str(exc)) from exc
+            raise SpecProblem(FAILED, names.COND_PROVISIONED, "RetainedStorageExists", str(exc)) from exc
         except storage.InsufficientStorage as exc:
-            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InsufficientStorage", str(exc)) from exc
+            raise SpecProblem(ERROR_PROVISIONING, names.COND_PROVISIONED, "InsufficientStorage", str(exc)) from exc
         except (storage.StorageError, image_cache.ImageError, cloudinit.SeedBuildError) as exc:
-            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "ProvisioningFailed", str(exc)) from exc
+            raise SpecProblem(ERROR_PROVISIONING, names.COND_PROVISIONED, "ProvisioningFailed", str(exc)) from exc
         host_devices: dict[str, str] = {}
         if spec.get("hostDevices"):
             if self.claims is None:
-                raise SpecProblem("Failed", names.COND_HOST_DEVICES_READY, "HostDevicesUnavailable",
+                raise SpecProblem(FAILED, names.COND_HOST_DEVICES_READY, "HostDevicesUnavailable",
                                   "this node's operator has PCI passthrough disabled")
             try:
                 vm = {"namespace": ns, "name": name}
                 assignment = self.claims.assign(passthroughs, self.settings.node_name, vm, spec)
             except ValueError as exc:
-                raise SpecProblem("Failed", names.COND_HOST_DEVICES_READY, "HostDevicesNotReady",
+                raise SpecProblem(FAILED, names.COND_HOST_DEVICES_READY, "HostDevicesNotReady",
                                   str(exc)) from exc
             host_devices = assignment.devices
             claims.extend(assignment.patches)
@@ -251,13 +245,13 @@ class VMReconciler:
         try:
             return build_domain(VMRef(ns, name, uid, generation), spec, ctx)
         except DomainBuildError as exc:
-            raise SpecProblem("Failed", names.COND_READY, "InvalidSpec", str(exc)) from exc
+            raise SpecProblem(FAILED, names.COND_READY, "InvalidSpec", str(exc)) from exc
 
     def _observe(self, conn: libvirt.virConnect, ns: str, name: str, uid: str) -> domains.Observed:
         try:
             return domains.observe(conn, ns, name, uid)
         except domains.DomainConflict as exc:
-            raise SpecProblem("Failed", names.COND_READY, "DomainConflict", str(exc)) from exc
+            raise SpecProblem(FAILED, names.COND_READY, "DomainConflict", str(exc)) from exc
 
     def _apply_power(self, run_strategy: str, observed: domains.Observed, action: str | None,
                      events: list[Event], state: VMState, generation: int) -> float | None:
@@ -272,7 +266,7 @@ class VMReconciler:
             state.address_polls = 0
             failure = state.start_failure
             if failure is not None and time.monotonic() < failure.not_before:
-                raise SpecProblem("Failed", names.COND_READY, "StartFailed", failure.message)
+                raise SpecProblem(FAILED, names.COND_READY, "StartFailed", failure.message)
             try:
                 domains.start(dom)
             except libvirt.libvirtError as exc:
@@ -281,7 +275,7 @@ class VMReconciler:
                 message = (f"the domain failed to start (attempt {count}, next in {delay:g} s unless the spec "
                            f"changes): {exc.get_error_message()}")
                 state.start_failure = StartFailure(generation, count, time.monotonic() + delay, message)
-                raise SpecProblem("Failed", names.COND_READY, "StartFailed", message) from exc
+                raise SpecProblem(FAILED, names.COND_READY, "StartFailed", message) from exc
             state.start_failure = None
             events.append(Event("Normal", "Started", decision.reason))
         elif decision.step in (Step.STOP, Step.RESTART):
@@ -342,7 +336,7 @@ def _pending_action(meta: Mapping[str, Any], status: Mapping[str, Any]) -> tuple
     try:
         action, _ = names.parse_action_request(value)
     except ValueError as exc:
-        raise SpecProblem("Failed", names.COND_READY, "InvalidActionRequest", str(exc)) from exc
+        raise SpecProblem(FAILED, names.COND_READY, "InvalidActionRequest", str(exc)) from exc
     return action, value
 
 
@@ -367,8 +361,12 @@ def _interfaces(uid: str, spec: Mapping[str, Any], dom: libvirt.virDomain | None
     return out
 
 
-def _clean(status: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in status.items() if v is not None}
+def _status(old: Mapping[str, Any], base: Mapping[str, Any], printable: PrintableStatus,
+            conds: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """The VM's new status: the old one with this pass's facts, conditions and printable status."""
+    new = {**old, **base, "printableStatus": printable.value,
+           "conditions": merge_conditions(old.get("conditions"), conds), **fields}
+    return {k: v for k, v in new.items() if v is not None}
 
 
 def _dedupe(events: list[Event], old_status: Mapping[str, Any], new_printable: str) -> list[Event]:
