@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import logging
 import os
 import pwd
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,16 +35,14 @@ from typing import Any
 
 from k3svirt_common.quantity import parse_quantity
 
-from . import shutdown
+from . import image_cache
 from .filelock import locked
+from .hostfs import QEMU_IMG, QEMU_IMG_TIMEOUT, StorageError, ensure_dir, qemu_img_info, run_qemu_img
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE_ROOT = "/var/lib/k3svirt"
-QEMU_IMG = "qemu-img"
-QEMU_IMG_TIMEOUT = 600  # seconds; a full preallocation of a large raw disk can take a while
 
-DIR_MODE = 0o755
 VM_DIR_MODE = 0o711
 DISK_MODE = 0o660
 
@@ -61,10 +57,6 @@ _CHECKSUM_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 
 class StorageSpecError(ValueError):
     """The disk spec is invalid; the message starts with the offending field path."""
-
-
-class StorageError(RuntimeError):
-    """Creating/inspecting storage failed at execution time (qemu-img failure, missing volume...)."""
 
 
 class InsufficientStorage(StorageError):
@@ -488,14 +480,6 @@ def give_to_qemu(path: Path, mode: int = DISK_MODE) -> None:
         os.chown(path, *ids)
 
 
-def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
-    """mkdir -p with explicit modes (umask-independent) for the leaf dir."""
-    path.mkdir(parents=True, exist_ok=True)
-    if (path.stat().st_mode & 0o7777) != mode:
-        os.chmod(path, mode)
-    return path
-
-
 class StorageOwnedByAnotherVM(StorageError):
     """The VM's directory holds the retained disks of an earlier VM of the same name."""
 
@@ -537,36 +521,10 @@ def ensure_vm_dir(
     return d
 
 
-def run_qemu_img(argv: Sequence[str], timeout: float = QEMU_IMG_TIMEOUT) -> str:
-    """Run one qemu-img argv; raise StorageError with its stderr on failure."""
-    try:
-        proc = shutdown.run(argv, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise StorageError(f"{' '.join(argv)}: timed out after {timeout}s") from e
-    except OSError as e:
-        raise StorageError(f"{argv[0]}: cannot run: {e}") from e
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip()
-        raise StorageError(f"{' '.join(argv)} failed (exit {proc.returncode}): {err}")
-    return proc.stdout
-
-
-def qemu_img_info(path: Path, fmt: str | None = None, timeout: float = 60) -> dict[str, Any]:
-    """``qemu-img info --output=json -U`` (-U: works while a running VM holds the image lock)."""
-    argv = [QEMU_IMG, "info", "--output=json", "-U"]
-    if fmt:
-        argv += ["-f", fmt]
-    argv.append(str(path))
-    return json.loads(run_qemu_img(argv, timeout=timeout))
-
-
-
 ImageFetcher = Callable[[str, "str | None", Path], BaseImage]
 
 
 def _default_fetcher(url: str, checksum: str | None, root: Path) -> BaseImage:
-    from . import image_cache
-
     return image_cache.ensure_image(url, checksum, root)
 
 

@@ -32,8 +32,9 @@ class Claims:
             out.append(o)
         return out
 
-    def assign(self, objs: Iterable[Mapping[str, Any]], node: str, vm: Mapping[str, str],
-               spec: Mapping[str, Any]) -> Assignment:
+    def assign(
+        self, objs: Iterable[Mapping[str, Any]], node: str, vm: Mapping[str, str], spec: Mapping[str, Any]
+    ) -> Assignment:
         with self._lock:
             objs = list(objs)
             assignment = plan_for_vm(self._view(objs), node, vm, spec)

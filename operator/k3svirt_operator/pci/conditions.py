@@ -10,8 +10,14 @@ from . import discovery
 COND_READY = "Ready"
 
 
-def set_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str, status: bool | str,
-                  reason: str, message: str, now: str | None = None) -> list[dict[str, Any]]:
+def set_condition(
+    conditions: Iterable[Mapping[str, Any]] | None,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
     """Upsert one condition, keeping ``lastTransitionTime`` when ``status`` did not change."""
     now = now or discovery.utcnow()
     st = status if isinstance(status, str) else ("True" if status else "False")
@@ -21,10 +27,8 @@ def set_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str, st
         if c.get("type") == type_:
             found = True
             ltt = c.get("lastTransitionTime") if c.get("status") == st else now
-            c = {"type": type_, "status": st, "reason": reason, "message": message,
-                 "lastTransitionTime": ltt or now}
+            c = {"type": type_, "status": st, "reason": reason, "message": message, "lastTransitionTime": ltt or now}
         out.append(c)
     if not found:
-        out.append({"type": type_, "status": st, "reason": reason, "message": message,
-                    "lastTransitionTime": now})
+        out.append({"type": type_, "status": st, "reason": reason, "message": message, "lastTransitionTime": now})
     return out
