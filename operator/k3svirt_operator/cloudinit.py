@@ -249,12 +249,8 @@ def render_seed_files(
     return files
 
 
-def seed_digest(namespace: str, name: str, uid: str, cloud_init: Mapping[str, Any] | None) -> str:
-    """sha256 over the rendered seed files; equal digests mean an identical seed."""
-    return _digest(render_seed_files(namespace, name, uid, cloud_init))
-
-
-def _digest(files: Mapping[str, bytes]) -> str:
+def seed_digest(files: Mapping[str, bytes]) -> str:
+    """sha256 over the rendered seed files (render_seed_files); equal digests mean an identical seed."""
     h = hashlib.sha256(f"k3svirt-seed-v{SEED_FORMAT_VERSION}\0".encode())
     for fname in sorted(files):
         data = files[fname]
@@ -287,7 +283,7 @@ def build_seed(
     """
     out = Path(out)
     files = render_seed_files(namespace, name, uid, cloud_init)
-    digest = _digest(files)
+    digest = seed_digest(files)
     stamp = out.with_name(out.name + ".sha256")
     if out.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return out

@@ -1,8 +1,6 @@
 """THE VirtualMachine spec -> libvirt domain XML builder (pure: no I/O, no libvirt calls).
 
     build_domain(ref, spec, ctx) -> BuiltDomain(xml, adjustments)
-    build_domain_xml(ref, spec, ctx) -> str
-    diff_requires_restart(old_spec, new_spec) -> list[str]
 
 `spec` is the merged (template + presets + VM) spec; operator defaults are applied here again
 (k3svirt_common.schema.apply_vm_defaults is idempotent). Node-side decisions come in through
@@ -44,10 +42,8 @@ __all__ = [
     "DomainContext",
     "VMRef",
     "build_domain",
-    "build_domain_xml",
     "default_mac",
     "device_aliases",
-    "diff_requires_restart",
     "disk_targets",
     "parse_cpuset",
     "spec_hash",
@@ -493,55 +489,7 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
     return BuiltDomain(ET.tostring(dom, encoding="unicode"), adj)
 
 
-def build_domain_xml(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> str:
-    """build_domain(...).xml."""
-    return build_domain(ref, spec, ctx).xml
-
-
 # Spec fields that never need a domain restart: they are not part of the domain definition.
 # template/presets act through the merged spec that is compared; nodeName/nodeSelector are
-# placement, handled by the operator's scheduling logic, not by this diff.
+# placement, handled by the operator's scheduling logic, not by domain_spec_hash().
 NON_DOMAIN_FIELDS = frozenset({"runStrategy", "deletionPolicy", "template", "presets", "nodeName", "nodeSelector"})
-# Fields libvirt can apply to a running domain. Deliberately empty: every other field changes
-# the QEMU command line (devices, topology, memory, firmware, pinning is kept static for 1:1
-# semantics) or is read by the guest only at boot (cloudInit), so it needs a restart.
-LIVE_FIELDS: frozenset[str] = frozenset()
-
-
-def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
-    if old == new:
-        return
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            _diff(old.get(k), new.get(k), f"{path}.{k}", out)
-        return
-    named = (
-        isinstance(old, list)
-        and isinstance(new, list)
-        and all(isinstance(x, dict) and "name" in x for x in old + new)
-    )
-    if named:
-        o = {x["name"]: x for x in old}
-        n = {x["name"]: x for x in new}
-        for k in sorted(set(o) | set(n)):
-            _diff(o.get(k), n.get(k), f"{path}[{k}]", out)
-        if [x["name"] for x in old if x["name"] in n] != [x["name"] for x in new if x["name"] in o]:
-            out.append(f"{path}(order)")
-        return
-    out.append(path)
-
-
-def diff_requires_restart(old_spec: Mapping[str, Any], new_spec: Mapping[str, Any]) -> list[str]:
-    """Fields whose change between two merged specs only takes effect after a restart.
-
-    Paths look like "spec.memory.size", "spec.disks[root].cache", "spec.networks[lan]" (added or
-    removed), "spec.disks(order)". [] means the running domain already matches.
-    """
-    old = apply_vm_defaults(dict(old_spec))
-    new = apply_vm_defaults(dict(new_spec))
-    out: list[str] = []
-    for key in sorted(set(old) | set(new)):
-        if key in NON_DOMAIN_FIELDS or key in LIVE_FIELDS:
-            continue
-        _diff(old.get(key), new.get(key), f"spec.{key}", out)
-    return out

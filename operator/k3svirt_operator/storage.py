@@ -615,25 +615,6 @@ def _check_volume(plan: DiskPlan) -> DiskResult:
     )
 
 
-@dataclass(frozen=True)
-class DiskUsage:
-    format: str
-    virtual_size: int
-    actual_size: int | None
-    backing_file: str | None
-
-
-def disk_usage(path: Path, fmt: str | None = None) -> DiskUsage:
-    """Virtual vs actually allocated size of one disk (for status); works on in-use images."""
-    info = qemu_img_info(path, fmt)
-    return DiskUsage(
-        format=info.get("format", ""),
-        virtual_size=int(info.get("virtual-size", 0)),
-        actual_size=info.get("actual-size"),
-        backing_file=info.get("backing-filename"),
-    )
-
-
 def remove_vm_storage(namespace: str, name: str, root: Path | None = None, keep: bool = False) -> bool:
     """Delete ``vms/<ns>/<name>/`` (our disks, seed.iso, console.log) unless ``keep``.
 

@@ -20,10 +20,8 @@ from k3svirt_operator.domain_xml import (
     DomainContext,
     VMRef,
     build_domain,
-    build_domain_xml,
     default_mac,
     device_aliases,
-    diff_requires_restart,
     disk_targets,
     parse_cpuset,
 )
@@ -214,7 +212,7 @@ def _virt_xml_validate(xml: str, tmp_path) -> None:
 @pytest.mark.parametrize(("spec", "ctx_changes", "checks"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_table(spec, ctx_changes, checks, tmp_path):
     assert validate_spec("VirtualMachine", spec) == [], "table specs must be valid API input"
-    xml = build_domain_xml(REF, spec, replace(CTX, **ctx_changes))
+    xml = build_domain(REF, spec, replace(CTX, **ctx_changes)).xml
     _virt_xml_validate(xml, tmp_path)
     _check(xml, checks)
 
@@ -266,11 +264,11 @@ def test_no_xml_effect():
     def strip(x):
         return "\n".join(line for line in x.splitlines() if "specHash" not in line)
 
-    assert strip(build_domain_xml(REF, base, CTX)) == strip(build_domain_xml(REF, other, CTX))
+    assert strip(build_domain(REF, base, CTX).xml) == strip(build_domain(REF, other, CTX).xml)
 
 
 def test_metadata_element():
-    root = ET.fromstring(build_domain_xml(REF, MEM, CTX))
+    root = ET.fromstring(build_domain(REF, MEM, CTX).xml)
     vm = one(root, f"./metadata/{{{XML_NAMESPACE}}}vm")
     assert (vm.get("namespace"), vm.get("name"), vm.get("uid"), vm.get("generation")) == ("ns1", "vm1", UID, "7")
     assert len(vm.get("specHash")) == 64
@@ -284,7 +282,7 @@ def test_emulation_adjustments():
         build_domain(REF, {**MEM, "cpu": {"model": "host-model"}},
                      replace(CTX, domain_type="qemu", cpu_fallback="error"))
     assert e.value.field == "spec.cpu.model"
-    named = ET.fromstring(build_domain_xml(REF, {**MEM, "cpu": {"model": "qemu64"}}, replace(CTX, domain_type="qemu")))
+    named = ET.fromstring(build_domain(REF, {**MEM, "cpu": {"model": "qemu64"}}, replace(CTX, domain_type="qemu")).xml)
     assert one(named, "./cpu").get("check") == "none"
 
 
@@ -311,13 +309,13 @@ def test_emulation_adjustments():
 )
 def test_build_errors(spec, ctx_changes, field):
     with pytest.raises(DomainBuildError) as e:
-        build_domain_xml(REF, spec, replace(CTX, **ctx_changes))
+        build_domain(REF, spec, replace(CTX, **ctx_changes))
     assert e.value.field == field
 
 
 def test_itco_on_new_libvirt():
-    root = ET.fromstring(build_domain_xml(REF, {**MEM, "devices": {"watchdog": {"model": "itco", "action": "none"}}},
-                                          replace(CTX, libvirt_version=9_001_000)))
+    root = ET.fromstring(build_domain(REF, {**MEM, "devices": {"watchdog": {"model": "itco", "action": "none"}}},
+                                          replace(CTX, libvirt_version=9_001_000)).xml)
     assert one(root, "./devices/watchdog").attrib == {"model": "itco", "action": "none"}
 
 
@@ -332,22 +330,6 @@ def test_helpers():
     mac = default_mac(UID, "default")
     assert mac.startswith("52:54:00:") and mac == default_mac(UID, "default") != default_mac(UID, "lan")
     assert device_aliases({"networks": [{"name": "lan"}]}) == {"ua-net-lan": "networks[lan]"}
-
-
-def test_diff_requires_restart():
-    old = {**MEM, "disks": [{"name": "root", **BLANK}], "networks": [{"name": "n", "nat": {}}]}
-    assert diff_requires_restart(old, old) == []
-    assert diff_requires_restart(old, {**old, "runStrategy": "Halted", "deletionPolicy": "Retain",
-                                       "nodeSelector": {"a": "b"}}) == []
-    # explicit defaults are no change
-    assert diff_requires_restart(old, {**old, "devices": {"memballoon": True}, "cpu": {"sockets": 1}}) == []
-    new = {**old, "memory": {"size": "256Mi"}, "disks": [{"name": "root", **BLANK, "cache": "writeback"}],
-           "networks": [{"name": "n", "nat": {}}, {"name": "m", "bridge": {"name": "br0"}}],
-           "cloudInit": {"userData": "x"}}
-    assert diff_requires_restart(old, new) == [
-        "spec.cloudInit", "spec.disks[root].cache", "spec.disks[root].io", "spec.memory.size", "spec.networks[m]"]
-    swapped = {**old, "disks": [{"name": "b", **BLANK}, {"name": "root", **BLANK}]}
-    assert "spec.disks[b]" in diff_requires_restart(old, swapped)
 
 
 # --- real libvirt --------------------------------------------------------------------------------
@@ -365,7 +347,7 @@ def test_define_on_libvirt(case, tmp_path):
     name = f"unittest-{case}"[:50]
     ref = VMRef("k3svirt", name, str(uuid.uuid4()), 1)
     # bridges and networks need not exist for define; emulation because /dev/kvm may be unusable here
-    xml = build_domain_xml(ref, spec, replace(CTX, **{**ctx_changes, "domain_type": "qemu"}))
+    xml = build_domain(ref, spec, replace(CTX, **{**ctx_changes, "domain_type": "qemu"})).xml
     xml = xml.replace("<name>k3svirt_", "<name>k3svirt-", 1)  # k3svirt-unittest-<case>
     libvirt.registerErrorHandler(lambda *_: None, None)
     conn = libvirt.open("qemu:///system")

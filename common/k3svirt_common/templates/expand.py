@@ -12,6 +12,8 @@ from .merge import _REF_FIELDS, Layer, merge_layers
 from .validation import has_path, validate_merged
 from .versions import KIND_PRESET, KIND_TEMPLATE, get_version, resolve, template_kind
 
+EXPAND_LABELS = ("spec.template", "spec.presets", "spec")  # how a VM's layers are named in errors
+
 
 @dataclass
 class Expanded:
@@ -40,7 +42,9 @@ def expand(
     the VM's own fields as ``spec.<field>``.
     """
     errors: list[FieldError] = []
-    layers: list[Layer] = []
+    template_fragment: Mapping[str, Any] | None = None
+    preset_fragments: list[Mapping[str, Any]] = []
+    sources: dict[str, str] = {}  # layer label -> what set it, for the error messages
     used_template = None
     ref = vm_spec.get("template")
     if ref:
@@ -52,9 +56,9 @@ def expand(
             errors.append(FieldError("spec.template.name", f"{ref.get('name')!r} is a Preset, not a Template"))
         else:
             try:
-                version, frag = resolve(obj, pinned, field_name="spec.template.version")
+                version, template_fragment = resolve(obj, pinned, field_name="spec.template.version")
                 used_template = {"name": ref["name"], "version": version}
-                layers.append(Layer(frag, "spec.template", f"VMTemplate {ref['name']} version {version}"))
+                sources["spec.template"] = f"VMTemplate {ref['name']} version {version}"
             except TemplateError as e:
                 errors += e.errors
     used_presets = []
@@ -69,7 +73,8 @@ def expand(
             try:
                 version, frag = resolve(obj, pinned, field_name=f"spec.presets[{i}].version")
                 used_presets.append({"name": pref["name"], "version": version})
-                layers.append(Layer(frag, f"spec.presets[{i}]", f"preset {pref['name']} version {version}"))
+                preset_fragments.append(frag)
+                sources[f"spec.presets[{i}]"] = f"preset {pref['name']} version {version}"
             except TemplateError as e:
                 errors += e.errors
     if errors:
@@ -88,17 +93,14 @@ def expand(
                 )
     if errors:
         raise TemplateError(errors)
-    layers.append(Layer(overrides, "spec"))
-    spec, effective = merge_layers(layers)
-    if used_template:
-        spec["template"] = dict(used_template)
+    if used_template:  # the references name the versions used
+        overrides["template"] = dict(used_template)
     if used_presets:
-        spec["presets"] = [dict(p) for p in used_presets]
-    if validate:
-        verrs = validate_merged(spec, effective)
-        if verrs:
-            sources = {layer.label: layer.source for layer in layers if layer.source}
-            raise TemplateError([_with_source(e, sources) for e in verrs])
+        overrides["presets"] = [dict(p) for p in used_presets]
+    try:
+        spec = merge(template_fragment, preset_fragments, overrides, validate=validate, labels=EXPAND_LABELS)
+    except TemplateError as e:
+        raise TemplateError([_with_source(err, sources) for err in e.errors]) from None
     return Expanded(spec, used_template, used_presets)
 
 
