@@ -42,7 +42,6 @@ XML_NAMESPACE = "https://k3svirt.io/xmlns/domain/v1"
 XML_PREFIX = "k3svirt"
 
 
-
 class RunStrategy(StrEnum):
     """spec.runStrategy (after KubeVirt's); operator/k3svirt_operator/lifecycle.py has the rules."""
 

@@ -169,9 +169,7 @@ def _compiled(rule: str) -> Any:
         return None
 
 
-def _kube_validations(
-    validator: Any, rules: list[dict[str, Any]], instance: Any, schema: Any
-) -> Iterator[Any]:
+def _kube_validations(validator: Any, rules: list[dict[str, Any]], instance: Any, schema: Any) -> Iterator[Any]:
     for rule in rules:
         fn = _compiled(rule.get("rule", ""))
         if fn is None:
@@ -283,12 +281,9 @@ def _errors(err: Any, prefix: str) -> Iterator[FieldError]:
         yield FieldError(path + fp if fp else path, f"Invalid value: {err.message}")
         return
     messages = {
-        "enum": lambda: (
-            f"Unsupported value: {_fmt(inst)}: supported values: " + ", ".join(_fmt(x) for x in val)
-        ),
+        "enum": lambda: f"Unsupported value: {_fmt(inst)}: supported values: " + ", ".join(_fmt(x) for x in val),
         "type": lambda: (
-            f"Invalid value: {_fmt(inst)}: must be of type "
-            + (" or ".join(val) if isinstance(val, list) else val)
+            f"Invalid value: {_fmt(inst)}: must be of type " + (" or ".join(val) if isinstance(val, list) else val)
         ),
         "pattern": lambda: f"Invalid value: {_fmt(inst)}: must match '{val}'",
         "minimum": lambda: f"Invalid value: {inst}: must be greater than or equal to {val}",
@@ -331,9 +326,7 @@ def validate_spec(
         return [FieldError("spec", f"Invalid value: {type(spec).__name__}: must be of type object")]
     errors = _run(_validator(kind, version, "spec", strict), spec, "spec")
     if resolved and kind == VM_KIND and not (spec.get("memory") or {}).get("size"):
-        errors.append(
-            FieldError("spec.memory.size", "Required value: neither the VM nor its template sets it")
-        )
+        errors.append(FieldError("spec.memory.size", "Required value: neither the VM nor its template sets it"))
     return sorted(set(errors))
 
 
@@ -351,9 +344,7 @@ def validate_object(kind: str, obj: Any, *, strict: bool = True, version: str = 
             )
         )
     if obj.get("kind") != kind:
-        errors.append(
-            FieldError("kind", f"Unsupported value: {_fmt(obj.get('kind'))}: supported values: {_fmt(kind)}")
-        )
+        errors.append(FieldError("kind", f"Unsupported value: {_fmt(obj.get('kind'))}: supported values: {_fmt(kind)}"))
     if not (obj.get("metadata") or {}).get("name") and not (obj.get("metadata") or {}).get("generateName"):
         errors.append(FieldError("metadata.name", "Required value"))
     return sorted(set(errors))

@@ -121,7 +121,7 @@ class DomainBuildError(ValueError):
 
 
 def parse_cpuset(value: str, field_path: str = "cpuset") -> list[int]:
-    """"2-5,7" -> [2, 3, 4, 5, 7] (order kept, duplicates refused)."""
+    """ "2-5,7" -> [2, 3, 4, 5, 7] (order kept, duplicates refused)."""
     out: list[int] = []
     for part in str(value).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
@@ -262,13 +262,23 @@ def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list
         elif ctx.cpu_fallback == "error":
             raise DomainBuildError("spec.cpu.model", f"{model} needs KVM; this node runs VMs under emulation")
         elif ctx.cpu_fallback == "omit":
-            adj.append(Adjustment("spec.cpu.model", "CPUModelNotEmulated",
-                                  f"cpu.model {model} needs KVM; running under emulation with QEMU's default CPU"))
+            adj.append(
+                Adjustment(
+                    "spec.cpu.model",
+                    "CPUModelNotEmulated",
+                    f"cpu.model {model} needs KVM; running under emulation with QEMU's default CPU",
+                )
+            )
         else:
             el.set("mode", "maximum")
             el.set("migratable", "off")
-            adj.append(Adjustment("spec.cpu.model", "CPUModelNotEmulated",
-                                  f"cpu.model {model} needs KVM; running under emulation with QEMU's 'max' CPU"))
+            adj.append(
+                Adjustment(
+                    "spec.cpu.model",
+                    "CPUModelNotEmulated",
+                    f"cpu.model {model} needs KVM; running under emulation with QEMU's 'max' CPU",
+                )
+            )
     elif model:
         el.set("mode", "custom")
         el.set("match", "exact")
@@ -324,8 +334,14 @@ def _os(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext) -> None:
             _sub(os_el, "cmdline", kernel["cmdline"])
 
 
-_HYPERV = (("relaxed", {}), ("vapic", {}), ("spinlocks", {"retries": 8191}), ("vpindex", {}),
-           ("synic", {}), ("stimer", {}))
+_HYPERV = (
+    ("relaxed", {}),
+    ("vapic", {}),
+    ("spinlocks", {"retries": 8191}),
+    ("vpindex", {}),
+    ("synic", {}),
+    ("stimer", {}),
+)
 
 
 def _features(dom: ET.Element, spec: Mapping[str, Any]) -> None:
@@ -355,8 +371,15 @@ def _disks(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, iothre
         if d["io"] == "native" and d["cache"] not in ("none", "directsync"):
             raise DomainBuildError(f"{fp}.io", "io native requires cache none or directsync")
         disk = _sub(devs, "disk", type="block" if block else "file", device="disk")
-        drv = _sub(disk, "driver", name="qemu", type=fmt, cache=d["cache"], io=d["io"],
-                   discard="unmap" if d.get("provisioning") == "thin" else "ignore")
+        drv = _sub(
+            disk,
+            "driver",
+            name="qemu",
+            type=fmt,
+            cache=d["cache"],
+            io=d["io"],
+            discard="unmap" if d.get("provisioning") == "thin" else "ignore",
+        )
         if d.get("iothread") is not None:
             if d["bus"] != "virtio":
                 raise DomainBuildError(f"{fp}.iothread", "iothread is only supported on bus virtio")
@@ -463,8 +486,16 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
     with contextlib.suppress(ValueError):  # a non-UUID uid (unit tests): libvirt generates one
         _sub(dom, "uuid", str(uuid.UUID(ref.uid)))
     meta = _sub(dom, "metadata")
-    _sub(meta, f"{XML_PREFIX}:vm", **{f"xmlns:{XML_PREFIX}": XML_NAMESPACE}, namespace=ref.namespace,
-         name=ref.name, uid=ref.uid, generation=ref.generation, specHash=domain_spec_hash(s))
+    _sub(
+        meta,
+        f"{XML_PREFIX}:vm",
+        **{f"xmlns:{XML_PREFIX}": XML_NAMESPACE},
+        namespace=ref.namespace,
+        name=ref.name,
+        uid=ref.uid,
+        generation=ref.generation,
+        specHash=domain_spec_hash(s),
+    )
     _memory(dom, s)
     iothreads = _cpu(dom, s, ctx, adj)
     _os(dom, s, ctx)

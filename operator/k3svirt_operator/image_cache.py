@@ -113,9 +113,7 @@ def _load_cached(path: Path) -> CachedImage | None:
         return None
 
 
-def ensure_image(
-    url: str, checksum: str | None, root: Path, policy: FetchPolicy | None = None
-) -> CachedImage:
+def ensure_image(url: str, checksum: str | None, root: Path, policy: FetchPolicy | None = None) -> CachedImage:
     """Return the cached image for ``url``, downloading (once) and verifying it if needed."""
     want = _parse_checksum(checksum)
     d = ensure_dir(ensure_dir(Path(root)) / "images", DIR_MODE)

@@ -140,12 +140,7 @@ def _check_component(value: str, what: str) -> str:
 
 def vm_dir(namespace: str, name: str, root: Path | None = None) -> Path:
     root = Path(root) if root is not None else storage_root()
-    return (
-        root
-        / "vms"
-        / _check_component(namespace, "metadata.namespace")
-        / _check_component(name, "metadata.name")
-    )
+    return root / "vms" / _check_component(namespace, "metadata.namespace") / _check_component(name, "metadata.name")
 
 
 def seed_path(namespace: str, name: str, root: Path | None = None) -> Path:
@@ -217,9 +212,7 @@ class DiskResult:
 
 
 def _qcow2_opts(cluster_size: int, preallocation: str, lazy: bool) -> str:
-    return (
-        f"cluster_size={cluster_size},preallocation={preallocation},lazy_refcounts={'on' if lazy else 'off'}"
-    )
+    return f"cluster_size={cluster_size},preallocation={preallocation},lazy_refcounts={'on' if lazy else 'off'}"
 
 
 def plan_disks(
@@ -250,9 +243,7 @@ def plan_disks(
                 f"{fp}.name: must be a DNS label (lowercase letters, digits, '-', at most 63), got {dname!r}"
             )
         if dname in seen:
-            raise StorageSpecError(
-                f"{fp}.name: duplicate disk name {dname!r} (also spec.disks[{seen[dname]}])"
-            )
+            raise StorageSpecError(f"{fp}.name: duplicate disk name {dname!r} (also spec.disks[{seen[dname]}])")
         seen[dname] = i
         plans.append(_plan_one(i, fp, dname, disk, vdir, root, images))
     return plans
@@ -267,9 +258,7 @@ def _source_kind(disk: Mapping[str, Any], fp: str) -> tuple[str, Mapping[str, An
     keys = [k for k in ("blank", "image", "volume") if source.get(k) is not None]
     unknown = sorted(set(source) - {"blank", "image", "volume"})
     if unknown:
-        raise StorageSpecError(
-            f"{fp}.source: unknown source type {unknown[0]!r} (use blank, image or volume)"
-        )
+        raise StorageSpecError(f"{fp}.source: unknown source type {unknown[0]!r} (use blank, image or volume)")
     if len(keys) > 1:
         raise StorageSpecError(f"{fp}.source: exactly one of blank, image, volume may be set, got {keys}")
     if not keys:
@@ -307,14 +296,10 @@ def _plan_one(
             raise StorageSpecError(f"{fp}.source.volume.path: must be an absolute path, got {path!r}")
         p = Path(os.path.normpath(path))
         if p == root or root in p.parents:
-            raise StorageSpecError(
-                f"{fp}.source.volume.path: must not be inside the k3svirt storage root {root}"
-            )
+            raise StorageSpecError(f"{fp}.source.volume.path: must not be inside the k3svirt storage root {root}")
         for key in ("size", "qcow2", "provisioning"):
             if disk.get(key) is not None:
-                raise StorageSpecError(
-                    f"{fp}.{key}: not allowed with source.volume (the volume is used as is)"
-                )
+                raise StorageSpecError(f"{fp}.{key}: not allowed with source.volume (the volume is used as is)")
         return DiskPlan(
             index=i,
             name=dname,
@@ -333,14 +318,10 @@ def _plan_one(
     if kind == "image":
         url = body.get("url")
         if not isinstance(url, str) or not re.match(r"^(https?|file)://", url):
-            raise StorageSpecError(
-                f"{fp}.source.image.url: must be an http://, https:// or file:// URL, got {url!r}"
-            )
+            raise StorageSpecError(f"{fp}.source.image.url: must be an http://, https:// or file:// URL, got {url!r}")
         checksum = body.get("checksum")
         if checksum is not None and (not isinstance(checksum, str) or not _CHECKSUM_RE.match(checksum)):
-            raise StorageSpecError(
-                f"{fp}.source.image.checksum: must be 'sha256:<64 hex digits>', got {checksum!r}"
-            )
+            raise StorageSpecError(f"{fp}.source.image.checksum: must be 'sha256:<64 hex digits>', got {checksum!r}")
         clone = body.get("clone") or "overlay"
         if clone not in CLONE_MODES:
             raise StorageSpecError(f"{fp}.source.image.clone: must be overlay or copy, got {clone!r}")
@@ -401,9 +382,7 @@ def _plan_one(
     )
     if kind == "blank":
         assert size is not None
-        return replace(
-            plan, commands=((QEMU_IMG, "create", "-q", "-f", fmt, "-o", opts, str(tmp), str(size)),)
-        )
+        return replace(plan, commands=((QEMU_IMG, "create", "-q", "-f", fmt, "-o", opts, str(tmp), str(size)),))
     assert image is not None
     base = images.get(image.url)
     return plan.with_base(base) if base is not None else plan

@@ -64,8 +64,14 @@ START_BACKOFF_MAX = 300.0  # seconds between start attempts of a VM whose domain
 
 
 class VMReconciler:
-    def __init__(self, settings: Settings, conn: LibvirtConnection, accel: Acceleration,
-                 get_template: TemplateGetter, claims: Claims | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        conn: LibvirtConnection,
+        accel: Acceleration,
+        get_template: TemplateGetter,
+        claims: Claims | None = None,
+    ) -> None:
         self.settings = settings
         self.conn = conn
         self.accel = accel
@@ -74,8 +80,9 @@ class VMReconciler:
         self._libvirt_version_cache: int | None = None
 
     # ------------------------------------------------------------------ reconcile
-    def reconcile(self, body: Mapping[str, Any], state: VMState,
-                  passthroughs: Sequence[Mapping[str, Any]] = ()) -> Result:
+    def reconcile(
+        self, body: Mapping[str, Any], state: VMState, passthroughs: Sequence[Mapping[str, Any]] = ()
+    ) -> Result:
         """One pass over a copy of the VM; `passthroughs`: every PCIPassthrough (kopf's index)."""
         meta, spec = body["metadata"], body.get("spec") or {}
         status = dict(body.get("status") or {})
@@ -93,14 +100,19 @@ class VMReconciler:
         try:
             expanded = self._expand(ns, spec, status)
             if spec.get("template") or spec.get("presets"):
-                conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved",
-                                       _describe_resolution(expanded)))
+                conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved", _describe_resolution(expanded)))
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
             ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
             if expanded.spec.get("hostDevices"):
-                conds.append(condition(names.COND_HOST_DEVICES_READY, True, "Bound",
-                                       "host devices are bound to vfio-pci and reserved for this VM"))
+                conds.append(
+                    condition(
+                        names.COND_HOST_DEVICES_READY,
+                        True,
+                        "Bound",
+                        "host devices are bound to vfio-pci and reserved for this VM",
+                    )
+                )
             built = self._build(ns, name, uid, meta.get("generation") or 0, expanded.spec, ctx)
             conn = self.conn.get()
             observed = self._observe(conn, ns, name, uid)
@@ -111,9 +123,14 @@ class VMReconciler:
                 if shared:
                     raise SpecProblem(FAILED, names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
                 dom = domains.define(conn, built.xml)
-                events.append(Event("Normal", "Defined" if observed.domain is None else "Updated",
-                                    f"libvirt domain {names.domain_name(ns, name)} "
-                                    f"{'defined' if observed.domain is None else 'definition updated'}"))
+                events.append(
+                    Event(
+                        "Normal",
+                        "Defined" if observed.domain is None else "Updated",
+                        f"libvirt domain {names.domain_name(ns, name)} "
+                        f"{'defined' if observed.domain is None else 'definition updated'}",
+                    )
+                )
                 observed = self._observe(conn, ns, name, uid)
             for adj in built.adjustments:
                 events.append(Event("Warning", adj.reason, f"{adj.field}: {adj.message}"))
@@ -121,8 +138,9 @@ class VMReconciler:
             failure = state.start_failure
             if failure is not None and (failure.generation != meta.get("generation") or action_value is not None):
                 state.start_failure = None  # a new spec or an explicit request: try again at once
-            requeue = self._apply_power(names.run_strategy(spec), observed, action, events, state,
-                                        meta.get("generation") or 0)
+            requeue = self._apply_power(
+                names.run_strategy(spec), observed, action, events, state, meta.get("generation") or 0
+            )
             if action_value is not None:
                 status["lastActionRequest"] = action_value
             observed = self._observe(conn, ns, name, uid)
@@ -140,22 +158,36 @@ class VMReconciler:
             return Result(new_status, _dedupe(events, status, FAILED), requeue=10.0, claims=claims)
 
         conds.append(ready_condition(observed.power))
-        restart_needed = (observed.power in (Power.RUNNING, Power.PAUSED)
-                          and observed.running_spec_hash not in (None, spec_hash))
-        conds.append(condition(names.COND_RESTART_REQUIRED, restart_needed,
-                               "SpecChanged" if restart_needed else "UpToDate",
-                               "the spec changed in ways libvirt cannot apply to a running guest; restart the "
-                               "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
-                               if restart_needed else "the running guest matches the spec"))
+        restart_needed = observed.power in (Power.RUNNING, Power.PAUSED) and observed.running_spec_hash not in (
+            None,
+            spec_hash,
+        )
+        conds.append(
+            condition(
+                names.COND_RESTART_REQUIRED,
+                restart_needed,
+                "SpecChanged" if restart_needed else "UpToDate",
+                "the spec changed in ways libvirt cannot apply to a running guest; restart the "
+                "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
+                if restart_needed
+                else "the running guest matches the spec",
+            )
+        )
         printable = printable_status(power=observed.power, stopping=state.stopping is not None)
-        new_status = _status(status, base, printable, conds,
-                             resolvedTemplate=expanded.template,
-                             resolvedPresets=expanded.presets or None,
-                             consoleLog=str(storage.console_log_path(ns, name, self.settings.storage_root)),
-                             interfaces=_interfaces(uid, expanded.spec, observed.domain))
+        new_status = _status(
+            status,
+            base,
+            printable,
+            conds,
+            resolvedTemplate=expanded.template,
+            resolvedPresets=expanded.presets or None,
+            consoleLog=str(storage.console_log_path(ns, name, self.settings.storage_root)),
+            interfaces=_interfaces(uid, expanded.spec, observed.domain),
+        )
         waiting_for_lease = observed.power == Power.RUNNING and any(
             "ipAddress" not in i and n.get("bridge") is None
-            for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False))
+            for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False)
+        )
         if not waiting_for_lease:
             state.address_polls = 0
         elif requeue is None and state.address_polls < ADDRESS_POLLS:
@@ -163,30 +195,43 @@ class VMReconciler:
             state.address_polls += 1
             requeue = 3.0
         if new_status["printableStatus"] != status.get("printableStatus"):
-            events.append(Event("Normal", new_status["printableStatus"],
-                                f"VM is {new_status['printableStatus'].lower()}"))
+            events.append(
+                Event("Normal", new_status["printableStatus"], f"VM is {new_status['printableStatus'].lower()}")
+            )
         return Result(new_status, events, requeue, claims)
 
     # ------------------------------------------------------------------ steps
     def _expand(self, ns: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> templates.Expanded:
         try:
-            return templates.expand(spec, lambda n: self.get_template(ns, n),
-                                    resolved_template=status.get("resolvedTemplate"),
-                                    resolved_presets=status.get("resolvedPresets") or ())
+            return templates.expand(
+                spec,
+                lambda n: self.get_template(ns, n),
+                resolved_template=status.get("resolvedTemplate"),
+                resolved_presets=status.get("resolvedPresets") or (),
+            )
         except templates.TemplateError as exc:
             raise SpecProblem(FAILED, names.COND_TEMPLATE_RESOLVED, "InvalidSpec", str(exc)) from exc
 
     def _provision(
-        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], adopt: str | None,
-        passthroughs: Sequence[Mapping[str, Any]], claims: list[StatusPatch],
+        self,
+        ns: str,
+        name: str,
+        uid: str,
+        spec: Mapping[str, Any],
+        adopt: str | None,
+        passthroughs: Sequence[Mapping[str, Any]],
+        claims: list[StatusPatch],
     ) -> DomainContext:
         root = self.settings.storage_root
         refused = hostpaths.violations(spec)
         if refused:
             network_only = all(field.startswith("spec.networks") for field, _ in refused)
-            raise SpecProblem(FAILED, names.COND_PROVISIONED,
-                              "HostNetworkNotAllowed" if network_only else "HostPathNotAllowed",
-                              "; ".join(f"{field}: {msg}" for field, msg in refused))
+            raise SpecProblem(
+                FAILED,
+                names.COND_PROVISIONED,
+                "HostNetworkNotAllowed" if network_only else "HostPathNotAllowed",
+                "; ".join(f"{field}: {msg}" for field, msg in refused),
+            )
         try:
             storage.ensure_vm_dir(ns, name, root, uid=uid, adopt=adopt)
             plans = storage.plan_disks(ns, name, spec.get("disks") or [], root)
@@ -199,8 +244,7 @@ class VMReconciler:
             )
             seed = None
             if spec.get("cloudInit"):
-                seed = str(cloudinit.build_seed(ns, name, uid, spec["cloudInit"],
-                                                storage.seed_path(ns, name, root)))
+                seed = str(cloudinit.build_seed(ns, name, uid, spec["cloudInit"], storage.seed_path(ns, name, root)))
         except (storage.StorageSpecError, cloudinit.CloudInitError) as exc:
             raise SpecProblem(ERROR_PROVISIONING, names.COND_PROVISIONED, "InvalidStorageSpec", str(exc)) from exc
         except storage.StorageOwnedByAnotherVM as exc:
@@ -212,14 +256,17 @@ class VMReconciler:
         host_devices: dict[str, str] = {}
         if spec.get("hostDevices"):
             if self.claims is None:
-                raise SpecProblem(FAILED, names.COND_HOST_DEVICES_READY, "HostDevicesUnavailable",
-                                  "this node's operator has PCI passthrough disabled")
+                raise SpecProblem(
+                    FAILED,
+                    names.COND_HOST_DEVICES_READY,
+                    "HostDevicesUnavailable",
+                    "this node's operator has PCI passthrough disabled",
+                )
             try:
                 vm = {"namespace": ns, "name": name}
                 assignment = self.claims.assign(passthroughs, self.settings.node_name, vm, spec)
             except ValueError as exc:
-                raise SpecProblem(FAILED, names.COND_HOST_DEVICES_READY, "HostDevicesNotReady",
-                                  str(exc)) from exc
+                raise SpecProblem(FAILED, names.COND_HOST_DEVICES_READY, "HostDevicesNotReady", str(exc)) from exc
             host_devices = assignment.devices
             claims.extend(assignment.patches)
         return DomainContext(
@@ -240,8 +287,7 @@ class VMReconciler:
                 return None
         return self._libvirt_version_cache
 
-    def _build(self, ns: str, name: str, uid: str, generation: int, spec: Mapping[str, Any],
-               ctx: DomainContext) -> Any:
+    def _build(self, ns: str, name: str, uid: str, generation: int, spec: Mapping[str, Any], ctx: DomainContext) -> Any:
         try:
             return build_domain(VMRef(ns, name, uid, generation), spec, ctx)
         except DomainBuildError as exc:
@@ -253,8 +299,15 @@ class VMReconciler:
         except domains.DomainConflict as exc:
             raise SpecProblem(FAILED, names.COND_READY, "DomainConflict", str(exc)) from exc
 
-    def _apply_power(self, run_strategy: str, observed: domains.Observed, action: str | None,
-                     events: list[Event], state: VMState, generation: int) -> float | None:
+    def _apply_power(
+        self,
+        run_strategy: str,
+        observed: domains.Observed,
+        action: str | None,
+        events: list[Event],
+        state: VMState,
+        generation: int,
+    ) -> float | None:
         dom = observed.domain
         assert dom is not None
         if state.stopping is not None:
@@ -272,8 +325,10 @@ class VMReconciler:
             except libvirt.libvirtError as exc:
                 count = failure.count + 1 if failure else 1
                 delay = min(10.0 * 2 ** (count - 1), START_BACKOFF_MAX)
-                message = (f"the domain failed to start (attempt {count}, next in {delay:g} s unless the spec "
-                           f"changes): {exc.get_error_message()}")
+                message = (
+                    f"the domain failed to start (attempt {count}, next in {delay:g} s unless the spec "
+                    f"changes): {exc.get_error_message()}"
+                )
                 state.start_failure = StartFailure(generation, count, time.monotonic() + delay, message)
                 raise SpecProblem(FAILED, names.COND_READY, "StartFailed", message) from exc
             state.start_failure = None
@@ -285,16 +340,20 @@ class VMReconciler:
             return 0.5
         return None
 
-    def _continue_stop(self, dom: libvirt.virDomain, observed: domains.Observed, events: list[Event],
-                       state: VMState) -> float | None:
+    def _continue_stop(
+        self, dom: libvirt.virDomain, observed: domains.Observed, events: list[Event], state: VMState
+    ) -> float | None:
         pending = state.stopping
         assert pending is not None
         if observed.power in (Power.RUNNING, Power.PAUSED, Power.STOPPING):
             if time.monotonic() - pending.since < self.settings.stop_grace_seconds:
                 return 0.5
             domains.destroy(dom)
-            events.append(Event("Normal", "Destroyed",
-                                f"the guest did not shut down within {self.settings.stop_grace_seconds:g} s"))
+            events.append(
+                Event(
+                    "Normal", "Destroyed", f"the guest did not shut down within {self.settings.stop_grace_seconds:g} s"
+                )
+            )
         state.stopping = None
         events.append(Event("Normal", "Stopped", "the domain is shut off"))
         if pending.then_start:
@@ -320,8 +379,13 @@ class VMReconciler:
                 events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed ({how})"))
         keep = spec.get("deletionPolicy") == "Retain"
         storage.remove_vm_storage(ns, name, self.settings.storage_root, keep=keep)
-        events.append(Event("Normal", "StorageRetained" if keep else "StorageRemoved",
-                            "disks and seed kept (deletionPolicy Retain)" if keep else "disks and seed removed"))
+        events.append(
+            Event(
+                "Normal",
+                "StorageRetained" if keep else "StorageRemoved",
+                "disks and seed kept (deletionPolicy Retain)" if keep else "disks and seed removed",
+            )
+        )
         return events
 
 
@@ -361,11 +425,21 @@ def _interfaces(uid: str, spec: Mapping[str, Any], dom: libvirt.virDomain | None
     return out
 
 
-def _status(old: Mapping[str, Any], base: Mapping[str, Any], printable: PrintableStatus,
-            conds: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+def _status(
+    old: Mapping[str, Any],
+    base: Mapping[str, Any],
+    printable: PrintableStatus,
+    conds: list[dict[str, Any]],
+    **fields: Any,
+) -> dict[str, Any]:
     """The VM's new status: the old one with this pass's facts, conditions and printable status."""
-    new = {**old, **base, "printableStatus": printable.value,
-           "conditions": merge_conditions(old.get("conditions"), conds), **fields}
+    new = {
+        **old,
+        **base,
+        "printableStatus": printable.value,
+        "conditions": merge_conditions(old.get("conditions"), conds),
+        **fields,
+    }
     return {k: v for k, v in new.items() if v is not None}
 
 

@@ -31,8 +31,9 @@ def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapp
     return sorted(by_type.values(), key=lambda c: c["type"])
 
 
-def printable_status(*, failed: PrintableStatus | None = None, power: Power = Power.ABSENT,
-                     stopping: bool = False) -> PrintableStatus:
+def printable_status(
+    *, failed: PrintableStatus | None = None, power: Power = Power.ABSENT, stopping: bool = False
+) -> PrintableStatus:
     """The one word of status.printableStatus, decided here only: first match wins (the precedence
     documented in the CRD and in names.PrintableStatus)."""
     if failed:

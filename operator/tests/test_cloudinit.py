@@ -169,9 +169,7 @@ def test_seed_iso_contents(tmp_path: Path) -> None:
     }
     iso = build_seed("ns", "vm1", "0b8f-uid", ci, tmp_path / "vm" / "seed.iso")
     assert iso == tmp_path / "vm" / "seed.iso"
-    desc = subprocess.run(
-        ["isoinfo", "-d", "-i", str(iso)], capture_output=True, text=True, check=True
-    ).stdout
+    desc = subprocess.run(["isoinfo", "-d", "-i", str(iso)], capture_output=True, text=True, check=True).stdout
     assert "Volume id: cidata" in desc and "Rock Ridge" in desc and "Joliet" in desc
     for mode in ("-R", "-J"):
         ud = yaml.safe_load(iso_file(iso, "/user-data", mode))

@@ -93,5 +93,3 @@ def check_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[FieldEr
                 FieldError(f"spec.versions[{i}].version", f"new version {ver} must be greater than {highest}")
             )
     return errors
-
-

@@ -18,7 +18,6 @@ _ONE_OF_NETWORK = ("nat", "bridge")
 _REF_FIELDS = ("template", "presets")
 
 
-
 @dataclass(frozen=True)
 class Layer:
     """A fragment and the label its fields are reported under (``template``, ``presets[0]``, ...)."""

@@ -18,7 +18,6 @@ SEMVER_PATTERN = (
 _SEMVER_RE = re.compile(SEMVER_PATTERN)
 
 
-
 @functools.total_ordering
 @dataclass(frozen=True)
 class SemVer:

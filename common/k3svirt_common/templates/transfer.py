@@ -33,7 +33,6 @@ _SERVER_METADATA = (
 _SERVER_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 
-
 class _CanonicalDumper(yaml.SafeDumper):
     """Sorted keys, block style, multi-line strings as literal blocks, indented sequences."""
 

@@ -13,7 +13,6 @@ KIND_TEMPLATE = "Template"
 KIND_PRESET = "Preset"
 
 
-
 def versions_of(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``spec.versions`` of a VMTemplate object (empty list when absent)."""
     return list(((obj or {}).get("spec") or {}).get("versions") or [])

@@ -94,8 +94,7 @@ def resolve_host_devices(
         spec, st = o.get("spec") or {}, o.get("status") or {}
         phase = st.get("phase") or PHASE_PENDING
         if spec.get("nodeName") != node:
-            err("WrongNode",
-                f"PCIPassthrough {pname} is on node {spec.get('nodeName')}, VM is on node {node}")
+            err("WrongNode", f"PCIPassthrough {pname} is on node {spec.get('nodeName')}, VM is on node {node}")
             continue
         reserved = _ref(spec.get("assignTo"))
         if reserved and reserved != me:
@@ -108,8 +107,11 @@ def resolve_host_devices(
         if phase not in (PHASE_BOUND, PHASE_ASSIGNED) or (phase == PHASE_ASSIGNED and assigned != me):
             err("NotBound", f"PCIPassthrough {pname} is not Bound (phase {phase})")
             continue
-        if (st.get("observedGeneration") is not None and (o["metadata"].get("generation") is not None)
-                and st["observedGeneration"] != o["metadata"]["generation"]):
+        if (
+            st.get("observedGeneration") is not None
+            and (o["metadata"].get("generation") is not None)
+            and st["observedGeneration"] != o["metadata"]["generation"]
+        ):
             err("NotBound", f"PCIPassthrough {pname} has a spec change not yet reconciled")
             continue
         address = st.get("address")
@@ -121,21 +123,33 @@ def resolve_host_devices(
             continue
         seen_addr[address] = pname
         members = st.get("groupMembers") or []
-        bad = [m for m in members if not m.get("isBridge")
-               and m.get("driver") not in (None, *VFIO_DRIVERS)]
+        bad = [m for m in members if not m.get("isBridge") and m.get("driver") not in (None, *VFIO_DRIVERS)]
         if bad:
             listing = ", ".join(f"{m['address']} ({m.get('driver')})" for m in bad)
-            err("GroupNotViable", f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is not "
-                f"viable: {listing} still on a host driver")
+            err(
+                "GroupNotViable",
+                f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is not "
+                f"viable: {listing} still on a host driver",
+            )
             continue
         clash = [f"{m['address']} is in VM {others[m['address']]}" for m in members if m["address"] in others]
         if clash:
-            err("GroupInOtherVM", f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is split: "
-                + "; ".join(clash) + " (a group can only belong to one VM)")
+            err(
+                "GroupInOtherVM",
+                f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is split: "
+                + "; ".join(clash)
+                + " (a group can only belong to one VM)",
+            )
             continue
-        out.append(ResolvedHostDevice(
-            name=name, passthrough=pname, address=address,
-            group_members=tuple(m["address"] for m in members), numa_node=st.get("numaNode")))
+        out.append(
+            ResolvedHostDevice(
+                name=name,
+                passthrough=pname,
+                address=address,
+                group_members=tuple(m["address"] for m in members),
+                numa_node=st.get("numaNode"),
+            )
+        )
     if errors:
         raise HostDeviceResolutionError(errors)
     return out
@@ -195,15 +209,17 @@ def plan_release(
     return out
 
 
-def assigned_status(status: Mapping[str, Any], vm_namespace: str, vm_name: str, vm_uid: str | None = None,
-                    now: str | None = None) -> dict[str, Any]:
+def assigned_status(
+    status: Mapping[str, Any], vm_namespace: str, vm_name: str, vm_uid: str | None = None, now: str | None = None
+) -> dict[str, Any]:
     """Status that records a VM's claim on the device."""
     who = {"namespace": vm_namespace, "name": vm_name}
     if vm_uid:
         who["uid"] = vm_uid
     out = {**status, "assignedTo": who, "phase": PHASE_ASSIGNED, "printableStatus": PHASE_ASSIGNED}
-    out["conditions"] = set_condition(status.get("conditions"), COND_READY, True, PHASE_ASSIGNED,
-                                      f"assigned to VM {vm_namespace}/{vm_name}", now)
+    out["conditions"] = set_condition(
+        status.get("conditions"), COND_READY, True, PHASE_ASSIGNED, f"assigned to VM {vm_namespace}/{vm_name}", now
+    )
     return out
 
 
@@ -212,6 +228,7 @@ def unassigned_status(status: Mapping[str, Any], now: str | None = None) -> dict
     out = {**status, "assignedTo": None}
     if status.get("phase") == PHASE_ASSIGNED:
         out["phase"] = out["printableStatus"] = PHASE_BOUND
-        out["conditions"] = set_condition(status.get("conditions"), COND_READY, True, PHASE_BOUND,
-                                          f"{status.get('address')} is bound and free", now)
+        out["conditions"] = set_condition(
+            status.get("conditions"), COND_READY, True, PHASE_BOUND, f"{status.get('address')} is bound and free", now
+        )
     return out

@@ -45,60 +45,144 @@ C, G = "counter", "gauge"
 
 METRICS: tuple[tuple[str, str, str, str | None, _Getter], ...] = (
     # CPU
-    ("cpu_usage_seconds_total", C, "Total CPU time spent by the VM (all vCPUs and emulator threads).",
-     None, _one(lambda s: s.cpu.usage_seconds_total)),
-    ("cpu_user_usage_seconds_total", C, "CPU time spent by the VM in user mode.",
-     None, _one(lambda s: s.cpu.user_seconds_total)),
-    ("cpu_system_usage_seconds_total", C, "CPU time spent by the VM in system mode.",
-     None, _one(lambda s: s.cpu.system_seconds_total)),
-    ("vcpu_seconds_total", C, "Time each vCPU spent running.",
-     "id", lambda s: [(str(v.id), v.seconds_total) for v in s.cpu.vcpus]),
-    ("cpu_usage_percent", G, "CPU usage over the last interval; 100 = one host CPU fully busy.",
-     None, _one(lambda s: s.cpu.usage_percent)),
-    ("vcpu_usage_percent", G, "Per-vCPU usage over the last interval; 100 = the vCPU ran all the time.",
-     "id", lambda s: [(str(v.id), v.usage_percent) for v in s.cpu.vcpus]),
+    (
+        "cpu_usage_seconds_total",
+        C,
+        "Total CPU time spent by the VM (all vCPUs and emulator threads).",
+        None,
+        _one(lambda s: s.cpu.usage_seconds_total),
+    ),
+    (
+        "cpu_user_usage_seconds_total",
+        C,
+        "CPU time spent by the VM in user mode.",
+        None,
+        _one(lambda s: s.cpu.user_seconds_total),
+    ),
+    (
+        "cpu_system_usage_seconds_total",
+        C,
+        "CPU time spent by the VM in system mode.",
+        None,
+        _one(lambda s: s.cpu.system_seconds_total),
+    ),
+    (
+        "vcpu_seconds_total",
+        C,
+        "Time each vCPU spent running.",
+        "id",
+        lambda s: [(str(v.id), v.seconds_total) for v in s.cpu.vcpus],
+    ),
+    (
+        "cpu_usage_percent",
+        G,
+        "CPU usage over the last interval; 100 = one host CPU fully busy.",
+        None,
+        _one(lambda s: s.cpu.usage_percent),
+    ),
+    (
+        "vcpu_usage_percent",
+        G,
+        "Per-vCPU usage over the last interval; 100 = the vCPU ran all the time.",
+        "id",
+        lambda s: [(str(v.id), v.usage_percent) for v in s.cpu.vcpus],
+    ),
     # Memory
-    ("memory_domain_bytes", G, "Memory currently assigned to the VM (balloon current).",
-     None, _one(lambda s: s.memory.domain_bytes)),
-    ("memory_resident_bytes", G, "Resident set size of the VM's QEMU process on the host.",
-     None, _one(lambda s: s.memory.resident_bytes)),
-    ("memory_available_bytes", G, "Memory the guest OS sees as total (guest balloon driver).",
-     None, _one(lambda s: s.memory.available_bytes)),
-    ("memory_unused_bytes", G, "Memory left completely unused by the guest (guest balloon driver).",
-     None, _one(lambda s: s.memory.unused_bytes)),
-    ("memory_usable_bytes", G, "Memory the guest can reclaim without swapping (guest balloon driver).",
-     None, _one(lambda s: s.memory.usable_bytes)),
-    ("memory_used_bytes", G, "Memory used by the guest: available - usable (guest balloon driver).",
-     None, _one(lambda s: s.memory.used_bytes)),
-    ("memory_swap_in_traffic_bytes", G, "Guest memory swapped in (guest balloon driver).",
-     None, _one(lambda s: s.memory.swap_in_bytes)),
-    ("memory_swap_out_traffic_bytes", G, "Guest memory swapped out (guest balloon driver).",
-     None, _one(lambda s: s.memory.swap_out_bytes)),
-    ("memory_pgmajfault_total", C, "Guest major page faults (guest balloon driver).",
-     None, _one(lambda s: s.memory.major_faults_total)),
-    ("memory_pgminfault_total", C, "Guest minor page faults (guest balloon driver).",
-     None, _one(lambda s: s.memory.minor_faults_total)),
+    (
+        "memory_domain_bytes",
+        G,
+        "Memory currently assigned to the VM (balloon current).",
+        None,
+        _one(lambda s: s.memory.domain_bytes),
+    ),
+    (
+        "memory_resident_bytes",
+        G,
+        "Resident set size of the VM's QEMU process on the host.",
+        None,
+        _one(lambda s: s.memory.resident_bytes),
+    ),
+    (
+        "memory_available_bytes",
+        G,
+        "Memory the guest OS sees as total (guest balloon driver).",
+        None,
+        _one(lambda s: s.memory.available_bytes),
+    ),
+    (
+        "memory_unused_bytes",
+        G,
+        "Memory left completely unused by the guest (guest balloon driver).",
+        None,
+        _one(lambda s: s.memory.unused_bytes),
+    ),
+    (
+        "memory_usable_bytes",
+        G,
+        "Memory the guest can reclaim without swapping (guest balloon driver).",
+        None,
+        _one(lambda s: s.memory.usable_bytes),
+    ),
+    (
+        "memory_used_bytes",
+        G,
+        "Memory used by the guest: available - usable (guest balloon driver).",
+        None,
+        _one(lambda s: s.memory.used_bytes),
+    ),
+    (
+        "memory_swap_in_traffic_bytes",
+        G,
+        "Guest memory swapped in (guest balloon driver).",
+        None,
+        _one(lambda s: s.memory.swap_in_bytes),
+    ),
+    (
+        "memory_swap_out_traffic_bytes",
+        G,
+        "Guest memory swapped out (guest balloon driver).",
+        None,
+        _one(lambda s: s.memory.swap_out_bytes),
+    ),
+    (
+        "memory_pgmajfault_total",
+        C,
+        "Guest major page faults (guest balloon driver).",
+        None,
+        _one(lambda s: s.memory.major_faults_total),
+    ),
+    (
+        "memory_pgminfault_total",
+        C,
+        "Guest minor page faults (guest balloon driver).",
+        None,
+        _one(lambda s: s.memory.minor_faults_total),
+    ),
     # Storage
-    ("storage_read_traffic_bytes_total", C, "Bytes read from the drive.", "drive",
-     _disk("read_bytes_total")),
-    ("storage_write_traffic_bytes_total", C, "Bytes written to the drive.", "drive",
-     _disk("write_bytes_total")),
+    ("storage_read_traffic_bytes_total", C, "Bytes read from the drive.", "drive", _disk("read_bytes_total")),
+    ("storage_write_traffic_bytes_total", C, "Bytes written to the drive.", "drive", _disk("write_bytes_total")),
     ("storage_iops_read_total", C, "Read requests completed.", "drive", _disk("read_ops_total")),
     ("storage_iops_write_total", C, "Write requests completed.", "drive", _disk("write_ops_total")),
-    ("storage_read_times_seconds_total", C, "Time spent on reads.", "drive",
-     _disk("read_times_seconds_total")),
-    ("storage_write_times_seconds_total", C, "Time spent on writes.", "drive",
-     _disk("write_times_seconds_total")),
+    ("storage_read_times_seconds_total", C, "Time spent on reads.", "drive", _disk("read_times_seconds_total")),
+    ("storage_write_times_seconds_total", C, "Time spent on writes.", "drive", _disk("write_times_seconds_total")),
     ("storage_flush_requests_total", C, "Flush requests completed.", "drive", _disk("flush_ops_total")),
-    ("storage_flush_times_seconds_total", C, "Time spent on flushes.", "drive",
-     _disk("flush_times_seconds_total")),
-    ("storage_read_bytes_per_second", G, "Read throughput over the last interval.", "drive",
-     _disk("read_bytes_per_sec")),
-    ("storage_write_bytes_per_second", G, "Write throughput over the last interval.", "drive",
-     _disk("write_bytes_per_sec")),
+    ("storage_flush_times_seconds_total", C, "Time spent on flushes.", "drive", _disk("flush_times_seconds_total")),
+    (
+        "storage_read_bytes_per_second",
+        G,
+        "Read throughput over the last interval.",
+        "drive",
+        _disk("read_bytes_per_sec"),
+    ),
+    (
+        "storage_write_bytes_per_second",
+        G,
+        "Write throughput over the last interval.",
+        "drive",
+        _disk("write_bytes_per_sec"),
+    ),
     ("storage_read_iops", G, "Read requests per second over the last interval.", "drive", _disk("read_iops")),
-    ("storage_write_iops", G, "Write requests per second over the last interval.", "drive",
-     _disk("write_iops")),
+    ("storage_write_iops", G, "Write requests per second over the last interval.", "drive", _disk("write_iops")),
     # Network
     ("network_receive_bytes_total", C, "Bytes received.", "interface", _net_total("rx_bytes")),
     ("network_transmit_bytes_total", C, "Bytes transmitted.", "interface", _net_total("tx_bytes")),
@@ -106,21 +190,44 @@ METRICS: tuple[tuple[str, str, str, str | None, _Getter], ...] = (
     ("network_transmit_packets_total", C, "Packets transmitted.", "interface", _net_total("tx_pkts")),
     ("network_receive_errors_total", C, "Receive errors.", "interface", _net_total("rx_errs")),
     ("network_transmit_errors_total", C, "Transmit errors.", "interface", _net_total("tx_errs")),
-    ("network_receive_packets_dropped_total", C, "Received packets dropped.", "interface",
-     _net_total("rx_drop")),
-    ("network_transmit_packets_dropped_total", C, "Transmitted packets dropped.", "interface",
-     _net_total("tx_drop")),
-    ("network_receive_bytes_per_second", G, "Receive throughput over the last interval.", "interface",
-     _net_rate("rx_bytes")),
-    ("network_transmit_bytes_per_second", G, "Transmit throughput over the last interval.", "interface",
-     _net_rate("tx_bytes")),
-    ("network_receive_packets_per_second", G, "Received packets per second over the last interval.",
-     "interface", _net_rate("rx_pkts")),
-    ("network_transmit_packets_per_second", G, "Transmitted packets per second over the last interval.",
-     "interface", _net_rate("tx_pkts")),
+    ("network_receive_packets_dropped_total", C, "Received packets dropped.", "interface", _net_total("rx_drop")),
+    ("network_transmit_packets_dropped_total", C, "Transmitted packets dropped.", "interface", _net_total("tx_drop")),
+    (
+        "network_receive_bytes_per_second",
+        G,
+        "Receive throughput over the last interval.",
+        "interface",
+        _net_rate("rx_bytes"),
+    ),
+    (
+        "network_transmit_bytes_per_second",
+        G,
+        "Transmit throughput over the last interval.",
+        "interface",
+        _net_rate("tx_bytes"),
+    ),
+    (
+        "network_receive_packets_per_second",
+        G,
+        "Received packets per second over the last interval.",
+        "interface",
+        _net_rate("rx_pkts"),
+    ),
+    (
+        "network_transmit_packets_per_second",
+        G,
+        "Transmitted packets per second over the last interval.",
+        "interface",
+        _net_rate("tx_pkts"),
+    ),
     # Freshness
-    ("sample_timestamp_seconds", G, "Epoch time the figures of this VM were sampled.",
-     None, _one(lambda s: s.sampled_at)),
+    (
+        "sample_timestamp_seconds",
+        G,
+        "Epoch time the figures of this VM were sampled.",
+        None,
+        _one(lambda s: s.sampled_at),
+    ),
 )
 
 
@@ -151,28 +258,25 @@ class VMMetricsCollector(Collector):
 
         # self-metrics of the sampler (per node, no VM labels)
         rnd = snap.round
-        yield GaugeMetricFamily(
-            "k3svirt_stats_vms", "VMs with fresh figures on this node.", value=len(snap.vms)
-        )
-        yield CounterMetricFamily(
-            "k3svirt_stats_rounds", "Successful sampling rounds.", value=self.stats.rounds_total
-        )
-        yield CounterMetricFamily(
-            "k3svirt_stats_errors", "Failed sampling rounds.", value=self.stats.errors_total
-        )
+        yield GaugeMetricFamily("k3svirt_stats_vms", "VMs with fresh figures on this node.", value=len(snap.vms))
+        yield CounterMetricFamily("k3svirt_stats_rounds", "Successful sampling rounds.", value=self.stats.rounds_total)
+        yield CounterMetricFamily("k3svirt_stats_errors", "Failed sampling rounds.", value=self.stats.errors_total)
         if rnd is not None:
             yield GaugeMetricFamily(
-                "k3svirt_stats_round_duration_seconds", "Wall time of the last sampling round.",
+                "k3svirt_stats_round_duration_seconds",
+                "Wall time of the last sampling round.",
                 value=rnd.duration_seconds,
             )
             yield GaugeMetricFamily(
-                "k3svirt_stats_round_cpu_seconds", "Operator CPU time of the last sampling round.",
+                "k3svirt_stats_round_cpu_seconds",
+                "Operator CPU time of the last sampling round.",
                 value=rnd.cpu_seconds,
             )
         age = self.stats.last_success_age()
         if age is not None:
             yield GaugeMetricFamily(
-                "k3svirt_stats_last_success_age_seconds", "Seconds since the last successful round.",
+                "k3svirt_stats_last_success_age_seconds",
+                "Seconds since the last successful round.",
                 value=age,
             )
 

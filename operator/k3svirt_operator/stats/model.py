@@ -151,8 +151,14 @@ class NetStats:
 
 
 STATE_NAMES = {
-    0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
-    5: "shutoff", 6: "crashed", 7: "pmsuspended",
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
 }
 
 
