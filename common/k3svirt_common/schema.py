@@ -30,7 +30,6 @@ import functools
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import yaml
 from jsonschema import validators
 
 from . import cel
+from .fielderror import FieldError
 from .names import API_VERSION, PLURALS, VERSION, VM_KIND
 
 __all__ = [
@@ -52,22 +52,6 @@ __all__ = [
     "validate_object",
     "validate_spec",
 ]
-
-
-@dataclass(frozen=True, order=True)
-class FieldError:
-    """One validation failure: `path` like "spec.disks[0].bus", `message` like the API server's."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-    @property
-    def field(self) -> str:
-        """Alias of path (the name the gateway's JSON errors use)."""
-        return self.path
 
 
 class SchemaNotFound(LookupError):

@@ -34,6 +34,8 @@ from k3svirt_common.names import XML_NAMESPACE, XML_PREFIX, domain_name
 from k3svirt_common.quantity import parse_quantity
 from k3svirt_common.schema import apply_vm_defaults
 
+from .vmref import VMRef
+
 __all__ = [
     "Adjustment",
     "BuiltDomain",
@@ -51,14 +53,6 @@ __all__ = [
 
 MIN_MEMORY = 16 * 1024**2
 ITCO_MIN_LIBVIRT = 9_001_000  # <watchdog model='itco'/> appeared in libvirt 9.1.0
-
-
-@dataclass(frozen=True)
-class VMRef:
-    namespace: str
-    name: str
-    uid: str
-    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -414,7 +408,7 @@ def _networks(devs: ET.Element, spec: Mapping[str, Any], ref: VMRef) -> None:
         else:
             iface = _sub(devs, "interface", type="network")
             _sub(iface, "source", network=(n.get("nat") or {}).get("network", "default"))
-        _sub(iface, "mac", address=(n.get("macAddress") or default_mac(ref.uid, n["name"])).lower())
+        _sub(iface, "mac", address=(n.get("macAddress") or default_mac(ref.uid or "", n["name"])).lower())
         _sub(iface, "model", type=n["model"])
         _sub(iface, "alias", name=f"ua-net-{n['name']}")
 
@@ -484,7 +478,7 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
     dom = ET.Element("domain", type=ctx.domain_type)
     _sub(dom, "name", domain_name(ref.namespace, ref.name))
     with contextlib.suppress(ValueError):  # a non-UUID uid (unit tests): libvirt generates one
-        _sub(dom, "uuid", str(uuid.UUID(ref.uid)))
+        _sub(dom, "uuid", str(uuid.UUID(ref.uid or "")))
     meta = _sub(dom, "metadata")
     _sub(
         meta,
@@ -493,7 +487,7 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
         namespace=ref.namespace,
         name=ref.name,
         uid=ref.uid,
-        generation=ref.generation,
+        generation=ref.generation or 0,
         specHash=domain_spec_hash(s),
     )
     _memory(dom, s)

@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class FieldError:
-    """One problem, with the dotted path of the field it concerns (``overrides.cpu.cores``)."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+from k3svirt_common.fielderror import FieldError
 
 
 class TemplateError(ValueError):
