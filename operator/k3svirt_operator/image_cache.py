@@ -113,8 +113,15 @@ def _load_cached(path: Path) -> CachedImage | None:
         return None
 
 
-def ensure_image(url: str, checksum: str | None, root: Path, policy: FetchPolicy | None = None) -> CachedImage:
-    """Return the cached image for ``url``, downloading (once) and verifying it if needed."""
+def ensure_image(
+    url: str, checksum: str | None = None, root: Path | None = None, policy: FetchPolicy | None = None
+) -> CachedImage:
+    """Return the cached image for ``url``, downloading (once) and verifying it if needed.
+
+    ``root``: the node's storage root (Settings.storage_root); required, it has no default.
+    """
+    if root is None:
+        raise TypeError("ensure_image() needs root, the node's storage root")
     want = _parse_checksum(checksum)
     d = ensure_dir(ensure_dir(Path(root)) / "images", DIR_MODE)
     path = cache_path(url, root)
