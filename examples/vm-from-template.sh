@@ -1,6 +1,7 @@
 #!/bin/sh
 # Import a VMTemplate (YAML), create a VM from it with an override, list VMs, then stop/start/reboot it.
 set -eu
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 VM=${VM:-demo-vm}
 api POST "/api/v1/templates?namespace=$NAMESPACE" -H 'Content-Type: application/yaml' --data-binary @- <<'YAML'

@@ -250,6 +250,15 @@ def origin(program: str) -> str | None:
         return "the project's .venv"  # (its python links to the interpreter it came from)
     if real.startswith(str(cache_dir())):
         return "built by the harness"
+    link = os.readlink(path) if os.path.islink(path) else ""
+    if link.startswith("/etc/alternatives/"):
+        # awk, editor, ...: any provider will do; accept the name if one of them is always installed
+        providers = subprocess.run(["update-alternatives", "--list", os.path.basename(link)],
+                                   capture_output=True, text=True).stdout.split()  # fmt: skip
+        for candidate in providers:
+            found = dpkg_owner(candidate)
+            if found and (found[1] or found[0] in apt_packages()):
+                return f"Debian package {found[0]} (alternative for {name})"
     owner = dpkg_owner(path)
     if owner is not None:
         pkg, base = owner

@@ -1,4 +1,5 @@
-"""Kubernetes resource quantities ("512Mi", "2G", "1.5Gi", "1024") as integer bytes."""
+"""Kubernetes resource quantities: sizes ("512Mi", "2G", "1.5Gi", "1024") as integer bytes, and any
+quantity (CPU "250m", "1.5") as an exact Decimal."""
 
 from __future__ import annotations
 
@@ -57,6 +58,35 @@ def parse_quantity(value: str | int, *, field: str = "quantity") -> int:
     if amount != amount.to_integral_value():
         raise ValueError(f"{field}: {value!r} is not a whole number of bytes")
     return int(amount)
+
+
+def quantity_value(value: str | int | float, *, field: str = "quantity") -> Decimal:
+    """Any Kubernetes quantity as an exact Decimal: CPU ("250m" = 0.25, "2"), sizes ("1Gi"), fractions.
+
+    For figures the API server already accepted (pod requests/limits, node capacity). Negative values
+    and unknown suffixes raise ValueError naming `field`.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: expected a quantity, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"{field}: must not be negative, got {value}")
+        return Decimal(str(value))
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected a quantity string like '250m', got {type(value).__name__}")
+    m = _RE.match(value)
+    if not m:
+        raise ValueError(f"{field}: {value!r} is not a quantity (expected e.g. '250m', '2', '512Mi')")
+    number, exponent, suffix = m.groups()
+    if suffix == "m":
+        scale = Decimal("0.001")
+    elif suffix in SUFFIXES:
+        scale = Decimal(SUFFIXES[suffix])
+    else:
+        raise ValueError(f"{field}: unknown suffix {suffix!r} in {value!r}")
+    if exponent and suffix:
+        raise ValueError(f"{field}: {value!r} mixes an exponent with a suffix")
+    return Decimal(number) * scale * (Decimal(10) ** int(exponent or 0))
 
 
 def format_bytes(n: int) -> str:

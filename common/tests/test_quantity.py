@@ -1,5 +1,7 @@
+from decimal import Decimal
+
 import pytest
-from k3svirt_common.quantity import format_bytes, parse_quantity
+from k3svirt_common.quantity import format_bytes, parse_quantity, quantity_value
 
 
 @pytest.mark.parametrize(
@@ -47,3 +49,25 @@ def test_format_roundtrip():
     for n in (0, 1000, 1536, 512 * 1024**2, 3 * 1024**3):
         assert parse_quantity(format_bytes(n)) == n
     assert format_bytes(512 * 1024**2) == "512Mi"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("250m", Decimal("0.25")),
+        ("2", Decimal(2)),
+        ("1.5", Decimal("1.5")),
+        ("100Mi", Decimal(100 * 1024**2)),
+        ("129e6", Decimal(129_000_000)),
+        (4, Decimal(4)),
+        ("0", Decimal(0)),
+    ],
+)
+def test_quantity_value(value, expected):
+    assert quantity_value(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "-1", "1Gb", "1e3m", True, None])
+def test_quantity_value_errors(value):
+    with pytest.raises(ValueError, match="resources.limits.cpu"):
+        quantity_value(value, field="resources.limits.cpu")

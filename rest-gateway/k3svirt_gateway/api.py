@@ -47,6 +47,34 @@ PARAMS: dict[str, dict[str, Any]] = {
         "description": "only the last N lines",
         "schema": {"type": "integer", "minimum": 0, "maximum": 100000},
     },
+    "previous": {
+        "name": "previous",
+        "in": "query",
+        "required": False,
+        "description": "the log of the previous (terminated) instance of the container",
+        "schema": {"type": "boolean"},
+    },
+    "sinceSeconds": {
+        "name": "sinceSeconds",
+        "in": "query",
+        "required": False,
+        "description": "only lines written in the last N seconds",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 315360000},
+    },
+    "timestamps": {
+        "name": "timestamps",
+        "in": "query",
+        "required": False,
+        "description": "prefix every line with its RFC 3339 timestamp",
+        "schema": {"type": "boolean"},
+    },
+    "limitBytes": {
+        "name": "limitBytes",
+        "in": "query",
+        "required": False,
+        "description": "stop after this many bytes (default 1 MiB, at most 8 MiB)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 8 * 1024 * 1024},
+    },
     "node": {
         "name": "node",
         "in": "query",
@@ -133,6 +161,32 @@ def check_name(value: str, field: str = "name", label: bool = False) -> str:
             errors=[{"field": field, "message": f"must be a {kind} (lower-case, <= {limit} chars)"}],
         )
     return value
+
+
+def bad_query(name: str, message: str) -> Problem:
+    return Problem(400, f"query parameter {name}: {message}", errors=[{"field": name, "message": message}])
+
+
+def query_int(name: str) -> int | None:
+    """An integer query parameter, bounded by its PARAMS schema; 400 naming it when invalid."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    schema = PARAMS[name]["schema"]
+    lo, hi = schema.get("minimum", 0), schema.get("maximum")
+    if not re.fullmatch(r"[0-9]{1,12}", raw) or int(raw) < lo or (hi is not None and int(raw) > hi):
+        raise bad_query(name, f"must be an integer from {lo} to {hi}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def query_bool(name: str) -> bool:
+    """A boolean query parameter: true or false (absent = false); 400 naming it otherwise."""
+    raw = request.args.get(name)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise bad_query(name, f"must be true or false, got {raw[:40]!r}")
 
 
 def namespace() -> str:

@@ -47,10 +47,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.before_request(auth.check_request)
 
-    from .routes import meta, namespaces, pci, templates, vms, workloads
+    from .routes import meta, monitoring, namespaces, pci, pods, templates, vms, workloads
 
     app.register_blueprint(meta.bp)
-    for mod in (vms, templates, pci, workloads, namespaces):
+    for mod in (vms, templates, pci, workloads, pods, monitoring, namespaces):
         for bp in mod.blueprints():
             app.register_blueprint(bp, url_prefix=API_PREFIX)
     return app

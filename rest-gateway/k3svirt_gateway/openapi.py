@@ -145,7 +145,19 @@ def build(app: Flask) -> dict[str, Any]:
             ),
         },
         "tags": [
-            {"name": t} for t in ("vms", "templates", "pci", "deployments", "services", "pods", "namespaces", "meta")
+            {"name": t}
+            for t in (
+                "vms",
+                "templates",
+                "pci",
+                "deployments",
+                "services",
+                "pods",
+                "stats",
+                "nodes",
+                "namespaces",
+                "meta",
+            )
         ],
         "security": [{"bearerAuth": []}, {"apiKeyHeader": []}, {"basicAuth": []}],
         "paths": dict(sorted(paths.items())),

@@ -23,6 +23,34 @@ OBJ = {"type": "object"}  # free-form object
 ENV_NAME = {"type": "string", "pattern": r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", "maxLength": 256}
 
 
+QUANTITY = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$", "maxLength": 32}
+RESOURCE_AMOUNTS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"cpu": QUANTITY, "memory": QUANTITY},
+}
+RESOURCES = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "container requests/limits (cpu: cores or millicores like 250m; memory: 128Mi)",
+    "properties": {"requests": RESOURCE_AMOUNTS, "limits": RESOURCE_AMOUNTS},
+}
+PULL_POLICY = {
+    "type": "string",
+    "enum": ["IfNotPresent", "Never", "Always"],
+    "description": "default IfNotPresent: images are imported on the node, no registry is reachable",
+}
+ENV_MAP = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "propertyNames": ENV_NAME,
+    "maxProperties": 128,
+}
+STRINGS = {"type": "array", "items": {"type": "string", "maxLength": 4096}, "maxItems": 256}
+NUM = {"type": "number", "nullable": True}
+INT = {"type": "integer", "nullable": True}
+
+
 def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -57,6 +85,9 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "detail": {"type": "string"},
             "instance": {"type": "string"},
             "reason": {"type": "string"},
+            "podStatus": {"type": "string", "description": "409 on pod logs/stats: the pod's status"},
+            "statusMessage": {"type": "string"},
+            "containers": {"type": "array", "items": OBJ},
             "errors": {
                 "type": "array",
                 "items": {
@@ -285,15 +316,28 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "image": {"type": "string", "minLength": 1, "maxLength": 512, "pattern": r"^\S+$"},
             "replicas": {"type": "integer", "minimum": 0, "maximum": 100},
             "ports": {"type": "array", "items": PORT, "maxItems": 32},
-            "env": {
-                "type": "object",
-                "additionalProperties": {"type": "string"},
-                "propertyNames": ENV_NAME,
-                "maxProperties": 128,
-            },
-            "command": {"type": "array", "items": {"type": "string"}},
-            "args": {"type": "array", "items": {"type": "string"}},
+            "env": ENV_MAP,
+            "command": STRINGS,
+            "args": STRINGS,
+            "resources": RESOURCES,
+            "imagePullPolicy": PULL_POLICY,
             "labels": LABELS,
+        },
+    },
+    "DeploymentUpdate": {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "description": "changes to the first container and the replica count; env, command, args and "
+        "resources replace the current value (empty clears it)",
+        "properties": {
+            "image": {"type": "string", "minLength": 1, "maxLength": 512, "pattern": r"^\S+$"},
+            "imagePullPolicy": PULL_POLICY,
+            "replicas": {"type": "integer", "minimum": 0, "maximum": 100},
+            "env": ENV_MAP,
+            "command": STRINGS,
+            "args": STRINGS,
+            "resources": RESOURCES,
         },
     },
     "Scale": {
@@ -312,9 +356,25 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "replicas": {"type": "integer"},
             "readyReplicas": {"type": "integer"},
             "availableReplicas": {"type": "integer"},
+            "updatedReplicas": {"type": "integer"},
+            "unavailableReplicas": {"type": "integer"},
+            "generation": {"type": "integer"},
+            "observedGeneration": {"type": "integer"},
+            "rollout": {
+                "type": "string",
+                "enum": ["Complete", "Progressing", "Failed", "Deleting"],
+                "description": "like `kubectl rollout status`: Complete when every wanted replica runs the "
+                "current template, is available, and no old replica is left",
+            },
+            "deleting": {"type": "boolean"},
+            "imagePullPolicy": {"type": "string"},
             "ports": {"type": "array", "items": OBJ},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "command": {"type": "array", "items": {"type": "string"}},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "resources": OBJ,
             "labels": LABELS,
+            "conditions": {"type": "array", "items": OBJ},
             "created": {"type": "string"},
         },
     },
@@ -360,24 +420,191 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         },
     },
     "ServiceList": list_of("Service"),
+    "ContainerState": {
+        "type": "object",
+        "required": ["name", "image", "state", "ready", "restarts"],
+        "properties": {
+            "name": {"type": "string"},
+            "image": {"type": "string"},
+            "state": {"type": "string", "enum": ["waiting", "running", "terminated"]},
+            "reason": {
+                "type": "string",
+                "description": "waiting: ContainerCreating, ImagePullBackOff, ErrImagePull, CrashLoopBackOff, ...; "
+                "terminated: Completed, Error, OOMKilled, ...",
+            },
+            "message": {"type": "string", "description": "the kubelet's message"},
+            "hint": {"type": "string", "description": "what the reason means on a k3svirt node"},
+            "startedAt": {"type": "string"},
+            "finishedAt": {"type": "string"},
+            "exitCode": {"type": "integer"},
+            "signal": {"type": "integer"},
+            "ready": {"type": "boolean"},
+            "restarts": {"type": "integer"},
+            "lastState": {"type": "object", "description": "the previous (terminated) instance, if any"},
+        },
+    },
     "Pod": {
         "type": "object",
-        "required": ["name", "namespace"],
+        "required": ["name", "namespace", "phase", "status", "containers"],
         "properties": {
             "name": {"type": "string"},
             "namespace": {"type": "string"},
             "phase": {"type": "string"},
+            "status": {
+                "type": "string",
+                "description": "one word like kubectl's STATUS column: Running, ContainerCreating, "
+                "ImagePullBackOff, CrashLoopBackOff, Completed, Init:0/1, Terminating, Pending (only when no "
+                "container reports a reason) ...",
+            },
+            "statusMessage": {"type": "string", "description": "why, in one sentence (empty when nothing to say)"},
             "node": {"type": "string"},
             "podIP": {"type": "string"},
-            "ready": {"type": "boolean"},
+            "hostIP": {"type": "string"},
+            "startTime": {"type": "string"},
+            "qosClass": {"type": "string"},
+            "ready": {"type": "boolean", "description": "every container is ready"},
+            "readyContainers": {"type": "string", "description": "ready/total, e.g. 1/1"},
             "restarts": {"type": "integer"},
-            "containers": {"type": "array", "items": {"type": "string"}},
+            "deleting": {"type": "boolean"},
+            "containers": {"type": "array", "items": ref("ContainerState")},
+            "initContainers": {"type": "array", "items": ref("ContainerState")},
             "labels": LABELS,
             "conditions": {"type": "array", "items": OBJ},
             "created": {"type": "string"},
         },
     },
     "PodList": list_of("Pod"),
+    "PodStats": {
+        "type": "object",
+        "required": ["name", "namespace", "available"],
+        "description": "figures of the kubelet Summary API; null where the kubelet gave none",
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "node": {"type": "string"},
+            "status": {"type": "string"},
+            "available": {"type": "boolean", "description": "false: no figures (see reason)"},
+            "reason": {"type": "string"},
+            "source": {"type": "string"},
+            "cpu": {
+                "type": "object",
+                "properties": {
+                    "time": {"type": "string"},
+                    "usageCores": {**NUM, "description": "usageNanoCores / 1e9 (a rate computed by the kubelet)"},
+                    "usageCoreSeconds": NUM,
+                    "nodeCores": NUM,
+                    "percentOfNode": NUM,
+                    "limitCores": {**NUM, "description": "null when a container has no CPU limit"},
+                    "percentOfLimit": NUM,
+                },
+            },
+            "memory": {
+                "type": "object",
+                "properties": {
+                    "time": {"type": "string"},
+                    "workingSetBytes": INT,
+                    "usageBytes": INT,
+                    "rssBytes": INT,
+                    "nodeBytes": INT,
+                    "percentOfNode": NUM,
+                    "limitBytes": INT,
+                    "percentOfLimit": NUM,
+                },
+            },
+            "network": {
+                "type": "object",
+                "properties": {
+                    "time": {"type": "string"},
+                    "rxBytes": {**INT, "description": "cumulative since the pod sandbox started"},
+                    "txBytes": INT,
+                    "rxErrors": INT,
+                    "txErrors": INT,
+                    "rxBytesPerSecond": {
+                        **NUM,
+                        "description": "from two kubelet samples seen by this gateway process; null until then",
+                    },
+                    "txBytesPerSecond": NUM,
+                    "rateWindowSeconds": NUM,
+                    "rateNote": {"type": "string"},
+                    "interfaces": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "filesystem": {
+                "type": "object",
+                "properties": {
+                    "usedBytes": {**INT, "description": "container rootfs + logs"},
+                    "rootfsUsedBytes": INT,
+                    "logsUsedBytes": INT,
+                    "ephemeralStorageUsedBytes": INT,
+                    "volumesUsedBytes": INT,
+                },
+            },
+            "processes": INT,
+            "containers": {"type": "array", "items": OBJ},
+        },
+    },
+    "PodStatsList": {
+        "type": "object",
+        "required": ["namespace", "items", "totals"],
+        "properties": {
+            "namespace": {"type": "string"},
+            "items": {"type": "array", "items": ref("PodStats")},
+            "source": {"type": "string"},
+            "totals": {
+                "type": "object",
+                "properties": {
+                    "pods": {"type": "integer"},
+                    "podsWithStats": {"type": "integer"},
+                    "cpuUsageCores": NUM,
+                    "memoryWorkingSetBytes": NUM,
+                    "networkRxBytes": NUM,
+                    "networkTxBytes": NUM,
+                    "networkRxBytesPerSecond": NUM,
+                    "networkTxBytesPerSecond": NUM,
+                    "filesystemUsedBytes": NUM,
+                },
+            },
+        },
+    },
+    "NodeResources": {
+        "type": "object",
+        "properties": {
+            "cpuCores": NUM,
+            "memoryBytes": INT,
+            "pods": INT,
+            "ephemeralStorageBytes": INT,
+            "quantities": LABELS,
+        },
+    },
+    "Node": {
+        "type": "object",
+        "required": ["name", "status", "ready"],
+        "properties": {
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": ["Ready", "NotReady", "Unknown"]},
+            "ready": {"type": "boolean"},
+            "unschedulable": {"type": "boolean"},
+            "created": {"type": "string"},
+            "labels": LABELS,
+            "taints": {"type": "array", "items": OBJ},
+            "addresses": {"type": "array", "items": OBJ},
+            "kubeletVersion": {"type": "string"},
+            "containerRuntimeVersion": {"type": "string"},
+            "osImage": {"type": "string"},
+            "kernelVersion": {"type": "string"},
+            "architecture": {"type": "string"},
+            "capacity": ref("NodeResources"),
+            "allocatable": ref("NodeResources"),
+            "conditions": {"type": "array", "items": OBJ},
+            "usage": {
+                "type": "object",
+                "description": "vms: vCPUs/RAM of VMs with status.node = this node that hold a domain "
+                "(Running, Paused, Starting, Stopping); pods: requests of its non-terminated pods",
+                "properties": {"vms": OBJ, "pods": OBJ, "total": OBJ},
+            },
+        },
+    },
+    "NodeList": list_of("Node"),
     "NamespaceCreate": {
         "type": "object",
         "required": ["name"],

@@ -106,6 +106,21 @@ def namespace(app, client, admin) -> Iterator[str]:
     client.delete(f"/api/v1/namespaces/{ns}", headers=admin)
 
 
+@pytest.fixture(scope="session")
+def ready_node(app) -> str:
+    """The name of a Ready node (a kubelet that runs pods). Skips only when the API server lists no
+    Ready node - the same answer as `kubectl get nodes` - i.e. on a test bed without a kubelet."""
+    from k3svirt_gateway.k8s import core_path
+
+    nodes = app.extensions["k3svirt.kube"].get(core_path("nodes")).get("items", [])
+    for node in nodes:
+        conds = (node.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+            return node["metadata"]["name"]
+    names = ", ".join(n["metadata"]["name"] for n in nodes) or "none"
+    pytest.skip(f"no Ready node (kubectl get nodes: {names}): this test bed runs no kubelet")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# The test application the node test bed imports (tests/harness/images.sh builds it from Debian's
+# busybox: httpd on $PORT answering "http-echo host=<pod> message=$MESSAGE"); override to try another.
+APP_IMAGE = os.environ.get("K3SVIRT_TEST_APP_IMAGE", "localhost/k3svirt/http-echo:1.0")
+
 TEMPLATE_YAML = """\
 apiVersion: k3svirt.io/v1alpha1
 kind: VMTemplate

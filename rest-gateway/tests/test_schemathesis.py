@@ -5,6 +5,7 @@ headers, body schema). Bounded: a few examples per operation (< 3 min in total).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -51,9 +52,24 @@ def test_api_conforms(case, live_gateway, st_namespace, admin):
     if any(p.endswith("/namespace") for p in params):
         # keep every namespaced object inside the module's namespace (cleaned up afterwards)
         case.query = {**(case.query or {}), "namespace": st_namespace}
-    if case.path == "/api/v1/namespaces" and case.method == "POST" and isinstance(case.body, dict) \
-            and isinstance(case.body.get("name"), str):
+    if (
+        case.path == "/api/v1/namespaces"
+        and case.method == "POST"
+        and isinstance(case.body, dict)
+        and isinstance(case.body.get("name"), str)
+    ):
         case.body = {**case.body, "name": f"gwst-{uuid.uuid4().hex[:8]}"}
+    if (
+        case.path.startswith("/api/v1/deployments")
+        and isinstance(case.body, dict)
+        and isinstance(case.body.get("image"), str)
+        and re.fullmatch(r"\S{1,512}", case.body["image"])
+    ):
+        # A valid generated image name would make a node's kubelet pull it from a public registry:
+        # keep it valid but on loopback (and never pulled); an invalid pull policy stays invalid.
+        policy = case.body.get("imagePullPolicy", "Never")
+        policy = "Never" if policy in ("IfNotPresent", "Never", "Always") else policy
+        case.body = {**case.body, "image": f"localhost/k3svirt/st-{uuid.uuid4().hex[:8]}:1", "imagePullPolicy": policy}
     if case.path == "/api/v1/namespaces/{name}" and case.method == "DELETE":
         case.path_parameters = {"name": f"gwst-none-{uuid.uuid4().hex[:6]}"}
     # positive_data_acceptance is excluded: a schema-valid body may still be refused with 422 for

@@ -141,7 +141,7 @@ def gateway_calls() -> list[tuple[str, Perm]]:
             is_kube = (isinstance(target, ast.Call) and getattr(target.func, "id", "") == "kube") or (
                 isinstance(target, ast.Attribute) and target.attr == "kube"
             )
-            if not is_kube or node.func.attr not in {"get", "post", "put", "patch", "delete", "request"}:
+            if not is_kube or node.func.attr not in {"get", "post", "put", "patch", "delete", "request", "text"}:
                 continue
             args = list(node.args)
             method = node.func.attr
@@ -160,8 +160,8 @@ def gateway_calls() -> list[tuple[str, Perm]]:
                 assert fn in HELPERS, f"{where}: unknown path helper {fn}; update this test"
                 group, res, ni, si = HELPERS[fn]
                 name, sub = _arg(helper, ni, "name"), _arg(helper, si, "sub")
-            if _present(sub):
-                res = f"{res}/{sub.value}"
+            if _present(sub):  # "proxy/stats/summary" is the subresource "proxy"
+                res = f"{res}/{sub.value.split('/')[0]}"
             verb = METHOD_VERB.get(method) or ("get" if _present(name) or "/" in res else "list")
             out.append((where, (group, res, verb)))
     out += CACHE_CALLS
@@ -181,6 +181,7 @@ def test_gateway_calls_are_found() -> None:
     found = {p for _, p in calls}
     assert len(calls) > 30
     assert ("", "pods/log", "get") in found and ("apps", "deployments/scale", "patch") in found
+    assert ("", "nodes/proxy", "get") in found and ("apps", "deployments", "update") in found
     assert ("", "secrets", "get") in found
 
 

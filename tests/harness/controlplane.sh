@@ -14,20 +14,18 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-SRC="$HARNESS_DIR/controlplane"
-# Stamped like upstream release builds, so `kubectl version` and Helm's kubeVersion checks work.
-LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
-  -X k8s.io/component-base/version.gitMajor=$(cut -d. -f1 <<<"${KUBE_VERSION#v}") \
-  -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION") \
-  -X k8s.io/component-base/version.gitTreeState=clean"
-KEY=$( (cat "$SRC/go.mod" "$SRC/go.sum"; echo "$LDFLAGS") | sha256sum | cut -c1-12)
-BIN="$K3SVIRT_CACHE/controlplane/$KUBE_VERSION-kine-$KINE_VERSION-$KEY"
+BIN=$KUBE_BIN
 CP="$K3SVIRT_STATE/controlplane"
-PKI="$CP/pki"
-PORT=${K3SVIRT_API_PORT:-6443}
+PORT=$KUBE_API_PORT
 KUBECONFIG_OUT="$K3SVIRT_STATE/kubeconfig"
 
-built() { [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kine" ]; }
+# Every Kubernetes binary the test bed runs, built in one `go build` from k8s.io/kubernetes.
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl k3svirt-cri-sweep)
+
+built() {
+  local c
+  for c in "${KUBE_CMDS[@]}" kine; do [ -x "$BIN/$c" ] || return 1; done
+}
 
 build() {
   built && return 0
@@ -39,48 +37,69 @@ build_locked() {
   built && return 0  # another checkout finished the same build while we waited for the lock
   local tmp t0=$SECONDS
   tmp=$(mktemp -d "$BIN.tmp.XXXXXX")
-  log "building kube-apiserver/kube-controller-manager $KUBE_VERSION and kine $KINE_VERSION (once, ~10 min on 2 cores)"
-  (cd "$SRC" && go build -trimpath -ldflags "$LDFLAGS" -o "$tmp/" ./cmd/kube-apiserver ./cmd/kube-controller-manager) \
-    || die "building the control plane failed: is the Go module proxy reachable (go env GOPROXY)?"
+  log "building ${KUBE_CMDS[*]} $KUBE_VERSION and kine $KINE_VERSION (once, ~15 min on 2 cores)"
+  (cd "$KUBE_SRC" && go build -trimpath -ldflags "$KUBE_LDFLAGS" -o "$tmp/" "${KUBE_CMDS[@]/#/./cmd/}") \
+    || die "building the Kubernetes binaries failed: see the Go errors above (module proxy unreachable? go env GOPROXY)"
   CGO_ENABLED=1 GOBIN="$tmp" go install "github.com/k3s-io/kine@$KINE_VERSION" \
     || die "building kine failed: it needs cgo (gcc) and the Go module proxy"
   rm -rf "$BIN" && mv -T "$tmp" "$BIN"
-  log "control plane built in $((SECONDS - t0)) s"
+  log "Kubernetes binaries built in $((SECONDS - t0)) s"
 }
 
-# pki writes a CA, the API server's serving cert, an admin client cert and the service-account keys.
+# link_kubectl makes the kubectl we built the one on PATH (/usr/local/bin comes first) when there is
+# none, or when the one there is older than 1.35: kubectl supports one minor version of skew only.
+link_kubectl() {
+  local link=/usr/local/bin/kubectl cur minor
+  [ "$(readlink "$link" 2>/dev/null)" = "$BIN/kubectl" ] && return 0
+  cur=$(command -v kubectl || true)
+  # A link to an earlier build of ours is just updated; any other kubectl is kept when new enough.
+  if [ -n "$cur" ] && [[ "$(readlink "$cur" 2>/dev/null)" != "$K3SVIRT_CACHE"/controlplane/* ]]; then
+    minor=$("$cur" version --client -o json 2>/dev/null | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p')
+    [ "${minor:-0}" -ge 35 ] && return 0
+    [ "$cur" != "$link" ] \
+      || die "$link is kubectl 1.${minor:-?}, too old for $KUBE_VERSION: remove it (the test bed then links its own there)"
+    log "kubectl: $cur is 1.${minor:-?}, outside $KUBE_VERSION's version skew: $link (first on PATH) takes over"
+  fi
+  ln -sfn "$BIN/kubectl" "$link" || die "cannot write $link: run as root, or put a kubectl >= 1.35 on PATH"
+  log "kubectl: $link -> $BIN/kubectl ($KUBE_VERSION)"
+}
+
+# pki writes the CA, the service-account keys and the certificates of the control plane and its
+# clients; certificates already issued are kept (a state dir from before the node gains the new ones).
 pki() {
-  [ -f "$PKI/admin.crt" ] && return 0
-  mkdir -p "$PKI" && cd "$PKI"
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=k3svirt-test-ca" \
-    -keyout ca.key -out ca.crt 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,IP:10.43.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' > san.ext
-  openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-    -extfile san.ext -out apiserver.crt 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=k3svirt-admin" -keyout admin.key -out admin.csr 2>/dev/null
-  openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -out admin.crt 2>/dev/null
-  openssl genrsa -out sa.key 2048 2>/dev/null && openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-  cd - >/dev/null
+  mkdir -p "$PKI"
+  if [ ! -f "$PKI/ca.crt" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=k3svirt-test-ca" \
+      -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+  fi
+  [ -f "$PKI/sa.key" ] || { openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null \
+    && openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null; }
+  issue_cert apiserver "/CN=kube-apiserver" \
+    "IP:127.0.0.1,IP:10.43.0.1,IP:$K3SVIRT_TESTBED_NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+  issue_cert admin "/O=system:masters/CN=k3svirt-admin"
+  # The API server's identity towards kubelet (logs, exec, port-forward, node proxy).
+  issue_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
+  # Bound to its role by the API server's default RBAC (ClusterRoleBinding system:kube-scheduler).
+  issue_cert scheduler "/CN=system:kube-scheduler"
 }
 
-write_kubeconfig() {
-  local out=$1
-  cat > "$out" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: k3svirt
-  cluster: {server: "https://127.0.0.1:$PORT", certificate-authority: "$PKI/ca.crt"}
-users:
-- name: admin
-  user: {client-certificate: "$PKI/admin.crt", client-key: "$PKI/admin.key"}
-contexts:
-- name: k3svirt
-  context: {cluster: k3svirt, user: admin}
-current-context: k3svirt
-KC
-  chmod 600 "$out"
+# The API server listens on every address: pods reach it through the kubernetes Service, whose
+# endpoint is the node IP (a loopback endpoint is refused). Only this machine (lo) and its pods
+# (cni0) may connect: the port is dropped on every other interface (eth0, libvirt's guest bridge).
+API_GUARD="K3SVIRT-API-$PORT"
+guard_api() {
+  if ! { { iptables -w -N "$API_GUARD" 2>/dev/null || iptables -w -F "$API_GUARD"; } \
+    && iptables -w -A "$API_GUARD" -i lo -j RETURN && iptables -w -A "$API_GUARD" -i cni0 -j RETURN \
+    && iptables -w -A "$API_GUARD" -j DROP \
+    && { iptables -w -C INPUT -p tcp --dport "$PORT" -j "$API_GUARD" 2>/dev/null \
+      || iptables -w -I INPUT 1 -p tcp --dport "$PORT" -j "$API_GUARD"; }; }; then
+    die "cannot add the iptables rules that keep the API port local: run as root (iptables from deps.sh)"
+  fi
+}
+
+unguard_api() {
+  while iptables -w -D INPUT -p tcp --dport "$PORT" -j "$API_GUARD" 2>/dev/null; do :; done
+  if iptables -w -F "$API_GUARD" 2>/dev/null; then iptables -w -X "$API_GUARD"; fi
 }
 
 api_ready() { kubectl --kubeconfig "$KUBECONFIG_OUT" get --raw /readyz; }
@@ -105,28 +124,38 @@ start() {
     start_k3s_binary
   else
     build
+    link_kubectl
     pki
-    write_kubeconfig "$KUBECONFIG_OUT"
+    guard_api
+    write_kubeconfig "$KUBECONFIG_OUT" admin
     nohup "$BIN/kine" --endpoint "sqlite://$CP/state.db?_journal=WAL&cache=shared&_busy_timeout=30000" \
       --listen-address "unix://$CP/kine.sock" --metrics-bind-address 0 > "$CP/kine.log" 2>&1 &
     echo $! > "$CP/kine.pid"
     wait_for 30 kine test -S "$CP/kine.sock" || die "kine did not start: see $CP/kine.log"
     nohup "$BIN/kube-apiserver" \
       --etcd-servers "unix://$CP/kine.sock" --storage-backend etcd3 \
-      --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$PORT" \
+      --bind-address 0.0.0.0 --advertise-address "$K3SVIRT_TESTBED_NODE_IP" --secure-port "$PORT" \
       --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-      --client-ca-file "$PKI/ca.crt" --authorization-mode RBAC --anonymous-auth=false \
+      --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC --anonymous-auth=false \
+      --enable-admission-plugins NodeRestriction --kubelet-certificate-authority "$PKI/ca.crt" \
+      --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+      --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+      --kubelet-preferred-address-types InternalIP,ExternalIP,Hostname \
       --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
       --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.43.0.0/16 \
       --allow-privileged --profiling=false --v=0 > "$CP/kube-apiserver.log" 2>&1 &
     echo $! > "$CP/kube-apiserver.pid"
-    write_kubeconfig "$CP/controller-manager.kubeconfig"
+    write_kubeconfig "$CP/controller-manager.kubeconfig" admin
     nohup "$BIN/kube-controller-manager" --kubeconfig "$CP/controller-manager.kubeconfig" \
       --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
       --use-service-account-credentials --leader-elect=false --secure-port 0 \
-      --controllers '*,-nodeipam,-nodelifecycle,-persistentvolume-binder,-attachdetach,-ttl' \
+      --controllers '*,-nodeipam' \
       --profiling=false --v=0 > "$CP/kube-controller-manager.log" 2>&1 &
     echo $! > "$CP/kube-controller-manager.pid"
+    write_kubeconfig "$CP/scheduler.kubeconfig" scheduler
+    nohup "$BIN/kube-scheduler" --kubeconfig "$CP/scheduler.kubeconfig" --leader-elect=false \
+      --secure-port 0 --profiling=false --v=0 > "$CP/kube-scheduler.log" 2>&1 &
+    echo $! > "$CP/kube-scheduler.pid"
   fi
   wait_for 120 "the API server on https://127.0.0.1:$PORT" api_ready \
     || die "the API server did not become ready in 120 s: see $CP/*.log"
@@ -134,9 +163,10 @@ start() {
 
 stop() {
   # Reverse order of start; each one waits for its process to exit (SIGKILL after a bound).
-  for p in k3s kube-controller-manager kube-apiserver kine; do
+  for p in k3s kube-scheduler kube-controller-manager kube-apiserver kine; do
     stop_pidfile "$CP/$p.pid" 20
   done
+  unguard_api
 }
 
 status() {
@@ -144,6 +174,6 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;; stop) stop ;; status) status ;; build) build ;;
+  start) start ;; stop) stop ;; status) status ;; build) build && link_kubectl ;;
   *) die "usage: $0 start|stop|status|build" ;;
 esac

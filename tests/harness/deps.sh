@@ -15,7 +15,9 @@ APT_PACKAGES=(
   libxml2-utils                                                  # xmllint, which virt-xml-validate runs
   curl procps kmod psmisc                                        # health checks, pgrep/pkill, modprobe, fuser
   shellcheck shfmt gcc libc6-dev                                 # script lint + parsing, cgo for SQLite, the static pause
-  buildah mmdebstrap containerd runc                             # local image builds (images.sh), the node's runtime
+  buildah mmdebstrap                                             # local image builds (images.sh)
+  containerd runc containernetworking-plugins                    # the node's container runtime and pod network
+  conntrack                                                      # kube-proxy clears stale UDP/NAT entries
 )
 # What this machine must already have (the README's prerequisites); every other program the code,
 # the tests and the scripts run comes from APT_PACKAGES, the .venv, or a build of ours in $K3SVIRT_CACHE.
@@ -58,5 +60,5 @@ esac
 
 install_apt
 install_venv
-command -v go >/dev/null || die "Go is missing: install Go 1.26 or newer (needed to build the control plane once)"
-command -v kubectl >/dev/null || die "kubectl is missing: install kubectl"
+# kubectl is not checked here: controlplane.sh builds it with the other Kubernetes binaries.
+command -v go >/dev/null || die "Go is missing: install Go 1.26 or newer (needed to build the Kubernetes binaries once)"

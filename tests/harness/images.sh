@@ -3,14 +3,17 @@
 #   localhost/k3svirt/debian-base:bookworm  mmdebstrap minbase rootfs (the base of the two below)
 #   localhost/k3svirt/pause:3.10            our static pause program (tests/harness/images/pause)
 #   localhost/k3svirt/http-echo:1.0         busybox httpd test application (tests/harness/images/http-echo)
+#   localhost/k3svirt/node-test-busybox:1   busybox with its applets, the node tests' toolbox
+#   localhost/k3svirt/coredns:<version>     CoreDNS built from its Go module (the node's cluster DNS)
 #   localhost/k3svirt/operator:<version>    operator/Containerfile
 #   localhost/k3svirt/gateway:<version>     rest-gateway/Containerfile
 # Each image becomes an OCI archive in $K3SVIRT_CACHE/images named after a hash of its inputs
 # (Containerfile, the files copied in, tool and package versions, the base's hash): an unchanged
 # image is never rebuilt. Builds are reproducible: fixed timestamps (SOURCE_DATE_EPOCH).
 #
-# Usage: images.sh build                 build what is missing, print "<reference> <archive>" lines
-#        images.sh import <socket>       import every archive into containerd (namespace k8s.io)
+# Usage: images.sh build [NAME...]       build what is missing (all, or the NAMEs and what they start
+#                                        FROM), print "<reference> <archive>" lines
+#        images.sh import <socket> [NAME...]  import the archives into containerd (namespace k8s.io)
 #        images.sh list                  print "<reference> <archive> <bytes>" of the built archives
 #        images.sh refs                  print the reference of every image (builds nothing)
 #        images.sh prune                 delete archives of older inputs (other checkouts sharing
@@ -31,6 +34,8 @@ SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 SECURITY_MIRROR=http://deb.debian.org/debian-security
 BASE_REF=localhost/k3svirt/debian-base:$SUITE
+COREDNS_VERSION=v1.15.0
+COREDNS_BIN="$K3SVIRT_CACHE/coredns/$COREDNS_VERSION/coredns"
 APP_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/operator/pyproject.toml")
 
 # name reference: build order (the base before the images that start FROM it).
@@ -38,6 +43,8 @@ IMAGES=(
   "debian-base $BASE_REF"
   "pause localhost/k3svirt/pause:3.10"
   "http-echo localhost/k3svirt/http-echo:1.0"
+  "busybox localhost/k3svirt/node-test-busybox:1"
+  "coredns localhost/k3svirt/coredns:$COREDNS_VERSION"
   "operator localhost/k3svirt/operator:$APP_VERSION"
   "gateway localhost/k3svirt/gateway:$APP_VERSION"
 )
@@ -89,6 +96,11 @@ inputs() {
     http-echo)
       sha256sum /bin/busybox
       (cd "$IMAGES_SRC/http-echo" && sha256sum Containerfile run index.cgi && stat -c '%n %a' run index.cgi) ;;
+    busybox)
+      sha256sum /bin/busybox "$IMAGES_SRC/busybox/Containerfile" ;;
+    coredns)
+      echo "coredns $COREDNS_VERSION go $(go env GOVERSION 2>/dev/null)"
+      sha256sum "$IMAGES_SRC/coredns/Containerfile" ;;
     operator | gateway)
       echo "base $(key debian-base)"
       local dir=operator; [ "$1" = gateway ] && dir=rest-gateway
@@ -123,11 +135,31 @@ stage() {
     http-echo)
       cp -p "$IMAGES_SRC/http-echo/"{Containerfile,run,index.cgi} /bin/busybox "$ctx/"
       echo Containerfile ;;
+    busybox)
+      cp "$IMAGES_SRC/busybox/Containerfile" /bin/busybox "$ctx/"
+      echo Containerfile ;;
+    coredns)
+      build_coredns
+      cp "$IMAGES_SRC/coredns/Containerfile" "$COREDNS_BIN" "$ctx/"
+      echo Containerfile ;;
     operator | gateway)
       local dir=operator; [ "$name" = gateway ] && dir=rest-gateway
       (cd "$REPO_ROOT" && cp .containerignore "$ctx/" && files_of crds common "$dir" | cpio -pdm --quiet "$ctx")
       echo "$dir/Containerfile" ;;
   esac
+}
+
+# build_coredns: the CoreDNS binary, built once from its Go module into the cache (static, no cgo).
+build_coredns() {
+  [ -x "$COREDNS_BIN" ] && return 0
+  command -v go >/dev/null || die "Go is missing: install Go 1.26+ to build CoreDNS once"
+  log "building CoreDNS $COREDNS_VERSION from its Go module (once, a few minutes)"
+  local tmp
+  mkdir -p "${COREDNS_BIN%/*/*}"
+  tmp=$(mktemp -d "${COREDNS_BIN%/*}.tmp.XXXXXX")
+  CGO_ENABLED=0 GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" \
+    || die "building CoreDNS failed: is the Go module proxy reachable?"
+  rm -rf "${COREDNS_BIN%/*}" && mv -T "$tmp" "${COREDNS_BIN%/*}"
 }
 
 # ensure_base: the base image in buildah's storage (from its archive when the storage was wiped).
@@ -169,6 +201,17 @@ build_one() {
   echo "$ref $archive"
 }
 
+# wanted NAME [ASKED...]: true when NAME is asked for (no ASKED: every image), or is the base of one.
+wanted() {
+  local name=$1 a; shift
+  [ $# -eq 0 ] && return 0
+  for a in "$@"; do
+    [ "$a" = "$name" ] && return 0
+    case $a in operator | gateway) [ "$name" = debian-base ] && return 0 ;; esac
+  done
+  return 1
+}
+
 cmd_build() {
   command -v buildah >/dev/null || die "buildah is missing: run bash tests/harness/deps.sh"
   need_root
@@ -176,8 +219,12 @@ cmd_build() {
   # One builder at a time per cache: a second caller waits, then finds the archives.
   exec 9>"$ARCHIVES/.lock"
   flock 9
-  local entry
-  for entry in "${IMAGES[@]}"; do build_one "${entry%% *}"; done
+  local entry name
+  for entry in "${IMAGES[@]}"; do
+    name=${entry%% *}
+    wanted "$name" "$@" || continue
+    build_one "$name"
+  done
   # A rebuilt base leaves its predecessor untagged: drop it.
   bah rmi --prune >/dev/null 2>&1 || true
 }
@@ -205,10 +252,14 @@ cmd_prune() {
 }
 
 cmd_import() {
-  local socket=${1:?usage: images.sh import <containerd-socket>} ref archive _size
+  local socket=${1:?usage: images.sh import <containerd-socket> [NAME...]} ref archive _size
+  shift
   [ -S "$socket" ] || die "$socket is not a containerd socket"
+  local only=()
+  for name in "$@"; do only+=("$(ref_of "$name")"); done
   while read -r ref archive _size; do
     [ "$ref" = "$BASE_REF" ] && continue   # only a build input, never run by the node
+    [ ${#only[@]} -eq 0 ] || [[ " ${only[*]} " == *" $ref "* ]] || continue
     ctr --address "$socket" -n k8s.io images import --snapshotter "${K3SVIRT_SNAPSHOTTER:-overlayfs}" "$archive" \
       >/dev/null || die "importing $archive into $socket failed"
     log "imported $ref"
@@ -216,10 +267,10 @@ cmd_import() {
 }
 
 case ${1:-} in
-  build) cmd_build ;;
+  build) shift; cmd_build "$@" ;;
   list) cmd_list ;;
   prune) cmd_prune ;;
   refs) for entry in "${IMAGES[@]}"; do echo "${entry#* }"; done ;;
   import) shift; cmd_import "$@" ;;
-  *) die "usage: images.sh build | import <containerd-socket> | list | refs | prune" ;;
+  *) die "usage: images.sh build [NAME...] | import <containerd-socket> [NAME...] | list | refs | prune" ;;
 esac

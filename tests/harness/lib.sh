@@ -13,6 +13,26 @@ KINE_VERSION=v0.17.5
 export K3SVIRT_STATE K3SVIRT_CACHE REPO_ROOT HARNESS_DIR KUBE_VERSION KINE_VERSION
 mkdir -p "$K3SVIRT_STATE" "$K3SVIRT_CACHE"
 
+# The Kubernetes binaries (controlplane.sh builds them once): stamped like upstream release builds,
+# so `kubectl version` and Helm's kubeVersion checks work; cached by versions, module and sources.
+KUBE_SRC="$HARNESS_DIR/controlplane"
+KUBE_LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
+  -X k8s.io/component-base/version.gitMajor=$(cut -d. -f1 <<<"${KUBE_VERSION#v}") \
+  -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION") \
+  -X k8s.io/component-base/version.gitTreeState=clean"
+KUBE_BIN="$K3SVIRT_CACHE/controlplane/$KUBE_VERSION-kine-$KINE_VERSION-$( (cat "$KUBE_SRC"/go.mod "$KUBE_SRC"/go.sum \
+  "$KUBE_SRC"/cmd/*/*.go; echo "$KUBE_LDFLAGS") | sha256sum | cut -c1-12)"
+# The one node of the test bed (scripts/k3svirt-up's operator uses the same name); Kubernetes node
+# names are lower case.
+K3SVIRT_NODE_NAME=${K3SVIRT_NODE_NAME:-$(hostname | tr '[:upper:]' '[:lower:]')}
+KUBE_API_PORT=${K3SVIRT_API_PORT:-6443}
+# The node's InternalIP: an address of the harness's own interface k3svirt0 (outside the pod and
+# service CIDRs), so traffic to the node stays on this machine; never eth0's address.
+# (not K3SVIRT_NODE_IP: that one is the operator's setting, and the test bed's operators keep 127.0.0.1)
+K3SVIRT_TESTBED_NODE_IP=${K3SVIRT_TESTBED_NODE_IP:-10.41.0.1}
+PKI="$K3SVIRT_STATE/controlplane/pki"   # the test bed's CA and every certificate it signed
+export KUBE_BIN K3SVIRT_NODE_NAME K3SVIRT_TESTBED_NODE_IP KUBE_API_PORT
+
 log() { printf '[k3svirt] %s\n' "$*" >&2; }
 
 # die prints one line saying what is missing and how to fix it, then exits.
@@ -79,6 +99,39 @@ with_lock() {
 # port_owner PORT: prints the process listening on a TCP port, empty when free.
 port_owner() {
   ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)".*/\1/p' | head -n1
+}
+
+# issue_cert NAME SUBJECT [SAN]: a key and a certificate signed by the test bed's CA, in $PKI.
+# Kept while subject and SAN stay the same, so restarts keep identities.
+issue_cert() {
+  local name=$1 subj=$2 san=${3:-}
+  [ -f "$PKI/$name.crt" ] && [ "$(cat "$PKI/$name.req" 2>/dev/null)" = "$subj $san" ] && return 0
+  openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$PKI/$name.key" -out "$PKI/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 3650 \
+    ${san:+-extfile <(printf 'subjectAltName=%s\n' "$san")} -out "$PKI/$name.crt.tmp" 2>/dev/null \
+    || die "signing the $name certificate failed: is $PKI/ca.key readable? (delete $PKI to start over)"
+  mv "$PKI/$name.crt.tmp" "$PKI/$name.crt" && rm -f "$PKI/$name.csr"
+  echo "$subj $san" > "$PKI/$name.req"
+}
+
+# write_kubeconfig OUT CERT: a kubeconfig for the local API server with the client certificate CERT.
+write_kubeconfig() {
+  local out=$1 cert=$2
+  cat > "$out.tmp" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: k3svirt
+  cluster: {server: "https://127.0.0.1:$KUBE_API_PORT", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: $cert
+  user: {client-certificate: "$PKI/$cert.crt", client-key: "$PKI/$cert.key"}
+contexts:
+- name: k3svirt
+  context: {cluster: k3svirt, user: $cert}
+current-context: k3svirt
+KC
+  chmod 600 "$out.tmp" && mv "$out.tmp" "$out"
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds.

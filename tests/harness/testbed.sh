@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test bed in one call: packages, libvirt, the tiny guest, the KVM probe, the API server
-# and our CRDs. Used by the test suite (tests/conftest.py), scripts/test.sh and scripts/k3svirt-up.
+# The whole test bed in one call: packages, libvirt, the tiny guest, the KVM probe, the control
+# plane, the node (containerd, kubelet, kube-proxy, CoreDNS) and our CRDs. Used by the test suite
+# (tests/conftest.py), scripts/test.sh and scripts/k3svirt-up.
 #
 # usage: testbed.sh start   -> prints KEY=VALUE lines (KUBECONFIG, K3SVIRT_DOMAIN_TYPE, ...) on stdout
 #        testbed.sh stop    -> stops what start started (daemons that already ran are left alone)
@@ -20,6 +21,7 @@ start() {
     --state-dir "$STORAGE_ROOT") || die "the KVM probe failed to run: is libvirtd up?"
   log "acceleration: $accel"
   bash "$HARNESS_DIR/controlplane.sh" start >&2
+  bash "$HARNESS_DIR/node.sh" start >&2
   kubectl --kubeconfig "$K3SVIRT_STATE/kubeconfig" apply -f "$REPO_ROOT/crds/" >/dev/null \
     || die "applying crds/ failed: run 'kubectl apply -f crds/' to see which CRD is refused"
   kubectl --kubeconfig "$K3SVIRT_STATE/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >/dev/null
@@ -30,10 +32,14 @@ K3SVIRT_STORAGE_ROOT=$STORAGE_ROOT
 K3SVIRT_DOMAIN_TYPE=${accel%%$'\t'*}
 K3SVIRT_GUEST_KERNEL=$(sed -n 1p <<<"$guest")
 K3SVIRT_GUEST_INITRD=$(sed -n 2p <<<"$guest")
+K3SVIRT_NODE_NAME=$K3SVIRT_NODE_NAME
+K3SVIRT_TESTBED_NODE_IP=$K3SVIRT_TESTBED_NODE_IP
+K3SVIRT_CONTAINERD_ADDRESS=$K3SVIRT_STATE/node/containerd/containerd.sock
 ENV
 }
 
 stop() {
+  bash "$HARNESS_DIR/node.sh" stop
   bash "$HARNESS_DIR/controlplane.sh" stop
   bash "$HARNESS_DIR/libvirt.sh" stop
 }

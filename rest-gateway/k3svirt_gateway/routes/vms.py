@@ -27,7 +27,7 @@ def blueprints() -> list[Blueprint]:
     return [bp]
 
 
-def vm_path(ns: str, name: str | None = None, sub: str | None = None) -> str:
+def vm_path(ns: str | None, name: str | None = None, sub: str | None = None) -> str:
     return group_path(c.GROUP, c.VERSION, c.VM_PLURAL, ns, name, sub)
 
 

@@ -1,12 +1,14 @@
-"""/deployments, /services, /pods: plain K3s workloads, in small request/response shapes of our own."""
+"""/deployments, /services: plain K3s workloads, in small request/response shapes of our own
+(shaped by deployview.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, request
 
 from ..api import check_name, created, json_body, namespace, op
+from ..deployview import MANAGED_BY, apply_update, build_deployment, deployment_view
 from ..errors import Problem
 from ..k8s import core_path, group_path
 from ..schemas import require_object, validate
@@ -14,13 +16,10 @@ from . import kube
 
 deployments = Blueprint("deployments", __name__)
 services = Blueprint("services", __name__)
-pods = Blueprint("pods", __name__)
-
-MANAGED_BY = {"app.kubernetes.io/managed-by": "k3svirt-gateway"}
 
 
 def blueprints() -> list[Blueprint]:
-    return [deployments, services, pods]
+    return [deployments, services]
 
 
 def dep_path(ns: str, name: str | None = None, sub: str | None = None) -> str:
@@ -36,28 +35,6 @@ def _meta(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- deployments
-def deployment_view(obj: dict[str, Any]) -> dict[str, Any]:
-    out = _meta(obj)
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
-    first = containers[0]
-    out.update(
-        {
-            "image": first.get("image", ""),
-            "replicas": spec.get("replicas", 1),
-            "readyReplicas": status.get("readyReplicas", 0),
-            "availableReplicas": status.get("availableReplicas", 0),
-            "ports": [
-                {k: p[k] for k in ("name", "containerPort", "protocol") if k in p} for p in first.get("ports") or []
-            ],
-            "env": {e["name"]: e.get("value", "") for e in first.get("env") or [] if "name" in e},
-            "labels": (obj.get("metadata") or {}).get("labels") or {},
-        }
-    )
-    return out
-
-
 @op(
     deployments,
     "/deployments",
@@ -68,45 +45,11 @@ def deployment_view(obj: dict[str, Any]) -> dict[str, Any]:
     query=("namespace",),
 )
 def create_deployment():
+    """imagePullPolicy defaults to IfNotPresent: images are imported on the node (no registry)."""
     ns = namespace()
     body = validate("DeploymentCreate", require_object(json_body()))
-    name = body["name"]
-    labels = {"app": name}
-    container: dict[str, Any] = {"name": name, "image": body["image"]}
-    if body.get("ports"):
-        container["ports"] = [
-            {
-                k: v
-                for k, v in {
-                    "name": p.get("name"),
-                    "containerPort": p["port"],
-                    "protocol": p.get("protocol", "TCP"),
-                }.items()
-                if v is not None
-            }
-            for p in body["ports"]
-        ]
-    if body.get("env"):
-        container["env"] = [{"name": k, "value": v} for k, v in body["env"].items()]
-    for key in ("command", "args"):
-        if body.get(key):
-            container[key] = body[key]
-    obj = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {**(body.get("labels") or {}), **labels, **MANAGED_BY},
-        },
-        "spec": {
-            "replicas": body.get("replicas", 1),
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-        },
-    }
-    out = kube().post(dep_path(ns), obj)
-    return created(deployment_view(out), f"/api/v1/deployments/{name}?namespace={ns}")
+    out = kube().post(dep_path(ns), build_deployment(ns, body))
+    return created(deployment_view(out), f"/api/v1/deployments/{body['name']}?namespace={ns}")
 
 
 @op(
@@ -175,14 +118,50 @@ def scale_deployment_post(name: str):
     deployments,
     "/deployments/<name>",
     "DELETE",
-    summary="Delete a Deployment (and its pods)",
+    summary="Delete a Deployment (and, in the foreground, its ReplicaSets and Pods)",
     response=(202, "Accepted", "deletion accepted"),
     query=("namespace",),
 )
 def delete_deployment(name: str):
+    """propagationPolicy Foreground: the Deployment stays visible (`deleting: true`, `rollout: Deleting`)
+    until the garbage collector has removed its ReplicaSets and their Pods, so `GET` answering 404
+    means the pods are gone too."""
     ns = namespace()
-    kube().request("DELETE", dep_path(ns, check_name(name)), body={"propagationPolicy": "Background"})
-    return {"kind": "Deployment", "name": name, "namespace": ns, "message": "deletion requested"}, 202
+    kube().request("DELETE", dep_path(ns, check_name(name)), body={"propagationPolicy": "Foreground"})
+    return {
+        "kind": "Deployment",
+        "name": name,
+        "namespace": ns,
+        "message": "deletion requested; the Deployment is gone (404) once its ReplicaSets and Pods are",
+    }, 202
+
+
+@op(
+    deployments,
+    "/deployments/<name>",
+    "PATCH",
+    summary="Change a Deployment's image, env, command/args, resources or replicas",
+    body="DeploymentUpdate",
+    response=(200, "Deployment", "updated"),
+    query=("namespace",),
+)
+def update_deployment(name: str):
+    """Fields name the first container; `env`, `command`, `args` and `resources` replace what is there
+    (an empty value clears it). A change to the pod template is a rolling update: the Deployment
+    controller creates a new ReplicaSet and scales the old one down (watch `rollout` become
+    Complete); `replicas` alone just scales. Read-modify-write with the object's resourceVersion
+    (retried on a concurrent change)."""
+    ns = namespace()
+    check_name(name)
+    body = validate("DeploymentUpdate", require_object(json_body()))
+    for attempt in range(3):
+        current = kube().get(dep_path(ns, name))
+        try:
+            return deployment_view(kube().put(dep_path(ns, name), apply_update(current, body)))
+        except Problem as exc:
+            if exc.status != 409 or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 # -------------------------------------------------------------------- services
@@ -277,97 +256,3 @@ def delete_service(name: str):
     ns = namespace()
     kube().delete(core_path("services", ns, check_name(name, label=True)))
     return {"kind": "Service", "name": name, "namespace": ns, "message": "deletion requested"}, 202
-
-
-# ------------------------------------------------------------------------ pods
-def pod_view(obj: dict[str, Any]) -> dict[str, Any]:
-    out = _meta(obj)
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    cstat = status.get("containerStatuses") or []
-    out.update(
-        {
-            "phase": status.get("phase", "Unknown"),
-            "node": spec.get("nodeName", ""),
-            "podIP": status.get("podIP", ""),
-            "ready": bool(cstat) and all(cs.get("ready") for cs in cstat),
-            "restarts": sum(int(cs.get("restartCount", 0)) for cs in cstat),
-            "containers": [ct.get("name", "") for ct in spec.get("containers") or []],
-            "labels": (obj.get("metadata") or {}).get("labels") or {},
-            "conditions": [
-                {k: cond[k] for k in ("type", "status", "reason", "message") if k in cond}
-                for cond in status.get("conditions") or []
-            ],
-        }
-    )
-    return out
-
-
-@op(
-    pods,
-    "/pods",
-    "GET",
-    summary="List Pods with their status",
-    response=(200, "PodList", "pods"),
-    query=("namespace", "labelSelector"),
-)
-def list_pods():
-    ns = namespace()
-    out = kube().get(core_path("pods", ns), query={"labelSelector": request.args.get("labelSelector") or None})
-    return {"items": [pod_view(o) for o in out.get("items", [])]}
-
-
-@op(pods, "/pods/<name>", "GET", summary="Get a Pod", response=(200, "Pod", "the pod"), query=("namespace",))
-def get_pod(name: str):
-    ns = namespace()
-    return pod_view(kube().get(core_path("pods", ns, check_name(name))))
-
-
-@op(
-    pods,
-    "/pods/<name>/logs",
-    "GET",
-    summary="A Pod's container log (text)",
-    response=(200, None, "log text"),
-    response_type="text/plain",
-    query=("namespace", "container", "tailLines"),
-)
-def pod_logs(name: str):
-    ns = namespace()
-    pod = kube().get(core_path("pods", ns, check_name(name)))
-    status = pod.get("status") or {}
-    node = (pod.get("spec") or {}).get("nodeName")
-    phase = status.get("phase", "Unknown")
-    if not node or phase == "Pending" and not status.get("containerStatuses"):
-        raise Problem(
-            409,
-            f"pod {name!r} has not started (phase {phase}, node {node or 'none'}); no logs yet",
-            reason="PodNotStarted",
-        )
-    query: dict[str, Any] = {}
-    container = request.args.get("container")
-    if container:
-        query["container"] = check_name(container, "container", label=True)
-    tail = request.args.get("tailLines")
-    if tail is not None:
-        if not tail.isdigit() or int(tail) > 100000:
-            raise Problem(
-                422,
-                "tailLines must be an integer between 0 and 100000",
-                title="Validation failed",
-                errors=[{"field": "tailLines", "message": "integer 0..100000"}],
-            )
-        query["tailLines"] = tail
-    try:
-        text = kube().request("GET", core_path("pods", ns, name, "log"), query=query, accept="text/plain", raw=True)
-    except Problem as exc:
-        if exc.status in (400, 404) and "container" not in query:
-            raise Problem(409, f"logs of pod {name!r} are not available: {exc.detail}") from exc
-        if exc.status >= 500:
-            raise Problem(
-                503,
-                f"logs of pod {name!r} unavailable (kubelet unreachable): {exc.detail}",
-                headers={"Retry-After": "10"},
-            ) from exc
-        raise
-    return Response(text, mimetype="text/plain")

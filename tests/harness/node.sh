@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# The test bed's one Kubernetes node, composed the way K3s's agent composes it: containerd (Debian)
+# with runc and the CNI bridge/host-local/portmap plugins, kubelet and kube-proxy (iptables) built
+# by controlplane.sh from k8s.io/kubernetes, and CoreDNS (built from its Go module) as a pod.
+#
+# Choices (see each function): cgroup v1 with the cgroupfs driver (these machines mount v1, no
+# systemd); node IP $K3SVIRT_TESTBED_NODE_IP on the harness's own port-less bridge k3svirt0, with the pod and
+# service CIDRs routed into it, so nothing addressed to the cluster can leave this machine; pods on
+# bridge cni0 in 10.42.0.0/24, never masqueraded or forwarded off the machine. Everything lives in
+# $K3SVIRT_STATE/node (containerd's root, state and socket too), so it clashes with nothing else.
+#
+# usage: node.sh start|stop|status|import-image OCI.tar
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+N="$K3SVIRT_STATE/node"
+NODE=$K3SVIRT_NODE_NAME
+NODE_IP=$K3SVIRT_TESTBED_NODE_IP
+NODE_IF=k3svirt0
+POD_CIDR=10.42.0.0/16        # K3s's cluster CIDR
+POD_RANGE=10.42.0.0/24       # this node's pod addresses (host-local IPAM)
+SERVICE_CIDR=10.43.0.0/16
+CLUSTER_DNS=10.43.0.10
+SOCK="$N/containerd/containerd.sock"
+CNI_BIN=/usr/lib/cni         # Debian's containernetworking-plugins
+FORWARD_GUARD=K3SVIRT-NODE-FWD
+KUBECTL=(kubectl --kubeconfig "$K3SVIRT_STATE/kubeconfig")
+
+ctr_() { ctr -a "$SOCK" -n k8s.io "$@"; }
+
+# --- images -----------------------------------------------------------------------------------------
+# Built locally by images.sh (no registry can be reached), cached, imported into the node's containerd.
+
+# import_image TAR: loads an OCI image archive into the node's containerd, where kubelet finds it.
+import_image() {
+  ctr_ images import "$1" >/dev/null || die "ctr could not import $1 into the node's containerd ($SOCK)"
+}
+
+# node_image NAME: builds (once, cached) and imports one of images.sh's images; prints its reference.
+node_image() {
+  local line
+  line=$(bash "$HARNESS_DIR/images.sh" build "$1" | grep -v "^localhost/k3svirt/debian-base:" | tail -n1) \
+    || die "building the $1 image failed (tests/harness/images.sh build $1)"
+  import_image "${line#* }"
+  echo "${line%% *}"
+}
+
+# --- checks -----------------------------------------------------------------------------------------
+
+preflight() {
+  need_root
+  local b p owner
+  for b in kubelet kube-proxy k3svirt-cri-sweep; do
+    [ -x "$KUBE_BIN/$b" ] || die "$b is not built: run tests/harness/controlplane.sh build"
+  done
+  for b in containerd containerd-shim-runc-v2 runc ctr iptables conntrack; do
+    command -v "$b" >/dev/null || die "$b is missing: run tests/harness/deps.sh (containerd, runc, conntrack)"
+  done
+  for p in bridge host-local portmap loopback; do
+    [ -x "$CNI_BIN/$p" ] || die "CNI plugin $CNI_BIN/$p is missing: run tests/harness/deps.sh (containernetworking-plugins)"
+  done
+  [ -f "$PKI/ca.key" ] || die "the test bed's CA ($PKI/ca.key) is missing: start the control plane first (controlplane.sh start)"
+  # kubelet 1.36 runs on cgroup v1 only when told to (failCgroupV1: false); it needs these controllers.
+  for c in cpu cpuacct cpuset memory pids; do
+    [ -d "/sys/fs/cgroup/$c" ] || [ -f /sys/fs/cgroup/cgroup.controllers ] \
+      || die "cgroup controller '$c' is not mounted (/sys/fs/cgroup/$c): mount the cgroup v1 hierarchies or cgroup v2"
+  done
+  # Ports of ours: kubelet (10250 on the node IP, healthz 10248), kube-proxy (metrics 10249, healthz 10256).
+  pid_alive "$N/kubelet.pid" || for p in 10250 10248; do
+    owner=$(port_owner "$p"); [ -z "$owner" ] || die "port $p (kubelet) is in use by '$owner': stop it"
+  done
+  pid_alive "$N/kube-proxy.pid" || for p in 10249 10256; do
+    owner=$(port_owner "$p"); [ -z "$owner" ] || die "port $p (kube-proxy) is in use by '$owner': stop it"
+  done
+}
+
+# --- network ----------------------------------------------------------------------------------------
+
+# The node IP lives on a bridge without ports: an address of this machine that no cable reaches
+# (kubelet refuses 127.0.0.1 as node IP). The pod and service CIDRs route into it, so a packet to a
+# cluster address that no pod or kube-proxy rule claims is dropped here instead of going to eth0.
+node_network() {
+  ip link show "$NODE_IF" >/dev/null 2>&1 || ip link add "$NODE_IF" type bridge \
+    || die "cannot create the bridge $NODE_IF for the node IP: is the bridge module available (ip link add x type bridge)?"
+  ip link set "$NODE_IF" up
+  ip addr replace "$NODE_IP/32" dev "$NODE_IF"
+  ip route replace "$POD_CIDR" dev "$NODE_IF"
+  ip route replace "$SERVICE_CIDR" dev "$NODE_IF"
+  # Pods talk to each other (on cni0) and to this machine, never through it to anywhere else. In
+  # mangle, so it runs before every filter rule (kube-proxy and libvirt accept forwarded packets).
+  local ipt=(iptables -w -t mangle)
+  if ! { { "${ipt[@]}" -N "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -F "$FORWARD_GUARD"; } \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -o cni0 -j RETURN \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -j DROP \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -o cni0 -j DROP \
+    && { "${ipt[@]}" -C FORWARD -j "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -I FORWARD 1 -j "$FORWARD_GUARD"; }; }; then
+    die "cannot add the iptables chain $FORWARD_GUARD that keeps pod traffic on this machine"
+  fi
+  mkdir -p "$N/cni/net.d" "$N/cni/ipam"
+  cat > "$N/cni/net.d/10-k3svirt.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "k3svirt",
+  "plugins": [
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "isDefaultGateway": true,
+     "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_RANGE"}]], "dataDir": "$N/cni/ipam"}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+JSON
+}
+
+unnode_network() {
+  local ipt=(iptables -w -t mangle)
+  while "${ipt[@]}" -D FORWARD -j "$FORWARD_GUARD" 2>/dev/null; do :; done
+  if "${ipt[@]}" -F "$FORWARD_GUARD" 2>/dev/null; then "${ipt[@]}" -X "$FORWARD_GUARD"; fi
+  local dev
+  for dev in cni0 "$NODE_IF"; do ip link del "$dev" 2>/dev/null || true; done
+  rm -rf "$N/cni/ipam"
+}
+
+# --- containerd -------------------------------------------------------------------------------------
+
+containerd_up() { ctr -a "$SOCK" version >/dev/null 2>&1; }
+
+# shim_pids: containerd-shims serving our containerd (matched by its socket, which is ours alone).
+shim_pids() { pgrep -f -- "containerd-shim-runc-v2 .*-address $SOCK( |$)" || true; }
+
+start_containerd() {
+  local c="$N/containerd"
+  mkdir -p "$c/root"
+  if pid_alive "$N/containerd.pid" && containerd_up; then return 0; fi
+  # State is runtime-only: after a stop (or a reboot) nothing runs, so stale state goes.
+  [ -n "$(shim_pids)" ] || rm -rf "$c/state"
+  mkdir -p "$c/state"
+  # Lowering an oom_score_adj (kubelet asks -998 for sandboxes) needs CAP_SYS_RESOURCE, which root
+  # lacks on some machines (these test machines): containerd then clamps to its own instead of
+  # failing every pod with "failed to update /proc/self/oom_score_adj: Permission denied".
+  local restrict_oom=false
+  (( (0x$(awk '/^CapEff/ {print $2}' /proc/self/status) >> 24) & 1 )) || restrict_oom=true
+  cat > "$c/config.toml" <<TOML
+# containerd of the k3svirt test bed node: own root, state and socket (cannot meet another containerd).
+version = 2
+root = "$c/root"
+state = "$c/state"
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$c/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/k3svirt/pause:3.10"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  restrict_oom_score_adj = $restrict_oom
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "$c/state/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI_BIN"
+    conf_dir = "$N/cni/net.d"
+TOML
+  # No registry is reachable, and no pull may send traffic off this machine: every registry request
+  # goes to a proxy on a closed loopback port and fails at once ("proxyconnect ... refused").
+  # Images come from import_image; localhost registries are never proxied.
+  local closed=http://127.0.0.1:9
+  env -u NO_PROXY -u no_proxy HTTPS_PROXY=$closed HTTP_PROXY=$closed https_proxy=$closed http_proxy=$closed \
+    nohup containerd --config "$c/config.toml" > "$N/containerd.log" 2>&1 &
+  echo $! > "$N/containerd.pid"
+  wait_for 30 containerd containerd_up || die "containerd did not start: see $N/containerd.log"
+}
+
+stop_containerd() {
+  if pid_alive "$N/containerd.pid" && containerd_up; then
+    # kubelet's way to end pods (containers, CNI DEL, netns), kubelet being stopped already.
+    "$KUBE_BIN/k3svirt-cri-sweep" "unix://$SOCK" >> "$N/sweep.log" 2>&1 \
+      || log "warning: some pod sandboxes did not stop cleanly: see $N/sweep.log"
+    local t
+    for t in $(ctr_ tasks ls -q 2>/dev/null); do   # anything started outside CRI
+      ctr_ tasks kill -s SIGKILL "$t" 2>/dev/null || true
+      ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true
+    done
+  fi
+  stop_pidfile "$N/containerd.pid" 20
+  local pids end
+  pids=$(shim_pids)
+  if [ -n "$pids" ]; then
+    log "killing leftover containerd-shims (and their containers): $pids"
+    # shellcheck disable=SC2086  # one pid per word
+    for p in $pids; do kill -9 -- "-$p" 2>/dev/null || kill -9 "$p" 2>/dev/null || true; done
+    end=$((SECONDS + 10))
+    while [ -n "$(shim_pids)" ] && [ "$SECONDS" -lt "$end" ]; do sleep 0.2; done
+    [ -z "$(shim_pids)" ] || die "containerd-shims $(shim_pids) survive SIGKILL: see ps -o pid,stat,args"
+  fi
+  # Containers of a killed shim live on in kubelet's pod cgroups (kubelet is the only one here).
+  pids=$(cat /sys/fs/cgroup/pids/kubepods/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/cgroup.procs \
+    /sys/fs/cgroup/pids/kubepods/*/*/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/*/*/cgroup.procs 2>/dev/null || true)
+  if [ -n "$pids" ]; then
+    log "killing processes left in the pod cgroups: ${pids//$'\n'/ }"
+    # shellcheck disable=SC2086  # one pid per word
+    kill -9 $pids 2>/dev/null || true
+  fi
+}
+
+# unmount_under DIR: unmounts what kubelet and containerd left mounted below DIR (volumes, rootfs).
+unmount_under() {
+  local m
+  findmnt -rn -o TARGET | grep -F "$1/" | sort -r | while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "warning: cannot unmount $m"
+  done
+}
+
+# --- kubelet and kube-proxy -------------------------------------------------------------------------
+
+node_pki() {
+  issue_cert "kubelet-$NODE" "/O=system:nodes/CN=system:node:$NODE"
+  issue_cert "kubelet-serving-$NODE" "/CN=$NODE" "IP:$NODE_IP,DNS:$NODE"
+  issue_cert kube-proxy "/CN=system:kube-proxy"
+  write_kubeconfig "$N/kubelet.kubeconfig" "kubelet-$NODE"
+  write_kubeconfig "$N/kube-proxy.kubeconfig" kube-proxy
+}
+
+# cgroups: these machines mount cgroup v1 (hybrid), there is no systemd, so cgroupfs it is, with
+# failCgroupV1: false (kubelet 1.36 refuses v1 otherwise). Pods go below /kubepods (per QoS class);
+# libvirt's QEMU processes stay in libvirt's own /machine cgroups, which kubelet never touches.
+start_kubelet() {
+  pid_alive "$N/kubelet.pid" && return 0
+  save_sysctls
+  mkdir -p "$N/kubelet" "$N/pod-logs"
+  # Pods inherit no upstream nameserver: names resolve inside cluster.local (CoreDNS) only.
+  printf '# k3svirt test bed: no upstream DNS server for pods\noptions ndots:5\n' > "$N/resolv.conf"
+  cat > "$N/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+tlsCertFile: $PKI/kubelet-serving-$NODE.crt
+tlsPrivateKeyFile: $PKI/kubelet-serving-$NODE.key
+rotateCertificates: false
+serverTLSBootstrap: false
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization: {mode: Webhook}
+containerRuntimeEndpoint: unix://$SOCK
+cgroupDriver: cgroupfs
+cgroupsPerQOS: true
+failCgroupV1: false
+failSwapOn: false
+clusterDNS: [$CLUSTER_DNS]
+clusterDomain: cluster.local
+resolvConf: $N/resolv.conf
+podLogsDir: $N/pod-logs
+volumePluginDir: $N/kubelet/volume-plugins
+imageGCHighThresholdPercent: 90
+imageGCLowThresholdPercent: 80
+evictionHard: {memory.available: 256Mi, nodefs.available: 5%, nodefs.inodesFree: 5%, imagefs.available: 5%}
+maxPods: 110
+serializeImagePulls: false
+containerLogMaxSize: 10Mi
+containerLogMaxFiles: 3
+YAML
+  nohup "$KUBE_BIN/kubelet" --config "$N/kubelet.yaml" --kubeconfig "$N/kubelet.kubeconfig" \
+    --root-dir "$N/kubelet" --node-ip "$NODE_IP" --hostname-override "$NODE" --v=0 > "$N/kubelet.log" 2>&1 &
+  echo $! > "$N/kubelet.pid"
+}
+
+start_kube_proxy() {
+  pid_alive "$N/kube-proxy.pid" && return 0
+  cat > "$N/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $N/kube-proxy.kubeconfig}
+hostnameOverride: $NODE
+mode: iptables
+clusterCIDR: $POD_CIDR
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+# NodePorts answer on this machine only: loopback and the node IP.
+nodePortAddresses: [127.0.0.1/32, $NODE_IP/32]
+iptables: {masqueradeAll: false, localhostNodePorts: true}
+# Leave the host's conntrack table size and timeouts as they are.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+YAML
+  nohup "$KUBE_BIN/kube-proxy" --config "$N/kube-proxy.yaml" --v=0 > "$N/kube-proxy.log" 2>&1 &
+  echo $! > "$N/kube-proxy.pid"
+}
+
+# node_ready [SINCE]: the node is Ready, as reported by a kubelet heartbeat at or after SINCE (epoch s).
+node_ready() {
+  local cond
+  cond=$("${KUBECTL[@]}" get node "$NODE" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}' 2>/dev/null) \
+    || return 1
+  [ "${cond%% *}" = True ] && [ "$(date -d "${cond#* }" +%s)" -ge "${1:-0}" ]
+}
+
+# cluster_dns_answers: CoreDNS resolves the API's Service through the kube-dns Service (kube-proxy).
+cluster_dns_answers() {
+  busybox nslookup kubernetes.default.svc.cluster.local "$CLUSTER_DNS" 2>/dev/null | grep -q 'Address:.*10\.43\.0\.1$'
+}
+
+# Host settings kubelet and kube-proxy change (as on any K3s node): kubelet sets its kernel defaults
+# (overcommit, panic on oops, key quotas), kube-proxy turns route_localnet on for NodePorts on
+# 127.0.0.1. start saves them before either runs, stop puts them back: this machine is shared.
+NODE_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet)
+
+save_sysctls() {
+  [ -f "$N/sysctl.orig" ] && return 0   # saved by an earlier start that was never stopped
+  sysctl "${NODE_SYSCTLS[@]}" | tr -d ' ' > "$N/sysctl.orig.tmp" && mv "$N/sysctl.orig.tmp" "$N/sysctl.orig"
+}
+
+restore_sysctls() {
+  [ -f "$N/sysctl.orig" ] || return 0
+  # shellcheck disable=SC2046  # one key=value per word
+  sysctl -qw $(cat "$N/sysctl.orig") && rm -f "$N/sysctl.orig"
+}
+
+# kubelet_iptables_cleanup: removes the chains kubelet keeps (its iptables canary and the guard that
+# drops outside packets to 127.0.0.0/8, which goes with route_localnet, restored before).
+kubelet_iptables_cleanup() {
+  local ipt t
+  for ipt in iptables ip6tables; do
+    while "$ipt" -w -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    while "$ipt" -w -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    "$ipt" -w -F KUBE-FIREWALL 2>/dev/null && "$ipt" -w -X KUBE-FIREWALL
+    for t in filter nat mangle; do
+      "$ipt" -w -t "$t" -F KUBE-KUBELET-CANARY 2>/dev/null && "$ipt" -w -t "$t" -X KUBE-KUBELET-CANARY
+    done
+    "$ipt" -w -t mangle -F KUBE-IPTABLES-HINT 2>/dev/null && "$ipt" -w -t mangle -X KUBE-IPTABLES-HINT
+  done
+  return 0
+}
+
+# --- CoreDNS ----------------------------------------------------------------------------------------
+
+# CoreDNS runs as a pod on the host network, bound to the node IP: the API server listens on this
+# machine, and it answers for cluster.local only, forwarding nothing upstream.
+start_coredns() {
+  local image
+  image=$(node_image coredns)
+  sed -e "s|@IMAGE@|$image|" -e "s|@NODE_IP@|$NODE_IP|g" -e "s|@CLUSTER_DNS@|$CLUSTER_DNS|" \
+    "$HARNESS_DIR/coredns.yaml" | "${KUBECTL[@]}" apply -f - >/dev/null || die "applying CoreDNS (coredns.yaml) failed"
+}
+
+# --- start / stop -----------------------------------------------------------------------------------
+
+start() {
+  preflight
+  mkdir -p "$N"
+  local t0=$SECONDS
+  # The node's machine-wide parts (bridges, iptables chains, pod cgroups) belong to this state dir
+  # from here on: only a stop with the same state dir removes them.
+  touch "$N/started"
+  node_network
+  node_pki
+  start_containerd
+  node_image pause >/dev/null
+  node_image http-echo >/dev/null   # the demo/test app (README, examples/, the gateway e2e tests)
+  # A kubelet started now must report Ready itself (the node's status may be from a previous run);
+  # a running one reports only on change (every 5 min otherwise), so its Ready stands.
+  local since=0
+  pid_alive "$N/kubelet.pid" || since=$(date +%s)
+  start_kubelet
+  wait_for 120 "node $NODE (kubelet)" node_ready "$since" \
+    || die "node $NODE did not become Ready in 120 s: see $N/kubelet.log and $N/containerd.log"
+  start_kube_proxy
+  wait_for 60 kube-proxy curl -fsS http://127.0.0.1:10256/healthz || die "kube-proxy did not start: see $N/kube-proxy.log"
+  start_coredns
+  wait_for 120 "CoreDNS on $CLUSTER_DNS" cluster_dns_answers \
+    || die "CoreDNS does not answer on $CLUSTER_DNS after 120 s: kubectl -n kube-system describe pod -l k8s-app=kube-dns"
+  log "node $NODE ($NODE_IP) ready in $((SECONDS - t0)) s"
+}
+
+stop() {
+  need_root
+  [ -f "$N/started" ] || return 0   # not started from this state dir: nothing here is ours
+  local t0=$SECONDS
+  stop_pidfile "$N/kubelet.pid" 30     # first: nothing may restart the pods stopped below
+  stop_pidfile "$N/kube-proxy.pid"
+  stop_containerd
+  # kube-proxy's rules go with it: they would steer traffic to pods that no longer run.
+  if ! "$KUBE_BIN/kube-proxy" --cleanup > "$N/kube-proxy-cleanup.log" 2>&1; then
+    log "warning: kube-proxy --cleanup failed: see $N/kube-proxy-cleanup.log"
+  fi
+  restore_sysctls
+  kubelet_iptables_cleanup
+  unmount_under "$N"
+  unnode_network
+  rm -f "$N/started"
+  log "node stopped in $((SECONDS - t0)) s"
+}
+
+status() {
+  local p
+  for p in containerd kubelet kube-proxy; do
+    if pid_alive "$N/$p.pid"; then echo "$p: running"; else echo "$p: stopped"; fi
+  done
+  if node_ready 0; then echo "node $NODE: Ready"; else echo "node $NODE: not ready"; fi
+}
+
+case "${1:-}" in
+  start) start ;; stop) stop ;; status) status ;;
+  import-image) [ -n "${2:-}" ] || die "usage: $0 import-image OCI.tar"; import_image "$2" ;;
+  *) die "usage: $0 start|stop|status|import-image OCI.tar" ;;
+esac
