@@ -816,11 +816,11 @@ def run_operator_shim(trace_path: str) -> None:
     reconcile = vm_reconciler.VMReconciler.reconcile
 
     @functools.wraps(reconcile)
-    def reconcile_w(self: Any, body: Any) -> Any:
+    def reconcile_w(self: Any, body: Any, *args: Any) -> Any:
         cur.vm = body["metadata"]["name"]
         t0 = time.time()
         try:
-            return reconcile(self, body)
+            return reconcile(self, body, *args)
         finally:
             rec(cur.vm, "reconcile", t0, time.time())
             cur.vm = None

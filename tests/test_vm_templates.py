@@ -15,7 +15,7 @@ import pytest
 import yaml
 from k3svirt_common import schema
 from k3svirt_common import templates as t
-from k3svirt_operator.domain_xml import DomainContext, VMRef, build_domain_xml
+from k3svirt_operator.domain_xml import DomainContext, VMRef, build_domain
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = sorted((REPO / "vm-templates").glob("*.yaml"))
@@ -108,7 +108,7 @@ def domain(template: str, presets: list[str], tmp_path: Path, **overrides) -> tu
         seed_iso="/var/lib/k3svirt/seeds/default/t1.iso",
         host_devices={h["name"]: f"0000:0{i + 1}:00.0" for i, h in enumerate(spec.get("hostDevices") or [])},
     )
-    xml = build_domain_xml(REF, spec, ctx)
+    xml = build_domain(REF, spec, ctx).xml
     out = tmp_path / f"{template}-{'-'.join(presets) or 'plain'}.xml"
     out.write_text(xml)
     if shutil.which("virt-xml-validate"):
@@ -298,9 +298,9 @@ def test_minimal_linux_boots(libvirt_conn, domain_type, tiny_guest, tmp_path):
     log = tmp_path / "console.log"
     tmp_path.chmod(0o755)
     ref = VMRef("vmt-test", f"boot-{uuid.uuid4().hex[:6]}", str(uuid.uuid4()))
-    xml = build_domain_xml(
+    xml = build_domain(
         ref, spec, DomainContext(domain_type=domain_type, console_log=str(log), guest_agent_channel=False)
-    )
+    ).xml
     dom = libvirt_conn.createXML(xml, 0)  # transient: gone once destroyed
     try:
         deadline = time.monotonic() + 180

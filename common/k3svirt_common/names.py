@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
 
 GROUP = "k3svirt.io"
 VERSION = "v1alpha1"
@@ -38,28 +41,59 @@ ACTIONS = ("start", "stop", "restart")
 XML_NAMESPACE = "https://k3svirt.io/xmlns/domain/v1"
 XML_PREFIX = "k3svirt"
 
-# status.printableStatus values, in precedence order (the first that applies wins).
-PRINTABLE_STATUSES = (
-    "Terminating",
-    "ErrorUnschedulable",
-    "ErrorProvisioning",
-    "Failed",
-    "Provisioning",
-    "Stopping",
-    "Starting",
-    "Paused",
-    "Running",
-    "Stopped",
-    "Pending",
-    "Unknown",
-)
 
-# status.conditions[].type
-COND_READY = "Ready"
-COND_PROVISIONED = "Provisioned"
-COND_RESTART_REQUIRED = "RestartRequired"
-COND_TEMPLATE_RESOLVED = "TemplateResolved"
-COND_HOST_DEVICES_READY = "HostDevicesReady"
+class RunStrategy(StrEnum):
+    """spec.runStrategy (after KubeVirt's); operator/k3svirt_operator/lifecycle.py has the rules."""
+
+    ALWAYS = "Always"
+    HALTED = "Halted"
+    MANUAL = "Manual"
+    RERUN_ON_FAILURE = "RerunOnFailure"
+
+
+DEFAULT_RUN_STRATEGY = RunStrategy.ALWAYS
+
+
+def run_strategy(spec: Mapping[str, Any]) -> str:
+    """The VM's runStrategy, defaulted as the CRD documents."""
+    return spec.get("runStrategy") or DEFAULT_RUN_STRATEGY
+
+
+class PrintableStatus(StrEnum):
+    """status.printableStatus, in precedence order (the first that applies wins)."""
+
+    TERMINATING = "Terminating"
+    ERROR_UNSCHEDULABLE = "ErrorUnschedulable"
+    ERROR_PROVISIONING = "ErrorProvisioning"
+    FAILED = "Failed"
+    PROVISIONING = "Provisioning"
+    STOPPING = "Stopping"
+    STARTING = "Starting"
+    PAUSED = "Paused"
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+    PENDING = "Pending"
+    UNKNOWN = "Unknown"
+
+
+PRINTABLE_STATUSES = tuple(s.value for s in PrintableStatus)
+
+
+class ConditionType(StrEnum):
+    """status.conditions[].type of a VirtualMachine."""
+
+    READY = "Ready"
+    PROVISIONED = "Provisioned"
+    RESTART_REQUIRED = "RestartRequired"
+    TEMPLATE_RESOLVED = "TemplateResolved"
+    HOST_DEVICES_READY = "HostDevicesReady"
+
+
+COND_READY = ConditionType.READY
+COND_PROVISIONED = ConditionType.PROVISIONED
+COND_RESTART_REQUIRED = ConditionType.RESTART_REQUIRED
+COND_TEMPLATE_RESOLVED = ConditionType.TEMPLATE_RESOLVED
+COND_HOST_DEVICES_READY = ConditionType.HOST_DEVICES_READY
 
 FINALIZER_PREFIX = f"{GROUP}/node-"
 _QUALIFIED_NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")

@@ -30,7 +30,6 @@ import functools
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import yaml
 from jsonschema import validators
 
 from . import cel
+from .fielderror import FieldError
 from .names import API_VERSION, PLURALS, VERSION, VM_KIND
 
 __all__ = [
@@ -52,22 +52,6 @@ __all__ = [
     "validate_object",
     "validate_spec",
 ]
-
-
-@dataclass(frozen=True, order=True)
-class FieldError:
-    """One validation failure: `path` like "spec.disks[0].bus", `message` like the API server's."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-    @property
-    def field(self) -> str:
-        """Alias of path (the name the gateway's JSON errors use)."""
-        return self.path
 
 
 class SchemaNotFound(LookupError):
@@ -169,9 +153,7 @@ def _compiled(rule: str) -> Any:
         return None
 
 
-def _kube_validations(
-    validator: Any, rules: list[dict[str, Any]], instance: Any, schema: Any
-) -> Iterator[Any]:
+def _kube_validations(validator: Any, rules: list[dict[str, Any]], instance: Any, schema: Any) -> Iterator[Any]:
     for rule in rules:
         fn = _compiled(rule.get("rule", ""))
         if fn is None:
@@ -283,12 +265,9 @@ def _errors(err: Any, prefix: str) -> Iterator[FieldError]:
         yield FieldError(path + fp if fp else path, f"Invalid value: {err.message}")
         return
     messages = {
-        "enum": lambda: (
-            f"Unsupported value: {_fmt(inst)}: supported values: " + ", ".join(_fmt(x) for x in val)
-        ),
+        "enum": lambda: f"Unsupported value: {_fmt(inst)}: supported values: " + ", ".join(_fmt(x) for x in val),
         "type": lambda: (
-            f"Invalid value: {_fmt(inst)}: must be of type "
-            + (" or ".join(val) if isinstance(val, list) else val)
+            f"Invalid value: {_fmt(inst)}: must be of type " + (" or ".join(val) if isinstance(val, list) else val)
         ),
         "pattern": lambda: f"Invalid value: {_fmt(inst)}: must match '{val}'",
         "minimum": lambda: f"Invalid value: {inst}: must be greater than or equal to {val}",
@@ -331,9 +310,7 @@ def validate_spec(
         return [FieldError("spec", f"Invalid value: {type(spec).__name__}: must be of type object")]
     errors = _run(_validator(kind, version, "spec", strict), spec, "spec")
     if resolved and kind == VM_KIND and not (spec.get("memory") or {}).get("size"):
-        errors.append(
-            FieldError("spec.memory.size", "Required value: neither the VM nor its template sets it")
-        )
+        errors.append(FieldError("spec.memory.size", "Required value: neither the VM nor its template sets it"))
     return sorted(set(errors))
 
 
@@ -351,9 +328,7 @@ def validate_object(kind: str, obj: Any, *, strict: bool = True, version: str = 
             )
         )
     if obj.get("kind") != kind:
-        errors.append(
-            FieldError("kind", f"Unsupported value: {_fmt(obj.get('kind'))}: supported values: {_fmt(kind)}")
-        )
+        errors.append(FieldError("kind", f"Unsupported value: {_fmt(obj.get('kind'))}: supported values: {_fmt(kind)}"))
     if not (obj.get("metadata") or {}).get("name") and not (obj.get("metadata") or {}).get("generateName"):
         errors.append(FieldError("metadata.name", "Required value"))
     return sorted(set(errors))

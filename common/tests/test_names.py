@@ -13,9 +13,7 @@ def test_constants():
     assert names.XML_NAMESPACE == "https://k3svirt.io/xmlns/domain/v1"
 
 
-@pytest.mark.parametrize(
-    "node", ["node1", "k3s-a.example.com", "a" * 58, "a" * 59, "x" * 253, "n-" + "b.c" * 80]
-)
+@pytest.mark.parametrize("node", ["node1", "k3s-a.example.com", "a" * 58, "a" * 59, "x" * 253, "n-" + "b.c" * 80])
 def test_finalizer_valid(node):
     f = names.finalizer_for(node)
     prefix, _, part = f.partition("/")

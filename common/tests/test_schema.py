@@ -32,9 +32,7 @@ FULL = {
             "bus": "virtio",
             "size": "10Gi",
             "format": "qcow2",
-            "source": {
-                "image": {"url": "https://x/y.qcow2", "checksum": "sha256:" + "a" * 64, "clone": "copy"}
-            },
+            "source": {"image": {"url": "https://x/y.qcow2", "checksum": "sha256:" + "a" * 64, "clone": "copy"}},
             "qcow2": {"clusterSize": "2Mi", "preallocation": "metadata", "lazyRefcounts": True},
             "provisioning": "thick",
             "cache": "none",
@@ -136,11 +134,7 @@ def test_valid_minimal_and_full():
             "",
         ),
         (
-            {
-                "disks": [
-                    {"name": "a", "io": "native", "cache": "writeback", "source": {"volume": {"path": "/x"}}}
-                ]
-            },
+            {"disks": [{"name": "a", "io": "native", "cache": "writeback", "source": {"volume": {"path": "/x"}}}]},
             "spec.disks[0]",
             "io native",
         ),

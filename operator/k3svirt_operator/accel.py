@@ -102,8 +102,11 @@ def probe(conn: libvirt.virConnect, workdir: Path, timeout: float = 10.0) -> Acc
             if log_file.exists() and MARKER in log_file.read_bytes():
                 return Acceleration("kvm", f"a KVM guest booted {kernel.name} to its banner")
             time.sleep(0.1)
-        return Acceleration("qemu", f"a KVM guest did not boot {kernel.name} to its banner within "
-                                    f"{timeout:g} s (nested virtualization that hangs in early boot?)")
+        return Acceleration(
+            "qemu",
+            f"a KVM guest did not boot {kernel.name} to its banner within "
+            f"{timeout:g} s (nested virtualization that hangs in early boot?)",
+        )
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             dom.destroy()

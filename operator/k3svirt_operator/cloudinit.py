@@ -82,9 +82,7 @@ _Dumper.add_representer(str, _str_presenter)
 
 
 def _dump(doc: Any) -> str:
-    return yaml.dump(
-        doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096
-    )
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096)
 
 
 def _keys(cloud_init: Mapping[str, Any]) -> list[str]:
@@ -125,16 +123,12 @@ def render_user_data(user_data: str | None, keys: list[str]) -> str:
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):
-            raise CloudInitError(
-                f"{FIELD}.userData: #cloud-config must be a YAML mapping, got {type(doc).__name__}"
-            )
+            raise CloudInitError(f"{FIELD}.userData: #cloud-config must be a YAML mapping, got {type(doc).__name__}")
         if not keys:
             return user_data
         existing = doc.get("ssh_authorized_keys")
         if existing is None:
-            appended = (
-                user_data + ("" if user_data.endswith("\n") else "\n") + _dump({"ssh_authorized_keys": keys})
-            )
+            appended = user_data + ("" if user_data.endswith("\n") else "\n") + _dump({"ssh_authorized_keys": keys})
             try:
                 if safeyaml.load(appended) == {**doc, "ssh_authorized_keys": keys}:
                     return appended
@@ -215,9 +209,7 @@ def render_network_config(network_data: Any) -> str | None:
         except yaml.YAMLError as e:
             raise _yaml_error("networkData", e) from e
         if not isinstance(doc, Mapping):
-            raise CloudInitError(
-                f"{FIELD}.networkData: must be a YAML mapping (network config version 1 or 2)"
-            )
+            raise CloudInitError(f"{FIELD}.networkData: must be a YAML mapping (network config version 1 or 2)")
         text = network_data
     elif isinstance(network_data, Mapping):
         doc, text = network_data, _dump(dict(network_data))
@@ -230,9 +222,7 @@ def render_network_config(network_data: Any) -> str | None:
     return text
 
 
-def render_seed_files(
-    namespace: str, name: str, uid: str, cloud_init: Mapping[str, Any] | None
-) -> dict[str, bytes]:
+def render_seed_files(namespace: str, name: str, uid: str, cloud_init: Mapping[str, Any] | None) -> dict[str, bytes]:
     """Pure: file name -> content of the seed. Raises CloudInitError naming the bad field."""
     ci = cloud_init or {}
     if not isinstance(ci, Mapping):
@@ -249,12 +239,8 @@ def render_seed_files(
     return files
 
 
-def seed_digest(namespace: str, name: str, uid: str, cloud_init: Mapping[str, Any] | None) -> str:
-    """sha256 over the rendered seed files; equal digests mean an identical seed."""
-    return _digest(render_seed_files(namespace, name, uid, cloud_init))
-
-
-def _digest(files: Mapping[str, bytes]) -> str:
+def seed_digest(files: Mapping[str, bytes]) -> str:
+    """sha256 over the rendered seed files (render_seed_files); equal digests mean an identical seed."""
     h = hashlib.sha256(f"k3svirt-seed-v{SEED_FORMAT_VERSION}\0".encode())
     for fname in sorted(files):
         data = files[fname]
@@ -287,7 +273,7 @@ def build_seed(
     """
     out = Path(out)
     files = render_seed_files(namespace, name, uid, cloud_init)
-    digest = _digest(files)
+    digest = seed_digest(files)
     stamp = out.with_name(out.name + ".sha256")
     if out.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return out

@@ -32,9 +32,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ.get
-        labels = dict(
-            item.split("=", 1) for item in env("K3SVIRT_NODE_LABELS", "").split(",") if "=" in item
-        )
+        labels = dict(item.split("=", 1) for item in env("K3SVIRT_NODE_LABELS", "").split(",") if "=" in item)
         return cls(
             node_name=env("K3SVIRT_NODE_NAME") or socket.gethostname(),
             node_ip=env("K3SVIRT_NODE_IP", "127.0.0.1"),

@@ -1,8 +1,6 @@
 """THE VirtualMachine spec -> libvirt domain XML builder (pure: no I/O, no libvirt calls).
 
     build_domain(ref, spec, ctx) -> BuiltDomain(xml, adjustments)
-    build_domain_xml(ref, spec, ctx) -> str
-    diff_requires_restart(old_spec, new_spec) -> list[str]
 
 `spec` is the merged (template + presets + VM) spec; operator defaults are applied here again
 (k3svirt_common.schema.apply_vm_defaults is idempotent). Node-side decisions come in through
@@ -36,6 +34,8 @@ from k3svirt_common.names import XML_NAMESPACE, XML_PREFIX, domain_name
 from k3svirt_common.quantity import parse_quantity
 from k3svirt_common.schema import apply_vm_defaults
 
+from .vmref import VMRef
+
 __all__ = [
     "Adjustment",
     "BuiltDomain",
@@ -44,10 +44,8 @@ __all__ = [
     "DomainContext",
     "VMRef",
     "build_domain",
-    "build_domain_xml",
     "default_mac",
     "device_aliases",
-    "diff_requires_restart",
     "disk_targets",
     "parse_cpuset",
     "spec_hash",
@@ -55,14 +53,6 @@ __all__ = [
 
 MIN_MEMORY = 16 * 1024**2
 ITCO_MIN_LIBVIRT = 9_001_000  # <watchdog model='itco'/> appeared in libvirt 9.1.0
-
-
-@dataclass(frozen=True)
-class VMRef:
-    namespace: str
-    name: str
-    uid: str
-    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,7 +115,7 @@ class DomainBuildError(ValueError):
 
 
 def parse_cpuset(value: str, field_path: str = "cpuset") -> list[int]:
-    """"2-5,7" -> [2, 3, 4, 5, 7] (order kept, duplicates refused)."""
+    """ "2-5,7" -> [2, 3, 4, 5, 7] (order kept, duplicates refused)."""
     out: list[int] = []
     for part in str(value).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
@@ -266,13 +256,23 @@ def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list
         elif ctx.cpu_fallback == "error":
             raise DomainBuildError("spec.cpu.model", f"{model} needs KVM; this node runs VMs under emulation")
         elif ctx.cpu_fallback == "omit":
-            adj.append(Adjustment("spec.cpu.model", "CPUModelNotEmulated",
-                                  f"cpu.model {model} needs KVM; running under emulation with QEMU's default CPU"))
+            adj.append(
+                Adjustment(
+                    "spec.cpu.model",
+                    "CPUModelNotEmulated",
+                    f"cpu.model {model} needs KVM; running under emulation with QEMU's default CPU",
+                )
+            )
         else:
             el.set("mode", "maximum")
             el.set("migratable", "off")
-            adj.append(Adjustment("spec.cpu.model", "CPUModelNotEmulated",
-                                  f"cpu.model {model} needs KVM; running under emulation with QEMU's 'max' CPU"))
+            adj.append(
+                Adjustment(
+                    "spec.cpu.model",
+                    "CPUModelNotEmulated",
+                    f"cpu.model {model} needs KVM; running under emulation with QEMU's 'max' CPU",
+                )
+            )
     elif model:
         el.set("mode", "custom")
         el.set("match", "exact")
@@ -328,8 +328,14 @@ def _os(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext) -> None:
             _sub(os_el, "cmdline", kernel["cmdline"])
 
 
-_HYPERV = (("relaxed", {}), ("vapic", {}), ("spinlocks", {"retries": 8191}), ("vpindex", {}),
-           ("synic", {}), ("stimer", {}))
+_HYPERV = (
+    ("relaxed", {}),
+    ("vapic", {}),
+    ("spinlocks", {"retries": 8191}),
+    ("vpindex", {}),
+    ("synic", {}),
+    ("stimer", {}),
+)
 
 
 def _features(dom: ET.Element, spec: Mapping[str, Any]) -> None:
@@ -359,8 +365,15 @@ def _disks(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, iothre
         if d["io"] == "native" and d["cache"] not in ("none", "directsync"):
             raise DomainBuildError(f"{fp}.io", "io native requires cache none or directsync")
         disk = _sub(devs, "disk", type="block" if block else "file", device="disk")
-        drv = _sub(disk, "driver", name="qemu", type=fmt, cache=d["cache"], io=d["io"],
-                   discard="unmap" if d.get("provisioning") == "thin" else "ignore")
+        drv = _sub(
+            disk,
+            "driver",
+            name="qemu",
+            type=fmt,
+            cache=d["cache"],
+            io=d["io"],
+            discard="unmap" if d.get("provisioning") == "thin" else "ignore",
+        )
         if d.get("iothread") is not None:
             if d["bus"] != "virtio":
                 raise DomainBuildError(f"{fp}.iothread", "iothread is only supported on bus virtio")
@@ -395,7 +408,7 @@ def _networks(devs: ET.Element, spec: Mapping[str, Any], ref: VMRef) -> None:
         else:
             iface = _sub(devs, "interface", type="network")
             _sub(iface, "source", network=(n.get("nat") or {}).get("network", "default"))
-        _sub(iface, "mac", address=(n.get("macAddress") or default_mac(ref.uid, n["name"])).lower())
+        _sub(iface, "mac", address=(n.get("macAddress") or default_mac(ref.uid or "", n["name"])).lower())
         _sub(iface, "model", type=n["model"])
         _sub(iface, "alias", name=f"ua-net-{n['name']}")
 
@@ -465,10 +478,18 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
     dom = ET.Element("domain", type=ctx.domain_type)
     _sub(dom, "name", domain_name(ref.namespace, ref.name))
     with contextlib.suppress(ValueError):  # a non-UUID uid (unit tests): libvirt generates one
-        _sub(dom, "uuid", str(uuid.UUID(ref.uid)))
+        _sub(dom, "uuid", str(uuid.UUID(ref.uid or "")))
     meta = _sub(dom, "metadata")
-    _sub(meta, f"{XML_PREFIX}:vm", **{f"xmlns:{XML_PREFIX}": XML_NAMESPACE}, namespace=ref.namespace,
-         name=ref.name, uid=ref.uid, generation=ref.generation, specHash=domain_spec_hash(s))
+    _sub(
+        meta,
+        f"{XML_PREFIX}:vm",
+        **{f"xmlns:{XML_PREFIX}": XML_NAMESPACE},
+        namespace=ref.namespace,
+        name=ref.name,
+        uid=ref.uid,
+        generation=ref.generation or 0,
+        specHash=domain_spec_hash(s),
+    )
     _memory(dom, s)
     iothreads = _cpu(dom, s, ctx, adj)
     _os(dom, s, ctx)
@@ -493,55 +514,7 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
     return BuiltDomain(ET.tostring(dom, encoding="unicode"), adj)
 
 
-def build_domain_xml(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> str:
-    """build_domain(...).xml."""
-    return build_domain(ref, spec, ctx).xml
-
-
 # Spec fields that never need a domain restart: they are not part of the domain definition.
 # template/presets act through the merged spec that is compared; nodeName/nodeSelector are
-# placement, handled by the operator's scheduling logic, not by this diff.
+# placement, handled by the operator's scheduling logic, not by domain_spec_hash().
 NON_DOMAIN_FIELDS = frozenset({"runStrategy", "deletionPolicy", "template", "presets", "nodeName", "nodeSelector"})
-# Fields libvirt can apply to a running domain. Deliberately empty: every other field changes
-# the QEMU command line (devices, topology, memory, firmware, pinning is kept static for 1:1
-# semantics) or is read by the guest only at boot (cloudInit), so it needs a restart.
-LIVE_FIELDS: frozenset[str] = frozenset()
-
-
-def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
-    if old == new:
-        return
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            _diff(old.get(k), new.get(k), f"{path}.{k}", out)
-        return
-    named = (
-        isinstance(old, list)
-        and isinstance(new, list)
-        and all(isinstance(x, dict) and "name" in x for x in old + new)
-    )
-    if named:
-        o = {x["name"]: x for x in old}
-        n = {x["name"]: x for x in new}
-        for k in sorted(set(o) | set(n)):
-            _diff(o.get(k), n.get(k), f"{path}[{k}]", out)
-        if [x["name"] for x in old if x["name"] in n] != [x["name"] for x in new if x["name"] in o]:
-            out.append(f"{path}(order)")
-        return
-    out.append(path)
-
-
-def diff_requires_restart(old_spec: Mapping[str, Any], new_spec: Mapping[str, Any]) -> list[str]:
-    """Fields whose change between two merged specs only takes effect after a restart.
-
-    Paths look like "spec.memory.size", "spec.disks[root].cache", "spec.networks[lan]" (added or
-    removed), "spec.disks(order)". [] means the running domain already matches.
-    """
-    old = apply_vm_defaults(dict(old_spec))
-    new = apply_vm_defaults(dict(new_spec))
-    out: list[str] = []
-    for key in sorted(set(old) | set(new)):
-        if key in NON_DOMAIN_FIELDS or key in LIVE_FIELDS:
-            continue
-        _diff(old.get(key), new.get(key), f"spec.{key}", out)
-    return out

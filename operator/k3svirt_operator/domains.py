@@ -58,8 +58,10 @@ def find(conn: libvirt.virConnect, namespace: str, name: str, uid: str) -> libvi
             raise
     with contextlib.suppress(libvirt.libvirtError):
         other = conn.lookupByName(names.domain_name(namespace, name))
-        raise DomainConflict(f"a libvirt domain named {other.name()} already exists with UUID "
-                             f"{other.UUIDString()}, not this VM's uid {uid}: remove it or rename the VM")
+        raise DomainConflict(
+            f"a libvirt domain named {other.name()} already exists with UUID "
+            f"{other.UUIDString()}, not this VM's uid {uid}: remove it or rename the VM"
+        )
     return None
 
 
@@ -179,6 +181,10 @@ def interface_macs(dom: libvirt.virDomain) -> list[tuple[str, str]]:
     for i, iface in enumerate(root.findall("devices/interface")):
         mac = iface.find("mac")
         alias = iface.find("alias")
-        out.append((alias.get("name") if alias is not None else f"net{i}",
-                    (mac.get("address") if mac is not None else "").lower()))
+        out.append(
+            (
+                alias.get("name") if alias is not None else f"net{i}",
+                (mac.get("address") if mac is not None else "").lower(),
+            )
+        )
     return out

@@ -9,10 +9,8 @@ other nodes never strip ours.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,11 +19,11 @@ from k3svirt_common import names, templates
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
 from . import accel as accel_mod
-from . import image_cache, pci, shutdown, stats
+from . import image_cache, pci, shutdown, stats, vmstate, vmstatus
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .runtime import Runtime
-from .vm_reconciler import Event, VMReconciler
+from .vm_reconciler import Event, Result, VMReconciler
 
 # A plain registry: kopf's default one imports the `kubernetes` package (~28 MiB) just to offer a
 # login through it; the operator logs in with k3svirt_common.kube's configuration (login() below).
@@ -154,9 +152,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     api = Client(_kube_config(), timeout=30.0, user_agent=f"k3svirt-operator/{SETTINGS.node_name}")
     RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
-    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, _resolve_host_devices)
+    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims)
     conn.add_lifecycle_listener(_on_domain_event)
-    conn.add_reconnect_listener(lambda: RT.poke_all_threadsafe() if RT else None)
+    conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)
     MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, port=SETTINGS.metrics_port,
                                      host=SETTINGS.metrics_addr)  # fmt: skip
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
@@ -177,116 +175,149 @@ def _get_template(namespace: str, name: str) -> Mapping[str, Any] | None:
     return _rt().get_object(names.VMTEMPLATE_PLURAL, namespace, name)
 
 
-def _resolve_host_devices(vm: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str]:
-    from .pci import assignment
-
-    return assignment.resolve_for_vm(_rt(), vm, spec)
-
-
 def _on_domain_event(domain: str, _event: int, _detail: int) -> None:
     parsed = names.parse_domain_name(domain)
     if parsed is not None and RT is not None:
-        RT.poke_threadsafe(parsed)
+        RT.loops.poke_threadsafe(parsed)
+
+
+def _user_status(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without kopf's bookkeeping: what our writes are compared with."""
+    return {k: v for k, v in (obj.get("status") or {}).items() if not k.startswith("kopf")}
+
+
+async def _write_claims(claims: list[pci.StatusPatch]) -> None:
+    for pcip, status in claims:
+        await asyncio.to_thread(_rt().patch_status, names.PCIPASSTHROUGH_PLURAL, None, pcip, status)
+
+
+# ---------------------------------------------------------------------- indices
+@kopf.index(names.GROUP, names.VERSION, names.VM_PLURAL)
+def vms_by_namespace(body: kopf.Body, namespace: str, **_: Any) -> dict[str, dict[str, Any]]:
+    """What a VMTemplate's status and deletion guard need of each VM, by namespace."""
+    return {namespace: templates.usage_of(body)}
+
+
+@kopf.index(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL)
+def passthroughs(body: kopf.Body, name: str, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every PCIPassthrough by name: what a VM's hostDevices resolve against."""
+    return {name: {k: copy.deepcopy(dict(body.get(k) or {})) for k in ("metadata", "spec", "status")}}
+
+
+@kopf.index(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL)
+def claimed_addresses(
+    spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str, **_: Any
+) -> dict[str | None, tuple[str, str]]:
+    """(address, PCIPassthrough) of the devices that live PCIPassthroughs hold, by node."""
+    if status.get("address") and not meta.get("deletionTimestamp"):
+        return {spec.get("nodeName"): (status["address"], name)}
+    return {}
+
+
+def _claimed_by_others(index: kopf.Index, name: str) -> dict[str, str]:
+    return {addr: holder for addr, holder in index.get(SETTINGS.node_name, ()) if holder != name}
 
 
 # ---------------------------------------------------------------------- VirtualMachine
 @kopf.on.event(names.GROUP, names.VERSION, names.VM_PLURAL)
-def vm_changed(body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
+async def vm_changed(
+    body: kopf.Body, namespace: str, type: str | None, memo: kopf.Memo, vms_by_namespace: kopf.Index, **_: Any
+) -> None:
     """Wakes the VM's loop when the user changed its spec or asked for an action."""
     if RT is None:
         return
-    key = (namespace, name)
-    marker = (body.metadata.get("generation"), body.metadata.annotations.get(names.ANNOTATION_ACTION))
-    if RT.seen.get(key) != marker or type == "DELETED":
-        RT.seen[key] = marker
-        RT.poke(key)
-        # A template's status counts the VMs that use it.
-        for ref in [body.spec.get("template") or {}, *(body.spec.get("presets") or [])]:
-            if ref.get("name"):
-                _refresh_template_status(namespace, ref["name"])
+    state = vmstate.of(memo)
+    if state.changed((body.metadata.get("generation"), body.metadata.annotations.get(names.ANNOTATION_ACTION))) \
+            or type == "DELETED":  # fmt: skip
+        state.wake.set()
+        for template in templates.referenced_names(body.spec):  # their status counts the VMs using them
+            found = await asyncio.to_thread(_get_template, namespace, template)
+            if found is not None:
+                await _refresh_template_status(found, vms_by_namespace)
 
 
-def _refresh_template_status(namespace: str, name: str) -> None:
-    rt = _rt()
-    template = rt.get_object(names.VMTEMPLATE_PLURAL, namespace, name)
-    if template is None:
-        return
-    status = templates.compute_status(template, rt.list_objects(names.VM_PLURAL, namespace))
-    old = {k: v for k, v in (template.get("status") or {}).items() if not k.startswith("kopf")}
-    if status != old:
-        rt.patch_status(names.VMTEMPLATE_PLURAL, namespace, name, status)
+async def _refresh_template_status(template: Mapping[str, Any], vms_by_namespace: kopf.Index) -> None:
+    meta = template["metadata"]
+    status = templates.compute_status(template, vms_by_namespace.get(meta["namespace"], ()))
+    if status != _user_status(template):
+        await asyncio.to_thread(_rt().patch_status, names.VMTEMPLATE_PLURAL, meta["namespace"], meta["name"], status)
 
 
 @kopf.daemon(names.GROUP, names.VERSION, names.VM_PLURAL, when=owned, cancellation_timeout=30)
-async def vm_loop(body: kopf.Body, namespace: str, name: str, uid: str, **_: Any) -> None:
-    rt, reconciler = _rt(), RECONCILER
+async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, passthroughs: kopf.Index,
+                  **_: Any) -> None:  # fmt: skip
+    rt, reconciler, state = _rt(), RECONCILER, vmstate.of(memo)
     assert reconciler is not None
-    key = (namespace, name)
-    if not body.spec.get("nodeName") and not (body.status or {}).get("node"):
-        owner = await asyncio.to_thread(rt.claim_vm, namespace, name, body.metadata["resourceVersion"])
-        if owner != SETTINGS.node_name:
-            return  # another node's operator claimed it first
-    wake = rt.waker(key)
-    last_summary = 0.0
-    while True:
-        if body.metadata.get("deletionTimestamp"):
-            return
-        wake.clear()  # before the pass: an event that arrives during it wakes the next one
-        snapshot = copy.deepcopy(dict(body))
-        if uid in rt.written:  # our last write may not have come back through the watch yet
-            snapshot["status"] = {**(snapshot.get("status") or {}), **rt.written[uid]}
-        result = await asyncio.to_thread(reconciler.reconcile, snapshot)
-        status = result.status
-        figures = MONITOR[0].get(namespace, name) if MONITOR is not None else None
-        shown = ((snapshot.get("status") or {}).get("monitoring") or {}).get("updatedAt")
-        due = time.monotonic() - last_summary >= SETTINGS.status_summary_seconds
-        if MONITOR is not None and (due or (figures is not None and not shown)):
-            last_summary = time.monotonic()
-            summary = stats.summarize(figures)
-            previous = (snapshot.get("status") or {}).get("monitoring") or {}
-            status["monitoring"] = {
-                **{k: None for k in previous},  # a merge patch keeps keys it is not told to clear
-                **(summary or {}),
-                "endpoint": MONITOR[1].stats_url(namespace, name, host=SETTINGS.node_ip),
-            }
-        elif "monitoring" in (snapshot.get("status") or {}):
-            status["monitoring"] = snapshot["status"]["monitoring"]
-        old = {k: v for k, v in (snapshot.get("status") or {}).items() if not k.startswith("kopf")}
-        if status != old:
-            await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
-            rt.written[uid] = status
-        _post(body, result.events)
-        timeout = result.requeue if result.requeue is not None else SETTINGS.resync_seconds
-        if MONITOR is not None:
-            timeout = min(timeout, SETTINGS.status_summary_seconds)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout)
+    if not await _claimed(body, namespace, name):
+        return  # another node's operator claimed it first
+    state.last_summary = float("-inf")
+    with rt.loops.running((namespace, name), state):
+        while not body.metadata.get("deletionTimestamp"):
+            state.wake.clear()  # before the pass: an event that arrives during it wakes the next one
+            snapshot, devices = state.view(body), [o for store in passthroughs.values() for o in store]
+            result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices)
+            await _write_claims(result.claims)
+            status = _with_monitoring(result.status, _user_status(snapshot), state, namespace, name)
+            if status != _user_status(snapshot):
+                await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
+                state.written = status
+            _post(body, result.events)
+            await state.sleep(_next_pass(result))
+
+
+async def _claimed(body: kopf.Body, namespace: str, name: str) -> bool:
+    """A VM matched by nodeSelector only is claimed (status.node) before anything is done with it."""
+    if body.spec.get("nodeName") or (body.status or {}).get("node"):
+        return True
+    owner = await asyncio.to_thread(_rt().claim_vm, namespace, name, body.metadata["resourceVersion"])
+    return owner == SETTINGS.node_name
+
+
+def _with_monitoring(status: dict[str, Any], previous: Mapping[str, Any], state: vmstate.VMState,
+                     namespace: str, name: str) -> dict[str, Any]:  # fmt: skip
+    """Adds status.monitoring: refreshed every status_summary_seconds, else kept as it is."""
+    shown = (previous.get("monitoring") or {}).get("updatedAt")
+    if MONITOR is not None:
+        figures = MONITOR[0].get(namespace, name)
+        if state.summary_due(SETTINGS.status_summary_seconds, bool(shown), figures is not None):
+            endpoint = MONITOR[1].stats_url(namespace, name, host=SETTINGS.node_ip)
+            status["monitoring"] = vmstatus.monitoring(previous.get("monitoring") or {}, stats.summarize(figures),
+                                                       endpoint)  # fmt: skip
+            return status
+    if "monitoring" in previous:
+        status["monitoring"] = previous["monitoring"]
+    return status
+
+
+def _next_pass(result: Result) -> float:
+    timeout = result.requeue if result.requeue is not None else SETTINGS.resync_seconds
+    return min(timeout, SETTINGS.status_summary_seconds) if MONITOR is not None else timeout
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.VM_PLURAL, when=owned)
-async def vm_deleted(body: kopf.Body, namespace: str, name: str, uid: str, **_: Any) -> None:
-    rt, reconciler = _rt(), RECONCILER
+async def vm_deleted(body: kopf.Body, namespace: str, name: str, passthroughs: kopf.Index, **_: Any) -> None:
+    reconciler = RECONCILER
     assert reconciler is not None
     events = await asyncio.to_thread(reconciler.delete, copy.deepcopy(dict(body)))
-    await asyncio.to_thread(pci.release_for_vm, rt, {"namespace": namespace, "name": name})
+    devices = [o for store in passthroughs.values() for o in store]
+    await _write_claims(_rt().claims.release(devices, {"namespace": namespace, "name": name}))
     _post(body, events)
-    rt.wakers.pop((namespace, name), None)
-    rt.seen.pop((namespace, name), None)
-    rt.written.pop(uid, None)
 
 
 # ---------------------------------------------------------------------- VMTemplate
 @kopf.on.event(names.GROUP, names.VERSION, names.VMTEMPLATE_PLURAL)
-def template_changed(body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
+async def template_changed(body: kopf.Body, type: str | None, vms_by_namespace: kopf.Index, **_: Any) -> None:
     """Keeps status (latest version, users) current; every node computes the same answer."""
     if RT is None or type == "DELETED":
         return
-    _refresh_template_status(namespace, name)
+    await _refresh_template_status(body, vms_by_namespace)
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.VMTEMPLATE_PLURAL)
 def template_deleted(body: kopf.Body, namespace: str, **_: Any) -> None:
     """Holds the deletion (like PVC protection) while VMs still reference the template."""
+    # A fresh list, not the index: a destructive decision must not rest on a watch that may lag
+    # behind a VM created a moment ago.
     vms = _rt().list_objects(names.VM_PLURAL, namespace)
     problem = templates.check_delete(dict(body), vms)
     if problem:
@@ -317,38 +348,21 @@ def on_this_node(spec: Mapping[str, Any], **_: Any) -> bool:
     return spec.get("nodeName") == SETTINGS.node_name
 
 
-def _claimed_by_others(name: str) -> dict[str, str]:
-    out = {}
-    for o in _rt().list_objects(names.PCIPASSTHROUGH_PLURAL):
-        st, meta = o.get("status") or {}, o["metadata"]
-        if (
-            meta["name"] != name
-            and not meta.get("deletionTimestamp")
-            and st.get("address")
-            and (o.get("spec") or {}).get("nodeName") == SETTINGS.node_name
-        ):
-            out[st["address"]] = meta["name"]
-    return out
-
-
-def _reconcile_passthrough(body: Mapping[str, Any]) -> dict[str, Any]:
+def _reconcile_passthrough(body: Mapping[str, Any], claimed: dict[str, str]) -> dict[str, Any]:
     meta = body["metadata"]
-    return pci.reconcile_passthrough(
-        body.get("spec") or {},
-        body.get("status") or {},
-        generation=meta.get("generation"),
-        claimed=_claimed_by_others(meta["name"]),
-    )
+    return pci.reconcile_passthrough(body.get("spec") or {}, body.get("status") or {},
+                                     generation=meta.get("generation"), claimed=claimed)  # fmt: skip
 
 
 @kopf.on.resume(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
 @kopf.on.create(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
 @kopf.on.update(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node, field="spec")
 @kopf.timer(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node, interval=30, idle=10)
-async def passthrough_changed(body: kopf.Body, name: str, **_: Any) -> None:
+async def passthrough_changed(body: kopf.Body, name: str, claimed_addresses: kopf.Index, **_: Any) -> None:
     """Binds the device (and its IOMMU group) to vfio-pci, or says in status why it refuses."""
-    status = await asyncio.to_thread(_reconcile_passthrough, copy.deepcopy(dict(body)))
-    old = {k: v for k, v in (body.get("status") or {}).items() if not k.startswith("kopf")}
+    claimed = _claimed_by_others(claimed_addresses, name)
+    status = await asyncio.to_thread(_reconcile_passthrough, copy.deepcopy(dict(body)), claimed)
+    old = _user_status(body)
     if {k: v for k, v in status.items() if k != "lastTransitionTime"} != old:
         await asyncio.to_thread(_rt().patch_status, names.PCIPASSTHROUGH_PLURAL, None, name, status)
         if status.get("phase") != old.get("phase"):
@@ -362,14 +376,14 @@ async def passthrough_changed(body: kopf.Body, name: str, **_: Any) -> None:
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
-async def passthrough_deleted(body: kopf.Body, name: str, **_: Any) -> None:
+async def passthrough_deleted(body: kopf.Body, name: str, claimed_addresses: kopf.Index, **_: Any) -> None:
     """Gives the device back to its host driver; waits while a VM still uses it."""
     try:
         await asyncio.to_thread(
             pci.release_passthrough,
             body.get("status") or {},
             spec=body.get("spec") or {},
-            claimed=_claimed_by_others(name),
+            claimed=_claimed_by_others(claimed_addresses, name),
         )
     except pci.BindError as exc:
         kopf.event(body, type="Warning", reason=exc.reason, message=str(exc)[:1000])

@@ -50,29 +50,45 @@ def violations(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key in ("path", "initrdPath"):
         value = kernel.get(key)
         if value and not _inside(value, kernel_dirs):
-            out.append((f"spec.boot.kernel.{key}",
-                        f"{value!r} is not under an allowed kernel directory ({':'.join(kernel_dirs)}; "
-                        "the node's K3SVIRT_KERNEL_DIRS)"))
+            out.append(
+                (
+                    f"spec.boot.kernel.{key}",
+                    f"{value!r} is not under an allowed kernel directory ({':'.join(kernel_dirs)}; "
+                    "the node's K3SVIRT_KERNEL_DIRS)",
+                )
+            )
     volume_dirs = _dirs("K3SVIRT_VOLUME_DIRS", DEFAULT_VOLUME_DIRS)
     for i, disk in enumerate(spec.get("disks") or []):
         path = ((disk.get("source") or {}).get("volume") or {}).get("path")
         if path and not _inside(path, volume_dirs):
-            out.append((f"spec.disks[{i}].source.volume.path",
-                        f"{path!r} is not under an allowed volume directory ({':'.join(volume_dirs)}; "
-                        "the node's K3SVIRT_VOLUME_DIRS)"))
+            out.append(
+                (
+                    f"spec.disks[{i}].source.volume.path",
+                    f"{path!r} is not under an allowed volume directory ({':'.join(volume_dirs)}; "
+                    "the node's K3SVIRT_VOLUME_DIRS)",
+                )
+            )
     bridges = _names("K3SVIRT_BRIDGES", "")
     networks = _names("K3SVIRT_NAT_NETWORKS", "default")
     for i, nic in enumerate(spec.get("networks") or []):
         bridge = (nic.get("bridge") or {}).get("name")
         if bridge is not None and bridge not in bridges:
-            out.append((f"spec.networks[{i}].bridge.name",
-                        f"{bridge!r} is not a bridge VMs may join on this node "
-                        f"({':'.join(bridges) or 'none'}; the node's K3SVIRT_BRIDGES)"))
+            out.append(
+                (
+                    f"spec.networks[{i}].bridge.name",
+                    f"{bridge!r} is not a bridge VMs may join on this node "
+                    f"({':'.join(bridges) or 'none'}; the node's K3SVIRT_BRIDGES)",
+                )
+            )
         nat = nic.get("nat")
         if nat is not None and (nat.get("network") or "default") not in networks:
-            out.append((f"spec.networks[{i}].nat.network",
-                        f"{nat.get('network')!r} is not a network VMs may join on this node "
-                        f"({':'.join(networks) or 'none'}; the node's K3SVIRT_NAT_NETWORKS)"))
+            out.append(
+                (
+                    f"spec.networks[{i}].nat.network",
+                    f"{nat.get('network')!r} is not a network VMs may join on this node "
+                    f"({':'.join(networks) or 'none'}; the node's K3SVIRT_NAT_NETWORKS)",
+                )
+            )
     image_dirs = _dirs("K3SVIRT_IMAGE_DIRS", DEFAULT_IMAGE_DIRS)
     for i, disk in enumerate(spec.get("disks") or []):
         url = ((disk.get("source") or {}).get("image") or {}).get("url")
@@ -99,4 +115,3 @@ def file_url_problem(url: str, image_dirs: list[str] | None = None) -> str | Non
     if os.path.exists(real) and not os.path.isfile(real):
         return f"{url!r} is not a regular file"
     return None
-

@@ -35,8 +35,8 @@ from typing import IO
 
 from . import image_fetch, shutdown
 from .filelock import locked
+from .hostfs import DIR_MODE, StorageError, ensure_dir, qemu_img_info
 from .image_fetch import FetchPolicy
-from .storage import DIR_MODE, StorageError, ensure_dir, qemu_img_info, storage_root
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class CachedImage:
     size: int = 0  # bytes on the wire / in the cache file
 
 
-def images_dir(root: Path | None = None) -> Path:
-    root = Path(root) if root is not None else storage_root()
+def images_dir(root: Path) -> Path:
+    root = Path(root)
     return root / "images"
 
 
@@ -77,7 +77,7 @@ def cache_key(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()
 
 
-def cache_path(url: str, root: Path | None = None) -> Path:
+def cache_path(url: str, root: Path) -> Path:
     """Where the image for ``url`` lives (whether or not it is downloaded yet)."""
     return images_dir(root) / f"{cache_key(url)}.img"
 
@@ -116,9 +116,14 @@ def _load_cached(path: Path) -> CachedImage | None:
 def ensure_image(
     url: str, checksum: str | None = None, root: Path | None = None, policy: FetchPolicy | None = None
 ) -> CachedImage:
-    """Return the cached image for ``url``, downloading (once) and verifying it if needed."""
+    """Return the cached image for ``url``, downloading (once) and verifying it if needed.
+
+    ``root``: the node's storage root (Settings.storage_root); required, it has no default.
+    """
+    if root is None:
+        raise TypeError("ensure_image() needs root, the node's storage root")
     want = _parse_checksum(checksum)
-    d = ensure_dir(ensure_dir(Path(root) if root is not None else storage_root()) / "images", DIR_MODE)
+    d = ensure_dir(ensure_dir(Path(root)) / "images", DIR_MODE)
     path = cache_path(url, root)
     cached = _load_cached(path)
     if cached is None:
@@ -258,7 +263,7 @@ def _validate_image(url: str, tmp: Path, head: bytes, size: int) -> tuple[str, i
     return fmt, int(info.get("virtual-size", size))
 
 
-def list_cached(root: Path | None = None) -> list[CachedImage]:
+def list_cached(root: Path) -> list[CachedImage]:
     d = images_dir(root)
     if not d.is_dir():
         return []
@@ -287,13 +292,13 @@ def _overlay_backings(root: Path) -> set[Path]:
     return used
 
 
-def prune_unused(root: Path | None = None, in_use: Iterable[Path] = (), idle_seconds: float = 0.0) -> list[Path]:
+def prune_unused(root: Path, in_use: Iterable[Path] = (), idle_seconds: float = 0.0) -> list[Path]:
     """Delete cached images not in ``in_use``, not backing any overlay under <root>/vms, and not used
     (downloaded or asked for) in the last ``idle_seconds``.
 
     Also removes stale partial downloads. Returns the removed image paths.
     """
-    root = Path(root) if root is not None else storage_root()
+    root = Path(root)
     d = images_dir(root)
     if not d.is_dir():
         return []

@@ -114,8 +114,9 @@ class LibvirtConnection:
                 log.warning("libvirt not reachable yet", extra={"error": exc.get_error_message()})
                 time.sleep(1.0)
 
-    def _lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int,
-                   _opaque: object) -> None:
+    def _lifecycle(
+        self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _opaque: object
+    ) -> None:
         name = dom.name()
         for fn in self._listeners:
             try:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from k3svirt_common.names import RunStrategy
+
 
 class Power(StrEnum):
     RUNNING = "running"
@@ -61,15 +63,21 @@ def decide(run_strategy: str, power: Power, shutoff_reason: ShutoffReason, actio
 
 def _decide_strategy(run_strategy: str, power: Power, reason: ShutoffReason) -> Decision:
     running = _running(power)
-    if run_strategy == "Always":
-        return Decision(Step.NOTHING, "running as runStrategy Always wants") if running else \
-            Decision(Step.START, "runStrategy Always: the VM must run")
-    if run_strategy == "Halted":
+    if run_strategy == RunStrategy.ALWAYS:
+        return (
+            Decision(Step.NOTHING, "running as runStrategy Always wants")
+            if running
+            else Decision(Step.START, "runStrategy Always: the VM must run")
+        )
+    if run_strategy == RunStrategy.HALTED:
         if power == Power.STOPPING:
             return Decision(Step.STOP, "runStrategy Halted: still shutting down")
-        return Decision(Step.STOP, "runStrategy Halted: the VM must not run") if running else \
-            Decision(Step.NOTHING, "stopped as runStrategy Halted wants")
-    if run_strategy == "RerunOnFailure":
+        return (
+            Decision(Step.STOP, "runStrategy Halted: the VM must not run")
+            if running
+            else Decision(Step.NOTHING, "stopped as runStrategy Halted wants")
+        )
+    if run_strategy == RunStrategy.RERUN_ON_FAILURE:
         if running:
             return Decision(Step.NOTHING, "running")
         if power == Power.SHUTOFF and reason == ShutoffReason.SHUTDOWN:
@@ -84,19 +92,28 @@ def _decide_strategy(run_strategy: str, power: Power, reason: ShutoffReason) -> 
 def _decide_action(run_strategy: str, power: Power, action: str) -> Decision:
     running = _running(power)
     if action == "restart":
-        if run_strategy == "Halted":
-            return Decision(Step.NOTHING, "restart refused", True,
-                            "restart ignored: runStrategy is Halted (set it to Always to run the VM)")
+        if run_strategy == RunStrategy.HALTED:
+            return Decision(
+                Step.NOTHING,
+                "restart refused",
+                True,
+                "restart ignored: runStrategy is Halted (set it to Always to run the VM)",
+            )
         return Decision(Step.RESTART if running else Step.START, "restart requested", True)
     if action == "start":
-        if run_strategy == "Halted":
-            return Decision(Step.NOTHING, "start refused", True,
-                            "start ignored: runStrategy is Halted (set it to Always or Manual)")
+        if run_strategy == RunStrategy.HALTED:
+            return Decision(
+                Step.NOTHING, "start refused", True, "start ignored: runStrategy is Halted (set it to Always or Manual)"
+            )
         return Decision(Step.NOTHING if running else Step.START, "start requested", True)
     if action == "stop":
-        if run_strategy in ("Always", "RerunOnFailure"):
-            return Decision(Step.NOTHING, "stop refused", True,
-                            f"stop ignored: runStrategy {run_strategy} would start the VM again "
-                            "(set runStrategy to Halted to stop it)")
+        if run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE):
+            return Decision(
+                Step.NOTHING,
+                "stop refused",
+                True,
+                f"stop ignored: runStrategy {run_strategy} would start the VM again "
+                "(set runStrategy to Halted to stop it)",
+            )
         return Decision(Step.STOP if running else Step.NOTHING, "stop requested", True)
     return Decision(Step.NOTHING, "unknown action", True, f"unknown action {action!r} ignored")

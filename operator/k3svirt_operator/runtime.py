@@ -1,4 +1,5 @@
-"""Process-wide state of the operator: settings, the libvirt connection, wake-ups for VM loops."""
+"""Process-wide state of the operator: settings, the libvirt connection, the running VM loops, this
+node's PCI claims, and its reads and writes of Kubernetes objects."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from k3svirt_common.kube import ApiError, Client, core_path, group_path
 from .accel import Acceleration
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
+from .pci.claims import Claims
+from .vmstate import Loops
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +32,11 @@ class Runtime:
     accel: Acceleration
     api: Client
     loop: asyncio.AbstractEventLoop
-    wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    # What each VM's loop last saw of spec generation/annotation, to wake only on real changes.
-    seen: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
-    # The status this operator last wrote, per VM uid: the watch may lag behind our own writes.
-    written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loops: Loops = field(init=False)
+    claims: Claims = field(default_factory=Claims)
 
-    def waker(self, key: tuple[str, str]) -> asyncio.Event:
-        return self.wakers.setdefault(key, asyncio.Event())
-
-    def poke(self, key: tuple[str, str]) -> None:
-        ev = self.wakers.get(key)
-        if ev is not None:
-            ev.set()
-
-    def poke_threadsafe(self, key: tuple[str, str]) -> None:
-        self.loop.call_soon_threadsafe(self.poke, key)
-
-    def poke_all_threadsafe(self) -> None:
-        for key in list(self.wakers):
-            self.poke_threadsafe(key)
+    def __post_init__(self) -> None:
+        self.loops = Loops(self.loop)
 
     # ------------------------------------------------------------------ Kubernetes access
     def get_object(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:

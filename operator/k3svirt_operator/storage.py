@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import logging
 import os
 import pwd
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,16 +35,14 @@ from typing import Any
 
 from k3svirt_common.quantity import parse_quantity
 
-from . import shutdown
+from . import image_cache
 from .filelock import locked
+from .hostfs import QEMU_IMG, QEMU_IMG_TIMEOUT, StorageError, ensure_dir, qemu_img_info, run_qemu_img
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE_ROOT = "/var/lib/k3svirt"
-QEMU_IMG = "qemu-img"
-QEMU_IMG_TIMEOUT = 600  # seconds; a full preallocation of a large raw disk can take a while
 
-DIR_MODE = 0o755
 VM_DIR_MODE = 0o711
 DISK_MODE = 0o660
 
@@ -61,10 +57,6 @@ _CHECKSUM_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 
 class StorageSpecError(ValueError):
     """The disk spec is invalid; the message starts with the offending field path."""
-
-
-class StorageError(RuntimeError):
-    """Creating/inspecting storage failed at execution time (qemu-img failure, missing volume...)."""
 
 
 class InsufficientStorage(StorageError):
@@ -148,12 +140,7 @@ def _check_component(value: str, what: str) -> str:
 
 def vm_dir(namespace: str, name: str, root: Path | None = None) -> Path:
     root = Path(root) if root is not None else storage_root()
-    return (
-        root
-        / "vms"
-        / _check_component(namespace, "metadata.namespace")
-        / _check_component(name, "metadata.name")
-    )
+    return root / "vms" / _check_component(namespace, "metadata.namespace") / _check_component(name, "metadata.name")
 
 
 def seed_path(namespace: str, name: str, root: Path | None = None) -> Path:
@@ -225,9 +212,7 @@ class DiskResult:
 
 
 def _qcow2_opts(cluster_size: int, preallocation: str, lazy: bool) -> str:
-    return (
-        f"cluster_size={cluster_size},preallocation={preallocation},lazy_refcounts={'on' if lazy else 'off'}"
-    )
+    return f"cluster_size={cluster_size},preallocation={preallocation},lazy_refcounts={'on' if lazy else 'off'}"
 
 
 def plan_disks(
@@ -258,9 +243,7 @@ def plan_disks(
                 f"{fp}.name: must be a DNS label (lowercase letters, digits, '-', at most 63), got {dname!r}"
             )
         if dname in seen:
-            raise StorageSpecError(
-                f"{fp}.name: duplicate disk name {dname!r} (also spec.disks[{seen[dname]}])"
-            )
+            raise StorageSpecError(f"{fp}.name: duplicate disk name {dname!r} (also spec.disks[{seen[dname]}])")
         seen[dname] = i
         plans.append(_plan_one(i, fp, dname, disk, vdir, root, images))
     return plans
@@ -275,9 +258,7 @@ def _source_kind(disk: Mapping[str, Any], fp: str) -> tuple[str, Mapping[str, An
     keys = [k for k in ("blank", "image", "volume") if source.get(k) is not None]
     unknown = sorted(set(source) - {"blank", "image", "volume"})
     if unknown:
-        raise StorageSpecError(
-            f"{fp}.source: unknown source type {unknown[0]!r} (use blank, image or volume)"
-        )
+        raise StorageSpecError(f"{fp}.source: unknown source type {unknown[0]!r} (use blank, image or volume)")
     if len(keys) > 1:
         raise StorageSpecError(f"{fp}.source: exactly one of blank, image, volume may be set, got {keys}")
     if not keys:
@@ -315,14 +296,10 @@ def _plan_one(
             raise StorageSpecError(f"{fp}.source.volume.path: must be an absolute path, got {path!r}")
         p = Path(os.path.normpath(path))
         if p == root or root in p.parents:
-            raise StorageSpecError(
-                f"{fp}.source.volume.path: must not be inside the k3svirt storage root {root}"
-            )
+            raise StorageSpecError(f"{fp}.source.volume.path: must not be inside the k3svirt storage root {root}")
         for key in ("size", "qcow2", "provisioning"):
             if disk.get(key) is not None:
-                raise StorageSpecError(
-                    f"{fp}.{key}: not allowed with source.volume (the volume is used as is)"
-                )
+                raise StorageSpecError(f"{fp}.{key}: not allowed with source.volume (the volume is used as is)")
         return DiskPlan(
             index=i,
             name=dname,
@@ -341,14 +318,10 @@ def _plan_one(
     if kind == "image":
         url = body.get("url")
         if not isinstance(url, str) or not re.match(r"^(https?|file)://", url):
-            raise StorageSpecError(
-                f"{fp}.source.image.url: must be an http://, https:// or file:// URL, got {url!r}"
-            )
+            raise StorageSpecError(f"{fp}.source.image.url: must be an http://, https:// or file:// URL, got {url!r}")
         checksum = body.get("checksum")
         if checksum is not None and (not isinstance(checksum, str) or not _CHECKSUM_RE.match(checksum)):
-            raise StorageSpecError(
-                f"{fp}.source.image.checksum: must be 'sha256:<64 hex digits>', got {checksum!r}"
-            )
+            raise StorageSpecError(f"{fp}.source.image.checksum: must be 'sha256:<64 hex digits>', got {checksum!r}")
         clone = body.get("clone") or "overlay"
         if clone not in CLONE_MODES:
             raise StorageSpecError(f"{fp}.source.image.clone: must be overlay or copy, got {clone!r}")
@@ -409,9 +382,7 @@ def _plan_one(
     )
     if kind == "blank":
         assert size is not None
-        return replace(
-            plan, commands=((QEMU_IMG, "create", "-q", "-f", fmt, "-o", opts, str(tmp), str(size)),)
-        )
+        return replace(plan, commands=((QEMU_IMG, "create", "-q", "-f", fmt, "-o", opts, str(tmp), str(size)),))
     assert image is not None
     base = images.get(image.url)
     return plan.with_base(base) if base is not None else plan
@@ -488,14 +459,6 @@ def give_to_qemu(path: Path, mode: int = DISK_MODE) -> None:
         os.chown(path, *ids)
 
 
-def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
-    """mkdir -p with explicit modes (umask-independent) for the leaf dir."""
-    path.mkdir(parents=True, exist_ok=True)
-    if (path.stat().st_mode & 0o7777) != mode:
-        os.chmod(path, mode)
-    return path
-
-
 class StorageOwnedByAnotherVM(StorageError):
     """The VM's directory holds the retained disks of an earlier VM of the same name."""
 
@@ -537,36 +500,10 @@ def ensure_vm_dir(
     return d
 
 
-def run_qemu_img(argv: Sequence[str], timeout: float = QEMU_IMG_TIMEOUT) -> str:
-    """Run one qemu-img argv; raise StorageError with its stderr on failure."""
-    try:
-        proc = shutdown.run(argv, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise StorageError(f"{' '.join(argv)}: timed out after {timeout}s") from e
-    except OSError as e:
-        raise StorageError(f"{argv[0]}: cannot run: {e}") from e
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip()
-        raise StorageError(f"{' '.join(argv)} failed (exit {proc.returncode}): {err}")
-    return proc.stdout
-
-
-def qemu_img_info(path: Path, fmt: str | None = None, timeout: float = 60) -> dict[str, Any]:
-    """``qemu-img info --output=json -U`` (-U: works while a running VM holds the image lock)."""
-    argv = [QEMU_IMG, "info", "--output=json", "-U"]
-    if fmt:
-        argv += ["-f", fmt]
-    argv.append(str(path))
-    return json.loads(run_qemu_img(argv, timeout=timeout))
-
-
-
 ImageFetcher = Callable[[str, "str | None", Path], BaseImage]
 
 
 def _default_fetcher(url: str, checksum: str | None, root: Path) -> BaseImage:
-    from . import image_cache
-
     return image_cache.ensure_image(url, checksum, root)
 
 
@@ -652,25 +589,6 @@ def _check_volume(plan: DiskPlan) -> DiskResult:
         False,
         "volume",
         virtual_size=info.get("virtual-size"),
-        actual_size=info.get("actual-size"),
-        backing_file=info.get("backing-filename"),
-    )
-
-
-@dataclass(frozen=True)
-class DiskUsage:
-    format: str
-    virtual_size: int
-    actual_size: int | None
-    backing_file: str | None
-
-
-def disk_usage(path: Path, fmt: str | None = None) -> DiskUsage:
-    """Virtual vs actually allocated size of one disk (for status); works on in-use images."""
-    info = qemu_img_info(path, fmt)
-    return DiskUsage(
-        format=info.get("format", ""),
-        virtual_size=int(info.get("virtual-size", 0)),
         actual_size=info.get("actual-size"),
         backing_file=info.get("backing-filename"),
     )

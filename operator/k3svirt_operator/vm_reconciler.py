@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import libvirt
 from k3svirt_common import names, templates
+from k3svirt_common.names import PrintableStatus
 
 from . import cloudinit, domains, hostpaths, image_cache, shutdown, storage
 from .accel import Acceleration
@@ -23,14 +24,17 @@ from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
 from .libvirt_conn import LibvirtConnection
 from .lifecycle import Power, Step, decide
+from .pci.assignment import StatusPatch
+from .pci.claims import Claims
+from .vmstate import StartFailure, Stopping, VMState
 from .vmstatus import condition, merge_conditions, printable_status, ready_condition
 
 log = logging.getLogger(__name__)
+FAILED, ERROR_PROVISIONING = PrintableStatus.FAILED, PrintableStatus.ERROR_PROVISIONING
 
 ADDRESS_POLLS = 20  # quick re-checks (every 3 s) for a DHCP lease after a start
 
 TemplateGetter = Callable[[str, str], Mapping[str, Any] | None]  # (namespace, name) -> VMTemplate
-HostDeviceResolver = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, str]]
 
 
 @dataclass
@@ -45,53 +49,47 @@ class Result:
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     requeue: float | None = None  # seconds until the next pass is needed (None: on events/resync)
+    claims: list[StatusPatch] = field(default_factory=list)  # PCIPassthrough statuses to write
 
 
 class SpecProblem(Exception):
     """The VM cannot be realised as specified: becomes printableStatus `status` and a condition."""
 
-    def __init__(self, status: str, cond_type: str, reason: str, message: str) -> None:
+    def __init__(self, status: PrintableStatus, cond_type: str, reason: str, message: str) -> None:
         super().__init__(message)
         self.status, self.cond_type, self.reason, self.message = status, cond_type, reason, message
-
-
-@dataclass
-class _StartFailure:
-    generation: int
-    count: int
-    not_before: float
-    message: str
 
 
 START_BACKOFF_MAX = 300.0  # seconds between start attempts of a VM whose domain keeps failing to start
 
 
-@dataclass
-class _Stopping:
-    since: float
-    then_start: bool
-
-
 class VMReconciler:
-    def __init__(self, settings: Settings, conn: LibvirtConnection, accel: Acceleration,
-                 get_template: TemplateGetter, resolve_host_devices: HostDeviceResolver | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        conn: LibvirtConnection,
+        accel: Acceleration,
+        get_template: TemplateGetter,
+        claims: Claims | None = None,
+    ) -> None:
         self.settings = settings
         self.conn = conn
         self.accel = accel
         self.get_template = get_template
-        self.resolve_host_devices = resolve_host_devices
-        self._stopping: dict[str, _Stopping] = {}
+        self.claims = claims  # None: PCI passthrough disabled on this node
         self._libvirt_version_cache: int | None = None
-        self._address_polls: dict[str, int] = {}  # uid -> quick re-checks made while waiting for a lease
-        self._start_failures: dict[str, _StartFailure] = {}  # uid -> back-off after failed starts
 
     # ------------------------------------------------------------------ reconcile
-    def reconcile(self, body: Mapping[str, Any]) -> Result:
+    def reconcile(
+        self, body: Mapping[str, Any], state: VMState, passthroughs: Sequence[Mapping[str, Any]] = ()
+    ) -> Result:
+        """One pass over a copy of the VM; `passthroughs`: every PCIPassthrough (kopf's index)."""
         meta, spec = body["metadata"], body.get("spec") or {}
         status = dict(body.get("status") or {})
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         events: list[Event] = []
         conds: list[dict[str, Any]] = []
+        claims: list[StatusPatch] = []
         base = {
             "node": self.settings.node_name,
             "observedGeneration": meta.get("generation"),
@@ -102,14 +100,19 @@ class VMReconciler:
         try:
             expanded = self._expand(ns, spec, status)
             if spec.get("template") or spec.get("presets"):
-                conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved",
-                                       _describe_resolution(expanded)))
+                conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved", _describe_resolution(expanded)))
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
-            ctx = self._provision(ns, name, uid, expanded.spec, adopt)
+            ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
             if expanded.spec.get("hostDevices"):
-                conds.append(condition(names.COND_HOST_DEVICES_READY, True, "Bound",
-                                       "host devices are bound to vfio-pci and reserved for this VM"))
+                conds.append(
+                    condition(
+                        names.COND_HOST_DEVICES_READY,
+                        True,
+                        "Bound",
+                        "host devices are bound to vfio-pci and reserved for this VM",
+                    )
+                )
             built = self._build(ns, name, uid, meta.get("generation") or 0, expanded.spec, ctx)
             conn = self.conn.get()
             observed = self._observe(conn, ns, name, uid)
@@ -118,20 +121,26 @@ class VMReconciler:
             if dom is None or observed.defined_spec_hash != spec_hash:
                 shared = domains.clashes(conn, uid, built.xml)
                 if shared:
-                    raise SpecProblem("Failed", names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
+                    raise SpecProblem(FAILED, names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
                 dom = domains.define(conn, built.xml)
-                events.append(Event("Normal", "Defined" if observed.domain is None else "Updated",
-                                    f"libvirt domain {names.domain_name(ns, name)} "
-                                    f"{'defined' if observed.domain is None else 'definition updated'}"))
+                events.append(
+                    Event(
+                        "Normal",
+                        "Defined" if observed.domain is None else "Updated",
+                        f"libvirt domain {names.domain_name(ns, name)} "
+                        f"{'defined' if observed.domain is None else 'definition updated'}",
+                    )
+                )
                 observed = self._observe(conn, ns, name, uid)
             for adj in built.adjustments:
                 events.append(Event("Warning", adj.reason, f"{adj.field}: {adj.message}"))
             action, action_value = _pending_action(meta, status)
-            failure = self._start_failures.get(uid)
+            failure = state.start_failure
             if failure is not None and (failure.generation != meta.get("generation") or action_value is not None):
-                del self._start_failures[uid]  # a new spec or an explicit request: try again at once
-            requeue = self._apply_power(spec.get("runStrategy", "Always"), observed, action, events, uid,
-                                        meta.get("generation") or 0)
+                state.start_failure = None  # a new spec or an explicit request: try again at once
+            requeue = self._apply_power(
+                names.run_strategy(spec), observed, action, events, state, meta.get("generation") or 0
+            )
             if action_value is not None:
                 status["lastActionRequest"] = action_value
             observed = self._observe(conn, ns, name, uid)
@@ -139,71 +148,90 @@ class VMReconciler:
             conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
             conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
             events.append(Event("Warning", problem.reason, problem.message))
-            new_status = {**status, **base, "printableStatus": problem.status,
-                          "conditions": merge_conditions(status.get("conditions"), conds)}
-            return Result(_clean(new_status), _dedupe(events, status, problem.status))
+            new_status = _status(status, base, printable_status(failed=problem.status), conds)
+            return Result(new_status, _dedupe(events, status, problem.status), claims=claims)
         except libvirt.libvirtError as exc:
             msg = f"libvirt: {exc.get_error_message()}"
             conds.append(condition(names.COND_READY, False, "LibvirtError", msg))
             events.append(Event("Warning", "LibvirtError", msg))
-            new_status = {**status, **base, "printableStatus": "Failed",
-                          "conditions": merge_conditions(status.get("conditions"), conds)}
-            return Result(_clean(new_status), _dedupe(events, status, "Failed"), requeue=10.0)
+            new_status = _status(status, base, printable_status(failed=FAILED), conds)
+            return Result(new_status, _dedupe(events, status, FAILED), requeue=10.0, claims=claims)
 
         conds.append(ready_condition(observed.power))
-        restart_needed = (observed.power in (Power.RUNNING, Power.PAUSED)
-                          and observed.running_spec_hash not in (None, spec_hash))
-        conds.append(condition(names.COND_RESTART_REQUIRED, restart_needed,
-                               "SpecChanged" if restart_needed else "UpToDate",
-                               "the spec changed in ways libvirt cannot apply to a running guest; restart the "
-                               "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
-                               if restart_needed else "the running guest matches the spec"))
-        stopping = uid in self._stopping
-        new_status = {
-            **status, **base,
-            "printableStatus": printable_status(
-                deleting=False, failed=None, provisioning=False, power=observed.power,
-                transition="stopping" if stopping else None),
-            "conditions": merge_conditions(status.get("conditions"), conds),
-            "resolvedTemplate": expanded.template,
-            "resolvedPresets": expanded.presets or None,
-            "consoleLog": str(storage.console_log_path(ns, name, self.settings.storage_root)),
-            "interfaces": _interfaces(uid, expanded.spec, observed.domain),
-        }
+        restart_needed = observed.power in (Power.RUNNING, Power.PAUSED) and observed.running_spec_hash not in (
+            None,
+            spec_hash,
+        )
+        conds.append(
+            condition(
+                names.COND_RESTART_REQUIRED,
+                restart_needed,
+                "SpecChanged" if restart_needed else "UpToDate",
+                "the spec changed in ways libvirt cannot apply to a running guest; restart the "
+                "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
+                if restart_needed
+                else "the running guest matches the spec",
+            )
+        )
+        printable = printable_status(power=observed.power, stopping=state.stopping is not None)
+        new_status = _status(
+            status,
+            base,
+            printable,
+            conds,
+            resolvedTemplate=expanded.template,
+            resolvedPresets=expanded.presets or None,
+            consoleLog=str(storage.console_log_path(ns, name, self.settings.storage_root)),
+            interfaces=_interfaces(uid, expanded.spec, observed.domain),
+        )
         waiting_for_lease = observed.power == Power.RUNNING and any(
             "ipAddress" not in i and n.get("bridge") is None
-            for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False))
-        polls = self._address_polls.get(uid, 0)
+            for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False)
+        )
         if not waiting_for_lease:
-            self._address_polls.pop(uid, None)
-        elif requeue is None and polls < ADDRESS_POLLS:
+            state.address_polls = 0
+        elif requeue is None and state.address_polls < ADDRESS_POLLS:
             # DHCP leases raise no libvirt event: look again soon, for the first minute of a boot.
-            self._address_polls[uid] = polls + 1
+            state.address_polls += 1
             requeue = 3.0
         if new_status["printableStatus"] != status.get("printableStatus"):
-            events.append(Event("Normal", new_status["printableStatus"],
-                                f"VM is {new_status['printableStatus'].lower()}"))
-        return Result(_clean(new_status), events, requeue)
+            events.append(
+                Event("Normal", new_status["printableStatus"], f"VM is {new_status['printableStatus'].lower()}")
+            )
+        return Result(new_status, events, requeue, claims)
 
     # ------------------------------------------------------------------ steps
     def _expand(self, ns: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> templates.Expanded:
         try:
-            return templates.expand(spec, lambda n: self.get_template(ns, n),
-                                    resolved_template=status.get("resolvedTemplate"),
-                                    resolved_presets=status.get("resolvedPresets") or ())
+            return templates.expand(
+                spec,
+                lambda n: self.get_template(ns, n),
+                resolved_template=status.get("resolvedTemplate"),
+                resolved_presets=status.get("resolvedPresets") or (),
+            )
         except templates.TemplateError as exc:
-            raise SpecProblem("Failed", names.COND_TEMPLATE_RESOLVED, "InvalidSpec", str(exc)) from exc
+            raise SpecProblem(FAILED, names.COND_TEMPLATE_RESOLVED, "InvalidSpec", str(exc)) from exc
 
     def _provision(
-        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], adopt: str | None = None
+        self,
+        ns: str,
+        name: str,
+        uid: str,
+        spec: Mapping[str, Any],
+        adopt: str | None,
+        passthroughs: Sequence[Mapping[str, Any]],
+        claims: list[StatusPatch],
     ) -> DomainContext:
         root = self.settings.storage_root
         refused = hostpaths.violations(spec)
         if refused:
             network_only = all(field.startswith("spec.networks") for field, _ in refused)
-            raise SpecProblem("Failed", names.COND_PROVISIONED,
-                              "HostNetworkNotAllowed" if network_only else "HostPathNotAllowed",
-                              "; ".join(f"{field}: {msg}" for field, msg in refused))
+            raise SpecProblem(
+                FAILED,
+                names.COND_PROVISIONED,
+                "HostNetworkNotAllowed" if network_only else "HostPathNotAllowed",
+                "; ".join(f"{field}: {msg}" for field, msg in refused),
+            )
         try:
             storage.ensure_vm_dir(ns, name, root, uid=uid, adopt=adopt)
             plans = storage.plan_disks(ns, name, spec.get("disks") or [], root)
@@ -216,26 +244,31 @@ class VMReconciler:
             )
             seed = None
             if spec.get("cloudInit"):
-                seed = str(cloudinit.build_seed(ns, name, uid, spec["cloudInit"],
-                                                storage.seed_path(ns, name, root)))
+                seed = str(cloudinit.build_seed(ns, name, uid, spec["cloudInit"], storage.seed_path(ns, name, root)))
         except (storage.StorageSpecError, cloudinit.CloudInitError) as exc:
-            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InvalidStorageSpec", str(exc)) from exc
+            raise SpecProblem(ERROR_PROVISIONING, names.COND_PROVISIONED, "InvalidStorageSpec", str(exc)) from exc
         except storage.StorageOwnedByAnotherVM as exc:
-            raise SpecProblem("Failed", names.COND_PROVISIONED, "RetainedStorageExists", str(exc)) from exc
+            raise SpecProblem(FAILED, names.COND_PROVISIONED, "RetainedStorageExists", str(exc)) from exc
         except storage.InsufficientStorage as exc:
-            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "InsufficientStorage", str(exc)) from exc
+            raise SpecProblem(ERROR_PROVISIONING, names.COND_PROVISIONED, "InsufficientStorage", str(exc)) from exc
         except (storage.StorageError, image_cache.ImageError, cloudinit.SeedBuildError) as exc:
-            raise SpecProblem("ErrorProvisioning", names.COND_PROVISIONED, "ProvisioningFailed", str(exc)) from exc
+            raise SpecProblem(ERROR_PROVISIONING, names.COND_PROVISIONED, "ProvisioningFailed", str(exc)) from exc
         host_devices: dict[str, str] = {}
         if spec.get("hostDevices"):
-            if self.resolve_host_devices is None:
-                raise SpecProblem("Failed", names.COND_HOST_DEVICES_READY, "HostDevicesUnavailable",
-                                  "this node's operator has PCI passthrough disabled")
+            if self.claims is None:
+                raise SpecProblem(
+                    FAILED,
+                    names.COND_HOST_DEVICES_READY,
+                    "HostDevicesUnavailable",
+                    "this node's operator has PCI passthrough disabled",
+                )
             try:
-                host_devices = self.resolve_host_devices({"namespace": ns, "name": name}, spec)
+                vm = {"namespace": ns, "name": name}
+                assignment = self.claims.assign(passthroughs, self.settings.node_name, vm, spec)
             except ValueError as exc:
-                raise SpecProblem("Failed", names.COND_HOST_DEVICES_READY, "HostDevicesNotReady",
-                                  str(exc)) from exc
+                raise SpecProblem(FAILED, names.COND_HOST_DEVICES_READY, "HostDevicesNotReady", str(exc)) from exc
+            host_devices = assignment.devices
+            claims.extend(assignment.patches)
         return DomainContext(
             domain_type=self.accel.domain_type,
             disks={r.name: r for r in results},
@@ -254,61 +287,74 @@ class VMReconciler:
                 return None
         return self._libvirt_version_cache
 
-    def _build(self, ns: str, name: str, uid: str, generation: int, spec: Mapping[str, Any],
-               ctx: DomainContext) -> Any:
+    def _build(self, ns: str, name: str, uid: str, generation: int, spec: Mapping[str, Any], ctx: DomainContext) -> Any:
         try:
             return build_domain(VMRef(ns, name, uid, generation), spec, ctx)
         except DomainBuildError as exc:
-            raise SpecProblem("Failed", names.COND_READY, "InvalidSpec", str(exc)) from exc
+            raise SpecProblem(FAILED, names.COND_READY, "InvalidSpec", str(exc)) from exc
 
     def _observe(self, conn: libvirt.virConnect, ns: str, name: str, uid: str) -> domains.Observed:
         try:
             return domains.observe(conn, ns, name, uid)
         except domains.DomainConflict as exc:
-            raise SpecProblem("Failed", names.COND_READY, "DomainConflict", str(exc)) from exc
+            raise SpecProblem(FAILED, names.COND_READY, "DomainConflict", str(exc)) from exc
 
-    def _apply_power(self, run_strategy: str, observed: domains.Observed, action: str | None,
-                     events: list[Event], uid: str, generation: int) -> float | None:
+    def _apply_power(
+        self,
+        run_strategy: str,
+        observed: domains.Observed,
+        action: str | None,
+        events: list[Event],
+        state: VMState,
+        generation: int,
+    ) -> float | None:
         dom = observed.domain
         assert dom is not None
-        pending = self._stopping.get(uid)
-        if pending is not None:
-            return self._continue_stop(dom, observed, pending, events, uid)
+        if state.stopping is not None:
+            return self._continue_stop(dom, observed, events, state)
         decision = decide(run_strategy, observed.power, observed.reason, action)
         if decision.warning:
             events.append(Event("Warning", "ActionRefused", decision.warning))
         if decision.step == Step.START:
-            self._address_polls.pop(uid, None)
-            failure = self._start_failures.get(uid)
+            state.address_polls = 0
+            failure = state.start_failure
             if failure is not None and time.monotonic() < failure.not_before:
-                raise SpecProblem("Failed", names.COND_READY, "StartFailed", failure.message)
+                raise SpecProblem(FAILED, names.COND_READY, "StartFailed", failure.message)
             try:
                 domains.start(dom)
             except libvirt.libvirtError as exc:
                 count = failure.count + 1 if failure else 1
                 delay = min(10.0 * 2 ** (count - 1), START_BACKOFF_MAX)
-                message = (f"the domain failed to start (attempt {count}, next in {delay:g} s unless the spec "
-                           f"changes): {exc.get_error_message()}")
-                self._start_failures[uid] = _StartFailure(generation, count, time.monotonic() + delay, message)
-                raise SpecProblem("Failed", names.COND_READY, "StartFailed", message) from exc
-            self._start_failures.pop(uid, None)
+                message = (
+                    f"the domain failed to start (attempt {count}, next in {delay:g} s unless the spec "
+                    f"changes): {exc.get_error_message()}"
+                )
+                state.start_failure = StartFailure(generation, count, time.monotonic() + delay, message)
+                raise SpecProblem(FAILED, names.COND_READY, "StartFailed", message) from exc
+            state.start_failure = None
             events.append(Event("Normal", "Started", decision.reason))
         elif decision.step in (Step.STOP, Step.RESTART):
-            self._stopping[uid] = _Stopping(time.monotonic(), decision.step == Step.RESTART)
+            state.stopping = Stopping(time.monotonic(), decision.step == Step.RESTART)
             domains.request_shutdown(dom)
             events.append(Event("Normal", "Stopping", decision.reason))
             return 0.5
         return None
 
-    def _continue_stop(self, dom: libvirt.virDomain, observed: domains.Observed, pending: _Stopping,
-                       events: list[Event], uid: str) -> float | None:
+    def _continue_stop(
+        self, dom: libvirt.virDomain, observed: domains.Observed, events: list[Event], state: VMState
+    ) -> float | None:
+        pending = state.stopping
+        assert pending is not None
         if observed.power in (Power.RUNNING, Power.PAUSED, Power.STOPPING):
             if time.monotonic() - pending.since < self.settings.stop_grace_seconds:
                 return 0.5
             domains.destroy(dom)
-            events.append(Event("Normal", "Destroyed",
-                                f"the guest did not shut down within {self.settings.stop_grace_seconds:g} s"))
-        del self._stopping[uid]
+            events.append(
+                Event(
+                    "Normal", "Destroyed", f"the guest did not shut down within {self.settings.stop_grace_seconds:g} s"
+                )
+            )
+        state.stopping = None
         events.append(Event("Normal", "Stopped", "the domain is shut off"))
         if pending.then_start:
             domains.start(dom)
@@ -331,13 +377,15 @@ class VMReconciler:
                 domains.undefine(dom)
                 how = "after a clean shutdown" if clean else f"destroyed after {self.settings.stop_grace_seconds:g} s"
                 events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed ({how})"))
-        self._stopping.pop(uid, None)
-        self._address_polls.pop(uid, None)
-        self._start_failures.pop(uid, None)
         keep = spec.get("deletionPolicy") == "Retain"
         storage.remove_vm_storage(ns, name, self.settings.storage_root, keep=keep)
-        events.append(Event("Normal", "StorageRetained" if keep else "StorageRemoved",
-                            "disks and seed kept (deletionPolicy Retain)" if keep else "disks and seed removed"))
+        events.append(
+            Event(
+                "Normal",
+                "StorageRetained" if keep else "StorageRemoved",
+                "disks and seed kept (deletionPolicy Retain)" if keep else "disks and seed removed",
+            )
+        )
         return events
 
 
@@ -352,7 +400,7 @@ def _pending_action(meta: Mapping[str, Any], status: Mapping[str, Any]) -> tuple
     try:
         action, _ = names.parse_action_request(value)
     except ValueError as exc:
-        raise SpecProblem("Failed", names.COND_READY, "InvalidActionRequest", str(exc)) from exc
+        raise SpecProblem(FAILED, names.COND_READY, "InvalidActionRequest", str(exc)) from exc
     return action, value
 
 
@@ -377,8 +425,22 @@ def _interfaces(uid: str, spec: Mapping[str, Any], dom: libvirt.virDomain | None
     return out
 
 
-def _clean(status: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in status.items() if v is not None}
+def _status(
+    old: Mapping[str, Any],
+    base: Mapping[str, Any],
+    printable: PrintableStatus,
+    conds: list[dict[str, Any]],
+    **fields: Any,
+) -> dict[str, Any]:
+    """The VM's new status: the old one with this pass's facts, conditions and printable status."""
+    new = {
+        **old,
+        **base,
+        "printableStatus": printable.value,
+        "conditions": merge_conditions(old.get("conditions"), conds),
+        **fields,
+    }
+    return {k: v for k, v in new.items() if v is not None}
 
 
 def _dedupe(events: list[Event], old_status: Mapping[str, Any], new_printable: str) -> list[Event]:

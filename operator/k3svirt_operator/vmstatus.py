@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from k3svirt_common import names
+from k3svirt_common.names import PrintableStatus
 
 from .lifecycle import Power
 
@@ -30,26 +31,22 @@ def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapp
     return sorted(by_type.values(), key=lambda c: c["type"])
 
 
-def printable_status(*, deleting: bool, failed: str | None, provisioning: bool, power: Power,
-                     transition: str | None) -> str:
-    """One word, first match wins (the precedence documented in the CRD)."""
-    if deleting:
-        return "Terminating"
+def printable_status(
+    *, failed: PrintableStatus | None = None, power: Power = Power.ABSENT, stopping: bool = False
+) -> PrintableStatus:
+    """The one word of status.printableStatus, decided here only: first match wins (the precedence
+    documented in the CRD and in names.PrintableStatus)."""
     if failed:
         return failed  # ErrorProvisioning, ErrorUnschedulable or Failed
-    if provisioning:
-        return "Provisioning"
-    if power == Power.STOPPING or transition == "stopping":
-        return "Stopping"
-    if transition == "starting":
-        return "Starting"
+    if power == Power.STOPPING or stopping:
+        return PrintableStatus.STOPPING
     return {
-        Power.RUNNING: "Running",
-        Power.PAUSED: "Paused",
-        Power.SHUTOFF: "Stopped",
-        Power.CRASHED: "Failed",
-        Power.ABSENT: "Stopped",
-    }.get(power, "Unknown")
+        Power.RUNNING: PrintableStatus.RUNNING,
+        Power.PAUSED: PrintableStatus.PAUSED,
+        Power.SHUTOFF: PrintableStatus.STOPPED,
+        Power.CRASHED: PrintableStatus.FAILED,
+        Power.ABSENT: PrintableStatus.STOPPED,
+    }.get(power, PrintableStatus.UNKNOWN)
 
 
 def ready_condition(power: Power) -> dict[str, Any]:
@@ -60,3 +57,9 @@ def ready_condition(power: Power) -> dict[str, Any]:
     if power == Power.CRASHED:
         return condition(names.COND_READY, False, "DomainCrashed", "the guest crashed")
     return condition(names.COND_READY, False, "DomainNotRunning", "the libvirt domain is not running")
+
+
+def monitoring(previous: Mapping[str, Any], summary: Mapping[str, Any] | None, endpoint: str) -> dict[str, Any]:
+    """status.monitoring from the latest figures; keys of the previous one that are gone become None
+    (a merge patch keeps keys it is not told to clear)."""
+    return {**{k: None for k in previous}, **(summary or {}), "endpoint": endpoint}

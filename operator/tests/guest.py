@@ -106,13 +106,10 @@ def domain_xml(
         )
     if network is not None:
         devices.append(
-            f"<interface type='network'><source network={quoteattr(network)}/>"
-            "<model type='virtio'/></interface>"
+            f"<interface type='network'><source network={quoteattr(network)}/><model type='virtio'/></interface>"
         )
     if serial_log is not None:
-        devices.append(
-            f"<serial type='file'><source path={quoteattr(str(serial_log))}/><target port='0'/></serial>"
-        )
+        devices.append(f"<serial type='file'><source path={quoteattr(str(serial_log))}/><target port='0'/></serial>")
     else:
         devices.append("<serial type='pty'><target port='0'/></serial>")
     if balloon_period is not None:
@@ -146,8 +143,9 @@ def domain_xml(
 """
 
 
-def wait_for_marker(serial_log: str | os.PathLike[str], marker: str = GUEST_MARKER,
-                    timeout: float = 120.0, domain: Any | None = None) -> str:
+def wait_for_marker(
+    serial_log: str | os.PathLike[str], marker: str = GUEST_MARKER, timeout: float = 120.0, domain: Any | None = None
+) -> str:
     """Poll the serial log until ``marker`` appears; return the log text.
 
     TimeoutError after ``timeout``; RuntimeError at once when ``domain`` (a libvirt.virDomain) is

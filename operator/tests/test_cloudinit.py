@@ -147,12 +147,16 @@ def test_network_config_v1_wrapped_in_network_key() -> None:
     assert "network-config" in files
 
 
+def digest(namespace: str, name: str, uid: str, ci: dict) -> str:
+    return seed_digest(render_seed_files(namespace, name, uid, ci))
+
+
 def test_digest_changes_with_input() -> None:
     ci = {"userData": "#cloud-config\nhostname: a\n"}
-    d1 = seed_digest("ns", "vm", "uid", ci)
-    assert d1 == seed_digest("ns", "vm", "uid", dict(ci))
-    assert d1 != seed_digest("ns", "vm", "uid2", ci)
-    assert d1 != seed_digest("ns", "vm", "uid", {"userData": "#cloud-config\nhostname: b\n"})
+    d1 = digest("ns", "vm", "uid", ci)
+    assert d1 == digest("ns", "vm", "uid", dict(ci))
+    assert d1 != digest("ns", "vm", "uid2", ci)
+    assert d1 != digest("ns", "vm", "uid", {"userData": "#cloud-config\nhostname: b\n"})
 
 
 # ------------------------------------------------------------------------------------------- ISO
@@ -165,9 +169,7 @@ def test_seed_iso_contents(tmp_path: Path) -> None:
     }
     iso = build_seed("ns", "vm1", "0b8f-uid", ci, tmp_path / "vm" / "seed.iso")
     assert iso == tmp_path / "vm" / "seed.iso"
-    desc = subprocess.run(
-        ["isoinfo", "-d", "-i", str(iso)], capture_output=True, text=True, check=True
-    ).stdout
+    desc = subprocess.run(["isoinfo", "-d", "-i", str(iso)], capture_output=True, text=True, check=True).stdout
     assert "Volume id: cidata" in desc and "Rock Ridge" in desc and "Joliet" in desc
     for mode in ("-R", "-J"):
         ud = yaml.safe_load(iso_file(iso, "/user-data", mode))
@@ -178,9 +180,7 @@ def test_seed_iso_contents(tmp_path: Path) -> None:
         }
         assert iso_file(iso, "/network-config", mode) == ci["networkData"]
     assert iso_file(iso, "/USER_DAT.;1", None).startswith("#cloud-config")  # plain ISO9660 name
-    assert (tmp_path / "vm" / "seed.iso.sha256").read_text().strip() == seed_digest(
-        "ns", "vm1", "0b8f-uid", ci
-    )
+    assert (tmp_path / "vm" / "seed.iso.sha256").read_text().strip() == digest("ns", "vm1", "0b8f-uid", ci)
 
 
 @needs_iso

@@ -20,10 +20,8 @@ from k3svirt_operator.domain_xml import (
     DomainContext,
     VMRef,
     build_domain,
-    build_domain_xml,
     default_mac,
     device_aliases,
-    diff_requires_restart,
     disk_targets,
     parse_cpuset,
 )
@@ -34,8 +32,11 @@ MEM = {"memory": {"size": "128Mi"}}
 BLANK = {"source": {"blank": {}}, "size": "1Gi"}
 CTX = DomainContext(
     domain_type="kvm",
-    disks={"root": "/var/lib/k3svirt/ns1/vm1/root.qcow2", "data": DiskPlacement("/dev/null", "raw", block=True),
-           "s": DiskPlacement("/tmp/s.raw", "raw")},
+    disks={
+        "root": "/var/lib/k3svirt/ns1/vm1/root.qcow2",
+        "data": DiskPlacement("/dev/null", "raw", block=True),
+        "s": DiskPlacement("/tmp/s.raw", "raw"),
+    },
     console_log="/var/log/k3svirt/ns1_vm1.log",
 )
 
@@ -61,129 +62,304 @@ def one(root, xpath):
 
 # (id, spec, ctx changes, [(xpath, {attr: value} | text | None-for-absent)])
 CASES = [
-    ("minimal", {**MEM}, {}, [
-        ("./name", "ns1_vm1"), ("./uuid", UID), ("./memory", "131072"), ("./currentMemory", "131072"),
-        ("./vcpu", "1"), ("./cpu/topology", {"sockets": "1", "cores": "1", "threads": "1"}),
-        ("./os/type", {"machine": "q35", "arch": "x86_64"}), ("./features/acpi", {}), ("./features/apic", {}),
-        ("./on_poweroff", "destroy"), ("./on_reboot", "restart"), ("./on_crash", "destroy"),
-        ("./devices/serial/log", {"file": "/var/log/k3svirt/ns1_vm1.log", "append": "on"}),
-        ("./devices/console/target", {"type": "serial"}), ("./devices/memballoon", {"model": "virtio"}),
-        ("./devices/video/model", {"type": "none"}), ("./devices/graphics", None), ("./devices/rng", None),
-        ("./devices/tpm", None), ("./devices/watchdog", None), ("./os/kernel", None),
-        ("./cpu[@mode]", None), ("./memoryBacking", None), ("./cputune", None),
-    ]),
-    ("cpu-topology-model", {**MEM, "cpu": {"sockets": 2, "cores": 2, "threads": 2, "model": "Skylake-Client"}}, {}, [
-        ("./vcpu", "8"), ("./cpu", {"mode": "custom", "match": "exact"}), ("./cpu/model", "Skylake-Client"),
-        ("./cpu/topology", {"sockets": "2", "cores": "2", "threads": "2"}),
-    ]),
-    ("cpu-host-passthrough-kvm", {**MEM, "cpu": {"model": "host-passthrough"}}, {}, [
-        ("./cpu", {"mode": "host-passthrough"})]),
+    (
+        "minimal",
+        {**MEM},
+        {},
+        [
+            ("./name", "ns1_vm1"),
+            ("./uuid", UID),
+            ("./memory", "131072"),
+            ("./currentMemory", "131072"),
+            ("./vcpu", "1"),
+            ("./cpu/topology", {"sockets": "1", "cores": "1", "threads": "1"}),
+            ("./os/type", {"machine": "q35", "arch": "x86_64"}),
+            ("./features/acpi", {}),
+            ("./features/apic", {}),
+            ("./on_poweroff", "destroy"),
+            ("./on_reboot", "restart"),
+            ("./on_crash", "destroy"),
+            ("./devices/serial/log", {"file": "/var/log/k3svirt/ns1_vm1.log", "append": "on"}),
+            ("./devices/console/target", {"type": "serial"}),
+            ("./devices/memballoon", {"model": "virtio"}),
+            ("./devices/video/model", {"type": "none"}),
+            ("./devices/graphics", None),
+            ("./devices/rng", None),
+            ("./devices/tpm", None),
+            ("./devices/watchdog", None),
+            ("./os/kernel", None),
+            ("./cpu[@mode]", None),
+            ("./memoryBacking", None),
+            ("./cputune", None),
+        ],
+    ),
+    (
+        "cpu-topology-model",
+        {**MEM, "cpu": {"sockets": 2, "cores": 2, "threads": 2, "model": "Skylake-Client"}},
+        {},
+        [
+            ("./vcpu", "8"),
+            ("./cpu", {"mode": "custom", "match": "exact"}),
+            ("./cpu/model", "Skylake-Client"),
+            ("./cpu/topology", {"sockets": "2", "cores": "2", "threads": "2"}),
+        ],
+    ),
+    (
+        "cpu-host-passthrough-kvm",
+        {**MEM, "cpu": {"model": "host-passthrough"}},
+        {},
+        [("./cpu", {"mode": "host-passthrough"})],
+    ),
     ("cpu-host-model-kvm", {**MEM, "cpu": {"model": "host-model"}}, {}, [("./cpu", {"mode": "host-model"})]),
-    ("cpu-passthrough-emulated", {**MEM, "cpu": {"model": "host-passthrough"}}, {"domain_type": "qemu"}, [
-        ("./cpu", {"mode": "maximum"})]),
-    ("cpu-passthrough-emulated-omit", {**MEM, "cpu": {"model": "host-model"}},
-     {"domain_type": "qemu", "cpu_fallback": "omit"}, [("./cpu[@mode]", None)]),
-    ("cpu-pinning", {**MEM, "cpu": {"cores": 2, "dedicatedCpuSet": "0-1", "emulatorCpuSet": "1"}, "iothreads": 1}, {}, [
-        ("./cputune/vcpupin[@vcpu='0']", {"cpuset": "0"}), ("./cputune/vcpupin[@vcpu='1']", {"cpuset": "1"}),
-        ("./cputune/emulatorpin", {"cpuset": "1"}), ("./cputune/iothreadpin", {"iothread": "1", "cpuset": "1"}),
-        ("./iothreads", "1"),
-    ]),
-    ("hugepages", {"memory": {"size": "256Mi", "hugepages": {"pageSize": "2Mi"}}}, {}, [
-        ("./memoryBacking/hugepages/page", {"size": "2048", "unit": "KiB"})]),
-    ("uefi-autoselect", {**MEM, "boot": {"firmware": "uefi"}}, {}, [
-        ("./os", {"firmware": "efi"}), ("./os/loader", None)]),
-    ("uefi-explicit", {**MEM, "boot": {"firmware": "uefi"}},
-     {"uefi_loader": "/usr/share/OVMF/OVMF_CODE_4M.fd", "uefi_nvram": "/var/lib/k3svirt/ns1/vm1/nvram.fd",
-      "uefi_nvram_template": "/usr/share/OVMF/OVMF_VARS_4M.fd"}, [
-        ("./os/loader", {"readonly": "yes", "type": "pflash"}),
-        ("./os/nvram", {"template": "/usr/share/OVMF/OVMF_VARS_4M.fd"}), ("./os[@firmware]", None)]),
-    ("kernel-boot", {**MEM, "boot": {"kernel": {"path": "/boot/vmlinuz", "initrdPath": "/boot/initrd",
-                                                 "cmdline": "console=ttyS0 root=/dev/vda"}}}, {}, [
-        ("./os/kernel", "/boot/vmlinuz"), ("./os/initrd", "/boot/initrd"),
-        ("./os/cmdline", "console=ttyS0 root=/dev/vda")]),
-    ("disks", {**MEM, "iothreads": 2, "disks": [
-        {"name": "root", **BLANK, "iothread": 2, "bootOrder": 1, "serial": "ROOT-1", "cache": "none", "io": "native"},
-        {"name": "data", "bus": "scsi", "format": "raw", "source": {"volume": {"path": "/dev/null"}},
-         "readOnly": True, "cache": "writeback", "io": "threads"},
-        {"name": "s", "bus": "sata", "format": "raw", **BLANK, "provisioning": "thick", "cache": "unsafe",
-         "io": "io_uring"},
-    ]}, {"seed_iso": "/var/lib/k3svirt/ns1/vm1/seed.iso"}, [
-        ("./devices/disk[target/@dev='vda']/driver",
-         {"name": "qemu", "type": "qcow2", "cache": "none", "io": "native", "discard": "unmap", "iothread": "2"}),
-        ("./devices/disk[target/@dev='vda']/source", {"file": "/var/lib/k3svirt/ns1/vm1/root.qcow2"}),
-        ("./devices/disk[target/@dev='vda']/serial", "ROOT-1"),
-        ("./devices/disk[target/@dev='vda']/boot", {"order": "1"}),
-        ("./devices/disk[target/@dev='vda']/target", {"bus": "virtio"}),
-        ("./devices/disk[target/@dev='sda']", {"type": "block"}),
-        ("./devices/disk[target/@dev='sda']/source", {"dev": "/dev/null"}),
-        ("./devices/disk[target/@dev='sda']/readonly", {}),
-        ("./devices/disk[target/@dev='sda']/target", {"bus": "scsi"}),
-        ("./devices/disk[target/@dev='sda']/driver", {"type": "raw", "cache": "writeback", "io": "threads"}),
-        ("./devices/disk[target/@dev='sdb']/driver", {"discard": "ignore", "io": "io_uring", "cache": "unsafe"}),
-        ("./devices/disk[target/@dev='sdb']/target", {"bus": "sata"}),
-        ("./devices/disk[@device='cdrom']/target", {"dev": "sdc", "bus": "sata"}),
-        ("./devices/disk[@device='cdrom']/source", {"file": "/var/lib/k3svirt/ns1/vm1/seed.iso"}),
-        ("./devices/disk[@device='cdrom']/readonly", {}),
-        ("./devices/controller[@type='scsi']", {"model": "virtio-scsi"}),
-        ("./devices/disk/alias[@name='ua-disk-root']", {}), ("./iothreads", "2"),
-    ]),
-    ("networks", {**MEM, "networks": [
-        {"name": "default", "nat": {}},
-        {"name": "lan", "bridge": {"name": "br0"}, "model": "e1000e", "macAddress": "52:54:00:AB:CD:EF"},
-        {"name": "old", "nat": {"network": "isolated"}, "model": "rtl8139"},
-    ]}, {}, [
-        ("./devices/interface[alias/@name='ua-net-default']", {"type": "network"}),
-        ("./devices/interface[alias/@name='ua-net-default']/source", {"network": "default"}),
-        ("./devices/interface[alias/@name='ua-net-default']/mac", {"address": default_mac(UID, "default")}),
-        ("./devices/interface[alias/@name='ua-net-default']/model", {"type": "virtio"}),
-        ("./devices/interface[alias/@name='ua-net-lan']", {"type": "bridge"}),
-        ("./devices/interface[alias/@name='ua-net-lan']/source", {"bridge": "br0"}),
-        ("./devices/interface[alias/@name='ua-net-lan']/mac", {"address": "52:54:00:ab:cd:ef"}),
-        ("./devices/interface[alias/@name='ua-net-lan']/model", {"type": "e1000e"}),
-        ("./devices/interface[alias/@name='ua-net-old']/source", {"network": "isolated"}),
-        ("./devices/interface[alias/@name='ua-net-old']/model", {"type": "rtl8139"}),
-    ]),
-    ("hostdev", {**MEM, "hostDevices": [{"name": "nic", "pciPassthrough": "p1"}]},
-     {"host_devices": {"nic": "0000:3b:1f.7"}}, [
-        ("./devices/hostdev", {"mode": "subsystem", "type": "pci", "managed": "no"}),
-        ("./devices/hostdev/source/address", {"domain": "0x0000", "bus": "0x3b", "slot": "0x1f", "function": "0x7"}),
-        ("./devices/hostdev/alias", {"name": "ua-hostdev-nic"}),
-    ]),
-    ("devices", {**MEM, "devices": {
-        "watchdog": {"model": "i6300esb", "action": "poweroff"}, "tpm": {"model": "tpm-tis", "version": "1.2"},
-        "video": {"model": "qxl"}, "graphics": {"type": "spice"}, "rng": True, "memballoon": False,
-        "serialConsole": False,
-        "inputs": [{"type": "tablet"}, {"type": "keyboard", "bus": "virtio"}, {"type": "mouse", "bus": "ps2"}]}}, {}, [
-        ("./devices/watchdog", {"model": "i6300esb", "action": "poweroff"}),
-        ("./devices/tpm", {"model": "tpm-tis"}), ("./devices/tpm/backend", {"type": "emulator", "version": "1.2"}),
-        ("./devices/video/model", {"type": "qxl"}), ("./devices/graphics", {"type": "spice", "listen": "127.0.0.1"}),
-        ("./devices/rng/backend", "/dev/urandom"), ("./devices/memballoon", {"model": "none"}),
-        ("./devices/serial", None), ("./devices/console", None),
-        ("./devices/input[@type='tablet']", {"bus": "usb"}), ("./devices/input[@type='keyboard']", {"bus": "virtio"}),
-        ("./devices/input[@type='mouse']", {"bus": "ps2"}),
-    ]),
-    ("devices-vnc-tpm2",
-     {**MEM, "devices": {"graphics": {"type": "vnc"}, "tpm": {}, "watchdog": {"model": "i6300esb"}}}, {}, [
-        ("./devices/graphics", {"type": "vnc", "autoport": "yes"}), ("./devices/video/model", {"type": "virtio"}),
-        ("./devices/tpm", {"model": "tpm-crb"}), ("./devices/tpm/backend", {"version": "2.0"}),
-        ("./devices/watchdog", {"action": "reset"}),
-    ]),
-    ("lifecycle-features", {**MEM, "lifecycle": {"onPoweroff": "restart", "onReboot": "restart",
-                                                 "onCrash": "coredump-restart"},
-                            "features": {"acpi": False, "apic": True, "hyperv": True}}, {}, [
-        ("./on_poweroff", "restart"), ("./on_crash", "coredump-restart"), ("./features/acpi", None),
-        ("./features/hyperv/relaxed", {"state": "on"}), ("./features/hyperv/spinlocks", {"retries": "8191"}),
-        ("./clock/timer[@name='hypervclock']", {"present": "yes"}),
-    ]),
-    ("lifecycle-crash-preserve", {**MEM, "lifecycle": {"onPoweroff": "destroy", "onReboot": "destroy",
-                                                       "onCrash": "preserve"}}, {}, [
-        ("./on_reboot", "destroy"), ("./on_crash", "preserve")]),
-    ("non-domain-fields", {**MEM, "runStrategy": "Manual", "template": {"name": "t"}, "presets": [{"name": "p"}],
-                           "nodeSelector": {"a": "b"}, "deletionPolicy": "Retain",
-                           "cloudInit": {"userData": "#cloud-config", "sshAuthorizedKeys": ["ssh-ed25519 AAAA"]}},
-     {"seed_iso": "/tmp/seed.iso", "emulator": "/usr/bin/qemu-system-x86_64"}, [
-        ("./devices/disk[@device='cdrom']/target", {"dev": "sda"}),
-        ("./devices/emulator", "/usr/bin/qemu-system-x86_64")]),
+    (
+        "cpu-passthrough-emulated",
+        {**MEM, "cpu": {"model": "host-passthrough"}},
+        {"domain_type": "qemu"},
+        [("./cpu", {"mode": "maximum"})],
+    ),
+    (
+        "cpu-passthrough-emulated-omit",
+        {**MEM, "cpu": {"model": "host-model"}},
+        {"domain_type": "qemu", "cpu_fallback": "omit"},
+        [("./cpu[@mode]", None)],
+    ),
+    (
+        "cpu-pinning",
+        {**MEM, "cpu": {"cores": 2, "dedicatedCpuSet": "0-1", "emulatorCpuSet": "1"}, "iothreads": 1},
+        {},
+        [
+            ("./cputune/vcpupin[@vcpu='0']", {"cpuset": "0"}),
+            ("./cputune/vcpupin[@vcpu='1']", {"cpuset": "1"}),
+            ("./cputune/emulatorpin", {"cpuset": "1"}),
+            ("./cputune/iothreadpin", {"iothread": "1", "cpuset": "1"}),
+            ("./iothreads", "1"),
+        ],
+    ),
+    (
+        "hugepages",
+        {"memory": {"size": "256Mi", "hugepages": {"pageSize": "2Mi"}}},
+        {},
+        [("./memoryBacking/hugepages/page", {"size": "2048", "unit": "KiB"})],
+    ),
+    (
+        "uefi-autoselect",
+        {**MEM, "boot": {"firmware": "uefi"}},
+        {},
+        [("./os", {"firmware": "efi"}), ("./os/loader", None)],
+    ),
+    (
+        "uefi-explicit",
+        {**MEM, "boot": {"firmware": "uefi"}},
+        {
+            "uefi_loader": "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "uefi_nvram": "/var/lib/k3svirt/ns1/vm1/nvram.fd",
+            "uefi_nvram_template": "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        },
+        [
+            ("./os/loader", {"readonly": "yes", "type": "pflash"}),
+            ("./os/nvram", {"template": "/usr/share/OVMF/OVMF_VARS_4M.fd"}),
+            ("./os[@firmware]", None),
+        ],
+    ),
+    (
+        "kernel-boot",
+        {
+            **MEM,
+            "boot": {
+                "kernel": {
+                    "path": "/boot/vmlinuz",
+                    "initrdPath": "/boot/initrd",
+                    "cmdline": "console=ttyS0 root=/dev/vda",
+                }
+            },
+        },
+        {},
+        [
+            ("./os/kernel", "/boot/vmlinuz"),
+            ("./os/initrd", "/boot/initrd"),
+            ("./os/cmdline", "console=ttyS0 root=/dev/vda"),
+        ],
+    ),
+    (
+        "disks",
+        {
+            **MEM,
+            "iothreads": 2,
+            "disks": [
+                {
+                    "name": "root",
+                    **BLANK,
+                    "iothread": 2,
+                    "bootOrder": 1,
+                    "serial": "ROOT-1",
+                    "cache": "none",
+                    "io": "native",
+                },
+                {
+                    "name": "data",
+                    "bus": "scsi",
+                    "format": "raw",
+                    "source": {"volume": {"path": "/dev/null"}},
+                    "readOnly": True,
+                    "cache": "writeback",
+                    "io": "threads",
+                },
+                {
+                    "name": "s",
+                    "bus": "sata",
+                    "format": "raw",
+                    **BLANK,
+                    "provisioning": "thick",
+                    "cache": "unsafe",
+                    "io": "io_uring",
+                },
+            ],
+        },
+        {"seed_iso": "/var/lib/k3svirt/ns1/vm1/seed.iso"},
+        [
+            (
+                "./devices/disk[target/@dev='vda']/driver",
+                {"name": "qemu", "type": "qcow2", "cache": "none", "io": "native", "discard": "unmap", "iothread": "2"},
+            ),
+            ("./devices/disk[target/@dev='vda']/source", {"file": "/var/lib/k3svirt/ns1/vm1/root.qcow2"}),
+            ("./devices/disk[target/@dev='vda']/serial", "ROOT-1"),
+            ("./devices/disk[target/@dev='vda']/boot", {"order": "1"}),
+            ("./devices/disk[target/@dev='vda']/target", {"bus": "virtio"}),
+            ("./devices/disk[target/@dev='sda']", {"type": "block"}),
+            ("./devices/disk[target/@dev='sda']/source", {"dev": "/dev/null"}),
+            ("./devices/disk[target/@dev='sda']/readonly", {}),
+            ("./devices/disk[target/@dev='sda']/target", {"bus": "scsi"}),
+            ("./devices/disk[target/@dev='sda']/driver", {"type": "raw", "cache": "writeback", "io": "threads"}),
+            ("./devices/disk[target/@dev='sdb']/driver", {"discard": "ignore", "io": "io_uring", "cache": "unsafe"}),
+            ("./devices/disk[target/@dev='sdb']/target", {"bus": "sata"}),
+            ("./devices/disk[@device='cdrom']/target", {"dev": "sdc", "bus": "sata"}),
+            ("./devices/disk[@device='cdrom']/source", {"file": "/var/lib/k3svirt/ns1/vm1/seed.iso"}),
+            ("./devices/disk[@device='cdrom']/readonly", {}),
+            ("./devices/controller[@type='scsi']", {"model": "virtio-scsi"}),
+            ("./devices/disk/alias[@name='ua-disk-root']", {}),
+            ("./iothreads", "2"),
+        ],
+    ),
+    (
+        "networks",
+        {
+            **MEM,
+            "networks": [
+                {"name": "default", "nat": {}},
+                {"name": "lan", "bridge": {"name": "br0"}, "model": "e1000e", "macAddress": "52:54:00:AB:CD:EF"},
+                {"name": "old", "nat": {"network": "isolated"}, "model": "rtl8139"},
+            ],
+        },
+        {},
+        [
+            ("./devices/interface[alias/@name='ua-net-default']", {"type": "network"}),
+            ("./devices/interface[alias/@name='ua-net-default']/source", {"network": "default"}),
+            ("./devices/interface[alias/@name='ua-net-default']/mac", {"address": default_mac(UID, "default")}),
+            ("./devices/interface[alias/@name='ua-net-default']/model", {"type": "virtio"}),
+            ("./devices/interface[alias/@name='ua-net-lan']", {"type": "bridge"}),
+            ("./devices/interface[alias/@name='ua-net-lan']/source", {"bridge": "br0"}),
+            ("./devices/interface[alias/@name='ua-net-lan']/mac", {"address": "52:54:00:ab:cd:ef"}),
+            ("./devices/interface[alias/@name='ua-net-lan']/model", {"type": "e1000e"}),
+            ("./devices/interface[alias/@name='ua-net-old']/source", {"network": "isolated"}),
+            ("./devices/interface[alias/@name='ua-net-old']/model", {"type": "rtl8139"}),
+        ],
+    ),
+    (
+        "hostdev",
+        {**MEM, "hostDevices": [{"name": "nic", "pciPassthrough": "p1"}]},
+        {"host_devices": {"nic": "0000:3b:1f.7"}},
+        [
+            ("./devices/hostdev", {"mode": "subsystem", "type": "pci", "managed": "no"}),
+            (
+                "./devices/hostdev/source/address",
+                {"domain": "0x0000", "bus": "0x3b", "slot": "0x1f", "function": "0x7"},
+            ),
+            ("./devices/hostdev/alias", {"name": "ua-hostdev-nic"}),
+        ],
+    ),
+    (
+        "devices",
+        {
+            **MEM,
+            "devices": {
+                "watchdog": {"model": "i6300esb", "action": "poweroff"},
+                "tpm": {"model": "tpm-tis", "version": "1.2"},
+                "video": {"model": "qxl"},
+                "graphics": {"type": "spice"},
+                "rng": True,
+                "memballoon": False,
+                "serialConsole": False,
+                "inputs": [{"type": "tablet"}, {"type": "keyboard", "bus": "virtio"}, {"type": "mouse", "bus": "ps2"}],
+            },
+        },
+        {},
+        [
+            ("./devices/watchdog", {"model": "i6300esb", "action": "poweroff"}),
+            ("./devices/tpm", {"model": "tpm-tis"}),
+            ("./devices/tpm/backend", {"type": "emulator", "version": "1.2"}),
+            ("./devices/video/model", {"type": "qxl"}),
+            ("./devices/graphics", {"type": "spice", "listen": "127.0.0.1"}),
+            ("./devices/rng/backend", "/dev/urandom"),
+            ("./devices/memballoon", {"model": "none"}),
+            ("./devices/serial", None),
+            ("./devices/console", None),
+            ("./devices/input[@type='tablet']", {"bus": "usb"}),
+            ("./devices/input[@type='keyboard']", {"bus": "virtio"}),
+            ("./devices/input[@type='mouse']", {"bus": "ps2"}),
+        ],
+    ),
+    (
+        "devices-vnc-tpm2",
+        {**MEM, "devices": {"graphics": {"type": "vnc"}, "tpm": {}, "watchdog": {"model": "i6300esb"}}},
+        {},
+        [
+            ("./devices/graphics", {"type": "vnc", "autoport": "yes"}),
+            ("./devices/video/model", {"type": "virtio"}),
+            ("./devices/tpm", {"model": "tpm-crb"}),
+            ("./devices/tpm/backend", {"version": "2.0"}),
+            ("./devices/watchdog", {"action": "reset"}),
+        ],
+    ),
+    (
+        "lifecycle-features",
+        {
+            **MEM,
+            "lifecycle": {"onPoweroff": "restart", "onReboot": "restart", "onCrash": "coredump-restart"},
+            "features": {"acpi": False, "apic": True, "hyperv": True},
+        },
+        {},
+        [
+            ("./on_poweroff", "restart"),
+            ("./on_crash", "coredump-restart"),
+            ("./features/acpi", None),
+            ("./features/hyperv/relaxed", {"state": "on"}),
+            ("./features/hyperv/spinlocks", {"retries": "8191"}),
+            ("./clock/timer[@name='hypervclock']", {"present": "yes"}),
+        ],
+    ),
+    (
+        "lifecycle-crash-preserve",
+        {**MEM, "lifecycle": {"onPoweroff": "destroy", "onReboot": "destroy", "onCrash": "preserve"}},
+        {},
+        [("./on_reboot", "destroy"), ("./on_crash", "preserve")],
+    ),
+    (
+        "non-domain-fields",
+        {
+            **MEM,
+            "runStrategy": "Manual",
+            "template": {"name": "t"},
+            "presets": [{"name": "p"}],
+            "nodeSelector": {"a": "b"},
+            "deletionPolicy": "Retain",
+            "cloudInit": {"userData": "#cloud-config", "sshAuthorizedKeys": ["ssh-ed25519 AAAA"]},
+        },
+        {"seed_iso": "/tmp/seed.iso", "emulator": "/usr/bin/qemu-system-x86_64"},
+        [
+            ("./devices/disk[@device='cdrom']/target", {"dev": "sda"}),
+            ("./devices/emulator", "/usr/bin/qemu-system-x86_64"),
+        ],
+    ),
 ]
 
 
@@ -214,7 +390,7 @@ def _virt_xml_validate(xml: str, tmp_path) -> None:
 @pytest.mark.parametrize(("spec", "ctx_changes", "checks"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_table(spec, ctx_changes, checks, tmp_path):
     assert validate_spec("VirtualMachine", spec) == [], "table specs must be valid API input"
-    xml = build_domain_xml(REF, spec, replace(CTX, **ctx_changes))
+    xml = build_domain(REF, spec, replace(CTX, **ctx_changes)).xml
     _virt_xml_validate(xml, tmp_path)
     _check(xml, checks)
 
@@ -245,32 +421,55 @@ def test_table_covers_every_spec_field():
     seen: set[str] = set()
     for c in CASES:
         used(c[1], "", seen)
-    qcow2_only = {"disks[].qcow2.clusterSize", "disks[].qcow2.preallocation", "disks[].qcow2.lazyRefcounts",
-                  "disks[].source.image.url", "disks[].source.image.checksum", "disks[].source.image.clone",
-                  "cloudInit.networkData", "cloudInit.metaData", "nodeName", "template.version", "presets[].version"}
+    qcow2_only = {
+        "disks[].qcow2.clusterSize",
+        "disks[].qcow2.preallocation",
+        "disks[].qcow2.lazyRefcounts",
+        "disks[].source.image.url",
+        "disks[].source.image.checksum",
+        "disks[].source.image.clone",
+        "cloudInit.networkData",
+        "cloudInit.metaData",
+        "nodeName",
+        "template.version",
+        "presets[].version",
+    }
     # ^ storage/cloud-init/placement inputs: they do not reach the domain XML (pinned in test_no_xml_effect).
-    missing = sorted(p for p in leaves(openapi_schema("VirtualMachine")["properties"]["spec"], "")
-                     if p not in seen and p not in qcow2_only)
+    missing = sorted(
+        p
+        for p in leaves(openapi_schema("VirtualMachine")["properties"]["spec"], "")
+        if p not in seen and p not in qcow2_only
+    )
     assert missing == []
 
 
 def test_no_xml_effect():
     base = {**MEM, "disks": [{"name": "root", **BLANK}]}
     image = {"url": "https://x/i.qcow2", "checksum": "sha256:" + "0" * 64, "clone": "copy"}
-    other = {**MEM, "nodeName": "n2", "template": {"name": "t", "version": "2"},
-             "presets": [{"name": "p", "version": "1"}],
-             "cloudInit": {"networkData": "version: 2", "metaData": "a: b"},
-             "disks": [{"name": "root", "source": {"image": image}, "size": "1Gi",
-                        "qcow2": {"clusterSize": "2Mi", "preallocation": "metadata", "lazyRefcounts": True}}]}
+    other = {
+        **MEM,
+        "nodeName": "n2",
+        "template": {"name": "t", "version": "2"},
+        "presets": [{"name": "p", "version": "1"}],
+        "cloudInit": {"networkData": "version: 2", "metaData": "a: b"},
+        "disks": [
+            {
+                "name": "root",
+                "source": {"image": image},
+                "size": "1Gi",
+                "qcow2": {"clusterSize": "2Mi", "preallocation": "metadata", "lazyRefcounts": True},
+            }
+        ],
+    }
 
     def strip(x):
         return "\n".join(line for line in x.splitlines() if "specHash" not in line)
 
-    assert strip(build_domain_xml(REF, base, CTX)) == strip(build_domain_xml(REF, other, CTX))
+    assert strip(build_domain(REF, base, CTX).xml) == strip(build_domain(REF, other, CTX).xml)
 
 
 def test_metadata_element():
-    root = ET.fromstring(build_domain_xml(REF, MEM, CTX))
+    root = ET.fromstring(build_domain(REF, MEM, CTX).xml)
     vm = one(root, f"./metadata/{{{XML_NAMESPACE}}}vm")
     assert (vm.get("namespace"), vm.get("name"), vm.get("uid"), vm.get("generation")) == ("ns1", "vm1", UID, "7")
     assert len(vm.get("specHash")) == 64
@@ -281,10 +480,11 @@ def test_emulation_adjustments():
     assert [(a.field, a.reason) for a in built.adjustments] == [("spec.cpu.model", "CPUModelNotEmulated")]
     assert build_domain(REF, {**MEM, "cpu": {"model": "host-passthrough"}}, CTX).adjustments == []
     with pytest.raises(DomainBuildError) as e:
-        build_domain(REF, {**MEM, "cpu": {"model": "host-model"}},
-                     replace(CTX, domain_type="qemu", cpu_fallback="error"))
+        build_domain(
+            REF, {**MEM, "cpu": {"model": "host-model"}}, replace(CTX, domain_type="qemu", cpu_fallback="error")
+        )
     assert e.value.field == "spec.cpu.model"
-    named = ET.fromstring(build_domain_xml(REF, {**MEM, "cpu": {"model": "qemu64"}}, replace(CTX, domain_type="qemu")))
+    named = ET.fromstring(build_domain(REF, {**MEM, "cpu": {"model": "qemu64"}}, replace(CTX, domain_type="qemu")).xml)
     assert one(named, "./cpu").get("check") == "none"
 
 
@@ -300,24 +500,35 @@ def test_emulation_adjustments():
         ({**MEM, "disks": [{"name": "root", **BLANK, "iothread": 1}]}, {}, "spec.disks[0].iothread"),
         ({**MEM, "disks": [{"name": "root", **BLANK, "io": "native", "cache": "writeback"}]}, {}, "spec.disks[0].io"),
         ({**MEM, "hostDevices": [{"name": "x", "pciPassthrough": "p"}]}, {}, "spec.hostDevices[0]"),
-        ({**MEM, "hostDevices": [{"name": "x", "pciPassthrough": "p"}]}, {"host_devices": {"x": "zz"}},
-         "spec.hostDevices[0]"),
+        (
+            {**MEM, "hostDevices": [{"name": "x", "pciPassthrough": "p"}]},
+            {"host_devices": {"x": "zz"}},
+            "spec.hostDevices[0]",
+        ),
         ({**MEM, "devices": {"tpm": {}}}, {"tpm_available": False}, "spec.devices.tpm"),
         ({**MEM, "devices": {"tpm": {"model": "tpm-crb", "version": "1.2"}}}, {}, "spec.devices.tpm.version"),
-        ({**MEM, "devices": {"watchdog": {"model": "itco"}}}, {"libvirt_version": 9_000_000},
-         "spec.devices.watchdog.model"),
+        (
+            {**MEM, "devices": {"watchdog": {"model": "itco"}}},
+            {"libvirt_version": 9_000_000},
+            "spec.devices.watchdog.model",
+        ),
         ({**MEM, "lifecycle": {"onPoweroff": "restart", "onReboot": "destroy"}}, {}, "spec.lifecycle"),
     ],
 )
 def test_build_errors(spec, ctx_changes, field):
     with pytest.raises(DomainBuildError) as e:
-        build_domain_xml(REF, spec, replace(CTX, **ctx_changes))
+        build_domain(REF, spec, replace(CTX, **ctx_changes))
     assert e.value.field == field
 
 
 def test_itco_on_new_libvirt():
-    root = ET.fromstring(build_domain_xml(REF, {**MEM, "devices": {"watchdog": {"model": "itco", "action": "none"}}},
-                                          replace(CTX, libvirt_version=9_001_000)))
+    root = ET.fromstring(
+        build_domain(
+            REF,
+            {**MEM, "devices": {"watchdog": {"model": "itco", "action": "none"}}},
+            replace(CTX, libvirt_version=9_001_000),
+        ).xml
+    )
     assert one(root, "./devices/watchdog").attrib == {"model": "itco", "action": "none"}
 
 
@@ -334,27 +545,22 @@ def test_helpers():
     assert device_aliases({"networks": [{"name": "lan"}]}) == {"ua-net-lan": "networks[lan]"}
 
 
-def test_diff_requires_restart():
-    old = {**MEM, "disks": [{"name": "root", **BLANK}], "networks": [{"name": "n", "nat": {}}]}
-    assert diff_requires_restart(old, old) == []
-    assert diff_requires_restart(old, {**old, "runStrategy": "Halted", "deletionPolicy": "Retain",
-                                       "nodeSelector": {"a": "b"}}) == []
-    # explicit defaults are no change
-    assert diff_requires_restart(old, {**old, "devices": {"memballoon": True}, "cpu": {"sockets": 1}}) == []
-    new = {**old, "memory": {"size": "256Mi"}, "disks": [{"name": "root", **BLANK, "cache": "writeback"}],
-           "networks": [{"name": "n", "nat": {}}, {"name": "m", "bridge": {"name": "br0"}}],
-           "cloudInit": {"userData": "x"}}
-    assert diff_requires_restart(old, new) == [
-        "spec.cloudInit", "spec.disks[root].cache", "spec.disks[root].io", "spec.memory.size", "spec.networks[m]"]
-    swapped = {**old, "disks": [{"name": "b", **BLANK}, {"name": "root", **BLANK}]}
-    assert "spec.disks[b]" in diff_requires_restart(old, swapped)
-
-
 # --- real libvirt --------------------------------------------------------------------------------
 
 SOCKETS = ("/var/run/libvirt/libvirt-sock", "/var/run/libvirt/virtqemud-sock")
-DEFINE_CASES = ["minimal", "cpu-passthrough-emulated", "cpu-pinning", "uefi-autoselect", "kernel-boot", "disks",
-                "networks", "devices", "devices-vnc-tpm2", "lifecycle-features", "lifecycle-crash-preserve"]
+DEFINE_CASES = [
+    "minimal",
+    "cpu-passthrough-emulated",
+    "cpu-pinning",
+    "uefi-autoselect",
+    "kernel-boot",
+    "disks",
+    "networks",
+    "devices",
+    "devices-vnc-tpm2",
+    "lifecycle-features",
+    "lifecycle-crash-preserve",
+]
 
 
 @pytest.mark.skipif(not any(os.path.exists(s) for s in SOCKETS), reason="libvirtd socket absent")
@@ -365,7 +571,7 @@ def test_define_on_libvirt(case, tmp_path):
     name = f"unittest-{case}"[:50]
     ref = VMRef("k3svirt", name, str(uuid.uuid4()), 1)
     # bridges and networks need not exist for define; emulation because /dev/kvm may be unusable here
-    xml = build_domain_xml(ref, spec, replace(CTX, **{**ctx_changes, "domain_type": "qemu"}))
+    xml = build_domain(ref, spec, replace(CTX, **{**ctx_changes, "domain_type": "qemu"})).xml
     xml = xml.replace("<name>k3svirt_", "<name>k3svirt-", 1)  # k3svirt-unittest-<case>
     libvirt.registerErrorHandler(lambda *_: None, None)
     conn = libvirt.open("qemu:///system")

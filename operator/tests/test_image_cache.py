@@ -22,9 +22,7 @@ from k3svirt_operator import image_cache
 from k3svirt_operator.image_cache import ImageError, cache_path, ensure_image, prune_unused
 from k3svirt_operator.storage import ensure_disks, plan_disks
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed"
-)
+pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed")
 
 MiB = 1024 * 1024
 
@@ -119,9 +117,7 @@ def test_concurrent_callers_download_once(server: Server, tmp_path: Path) -> Non
 def test_checksum_mismatch(server: Server, tmp_path: Path) -> None:
     make_qcow2(server.docroot / "img.qcow2")
     url = server.url("img.qcow2")
-    with pytest.raises(
-        ImageError, match=r"checksum mismatch for http://127.0.0.1:\d+/img.qcow2: got sha256:"
-    ):
+    with pytest.raises(ImageError, match=r"checksum mismatch for http://127.0.0.1:\d+/img.qcow2: got sha256:"):
         ensure_image(url, "sha256:" + "0" * 64, tmp_path)
     assert not cache_path(url, tmp_path).exists()
     assert not list((tmp_path / "images").glob(".*.part"))
@@ -210,18 +206,12 @@ def test_end_to_end_overlay_from_http(server: Server, tmp_path: Path) -> None:
     assert server.hits["/base.qcow2"] == 1
     base = cache_path(url, tmp_path)
     for r in results:
-        out = subprocess.run(
-            ["qemu-img", "info", "--output=json", str(r.path)], capture_output=True, check=True
-        )
+        out = subprocess.run(["qemu-img", "info", "--output=json", str(r.path)], capture_output=True, check=True)
         info = json.loads(out.stdout)
         if r.name == "root":
             assert info["backing-filename"] == str(base) and info["virtual-size"] == 32 * MiB
         else:
-            assert (
-                info["format"] == "raw"
-                and "backing-filename" not in info
-                and info["virtual-size"] == 16 * MiB
-            )
+            assert info["format"] == "raw" and "backing-filename" not in info and info["virtual-size"] == 16 * MiB
             assert r.path.read_bytes()[:8] == b"FROMHTTP"
 
 
@@ -230,16 +220,12 @@ def test_prune_unused(server: Server, tmp_path: Path) -> None:
         make_qcow2(server.docroot / f"{n}.qcow2")
     a, b, c = (ensure_image(server.url(f"{n}.qcow2"), None, tmp_path) for n in ("a", "b", "c"))
     # b backs an overlay under vms/: kept even though the caller forgot it
-    ensure_disks(
-        plan_disks("ns", "vm", [{"name": "r", "source": {"image": {"url": b.url}}}], tmp_path), tmp_path
-    )
+    ensure_disks(plan_disks("ns", "vm", [{"name": "r", "source": {"image": {"url": b.url}}}], tmp_path), tmp_path)
     removed = prune_unused(tmp_path, in_use={a.path})
     assert removed == [c.path]
     assert a.path.exists() and b.path.exists() and not c.path.exists()
     assert not c.path.with_suffix(".json").exists()
-    assert [i.url for i in image_cache.list_cached(tmp_path)] == sorted(
-        [a.url, b.url], key=image_cache.cache_key
-    )
+    assert [i.url for i in image_cache.list_cached(tmp_path)] == sorted([a.url, b.url], key=image_cache.cache_key)
 
 
 def test_prune_keeps_recently_used_images(server: Server, tmp_path: Path) -> None:

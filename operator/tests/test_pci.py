@@ -8,8 +8,14 @@ from k3svirt_operator import pci
 from k3svirt_operator.pci import binding, discovery, pciids, safety
 
 X520_0, X520_1, ROOT_PORT = "0000:03:00.0", "0000:03:00.1", "0000:00:1c.0"
-GPU, NVME, HOST_NIC, PF, VF0, IDLE_NIC = ("0000:00:02.0", "0000:04:00.0", "0000:01:00.0", "0000:05:00.0",
-                                          "0000:05:02.0", "0000:06:00.0")
+GPU, NVME, HOST_NIC, PF, VF0, IDLE_NIC = (
+    "0000:00:02.0",
+    "0000:04:00.0",
+    "0000:01:00.0",
+    "0000:05:00.0",
+    "0000:05:02.0",
+    "0000:06:00.0",
+)
 
 
 @pytest.fixture
@@ -36,6 +42,7 @@ def _plan(h, address, **kw):
 
 
 # Discovery -------------------------------------------------------------------------------------
+
 
 def test_inventory_reads_ids_names_groups_and_drivers(host):
     devs = _by(host)
@@ -81,8 +88,7 @@ def test_pci_ids_parser_handles_classes_and_subsystems():
 
 def test_address_helpers():
     assert pci.normalize_address("03:00.1") == "0000:03:00.1"
-    assert pci.address_parts("0000:03:00.1") == {"domain": "0x0000", "bus": "0x03", "slot": "0x00",
-                                                 "function": "0x1"}
+    assert pci.address_parts("0000:03:00.1") == {"domain": "0x0000", "bus": "0x03", "slot": "0x00", "function": "0x1"}
     with pytest.raises(ValueError):
         pci.normalize_address("03:00")
 
@@ -91,8 +97,11 @@ def test_node_inventory_status(host):
     st = pci.node_inventory_status(host.sys, host.proc, denylist=(), now="2025-01-01T00:00:00Z")
     assert st["iommuEnabled"] is True and st["iommuGroupCount"] == 14 and st["vfioPciLoaded"] is True
     assert st["cpuVendor"] == "GenuineIntel" and st["updatedAt"] == "2025-01-01T00:00:00Z"
-    assert st["kernelCmdline"] == {"flags": ["intel_iommu=on", "iommu=pt", "hugepages=512", "isolcpus=2-7"],
-                                   "intelIommuOn": True, "iommuPassthrough": True}
+    assert st["kernelCmdline"] == {
+        "flags": ["intel_iommu=on", "iommu=pt", "hugepages=512", "isolcpus=2-7"],
+        "intelIommuOn": True,
+        "iommuPassthrough": True,
+    }
     assert st["conditions"][0]["type"] == "IOMMUReady" and st["conditions"][0]["status"] == "True"
     use = {d["address"]: d["hostUse"] for d in st["devices"]}
     assert "default route" in use[HOST_NIC][0] and "br0" in use[HOST_NIC][0]
@@ -101,6 +110,7 @@ def test_node_inventory_status(host):
 
 
 # Host facts ------------------------------------------------------------------------------------
+
 
 def test_host_facts_find_default_route_nic_through_bridge_and_root_disk(host):
     f = safety.gather_host_facts(host.sys, host.proc)
@@ -128,6 +138,7 @@ def test_denylist_parsing_and_matching(monkeypatch, tmp_path):
 
 
 # Planning and refusals -------------------------------------------------------------------------
+
 
 def test_plan_binds_the_whole_group_except_the_bridge(host):
     plan = _plan(host, X520_0, claimed={X520_1: "x520-p1"})
@@ -200,15 +211,20 @@ def test_select_device_by_address_and_selector(host):
     inv = _inv(host)
     assert binding.select_device({"address": "03:00.1"}, inv)["address"] == X520_1
     assert binding.select_device({"selector": {"vendor": "8086", "device": "10fb"}}, inv)["address"] == X520_0
-    assert binding.select_device({"selector": {"vendor": "0x8086", "device": "10FB", "index": 1}},
-                                 inv)["address"] == X520_1
-    assert binding.select_device({"selector": {"vendor": "8086", "device": "10fb", "index": 2}},
-                                 inv).reason == "DeviceNotFound"
+    assert (
+        binding.select_device({"selector": {"vendor": "0x8086", "device": "10FB", "index": 1}}, inv)["address"]
+        == X520_1
+    )
+    assert (
+        binding.select_device({"selector": {"vendor": "8086", "device": "10fb", "index": 2}}, inv).reason
+        == "DeviceNotFound"
+    )
     assert binding.select_device({"address": "0000:09:00.0"}, inv).reason == "DeviceNotFound"
     assert binding.select_device({}, inv).reason == "InvalidSpec"
 
 
 # Executor (through the fake kernel shim) -------------------------------------------------------
+
 
 def test_bind_writes_the_sysfs_protocol_in_order_and_restore_undoes_it(host):
     k = fakesys.FakeKernel(host)
@@ -269,10 +285,19 @@ def test_bind_is_idempotent(host):
 
 # Reconcile / release (what the handlers call) --------------------------------------------------
 
+
 def _reconcile(h, k, spec, status=None, claimed=None):
-    return pci.reconcile_passthrough({"nodeName": "n305", **spec}, status, generation=1, sys_root=h.sys,
-                                     proc_root=h.proc, denylist=(), claimed=claimed, write=k.write,
-                                     now="2025-01-01T00:00:00Z")
+    return pci.reconcile_passthrough(
+        {"nodeName": "n305", **spec},
+        status,
+        generation=1,
+        sys_root=h.sys,
+        proc_root=h.proc,
+        denylist=(),
+        claimed=claimed,
+        write=k.write,
+        now="2025-01-01T00:00:00Z",
+    )
 
 
 def test_reconcile_two_ports_then_release_one_after_the_other(host):
@@ -280,15 +305,19 @@ def test_reconcile_two_ports_then_release_one_after_the_other(host):
     p0 = _reconcile(host, k, {"address": X520_0}, claimed={})
     assert p0["phase"] == "Failed" and p0["conditions"][0]["reason"] == "PartialGroup"
     # The second port's object exists too: claimed addresses make the group complete.
-    p1 = _reconcile(host, k, {"selector": {"vendor": "8086", "device": "10fb", "index": 1}},
-                    claimed={X520_0: "x520-p0"})
+    p1 = _reconcile(
+        host, k, {"selector": {"vendor": "8086", "device": "10fb", "index": 1}}, claimed={X520_0: "x520-p0"}
+    )
     assert p1["phase"] == "Bound", p1["conditions"]
     assert host.driver_of(X520_0) == host.driver_of(X520_1) == "vfio-pci"
     assert host.driver_of(ROOT_PORT) == "pcieport"
     assert p1["address"] == X520_1 and p1["iommuGroup"] == 2 and p1["originalDriver"] == "ixgbe"
     assert p1["observedGeneration"] == 1 and p1["printableStatus"] == "Bound"
     assert {m["address"]: m["originalDriver"] for m in p1["groupMembers"]} == {
-        ROOT_PORT: None, X520_0: "ixgbe", X520_1: "ixgbe"}
+        ROOT_PORT: None,
+        X520_0: "ixgbe",
+        X520_1: "ixgbe",
+    }
     p0 = _reconcile(host, k, {"address": X520_0}, p0, claimed={X520_1: "x520-p1"})
     assert p0["phase"] == "Bound" and p0["conditions"][0]["status"] == "True"
     assert p0["originalDriver"] is None  # already on vfio-pci when p0 got it: drivers_probe decides
@@ -334,23 +363,31 @@ def test_reconcile_moves_to_a_new_address_and_assignment_blocks_release(host):
 
 # Assignment ------------------------------------------------------------------------------------
 
+
 def _pcip(name, node="n305", phase="Bound", address=X520_0, assigned=None, assign_to=None, members=None):
     return {
         "metadata": {"name": name, "generation": 1},
         "spec": {"nodeName": node, "address": address, **({"assignTo": assign_to} if assign_to else {})},
-        "status": {"phase": phase, "address": address, "iommuGroup": 2, "observedGeneration": 1,
-                   "assignedTo": assigned,
-                   "groupMembers": members if members is not None else [
-                       {"address": ROOT_PORT, "driver": "pcieport", "isBridge": True},
-                       {"address": X520_0, "driver": "vfio-pci", "isBridge": False},
-                       {"address": X520_1, "driver": "vfio-pci", "isBridge": False}]},
+        "status": {
+            "phase": phase,
+            "address": address,
+            "iommuGroup": 2,
+            "observedGeneration": 1,
+            "assignedTo": assigned,
+            "groupMembers": members
+            if members is not None
+            else [
+                {"address": ROOT_PORT, "driver": "pcieport", "isBridge": True},
+                {"address": X520_0, "driver": "vfio-pci", "isBridge": False},
+                {"address": X520_1, "driver": "vfio-pci", "isBridge": False},
+            ],
+        },
     }
 
 
 def test_resolve_host_devices_happy_path():
     spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}, {"name": "lan", "pciPassthrough": "p1"}]}
-    objs = [_pcip("p0"), _pcip("p1", address=X520_1, phase="Assigned", assigned={"namespace": "net",
-                                                                                 "name": "vpp"})]
+    objs = [_pcip("p0"), _pcip("p1", address=X520_1, phase="Assigned", assigned={"namespace": "net", "name": "vpp"})]
     out = pci.resolve_host_devices(spec, objs, "n305", vm_namespace="net", vm_name="vpp")
     assert [(d.name, d.passthrough, d.address) for d in out] == [("wan", "p0", X520_0), ("lan", "p1", X520_1)]
     assert out[0].group_members == (ROOT_PORT, X520_0, X520_1)
@@ -358,16 +395,23 @@ def test_resolve_host_devices_happy_path():
     assert pci.passthrough_names(spec) == ["p0", "p1"]
 
 
-@pytest.mark.parametrize("obj,expect", [
-    (_pcip("p0", phase="Available"), "PCIPassthrough p0 is not Bound (phase Available)"),
-    (_pcip("p0", phase="Failed"), "is not Bound (phase Failed)"),
-    (_pcip("p0", phase="Assigned", assigned={"namespace": "lab", "name": "other"}),
-     "PCIPassthrough p0 is assigned to other VM lab/other"),
-    (_pcip("p0", node="edge2"), "PCIPassthrough p0 is on node edge2, VM is on node n305"),
-    (_pcip("p0", assign_to={"namespace": "lab", "name": "other"}), "reserved for VM lab/other"),
-    (_pcip("p0", members=[{"address": X520_0, "driver": "vfio-pci"}, {"address": X520_1, "driver": "ixgbe"}]),
-     "not viable: 0000:03:00.1 (ixgbe)"),
-])
+@pytest.mark.parametrize(
+    "obj,expect",
+    [
+        (_pcip("p0", phase="Available"), "PCIPassthrough p0 is not Bound (phase Available)"),
+        (_pcip("p0", phase="Failed"), "is not Bound (phase Failed)"),
+        (
+            _pcip("p0", phase="Assigned", assigned={"namespace": "lab", "name": "other"}),
+            "PCIPassthrough p0 is assigned to other VM lab/other",
+        ),
+        (_pcip("p0", node="edge2"), "PCIPassthrough p0 is on node edge2, VM is on node n305"),
+        (_pcip("p0", assign_to={"namespace": "lab", "name": "other"}), "reserved for VM lab/other"),
+        (
+            _pcip("p0", members=[{"address": X520_0, "driver": "vfio-pci"}, {"address": X520_1, "driver": "ixgbe"}]),
+            "not viable: 0000:03:00.1 (ixgbe)",
+        ),
+    ],
+)
 def test_resolve_host_devices_errors(obj, expect):
     spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}]}
     with pytest.raises(pci.HostDeviceResolutionError) as e:
@@ -385,32 +429,50 @@ def test_resolve_host_devices_missing_object_and_split_group():
     assert "a group can only belong to one VM" in str(e.value)
 
 
-class _FakeRuntime:
+class _FakeIndex:
+    """kopf's index of PCIPassthroughs as the handler sees it: statuses come back after a write."""
+
     def __init__(self, objs):
-        self.objs = {o["metadata"]["name"]: o for o in objs}
-        self.settings = type("S", (), {"node_name": "n305"})()
+        self.objs = {o["metadata"]["name"]: {**o, "metadata": {**o["metadata"], "resourceVersion": "1"}} for o in objs}
         self.patches = []
 
-    def list_objects(self, plural, namespace=None):
-        assert plural == "pcipassthroughs" and namespace is None
-        return list(self.objs.values())
+    def write(self, patches):
+        for name, status in patches:
+            self.patches.append((name, status.get("phase"), status.get("assignedTo")))
+            rv = str(int(self.objs[name]["metadata"]["resourceVersion"]) + 1)
+            self.objs[name] = {
+                **self.objs[name],
+                "status": status,
+                "metadata": {**self.objs[name]["metadata"], "resourceVersion": rv},
+            }
 
-    def patch_status(self, plural, namespace, name, status):
-        self.patches.append((name, status.get("phase"), status.get("assignedTo")))
-        self.objs[name] = {**self.objs[name], "status": status}
 
-
-def test_resolve_for_vm_marks_assigned_and_release_clears():
-    old = _pcip("old", address="0000:07:00.0", phase="Assigned", assigned={"namespace": "net", "name": "vpp"},
-                members=[])
-    rt = _FakeRuntime([_pcip("p0"), old])
+def test_vm_claims_mark_assigned_and_release_clears():
+    old = _pcip(
+        "old", address="0000:07:00.0", phase="Assigned", assigned={"namespace": "net", "name": "vpp"}, members=[]
+    )
+    index, claims = _FakeIndex([_pcip("p0"), old]), pci.Claims()
     vm = {"namespace": "net", "name": "vpp", "uid": "u1"}
     spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}]}
-    assert pci.resolve_for_vm(rt, vm, spec) == {"wan": X520_0}
-    assert rt.patches == [("p0", "Assigned", {"namespace": "net", "name": "vpp", "uid": "u1"}),
-                          ("old", "Bound", None)]
+    assignment = claims.assign(index.objs.values(), "n305", vm, spec)
+    assert assignment.devices == {"wan": X520_0}
+    index.write(assignment.patches)
+    assert index.patches == [
+        ("p0", "Assigned", {"namespace": "net", "name": "vpp", "uid": "u1"}),
+        ("old", "Bound", None),
+    ]
     with pytest.raises(ValueError, match="assigned to other VM net/vpp"):
-        pci.resolve_for_vm(rt, {"namespace": "lab", "name": "x"}, spec)
-    rt.patches.clear()
-    assert pci.release_for_vm(rt, vm) == ["p0"]
-    assert rt.objs["p0"]["status"]["phase"] == "Bound" and rt.objs["p0"]["status"]["assignedTo"] is None
+        claims.assign(index.objs.values(), "n305", {"namespace": "lab", "name": "x"}, spec)
+    index.patches.clear()
+    patches = claims.release(index.objs.values(), vm)
+    assert [name for name, _ in patches] == ["p0"]
+    index.write(patches)
+    assert index.objs["p0"]["status"]["phase"] == "Bound" and index.objs["p0"]["status"]["assignedTo"] is None
+
+
+def test_a_claim_holds_before_the_index_shows_it():
+    index, claims = _FakeIndex([_pcip("p0")]), pci.Claims()
+    spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}]}
+    claims.assign(index.objs.values(), "n305", {"namespace": "net", "name": "vpp"}, spec)  # not written yet
+    with pytest.raises(ValueError, match="assigned to other VM net/vpp"):
+        claims.assign(index.objs.values(), "n305", {"namespace": "lab", "name": "x"}, spec)

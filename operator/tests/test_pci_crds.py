@@ -15,8 +15,6 @@ from k3svirt_operator import pci
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
-
-
 def _crd(plural):
     return yaml.safe_load((CRDS / f"{plural}.yaml").read_text())
 
@@ -30,10 +28,13 @@ def _walk(node, path):
         yield from _walk(node["items"], f"{path}[]")
 
 
-@pytest.mark.parametrize("kind,plural,short", [
-    (names.PCIPASSTHROUGH_KIND, names.PCIPASSTHROUGH_PLURAL, "pcip"),
-    (names.NODEPCIINVENTORY_KIND, names.NODEPCIINVENTORY_PLURAL, "npi"),
-])
+@pytest.mark.parametrize(
+    "kind,plural,short",
+    [
+        (names.PCIPASSTHROUGH_KIND, names.PCIPASSTHROUGH_PLURAL, "pcip"),
+        (names.NODEPCIINVENTORY_KIND, names.NODEPCIINVENTORY_PLURAL, "npi"),
+    ],
+)
 def test_crd_is_structural_and_documented(kind, plural, short):
     crd = _crd(plural)
     assert crd["metadata"]["name"] == f"{plural}.{names.GROUP}"
@@ -62,8 +63,12 @@ def test_crd_is_structural_and_documented(kind, plural, short):
 def test_pcipassthrough_spec_validation():
     ok = {"nodeName": "n305", "address": "0000:03:00.0"}
     assert schema.validate_spec(names.PCIPASSTHROUGH_KIND, ok) == []
-    sel = {"nodeName": "n305", "selector": {"vendor": "8086", "device": "10fb", "index": 1},
-           "groupPolicy": "BindGroup", "assignTo": {"namespace": "net", "name": "vpp"}}
+    sel = {
+        "nodeName": "n305",
+        "selector": {"vendor": "8086", "device": "10fb", "index": 1},
+        "groupPolicy": "BindGroup",
+        "assignTo": {"namespace": "net", "name": "vpp"},
+    }
     assert schema.validate_spec(names.PCIPASSTHROUGH_KIND, sel) == []
     both = {**ok, "selector": {"vendor": "8086", "device": "10fb"}}
     assert schema.validate_spec(names.PCIPASSTHROUGH_KIND, both)
@@ -75,20 +80,39 @@ def test_statuses_the_operator_writes_validate_against_the_crds(tmp_path):
 
     h = fakesys.build_n305(tmp_path)
     k = fakesys.FakeKernel(h)
-    npi = {"apiVersion": names.API_VERSION, "kind": names.NODEPCIINVENTORY_KIND, "metadata": {"name": "n305"},
-           "spec": {}, "status": pci.node_inventory_status(h.sys, h.proc, denylist=())}
+    npi = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.NODEPCIINVENTORY_KIND,
+        "metadata": {"name": "n305"},
+        "spec": {},
+        "status": pci.node_inventory_status(h.sys, h.proc, denylist=()),
+    }
     assert schema.validate_object(names.NODEPCIINVENTORY_KIND, npi) == []
     spec = {"nodeName": "n305", "address": "0000:00:02.0"}
     statuses = []
-    st = pci.reconcile_passthrough(spec, None, generation=1, sys_root=h.sys, proc_root=h.proc, denylist=(),
-                                   write=k.write)
+    st = pci.reconcile_passthrough(
+        spec, None, generation=1, sys_root=h.sys, proc_root=h.proc, denylist=(), write=k.write
+    )
     statuses.append(st)
     statuses.append(pci.assigned_status(st, "net", "vpp", "uid-1"))
     statuses.append(pci.unassigned_status(statuses[-1]))
     statuses.append(pci.release_passthrough(statuses[-1], sys_root=h.sys, write=k.write))
-    statuses.append(pci.reconcile_passthrough({"nodeName": "n305", "address": "0000:01:00.0"}, None,
-                                              sys_root=h.sys, proc_root=h.proc, denylist=(), write=k.write))
+    statuses.append(
+        pci.reconcile_passthrough(
+            {"nodeName": "n305", "address": "0000:01:00.0"},
+            None,
+            sys_root=h.sys,
+            proc_root=h.proc,
+            denylist=(),
+            write=k.write,
+        )
+    )
     for st in statuses:
-        obj = {"apiVersion": names.API_VERSION, "kind": names.PCIPASSTHROUGH_KIND, "metadata": {"name": "p"},
-               "spec": spec, "status": st}
+        obj = {
+            "apiVersion": names.API_VERSION,
+            "kind": names.PCIPASSTHROUGH_KIND,
+            "metadata": {"name": "p"},
+            "spec": spec,
+            "status": st,
+        }
         assert schema.validate_object(names.PCIPASSTHROUGH_KIND, obj) == [], st

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from k3svirt_operator import pci
-from k3svirt_operator.domain_xml import DomainContext, VMRef, build_domain_xml
+from k3svirt_operator.domain_xml import DomainContext, VMRef, build_domain
 
 LIBVIRT_URI = os.environ.get("K3SVIRT_LIBVIRT_URI", "qemu:///system")
 HEX4 = re.compile(r"^[0-9a-f]{4}$")
@@ -69,19 +69,31 @@ def _real_endpoint() -> str:
 def test_resolved_hostdev_xml_validates_and_libvirt_defines_it(where, tmp_path):
     conn = _libvirt()
     address = "0000:03:00.0" if where == "fixture-address" else _real_endpoint()
-    pcip = {"metadata": {"name": "x520-p0", "generation": 1},
-            "spec": {"nodeName": "n305", "address": address},
-            "status": {"phase": "Bound", "address": address, "iommuGroup": 2, "observedGeneration": 1,
-                       "groupMembers": [{"address": address, "driver": "vfio-pci", "isBridge": False}]}}
+    pcip = {
+        "metadata": {"name": "x520-p0", "generation": 1},
+        "spec": {"nodeName": "n305", "address": address},
+        "status": {
+            "phase": "Bound",
+            "address": address,
+            "iommuGroup": 2,
+            "observedGeneration": 1,
+            "groupMembers": [{"address": address, "driver": "vfio-pci", "isBridge": False}],
+        },
+    }
     ns = f"k3svirt-unittest-pci-{uuid.uuid4().hex[:8]}"
     spec = {"memory": {"size": "64Mi"}, "hostDevices": [{"name": "wan", "pciPassthrough": "x520-p0"}]}
     resolved = pci.resolve_host_devices(spec, [pcip], "n305", vm_namespace=ns, vm_name="vpp")
-    xml = build_domain_xml(VMRef(ns, "vpp", str(uuid.uuid4())), spec,
-                           DomainContext(domain_type="qemu", host_devices=pci.host_device_map(resolved)))
+    xml = build_domain(
+        VMRef(ns, "vpp", str(uuid.uuid4())),
+        spec,
+        DomainContext(domain_type="qemu", host_devices=pci.host_device_map(resolved)),
+    ).xml
     parts = pci.address_parts(address)
-    assert "<hostdev mode=\"subsystem\" type=\"pci\" managed=\"no\">" in xml
-    assert (f'<address domain="{parts["domain"]}" bus="{parts["bus"]}" slot="{parts["slot"]}" '
-            f'function="{parts["function"]}" />') in xml
+    assert '<hostdev mode="subsystem" type="pci" managed="no">' in xml
+    assert (
+        f'<address domain="{parts["domain"]}" bus="{parts["bus"]}" slot="{parts["slot"]}" '
+        f'function="{parts["function"]}" />'
+    ) in xml
     f = tmp_path / "domain.xml"
     f.write_text(xml)
     validator = shutil.which("virt-xml-validate")

@@ -100,8 +100,13 @@ def guest_vm(conn: libvirt.virConnect) -> Iterator[tuple[libvirt.virDomain, str,
         disk = make_disk(work / "disk.raw", size_mib=16)
         log = work / "serial.log"
         xml = domain_xml(
-            f"k3svirt-unittest-stats-{suffix}", kernel, initrd, disk=disk, serial_log=log,
-            memory_mib=96, domain_type=DOMAIN_TYPE,
+            f"k3svirt-unittest-stats-{suffix}",
+            kernel,
+            initrd,
+            disk=disk,
+            serial_log=log,
+            memory_mib=96,
+            domain_type=DOMAIN_TYPE,
             metadata=vm_metadata_xml(NAMESPACE, vm_name, uid=str(uuid.uuid4()), generation=1),
         )
         dom = conn.createXML(xml, 0)
@@ -113,9 +118,7 @@ def guest_vm(conn: libvirt.virConnect) -> Iterator[tuple[libvirt.virDomain, str,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _poll(
-    collector: StatsCollector, vm: str, pred: Callable[[VMStats], bool], timeout: float = 40.0
-) -> VMStats:
+def _poll(collector: StatsCollector, vm: str, pred: Callable[[VMStats], bool], timeout: float = 40.0) -> VMStats:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -158,19 +161,31 @@ def test_live_guest_stats_metrics_and_stop(
         first_disk = st.disks[0]
         assert first_disk.drive == "vda"
         st = _poll(collector, vm, lambda s: (s.disks[0].write_bytes_per_sec or 0) > 0)
-        st = _poll(collector, vm, lambda s: (s.disks[0].read_bytes_per_sec or 0) > 0
-                   and (s.disks[0].read_iops or 0) > 0)
-        st = _poll(collector, vm, lambda s: (s.disks[0].write_bytes_total or 0)
-                   > (first_disk.write_bytes_total or 0)
-                   and (s.disks[0].read_ops_total or 0) > (first_disk.read_ops_total or 0))
+        st = _poll(
+            collector, vm, lambda s: (s.disks[0].read_bytes_per_sec or 0) > 0 and (s.disks[0].read_iops or 0) > 0
+        )
+        st = _poll(
+            collector,
+            vm,
+            lambda s: (
+                (s.disks[0].write_bytes_total or 0) > (first_disk.write_bytes_total or 0)
+                and (s.disks[0].read_ops_total or 0) > (first_disk.read_ops_total or 0)
+            ),
+        )
 
         # network: counters move and tx rate shows up
         first_net = st.nets[0]
-        st = _poll(collector, vm, lambda s: (s.nets[0].rate("tx_bytes") or 0) > 0
-                   and (s.nets[0].rate("tx_pkts") or 0) > 0)
-        st = _poll(collector, vm, lambda s: (s.nets[0].total("rx_bytes") or 0)
-                   > (first_net.total("rx_bytes") or 0)
-                   and (s.nets[0].total("tx_bytes") or 0) > (first_net.total("tx_bytes") or 0))
+        st = _poll(
+            collector, vm, lambda s: (s.nets[0].rate("tx_bytes") or 0) > 0 and (s.nets[0].rate("tx_pkts") or 0) > 0
+        )
+        st = _poll(
+            collector,
+            vm,
+            lambda s: (
+                (s.nets[0].total("rx_bytes") or 0) > (first_net.total("rx_bytes") or 0)
+                and (s.nets[0].total("tx_bytes") or 0) > (first_net.total("tx_bytes") or 0)
+            ),
+        )
 
         # guest balloon driver reports guest-side memory (stats period 2 s)
         st = _poll(collector, vm, lambda s: s.memory.available_bytes is not None)
@@ -209,11 +224,13 @@ def test_live_guest_stats_metrics_and_stop(
             assert mine[0].labels["namespace"] == NAMESPACE and mine[0].labels["node"] == "test-node"
         vcpu = [s for s in fams["k3svirt_vmi_vcpu_seconds"].samples if s.labels["name"] == vm]
         assert vcpu[0].labels["id"] == "0" and vcpu[0].name == "k3svirt_vmi_vcpu_seconds_total"
-        drives = {s.labels["drive"] for s in fams["k3svirt_vmi_storage_read_traffic_bytes"].samples
-                  if s.labels["name"] == vm}
+        drives = {
+            s.labels["drive"] for s in fams["k3svirt_vmi_storage_read_traffic_bytes"].samples if s.labels["name"] == vm
+        }
         assert drives == {"vda"}
-        ifaces = {s.labels["interface"] for s in fams["k3svirt_vmi_network_receive_bytes"].samples
-                  if s.labels["name"] == vm}
+        ifaces = {
+            s.labels["interface"] for s in fams["k3svirt_vmi_network_receive_bytes"].samples if s.labels["name"] == vm
+        }
         assert len(ifaces) == 1
 
         # JSON per VM, summary, healthz

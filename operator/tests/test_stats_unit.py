@@ -17,35 +17,77 @@ from prometheus_client.parser import text_string_to_metric_families
 REF = VMRef("default", "vm1", "uid-1", 3)
 
 
-def record(cpu_s: float, *, vcpu_s: tuple[float, ...] = (), rd: int = 0, wr: int = 0, rdq: int = 0,
-           wrq: int = 0, rx: int = 0, tx: int = 0, rxp: int = 0, txp: int = 0, balloon_guest: bool = True,
-           state: int = 1) -> dict:
+def record(
+    cpu_s: float,
+    *,
+    vcpu_s: tuple[float, ...] = (),
+    rd: int = 0,
+    wr: int = 0,
+    rdq: int = 0,
+    wrq: int = 0,
+    rx: int = 0,
+    tx: int = 0,
+    rxp: int = 0,
+    txp: int = 0,
+    balloon_guest: bool = True,
+    state: int = 1,
+) -> dict:
     rec = {
-        "state.state": state, "state.reason": 1,
-        "cpu.time": int(cpu_s * 1e9), "cpu.user": int(cpu_s * 0.8e9), "cpu.system": int(cpu_s * 0.2e9),
-        "balloon.current": 98304, "balloon.maximum": 98304, "balloon.rss": 200000,
-        "vcpu.current": len(vcpu_s), "vcpu.maximum": len(vcpu_s),
+        "state.state": state,
+        "state.reason": 1,
+        "cpu.time": int(cpu_s * 1e9),
+        "cpu.user": int(cpu_s * 0.8e9),
+        "cpu.system": int(cpu_s * 0.2e9),
+        "balloon.current": 98304,
+        "balloon.maximum": 98304,
+        "balloon.rss": 200000,
+        "vcpu.current": len(vcpu_s),
+        "vcpu.maximum": len(vcpu_s),
         "block.count": 2,
-        "block.0.name": "vda", "block.0.rd.bytes": rd, "block.0.wr.bytes": wr,
-        "block.0.rd.reqs": rdq, "block.0.wr.reqs": wrq, "block.0.rd.times": 5, "block.0.wr.times": 7,
-        "block.0.fl.reqs": 1, "block.0.fl.times": 9, "block.0.capacity": 16 << 20,
-        "block.1.name": "sda", "block.1.path": "",  # empty cdrom: no counters
-        "net.count": 1, "net.0.name": "vnet3",
-        "net.0.rx.bytes": rx, "net.0.rx.pkts": rxp, "net.0.rx.errs": 0, "net.0.rx.drop": 1,
-        "net.0.tx.bytes": tx, "net.0.tx.pkts": txp, "net.0.tx.errs": 0, "net.0.tx.drop": 0,
+        "block.0.name": "vda",
+        "block.0.rd.bytes": rd,
+        "block.0.wr.bytes": wr,
+        "block.0.rd.reqs": rdq,
+        "block.0.wr.reqs": wrq,
+        "block.0.rd.times": 5,
+        "block.0.wr.times": 7,
+        "block.0.fl.reqs": 1,
+        "block.0.fl.times": 9,
+        "block.0.capacity": 16 << 20,
+        "block.1.name": "sda",
+        "block.1.path": "",  # empty cdrom: no counters
+        "net.count": 1,
+        "net.0.name": "vnet3",
+        "net.0.rx.bytes": rx,
+        "net.0.rx.pkts": rxp,
+        "net.0.rx.errs": 0,
+        "net.0.rx.drop": 1,
+        "net.0.tx.bytes": tx,
+        "net.0.tx.pkts": txp,
+        "net.0.tx.errs": 0,
+        "net.0.tx.drop": 0,
     }
     for i, t in enumerate(vcpu_s):
         rec[f"vcpu.{i}.state"] = 1
         rec[f"vcpu.{i}.time"] = int(t * 1e9)
     if balloon_guest:
-        rec.update({"balloon.available": 62012, "balloon.unused": 33400, "balloon.usable": 39928,
-                    "balloon.major_fault": 2, "balloon.minor_fault": 5778, "balloon.swap_in": 0})
+        rec.update(
+            {
+                "balloon.available": 62012,
+                "balloon.unused": 33400,
+                "balloon.usable": 39928,
+                "balloon.major_fault": 2,
+                "balloon.minor_fault": 5778,
+                "balloon.swap_in": 0,
+            }
+        )
     return rec
 
 
 def raw(t: float, rec: dict, dom_id: int = 5, uuid: str = "u-1", labels: dict | None = None) -> RawSample:
-    return parse_record(rec, uuid=uuid, domain="default_vm1", monotonic=t, wall=1_700_000_000 + t,
-                        dom_id=dom_id, labels=labels)
+    return parse_record(
+        rec, uuid=uuid, domain="default_vm1", monotonic=t, wall=1_700_000_000 + t, dom_id=dom_id, labels=labels
+    )
 
 
 def test_parse_record_fields() -> None:
@@ -72,8 +114,7 @@ def test_derive_first_sample_has_totals_but_no_rates() -> None:
 
 def test_derive_rates() -> None:
     a = raw(10.0, record(1.0, vcpu_s=(0.5, 0.5), rd=1000, wr=0, rdq=10, wrq=0, rx=500, tx=100, rxp=5, txp=1))
-    b = raw(12.0, record(2.5, vcpu_s=(1.5, 0.9), rd=5000, wr=8192, rdq=30, wrq=4, rx=2500, tx=300, rxp=25,
-                         txp=5))
+    b = raw(12.0, record(2.5, vcpu_s=(1.5, 0.9), rd=5000, wr=8192, rdq=30, wrq=4, rx=2500, tx=300, rxp=25, txp=5))
     st = derive(a, b, REF)
     assert st.interval_seconds == pytest.approx(2.0)
     assert st.cpu.usage_percent == pytest.approx(75.0)  # 1.5 s CPU over 2 s = 75 % of one host CPU
@@ -319,8 +360,7 @@ def test_collector_staleness_errors_and_http() -> None:
     conn, clock = FakeConn(), Clock()
     d = FakeDomain("u1", "ns1_vm1", 1, '<vm namespace="ns1" name="vm1" uid="uid-9" generation="2"/>')
     conn.domains["u1"] = (d, record(1.0, vcpu_s=(1.0,), rd=10, rx=10))
-    coll = StatsCollector(lambda: conn, node_name="node-a", interval=2.0,
-                          sampler=make_sampler(conn, clock))
+    coll = StatsCollector(lambda: conn, node_name="node-a", interval=2.0, sampler=make_sampler(conn, clock))
     assert coll.stale_after == 5.0
     assert coll.get("ns1", "vm1") is None
     coll.sample_once()
@@ -402,9 +442,12 @@ def test_interval_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _skipped(rec: dict) -> dict:
     """What libvirt returns with NOWAIT while another job holds the domain: no guarded groups."""
-    out = {k: v for k, v in rec.items()
-           if not k.startswith("block.") and not (k.startswith("balloon.") and k not in
-                                                  ("balloon.current", "balloon.maximum"))}
+    out = {
+        k: v
+        for k, v in rec.items()
+        if not k.startswith("block.")
+        and not (k.startswith("balloon.") and k not in ("balloon.current", "balloon.maximum"))
+    }
     out["block.count"] = 0
     return out
 

@@ -19,7 +19,6 @@ CHART = REPO / "charts" / "k3svirt"
 HELM_SH = Path(__file__).resolve().parent / "helm.sh"
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Building helm from source takes ~6 minutes on 2 cores the first time (then it is cached): give the
     test that happens to trigger it more than the suite's default 600 s."""
@@ -40,8 +39,9 @@ def helm() -> str:
 def run(cmd: list[str], *, input: str | None = None, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=300, **kw)
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}", pytrace=False
+        )
     return proc
 
 
@@ -49,8 +49,9 @@ def run(cmd: list[str], *, input: str | None = None, check: bool = True, **kw: A
 def render(helm: str) -> Callable[..., list[dict[str, Any]]]:
     """render(*helm_args, namespace=..., include_crds=False) -> the rendered objects."""
 
-    def _render(*args: str, namespace: str = "k3svirt-system", release: str = "k3svirt",
-                include_crds: bool = False) -> list[dict[str, Any]]:
+    def _render(
+        *args: str, namespace: str = "k3svirt-system", release: str = "k3svirt", include_crds: bool = False
+    ) -> list[dict[str, Any]]:
         cmd = [helm, "template", release, str(CHART), "--namespace", namespace, *args]
         if include_crds:
             cmd.append("--include-crds")

@@ -26,17 +26,21 @@ Perm = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 # kopf 1.45 running with clusterwide=True, standalone=True (operator/k3svirt_operator/main.py):
 KOPF_CLUSTERWIDE: set[Perm] = {
-    ("", "namespaces", "list"), ("", "namespaces", "watch"),          # namespace observation
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),   # resource scanning
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),  # namespace observation
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),  # resource scanning
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
 # Granted on purpose beyond the calls found in the code (each with its reason).
 OPERATOR_EXTRAS: set[Perm] = {
-    ("", "nodes", "get"),                       # its own Node's labels (nodeSelector matching)
-    ("", "events", "patch"),                    # kopf aggregates repeated events
-    ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
-    *{(G, f"{p}/status", "get") for p in (names.VM_PLURAL, names.VMTEMPLATE_PLURAL,
-                                          names.PCIPASSTHROUGH_PLURAL, names.NODEPCIINVENTORY_PLURAL)},
+    ("", "nodes", "get"),  # its own Node's labels (nodeSelector matching)
+    ("", "events", "patch"),  # kopf aggregates repeated events
+    ("events.k8s.io", "events", "create"),
+    ("events.k8s.io", "events", "patch"),
+    *{
+        (G, f"{p}/status", "get")
+        for p in (names.VM_PLURAL, names.VMTEMPLATE_PLURAL, names.PCIPASSTHROUGH_PLURAL, names.NODEPCIINVENTORY_PLURAL)
+    },
     (G, names.NODEPCIINVENTORY_PLURAL, "get"),
     (G, names.PCIPASSTHROUGH_PLURAL, "get"),
     (G, names.VM_PLURAL, "get"),
@@ -135,7 +139,8 @@ def gateway_calls() -> list[tuple[str, Perm]]:
                 continue
             target = node.func.value
             is_kube = (isinstance(target, ast.Call) and getattr(target.func, "id", "") == "kube") or (
-                isinstance(target, ast.Attribute) and target.attr == "kube")
+                isinstance(target, ast.Attribute) and target.attr == "kube"
+            )
             if not is_kube or node.func.attr not in {"get", "post", "put", "patch", "delete", "request", "text"}:
                 continue
             args = list(node.args)
@@ -164,8 +169,11 @@ def gateway_calls() -> list[tuple[str, Perm]]:
 
 
 # k3svirt_gateway/cache.py lists and watches these kinds cluster-wide (one informer each).
-CACHE_CALLS = [(f"rest-gateway/k3svirt_gateway/cache.py ({plural})", (G, plural, verb))
-               for plural in (names.VM_PLURAL, names.VMTEMPLATE_PLURAL) for verb in ("list", "watch")]
+CACHE_CALLS = [
+    (f"rest-gateway/k3svirt_gateway/cache.py ({plural})", (G, plural, verb))
+    for plural in (names.VM_PLURAL, names.VMTEMPLATE_PLURAL)
+    for verb in ("list", "watch")
+]
 
 
 def test_gateway_calls_are_found() -> None:
@@ -196,8 +204,10 @@ def test_gateway_reads_only_its_own_secret(render, existing: str) -> None:
     (rule,) = role["rules"]
     name = existing or find(objs, "Secret", "-api-keys")["metadata"]["name"]
     assert rule == {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [name], "verbs": ["get"]}
-    env = {e["name"]: e.get("value") for e in
-           find(objs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in find(objs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["K3SVIRT_API_KEYS_SECRET"] == f"k3svirt-system/{name}"
 
 
@@ -215,8 +225,11 @@ def test_bindings_point_at_the_service_accounts(rendered) -> None:
 def installed_rbac(kubeconfig: str, render) -> Iterator[tuple[str, list[dict]]]:
     """The chart's ServiceAccounts, Secret and (Cluster)Roles + bindings created for real, then removed."""
     ns = f"t-rbac-{uuid.uuid4().hex[:8]}"
-    objs = [o for o in render(namespace=ns, release=ns)
-            if o["kind"] in {"ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}]
+    objs = [
+        o
+        for o in render(namespace=ns, release=ns)
+        if o["kind"] in {"ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    ]
     kube = ["kubectl", "--kubeconfig", kubeconfig]
     run([*kube, "create", "namespace", ns])
     try:
@@ -233,12 +246,20 @@ def _allowed(api_client, ns: str, sa: str, perm: Perm, namespace: str = "", name
 
     group, res, verb = perm
     resource, _, sub = res.partition("/")
-    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-        user=f"system:serviceaccount:{ns}:{sa}",
-        groups=["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
-        resource_attributes=client.V1ResourceAttributes(
-            group=group, resource=resource, subresource=sub or None, verb=verb,
-            namespace=namespace or None, name=name or None)))
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=f"system:serviceaccount:{ns}:{sa}",
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+            resource_attributes=client.V1ResourceAttributes(
+                group=group,
+                resource=resource,
+                subresource=sub or None,
+                verb=verb,
+                namespace=namespace or None,
+                name=name or None,
+            ),
+        )
+    )
     return client.AuthorizationV1Api(api_client).create_subject_access_review(review).status.allowed
 
 
@@ -253,8 +274,11 @@ def test_api_server_authorizes_what_the_code_needs(installed_rbac, k8s_api_clien
 
 def test_api_server_limits_the_gateway_to_its_own_secret(installed_rbac, k8s_api_client) -> None:
     ns, objs = installed_rbac
-    gw = next(o["metadata"]["name"] for o in objs
-              if o["kind"] == "ServiceAccount" and o["metadata"]["name"].endswith("-gateway"))
+    gw = next(
+        o["metadata"]["name"]
+        for o in objs
+        if o["kind"] == "ServiceAccount" and o["metadata"]["name"].endswith("-gateway")
+    )
     secret = next(o["metadata"]["name"] for o in objs if o["kind"] == "Secret")
     get = ("", "secrets", "get")
     assert _allowed(k8s_api_client, ns, gw, get, namespace=ns, name=secret)

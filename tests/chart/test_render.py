@@ -12,12 +12,22 @@ from .conftest import CHART, REPO, find, run
 VARIANTS = {
     "defaults": [],
     "file-keys+existing-secret+namespace": [
-        "--set", "gateway.apiKeys.mode=file", "--set", "gateway.apiKeys.existingSecret=my-keys",
-        "--set", "namespace.create=true",
+        "--set",
+        "gateway.apiKeys.mode=file",
+        "--set",
+        "gateway.apiKeys.existingSecret=my-keys",
+        "--set",
+        "namespace.create=true",
     ],
     "nodeport+templates-elsewhere": [
-        "--set", "gateway.service.type=NodePort", "--set", "gateway.service.nodePort=30080",
-        "--set", "vmTemplates.namespaces={default,vms}", "--set", "vmTemplates.keep=true",
+        "--set",
+        "gateway.service.type=NodePort",
+        "--set",
+        "gateway.service.nodePort=30080",
+        "--set",
+        "vmTemplates.namespaces={default,vms}",
+        "--set",
+        "vmTemplates.keep=true",
     ],
     "operator-only": ["--set", "gateway.enabled=false", "--set", "vmTemplates.enabled=false"],
 }
@@ -48,8 +58,18 @@ def test_template_renders(render, variant: str) -> None:
 
 def test_default_objects(rendered) -> None:
     kinds = sorted({o["kind"] for o in rendered})
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment", "Role", "RoleBinding",
-                     "Secret", "Service", "ServiceAccount", "VMTemplate"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+        "VMTemplate",
+    ]
 
 
 def test_operator_daemonset(rendered) -> None:
@@ -67,9 +87,16 @@ def test_operator_daemonset(rendered) -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["ports"][0]["containerPort"] == 9470
     mounts = {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]}
-    assert mounts == {"/var/run/libvirt": False, "/var/lib/k3svirt": False, "/sys": False, "/dev": False,
-                      "/boot": True, "/lib/modules": True, "/var/lib/k3svirt-volumes": False,
-                      "/var/lib/k3svirt-images": True}
+    assert mounts == {
+        "/var/run/libvirt": False,
+        "/var/lib/k3svirt": False,
+        "/sys": False,
+        "/dev": False,
+        "/boot": True,
+        "/lib/modules": True,
+        "/var/lib/k3svirt-volumes": False,
+        "/var/lib/k3svirt-images": True,
+    }
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["K3SVIRT_VOLUME_DIRS"] == "/var/lib/k3svirt-volumes"
     assert env["K3SVIRT_IMAGE_DIRS"] == "/var/lib/k3svirt-images"
@@ -133,4 +160,3 @@ def test_file_mode_mounts_the_secret(render) -> None:
 def test_malformed_hashed_key_fails_render(helm: str, bad: str) -> None:
     proc = run([helm, "template", "x", str(CHART), "--set", f"gateway.apiKeys.hashed={{{bad}}}"], check=False)
     assert proc.returncode != 0 and "gateway.apiKeys.hashed" in proc.stderr
-

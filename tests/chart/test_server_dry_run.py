@@ -31,16 +31,35 @@ def dump(objs) -> str:
 def crds_installed(kubeconfig: str, render) -> None:
     crds = [o for o in render(include_crds=True) if o["kind"] == "CustomResourceDefinition"]
     assert len(crds) == 4
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "--field-manager=k3svirt-chart-test",
-            "-f", "-", input=dump(crds))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-            *[f"crd/{o['metadata']['name']}" for o in crds])
+    kubectl(
+        kubeconfig,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=k3svirt-chart-test",
+        "-f",
+        "-",
+        input=dump(crds),
+    )
+    kubectl(
+        kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *[f"crd/{o['metadata']['name']}" for o in crds],
+    )
 
 
 def fresh_namespace(kubeconfig: str, profile: str) -> Iterator[str]:
     ns = f"t-chart-{uuid.uuid4().hex[:8]}"
-    obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
-        f"pod-security.kubernetes.io/{mode}": profile for mode in ("enforce", "warn", "audit")}}}
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": ns,
+            "labels": {f"pod-security.kubernetes.io/{mode}": profile for mode in ("enforce", "warn", "audit")},
+        },
+    }
     kubectl(kubeconfig, "create", "-f", "-", input=yaml.safe_dump(obj))
     try:
         yield ns
@@ -66,13 +85,18 @@ def dry_run(kubeconfig: str, objs) -> str:
     return proc.stderr
 
 
-@pytest.mark.parametrize("args", [
-    [],
-    ["--set", "gateway.apiKeys.mode=file", "--set", "gateway.apiKeys.hashed={admin:admin:sha256:" + "0" * 64 + "}"],
-    ["--set", "namespace.create=true", "--set", "gateway.service.type=NodePort"],
-], ids=["defaults", "file-keys", "namespace+nodeport"])
-def test_server_accepts_every_manifest(kubeconfig: str, crds_installed: None, render, privileged_ns: str,
-                                       args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--set", "gateway.apiKeys.mode=file", "--set", "gateway.apiKeys.hashed={admin:admin:sha256:" + "0" * 64 + "}"],
+        ["--set", "namespace.create=true", "--set", "gateway.service.type=NodePort"],
+    ],
+    ids=["defaults", "file-keys", "namespace+nodeport"],
+)
+def test_server_accepts_every_manifest(
+    kubeconfig: str, crds_installed: None, render, privileged_ns: str, args: list[str]
+) -> None:
     objs = render(*args, namespace=privileged_ns, release=privileged_ns)
     assert {"DaemonSet", "Deployment", "VMTemplate", "ClusterRole"} <= {o["kind"] for o in objs}
     warnings = dry_run(kubeconfig, objs)
@@ -85,19 +109,27 @@ def test_gateway_meets_restricted_profile(kubeconfig: str, crds_installed: None,
     assert PSA_WARNING not in warnings, warnings
 
 
-def test_operator_is_flagged_in_restricted_namespace(kubeconfig: str, crds_installed: None, render,
-                                                     restricted_ns: str) -> None:
+def test_operator_is_flagged_in_restricted_namespace(
+    kubeconfig: str, crds_installed: None, render, restricted_ns: str
+) -> None:
     """The check above is live: the privileged operator does draw PodSecurity warnings there."""
-    objs = render("--set", "gateway.enabled=false", "--set", "vmTemplates.enabled=false",
-                  namespace=restricted_ns, release=restricted_ns)
+    objs = render(
+        "--set",
+        "gateway.enabled=false",
+        "--set",
+        "vmTemplates.enabled=false",
+        namespace=restricted_ns,
+        release=restricted_ns,
+    )
     warnings = dry_run(kubeconfig, objs)
     assert PSA_WARNING in warnings and "privileged" in warnings
 
 
 def test_helm_install_dry_run_and_notes(helm: str, kubeconfig: str, crds_installed: None, privileged_ns: str) -> None:
     """helm's own install path against the real API server (nothing is created), and the NOTES it prints."""
-    proc = run([helm, "install", "k3svirt", str(CHART), "--kubeconfig", kubeconfig, "-n", privileged_ns,
-                "--dry-run=server"])
+    proc = run(
+        [helm, "install", "k3svirt", str(CHART), "--kubeconfig", kubeconfig, "-n", privileged_ns, "--dry-run=server"]
+    )
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "port-forward svc/k3svirt-gateway 8080:80" in notes
     assert "python -m k3svirt_gateway.keys add admin --role admin --file" in notes

@@ -31,8 +31,9 @@ class Operator:
 
     def start(self) -> None:
         out = self.log.open("ab")
-        self.proc = subprocess.Popen([str(REPO / ".venv/bin/k3svirt-operator")], env=self.env,
-                                     stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [str(REPO / ".venv/bin/k3svirt-operator")], env=self.env, stdout=out, stderr=subprocess.STDOUT
+        )
         url = f"http://127.0.0.1:{self.env['K3SVIRT_METRICS_PORT']}/healthz"
         wait_until(lambda: _http_ok(url), 90, f"operator did not come up; log: {self.log}")
 
@@ -71,9 +72,16 @@ def wait_until(pred: Callable[[], object], timeout: float, message: str, interva
 
 @pytest.fixture(scope="module")
 def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    env = {**os.environ, **testbed, "K3SVIRT_NODE_NAME": "e2e-node", "K3SVIRT_STOP_GRACE_SECONDS": "3",
-           "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STATS_INTERVAL": "1",
-           "K3SVIRT_STATUS_SUMMARY_SECONDS": "5", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        **testbed,
+        "K3SVIRT_NODE_NAME": "e2e-node",
+        "K3SVIRT_STOP_GRACE_SECONDS": "3",
+        "K3SVIRT_METRICS_PORT": str(free_port()),
+        "K3SVIRT_STATS_INTERVAL": "1",
+        "K3SVIRT_STATUS_SUMMARY_SECONDS": "5",
+        "PYTHONUNBUFFERED": "1",
+    }
     op = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op
@@ -82,8 +90,9 @@ def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
 
 def kubectl(kubeconfig: str, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        ["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin, capture_output=True, text=True, timeout=180
+    )
     if check:
         assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
     return proc
@@ -106,8 +115,13 @@ def tiny_vm(name: str, guest, **spec_overrides: object) -> dict:
         "nodeName": "e2e-node",
         "cpu": {"cores": 1},
         "memory": {"size": "128Mi"},
-        "boot": {"kernel": {"path": str(guest.kernel), "initrdPath": str(guest.initrd),
-                            "cmdline": f"console=ttyS0 quiet k3svirt.hostname={name}"}},
+        "boot": {
+            "kernel": {
+                "path": str(guest.kernel),
+                "initrdPath": str(guest.initrd),
+                "cmdline": f"console=ttyS0 quiet k3svirt.hostname={name}",
+            }
+        },
         "disks": [{"name": "scratch", "size": "64Mi", "source": {"blank": {}}}],
         "networks": [{"name": "default", "nat": {"network": "default"}}],
     }

@@ -16,6 +16,7 @@ def _vm(kubeconfig: str, ns: str, name: str) -> dict:
 
 def _wait_failed(kubeconfig: str, ns: str, name: str, timeout: float, message: str) -> dict:
     """The VM's status once printableStatus is Failed."""
+
     def failed() -> dict | None:
         st = _vm(kubeconfig, ns, name).get("status") or {}
         return st if st.get("printableStatus") == "Failed" else None
@@ -49,16 +50,22 @@ def test_apply_ready_console_stop_start_restart_drift_delete(kubeconfig, namespa
 
     # The guest really runs: its marker shows in the console log the operator reports.
     console = Path(vm["status"]["consoleLog"])
-    wait_until(lambda: console.exists() and tiny_guest.marker in console.read_text(errors="replace"), 60,
-               f"no {tiny_guest.marker} in {console}")
+    wait_until(
+        lambda: console.exists() and tiny_guest.marker in console.read_text(errors="replace"),
+        60,
+        f"no {tiny_guest.marker} in {console}",
+    )
 
     # Stop and start through runStrategy, as kubectl/GitOps would.
     _set_run_strategy(kubeconfig, namespace, name, "Halted")
     wait_until(lambda: _domstate(domain) == "shut off", 60, "the domain did not stop")
     # ... by an ACPI shutdown the guest honoured (the tiny guest's acpid), not by a destroy
     assert "K3SVIRT-GUEST-POWEROFF" in console.read_text(errors="replace")
-    wait_until(lambda: _vm(kubeconfig, namespace, name)["status"]["printableStatus"] == "Stopped", 30,
-               "status did not say Stopped")
+    wait_until(
+        lambda: _vm(kubeconfig, namespace, name)["status"]["printableStatus"] == "Stopped",
+        30,
+        "status did not say Stopped",
+    )
     _set_run_strategy(kubeconfig, namespace, name, "Always")
     kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", f"vm/{name}", "--timeout=60s")
     assert _domstate(domain) == "running"
@@ -66,12 +73,19 @@ def test_apply_ready_console_stop_start_restart_drift_delete(kubeconfig, namespa
     # Restart through the one-shot action annotation: a new QEMU process, the request recorded.
     before = _domid(domain)
     request = f"restart/{uuid.uuid4().hex[:8]}"
-    kubectl(kubeconfig, "annotate", "-n", namespace, f"vm/{name}", f"k3svirt.io/action-request={request}",
-            "--overwrite")
-    wait_until(lambda: _vm(kubeconfig, namespace, name)["status"].get("lastActionRequest") == request, 60,
-               "restart request not recorded")
-    wait_until(lambda: _domstate(domain) == "running" and _domid(domain) not in ("", "-", before), 60,
-               "the domain was not restarted")
+    kubectl(
+        kubeconfig, "annotate", "-n", namespace, f"vm/{name}", f"k3svirt.io/action-request={request}", "--overwrite"
+    )
+    wait_until(
+        lambda: _vm(kubeconfig, namespace, name)["status"].get("lastActionRequest") == request,
+        60,
+        "restart request not recorded",
+    )
+    wait_until(
+        lambda: _domstate(domain) == "running" and _domid(domain) not in ("", "-", before),
+        60,
+        "the domain was not restarted",
+    )
 
     # Drift: destroyed behind the operator's back -> started again without any API change.
     boots = console.read_text(errors="replace").count(tiny_guest.marker)
@@ -83,8 +97,11 @@ def test_apply_ready_console_stop_start_restart_drift_delete(kubeconfig, namespa
 
     # Delete: domain, disks and seed are gone. (First let the repaired guest finish booting: a guest
     # still in early boot has no ACPI handler yet and would be destroyed after the grace.)
-    wait_until(lambda: console.read_text(errors="replace").count(tiny_guest.marker) > boots, 60,
-               "the repaired guest did not boot")
+    wait_until(
+        lambda: console.read_text(errors="replace").count(tiny_guest.marker) > boots,
+        60,
+        "the repaired guest did not boot",
+    )
     vm_dir = console.parent
     assert (vm_dir / "scratch.qcow2").exists()
     kubectl(kubeconfig, "delete", "-n", namespace, f"vm/{name}", "--timeout=60s")
@@ -131,8 +148,12 @@ def test_invalid_manifests_are_refused_naming_the_field(kubeconfig, namespace):
 
 
 def test_unknown_template_becomes_a_failed_condition(kubeconfig, namespace, operator):
-    vm = {"apiVersion": "k3svirt.io/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": "orphan"},
-          "spec": {"nodeName": "e2e-node", "template": {"name": "no-such-template"}}}
+    vm = {
+        "apiVersion": "k3svirt.io/v1alpha1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "orphan"},
+        "spec": {"nodeName": "e2e-node", "template": {"name": "no-such-template"}},
+    }
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
 
     status = _wait_failed(kubeconfig, namespace, "orphan", 30, "no Failed status for an unknown template")
@@ -150,8 +171,11 @@ def test_libvirtd_restart_is_survived(kubeconfig, namespace, operator, tiny_gues
     before = _domid(domain)
 
     subprocess.run(["pkill", "-x", "libvirtd"], check=True)
-    wait_until(lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0, 30,
-               "libvirtd did not exit")
+    wait_until(
+        lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0,
+        30,
+        "libvirtd did not exit",
+    )
     subprocess.run(["libvirtd", "-d"], check=True)
     wait_until(lambda: virsh("version", check=False), 30, "libvirtd did not come back")
     assert _domid(domain) == before  # QEMU outlives libvirtd; nothing was restarted
@@ -176,8 +200,9 @@ def test_host_paths_outside_the_allowed_dirs_are_refused(kubeconfig, namespace, 
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/thief", "--timeout=60s")
 
 
-def test_start_failure_is_a_condition_with_backoff_and_a_fixed_spec_recovers(kubeconfig, namespace, operator,
-                                                                              tiny_guest):
+def test_start_failure_is_a_condition_with_backoff_and_a_fixed_spec_recovers(
+    kubeconfig, namespace, operator, tiny_guest
+):
     vm = tiny_vm("greedy", tiny_guest, memory={"size": "900Ti"})
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
 
@@ -189,7 +214,15 @@ def test_start_failure_is_a_condition_with_backoff_and_a_fixed_spec_recovers(kub
     assert sum(e.get("count", 1) for e in events["items"] if e["reason"] == "StartFailed") == 1
 
     # Fixing the spec retries at once and the VM runs.
-    kubectl(kubeconfig, "patch", "-n", namespace, "vm/greedy", "--type=merge", "-p",
-            json.dumps({"spec": {"memory": {"size": "128Mi"}}}))
+    kubectl(
+        kubeconfig,
+        "patch",
+        "-n",
+        namespace,
+        "vm/greedy",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"memory": {"size": "128Mi"}}}),
+    )
     kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", "vm/greedy", "--timeout=60s")
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/greedy", "--timeout=60s")

@@ -13,8 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from .conftest import get_json, kubectl, tiny_vm, wait_until
 
 # Runs in the guest: burn CPU and write to the scratch disk, forever.
-BURN = "while true; do i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; " \
-       "dd if=/dev/zero of=/dev/vda bs=64k count=16 conv=fsync 2>/dev/null; done"
+BURN = (
+    "while true; do i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; "
+    "dd if=/dev/zero of=/dev/vda bs=64k count=16 conv=fsync 2>/dev/null; done"
+)
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -34,8 +36,14 @@ def test_running_guest_reports_cpu_disk_and_network(kubeconfig, namespace, opera
     kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", "vm/busy", "--timeout=120s")
 
     endpoint = wait_until(
-        lambda: (get_json(kubeconfig, "vm", "busy", "-n", namespace).get("status") or {})
-        .get("monitoring", {}).get("endpoint"), 30, "no status.monitoring.endpoint")
+        lambda: (
+            (get_json(kubeconfig, "vm", "busy", "-n", namespace).get("status") or {})
+            .get("monitoring", {})
+            .get("endpoint")
+        ),
+        30,
+        "no status.monitoring.endpoint",
+    )
 
     def busy_stats() -> dict | None:
         code, body = _get(endpoint)
@@ -58,13 +66,22 @@ def test_running_guest_reports_cpu_disk_and_network(kubeconfig, namespace, opera
     assert mine and mine[0].value > 0
 
     # The summary lands in status (every K3SVIRT_STATUS_SUMMARY_SECONDS=5 in these tests).
-    wait_until(lambda: (get_json(kubeconfig, "vm", "busy", "-n", namespace)["status"].get("monitoring") or {})
-               .get("cpuPercent"), 30, "no status.monitoring.cpuPercent")
+    wait_until(
+        lambda: (get_json(kubeconfig, "vm", "busy", "-n", namespace)["status"].get("monitoring") or {}).get(
+            "cpuPercent"
+        ),
+        30,
+        "no status.monitoring.cpuPercent",
+    )
 
     # The gateway finds the node endpoint through the VM's status and proxies it.
     keys = tmp_path / "keys"
-    key = subprocess.run([sys.executable, "-m", "k3svirt_gateway.keys", "add", "t", "--role", "read", "--file",
-                          str(keys)], capture_output=True, text=True, check=True).stdout.strip()
+    key = subprocess.run(
+        [sys.executable, "-m", "k3svirt_gateway.keys", "add", "t", "--role", "read", "--file", str(keys)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     from k3svirt_gateway.app import create_app
 
     client = create_app({"API_KEYS_FILE": str(keys), "KUBECONFIG": kubeconfig}).test_client()
@@ -75,7 +92,14 @@ def test_running_guest_reports_cpu_disk_and_network(kubeconfig, namespace, opera
     # A stopped VM has no stale rates: the node answers 404 and the gateway 409.
     kubectl(kubeconfig, "patch", "-n", namespace, "vm/busy", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
     wait_until(lambda: _get(endpoint)[0] == 404, 60, "stopped VM still has stats")
-    wait_until(lambda: client.get(f"/api/v1/vms/busy/stats?namespace={namespace}",
-                                  headers={"Authorization": f"Bearer {key}"}).status_code == 409, 60,
-               "gateway did not answer 409 for a stopped VM")
+    wait_until(
+        lambda: (
+            client.get(
+                f"/api/v1/vms/busy/stats?namespace={namespace}", headers={"Authorization": f"Bearer {key}"}
+            ).status_code
+            == 409
+        ),
+        60,
+        "gateway did not answer 409 for a stopped VM",
+    )
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/busy", "--timeout=60s")

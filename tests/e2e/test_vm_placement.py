@@ -13,8 +13,14 @@ def test_two_matching_nodes_one_claims_the_vm(kubeconfig, namespace, testbed, ti
 
     operators = []
     for node in ("pool-a", "pool-b"):
-        env = {**os.environ, **testbed, "K3SVIRT_NODE_NAME": node, "K3SVIRT_NODE_LABELS": "k3svirt.io/pool=e2e",
-               "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2"}
+        env = {
+            **os.environ,
+            **testbed,
+            "K3SVIRT_NODE_NAME": node,
+            "K3SVIRT_NODE_LABELS": "k3svirt.io/pool=e2e",
+            "K3SVIRT_METRICS_PORT": str(free_port()),
+            "K3SVIRT_STOP_GRACE_SECONDS": "2",
+        }
         op = Operator(env, tmp_path / f"{node}.log")
         op.start()
         operators.append(op)

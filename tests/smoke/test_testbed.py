@@ -47,8 +47,9 @@ def test_tiny_guest_boots_and_prints_its_marker(libvirt_conn, domain_type, tiny_
 
 
 def _kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -62,19 +63,32 @@ def test_api_server_creates_and_reads_a_crd(kubeconfig):
     suffix = uuid.uuid4().hex[:6]
     plural, group = f"smokes{suffix}", "smoke.k3svirt.io"
     crd = {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.{group}"},
-        "spec": {"group": group, "scope": "Namespaced",
-                 "names": {"plural": plural, "singular": f"smoke{suffix}", "kind": f"Smoke{suffix}"},
-                 "versions": [{"name": "v1", "served": True, "storage": True,
-                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                                   "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": f"smoke{suffix}", "kind": f"Smoke{suffix}"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}},
+                        }
+                    },
+                }
+            ],
+        },
     }
     _kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(crd))
     try:
         _kubectl(kubeconfig, "wait", "--for=condition=Established", f"crd/{plural}.{group}", "--timeout=60s")
-        obj = {"apiVersion": f"{group}/v1", "kind": f"Smoke{suffix}", "metadata": {"name": "one"},
-               "spec": {"size": 3}}
+        obj = {"apiVersion": f"{group}/v1", "kind": f"Smoke{suffix}", "metadata": {"name": "one"}, "spec": {"size": 3}}
         _kubectl(kubeconfig, "apply", "-n", "default", "-f", "-", stdin=json.dumps(obj))
         got = json.loads(_kubectl(kubeconfig, "get", plural, "one", "-n", "default", "-o", "json"))
         assert got["spec"]["size"] == 3

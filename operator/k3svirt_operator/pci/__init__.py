@@ -6,42 +6,40 @@ Pure functions over a sysfs root (``$K3SVIRT_SYSFS_ROOT``, default ``/sys``) and
 * ``node_inventory_status()``  -> NodePCIInventory.status
 * ``reconcile_passthrough()`` / ``release_passthrough()`` -> PCIPassthrough.status (binds / restores)
 * ``resolve_host_devices()``   -> the host addresses domain_xml renders as ``<hostdev>``
-* ``resolve_for_vm()`` / ``release_for_vm()`` -> the same, through the operator Runtime, marking
-  ``status.assignedTo`` (``assigned_status()`` / ``unassigned_status()`` are the pure parts)
+* ``Claims.assign()`` / ``Claims.release()`` -> the same for a VM, with the PCIPassthrough statuses
+  that record ``status.assignedTo`` (``plan_for_vm()`` / ``plan_release()`` are the pure parts),
+  which the handler writes after the pass
 
 See docs/pci-passthrough.md.
 """
 
 from .assignment import (
-    PHASE_ASSIGNED,
-    PHASE_AVAILABLE,
-    PHASE_BOUND,
-    PHASE_FAILED,
-    PHASE_PENDING,
+    Assignment,
     HostDeviceError,
     HostDeviceResolutionError,
     ResolvedHostDevice,
+    StatusPatch,
+    assigned_status,
     host_device_map,
     passthrough_names,
-    release_for_vm,
-    resolve_for_vm,
+    plan_for_vm,
+    plan_release,
     resolve_host_devices,
-)
-from .binding import BindError, BindPlan, Refusal, bind, modprobe, plan_bind, restore, select_device
-from .discovery import PCIDevice, inventory, iommu_enabled, list_devices, read_device
-from .reconcile import (
-    assigned_status,
-    node_inventory_status,
-    reconcile_passthrough,
-    release_passthrough,
     unassigned_status,
 )
+from .binding import BindError, BindPlan, Refusal, bind, modprobe, plan_bind, restore, select_device
+from .claims import Claims
+from .discovery import PCIDevice, inventory, iommu_enabled, list_devices, read_device
+from .phases import PHASE_ASSIGNED, PHASE_AVAILABLE, PHASE_BOUND, PHASE_FAILED, PHASE_PENDING
+from .reconcile import node_inventory_status, reconcile_passthrough, release_passthrough
 from .safety import HostFacts, gather_host_facts, load_denylist
 from .sysfs import address_parts, normalize_address
 
 __all__ = [
+    "Assignment",
     "BindError",
     "BindPlan",
+    "Claims",
     "HostDeviceError",
     "HostDeviceResolutionError",
     "HostFacts",
@@ -53,6 +51,7 @@ __all__ = [
     "PHASE_PENDING",
     "Refusal",
     "ResolvedHostDevice",
+    "StatusPatch",
     "address_parts",
     "assigned_status",
     "bind",
@@ -67,11 +66,11 @@ __all__ = [
     "normalize_address",
     "passthrough_names",
     "plan_bind",
+    "plan_for_vm",
+    "plan_release",
     "read_device",
     "reconcile_passthrough",
-    "release_for_vm",
     "release_passthrough",
-    "resolve_for_vm",
     "resolve_host_devices",
     "restore",
     "select_device",

@@ -8,20 +8,13 @@ this same VM), it is not reserved for another VM (``spec.assignTo``) and not ass
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from k3svirt_common import names
-
 from . import sysfs
-
-PHASE_PENDING = "Pending"
-PHASE_AVAILABLE = "Available"
-PHASE_BOUND = "Bound"
-PHASE_ASSIGNED = "Assigned"
-PHASE_FAILED = "Failed"
+from .conditions import COND_READY, set_condition
+from .phases import PHASE_ASSIGNED, PHASE_BOUND, PHASE_PENDING
 
 VFIO_DRIVERS = ("vfio-pci", "pci-stub")
 
@@ -101,8 +94,7 @@ def resolve_host_devices(
         spec, st = o.get("spec") or {}, o.get("status") or {}
         phase = st.get("phase") or PHASE_PENDING
         if spec.get("nodeName") != node:
-            err("WrongNode",
-                f"PCIPassthrough {pname} is on node {spec.get('nodeName')}, VM is on node {node}")
+            err("WrongNode", f"PCIPassthrough {pname} is on node {spec.get('nodeName')}, VM is on node {node}")
             continue
         reserved = _ref(spec.get("assignTo"))
         if reserved and reserved != me:
@@ -115,8 +107,11 @@ def resolve_host_devices(
         if phase not in (PHASE_BOUND, PHASE_ASSIGNED) or (phase == PHASE_ASSIGNED and assigned != me):
             err("NotBound", f"PCIPassthrough {pname} is not Bound (phase {phase})")
             continue
-        if (st.get("observedGeneration") is not None and (o["metadata"].get("generation") is not None)
-                and st["observedGeneration"] != o["metadata"]["generation"]):
+        if (
+            st.get("observedGeneration") is not None
+            and (o["metadata"].get("generation") is not None)
+            and st["observedGeneration"] != o["metadata"]["generation"]
+        ):
             err("NotBound", f"PCIPassthrough {pname} has a spec change not yet reconciled")
             continue
         address = st.get("address")
@@ -128,21 +123,33 @@ def resolve_host_devices(
             continue
         seen_addr[address] = pname
         members = st.get("groupMembers") or []
-        bad = [m for m in members if not m.get("isBridge")
-               and m.get("driver") not in (None, *VFIO_DRIVERS)]
+        bad = [m for m in members if not m.get("isBridge") and m.get("driver") not in (None, *VFIO_DRIVERS)]
         if bad:
             listing = ", ".join(f"{m['address']} ({m.get('driver')})" for m in bad)
-            err("GroupNotViable", f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is not "
-                f"viable: {listing} still on a host driver")
+            err(
+                "GroupNotViable",
+                f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is not "
+                f"viable: {listing} still on a host driver",
+            )
             continue
         clash = [f"{m['address']} is in VM {others[m['address']]}" for m in members if m["address"] in others]
         if clash:
-            err("GroupInOtherVM", f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is split: "
-                + "; ".join(clash) + " (a group can only belong to one VM)")
+            err(
+                "GroupInOtherVM",
+                f"IOMMU group {st.get('iommuGroup')} of PCIPassthrough {pname} is split: "
+                + "; ".join(clash)
+                + " (a group can only belong to one VM)",
+            )
             continue
-        out.append(ResolvedHostDevice(
-            name=name, passthrough=pname, address=address,
-            group_members=tuple(m["address"] for m in members), numa_node=st.get("numaNode")))
+        out.append(
+            ResolvedHostDevice(
+                name=name,
+                passthrough=pname,
+                address=address,
+                group_members=tuple(m["address"] for m in members),
+                numa_node=st.get("numaNode"),
+            )
+        )
     if errors:
         raise HostDeviceResolutionError(errors)
     return out
@@ -158,50 +165,70 @@ def passthrough_names(vm_spec: Mapping[str, Any]) -> list[str]:
     return [i["pciPassthrough"] for i in vm_spec.get("hostDevices") or [] if i.get("pciPassthrough")]
 
 
-# Kubernetes glue for the VM reconciler (handlers._resolve_host_devices) --------------------------
+# The claims a VM makes -------------------------------------------------------------------------
 
-# Resolution + marking status.assignedTo must not interleave between two VMs of this node.
-ASSIGN_LOCK = threading.Lock()
-
-
-def resolve_for_vm(rt: Any, vm: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str]:
-    """Resolve a VM's hostDevices on this node and mark the PCIPassthroughs ``Assigned`` to it.
-
-    ``rt`` is the operator Runtime (``list_objects``, ``patch_status``, ``settings.node_name``).
-    Returns ``{hostDevices[].name: address}`` for ``DomainContext.host_devices``; raises
-    :class:`HostDeviceResolutionError` (a ValueError). Entries dropped from the spec are unassigned.
-    """
-    from .reconcile import assigned_status  # noqa: PLC0415 - avoid an import cycle
-
-    with ASSIGN_LOCK:
-        objs = rt.list_objects(names.PCIPASSTHROUGH_PLURAL)
-        resolved = resolve_host_devices(spec, objs, rt.settings.node_name,
-                                        vm_namespace=vm["namespace"], vm_name=vm["name"])
-        by_name = {o["metadata"]["name"]: o for o in objs}
-        for d in resolved:
-            st = by_name[d.passthrough].get("status") or {}
-            if _ref(st.get("assignedTo")) != f"{vm['namespace']}/{vm['name']}":
-                rt.patch_status(names.PCIPASSTHROUGH_PLURAL, None, d.passthrough,
-                                assigned_status(st, vm["namespace"], vm["name"], vm.get("uid")))
-        _unassign(rt, objs, vm, keep={d.passthrough for d in resolved})
-    return host_device_map(resolved)
+StatusPatch = tuple[str, dict[str, Any]]  # (PCIPassthrough name, its new status)
 
 
-def release_for_vm(rt: Any, vm: Mapping[str, str]) -> list[str]:
-    """Clear ``status.assignedTo`` of every PCIPassthrough assigned to the VM (domain stopped/undefined,
-    VM deleted). Returns the names it released."""
-    with ASSIGN_LOCK:
-        return _unassign(rt, rt.list_objects(names.PCIPASSTHROUGH_PLURAL), vm, keep=set())
+@dataclass(frozen=True)
+class Assignment:
+    devices: dict[str, str]  # {hostDevices[].name: host address} for DomainContext.host_devices
+    patches: list[StatusPatch] = field(default_factory=list)  # statuses that record the claims
 
 
-def _unassign(rt: Any, objs: Iterable[Mapping[str, Any]], vm: Mapping[str, str], keep: set[str]) -> list[str]:
-    from .reconcile import unassigned_status  # noqa: PLC0415
-
+def plan_for_vm(
+    objs: Iterable[Mapping[str, Any]], node: str, vm: Mapping[str, str], spec: Mapping[str, Any]
+) -> Assignment:
+    """Resolve a VM's hostDevices on ``node`` and the status patches that mark its PCIPassthroughs
+    ``Assigned`` to it; entries dropped from the spec are unassigned. Raises
+    :class:`HostDeviceResolutionError` (a ValueError)."""
+    objs = list(objs)
     me = f"{vm['namespace']}/{vm['name']}"
+    resolved = resolve_host_devices(spec, objs, node, vm_namespace=vm["namespace"], vm_name=vm["name"])
+    by_name = {o["metadata"]["name"]: o for o in objs}
+    patches: list[StatusPatch] = []
+    for d in resolved:
+        st = by_name[d.passthrough].get("status") or {}
+        if _ref(st.get("assignedTo")) != me:
+            patches.append((d.passthrough, assigned_status(st, vm["namespace"], vm["name"], vm.get("uid"))))
+    patches += plan_release(objs, vm, keep={d.passthrough for d in resolved})
+    return Assignment(host_device_map(resolved), patches)
+
+
+def plan_release(
+    objs: Iterable[Mapping[str, Any]], vm: Mapping[str, str], keep: Iterable[str] = ()
+) -> list[StatusPatch]:
+    """The patches that clear ``status.assignedTo`` of every PCIPassthrough assigned to the VM
+    (but those in ``keep``): domain undefined, VM deleted, entry dropped from the spec."""
+    me, keep = f"{vm['namespace']}/{vm['name']}", set(keep)
     out = []
     for o in objs:
         name, st = o["metadata"]["name"], o.get("status") or {}
         if name not in keep and _ref(st.get("assignedTo")) == me:
-            rt.patch_status(names.PCIPASSTHROUGH_PLURAL, None, name, unassigned_status(st))
-            out.append(name)
+            out.append((name, unassigned_status(st)))
+    return out
+
+
+def assigned_status(
+    status: Mapping[str, Any], vm_namespace: str, vm_name: str, vm_uid: str | None = None, now: str | None = None
+) -> dict[str, Any]:
+    """Status that records a VM's claim on the device."""
+    who = {"namespace": vm_namespace, "name": vm_name}
+    if vm_uid:
+        who["uid"] = vm_uid
+    out = {**status, "assignedTo": who, "phase": PHASE_ASSIGNED, "printableStatus": PHASE_ASSIGNED}
+    out["conditions"] = set_condition(
+        status.get("conditions"), COND_READY, True, PHASE_ASSIGNED, f"assigned to VM {vm_namespace}/{vm_name}", now
+    )
+    return out
+
+
+def unassigned_status(status: Mapping[str, Any], now: str | None = None) -> dict[str, Any]:
+    """Status after the VM released the device (domain stopped/undefined or hostDevices entry removed)."""
+    out = {**status, "assignedTo": None}
+    if status.get("phase") == PHASE_ASSIGNED:
+        out["phase"] = out["printableStatus"] = PHASE_BOUND
+        out["conditions"] = set_condition(
+            status.get("conditions"), COND_READY, True, PHASE_BOUND, f"{status.get('address')} is bound and free", now
+        )
     return out

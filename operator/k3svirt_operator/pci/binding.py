@@ -66,8 +66,12 @@ class GroupMember:
     claimed_by: str | None = None  # another PCIPassthrough that names this function
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "driver": self.driver, "isBridge": self.is_bridge,
-                "claimedBy": self.claimed_by}
+        return {
+            "address": self.address,
+            "driver": self.driver,
+            "isBridge": self.is_bridge,
+            "claimedBy": self.claimed_by,
+        }
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class BindError(Exception):
 
 # Selection -------------------------------------------------------------------------------------
 
+
 def _norm_hex(v: Any) -> str:
     s = str(v).strip().lower()
     return s[2:] if s.startswith("0x") else s
@@ -122,22 +127,31 @@ def select_device(spec: Mapping[str, Any], inventory: list[dict[str, Any]]) -> d
         if a not in by_addr:
             return Refusal(DEVICE_NOT_FOUND, f"no PCI device {a} on this node", address=a)
         return by_addr[a]
-    want = {k: _norm_hex(selector[k]) for k in ("vendor", "device", "subsystemVendor", "subsystemDevice")
-            if selector.get(k) is not None}
-    key = {"vendor": "vendorId", "device": "deviceId", "subsystemVendor": "subsystemVendorId",
-           "subsystemDevice": "subsystemDeviceId"}
-    matches = sorted((d for d in inventory if all(d.get(key[k]) == v for k, v in want.items())),
-                     key=lambda d: d["address"])
+    want = {
+        k: _norm_hex(selector[k])
+        for k in ("vendor", "device", "subsystemVendor", "subsystemDevice")
+        if selector.get(k) is not None
+    }
+    key = {
+        "vendor": "vendorId",
+        "device": "deviceId",
+        "subsystemVendor": "subsystemVendorId",
+        "subsystemDevice": "subsystemDeviceId",
+    }
+    matches = sorted(
+        (d for d in inventory if all(d.get(key[k]) == v for k, v in want.items())), key=lambda d: d["address"]
+    )
     index = int(selector.get("index", 0))
     desc = ":".join(want.get(k, "*") for k in ("vendor", "device"))
     if index < 0 or index >= len(matches):
-        return Refusal(DEVICE_NOT_FOUND,
-                       f"selector {desc} index {index} matched no device "
-                       f"({len(matches)} match(es) on this node)")
+        return Refusal(
+            DEVICE_NOT_FOUND, f"selector {desc} index {index} matched no device ({len(matches)} match(es) on this node)"
+        )
     return matches[index]
 
 
 # Planning --------------------------------------------------------------------------------------
+
 
 def _exempt_bridge(dev: Mapping[str, Any] | None) -> bool:
     """VFIO tolerates PCI bridges in a group as long as they are driverless or on pcieport/shpchp."""
@@ -172,22 +186,39 @@ def plan_bind(
     if problem:
         return Refusal(problem[0], problem[1], address=address)
     if device.get("isBridge"):
-        return Refusal(UNSUPPORTED_DEVICE, f"{address} is a bridge ({device.get('className')}); pass the "
-                       "devices behind it instead", address=address)
+        return Refusal(
+            UNSUPPORTED_DEVICE,
+            f"{address} is a bridge ({device.get('className')}); pass the devices behind it instead",
+            address=address,
+        )
     group = device.get("iommuGroup")
     if group is None:
-        return Refusal(NO_IOMMU_GROUP, f"{address} is in no IOMMU group although the IOMMU is on "
-                       "(device behind a non-isolating bridge or not handled by the IOMMU)", address=address)
+        return Refusal(
+            NO_IOMMU_GROUP,
+            f"{address} is in no IOMMU group although the IOMMU is on "
+            "(device behind a non-isolating bridge or not handled by the IOMMU)",
+            address=address,
+        )
     if address in claimed:
-        return Refusal(DEVICE_BUSY, f"{address} is already claimed by PCIPassthrough {claimed[address]}",
-                       address=address, iommu_group=group)
+        return Refusal(
+            DEVICE_BUSY,
+            f"{address} is already claimed by PCIPassthrough {claimed[address]}",
+            address=address,
+            iommu_group=group,
+        )
 
     members: list[GroupMember] = []
     for a in device.get("iommuGroupMembers") or [address]:
         m = by_addr.get(a)
-        members.append(GroupMember(
-            address=a, driver=(m or {}).get("driver"), is_bridge=bool((m or {}).get("isBridge")),
-            exempt=_exempt_bridge(m), claimed_by=claimed.get(a)))
+        members.append(
+            GroupMember(
+                address=a,
+                driver=(m or {}).get("driver"),
+                is_bridge=bool((m or {}).get("isBridge")),
+                exempt=_exempt_bridge(m),
+                claimed_by=claimed.get(a),
+            )
+        )
 
     def refuse(reason: str, msg: str) -> Refusal:
         return Refusal(reason, msg, address=address, iommu_group=group)
@@ -201,32 +232,48 @@ def plan_bind(
         if m.address in host_facts.critical or safety.denylist_match(entry, denylist):
             return refuse(HOST_CRITICAL, f"{m.address}{where} is needed by the host: {'; '.join(uses)}")
         if m.address in host_facts.busy:
-            return refuse(DEVICE_BUSY,
-                          f"{m.address}{where} is in use by the host: {host_facts.busy[m.address]}")
+            return refuse(DEVICE_BUSY, f"{m.address}{where} is in use by the host: {host_facts.busy[m.address]}")
         sriov = entry.get("sriov") or {}
         if sriov.get("numVFs"):
-            return refuse(DEVICE_BUSY, f"{m.address}{where} has {sriov['numVFs']} SR-IOV VFs enabled; "
-                          "unbinding the PF destroys them: set sriov_numvfs to 0 first, "
-                          "or pass the VFs instead")
+            return refuse(
+                DEVICE_BUSY,
+                f"{m.address}{where} has {sriov['numVFs']} SR-IOV VFs enabled; "
+                "unbinding the PF destroys them: set sriov_numvfs to 0 first, "
+                "or pass the VFs instead",
+            )
 
-    uncovered = [m for m in members if not m.exempt and m.address != address and m.claimed_by is None
-                 and m.driver not in (None, *discovery.VFIO_DRIVERS, driver)]
+    uncovered = [
+        m
+        for m in members
+        if not m.exempt
+        and m.address != address
+        and m.claimed_by is None
+        and m.driver not in (None, *discovery.VFIO_DRIVERS, driver)
+    ]
     if uncovered and group_policy != GROUP_POLICY_BIND_GROUP:
         listing = ", ".join(f"{m.address} ({m.driver})" for m in uncovered)
-        return refuse(PARTIAL_GROUP,
-                      f"IOMMU group {group} of {address} also holds {listing}; all endpoints of a group "
-                      "must be detached from the host together: create PCIPassthrough objects for them "
-                      "too, or set spec.groupPolicy: BindGroup")
+        return refuse(
+            PARTIAL_GROUP,
+            f"IOMMU group {group} of {address} also holds {listing}; all endpoints of a group "
+            "must be detached from the host together: create PCIPassthrough objects for them "
+            "too, or set spec.groupPolicy: BindGroup",
+        )
 
-    targets = tuple(BindTarget(m.address, m.driver) for m in members
-                    if not m.exempt and m.driver != driver)
+    targets = tuple(BindTarget(m.address, m.driver) for m in members if not m.exempt and m.driver != driver)
     if targets and driver not in host_facts.drivers:
         return refuse(DRIVER_NOT_LOADED, f"the {driver} driver is not loaded: modprobe {driver}")
-    return BindPlan(address=address, driver=driver, iommu_group=int(group), group_members=tuple(members),
-                    targets=targets, original_driver=device.get("driver"))
+    return BindPlan(
+        address=address,
+        driver=driver,
+        iommu_group=int(group),
+        group_members=tuple(members),
+        targets=targets,
+        original_driver=device.get("driver"),
+    )
 
 
 # Executing -------------------------------------------------------------------------------------
+
 
 def current_driver(root: Path, address: str) -> str | None:
     return sysfs.link_name(sysfs.pci_device_dir(root, address) / "driver")
@@ -248,8 +295,9 @@ def _rebind(root: Path, address: str, driver: str, write: sysfs.Writer) -> None:
         raise BindError(BIND_FAILED, f"{address} is on {got or 'no driver'} after binding to {driver}")
 
 
-def bind(plan: BindPlan, root: Path | str | None = None, *, write: sysfs.Writer = sysfs.write_attr
-         ) -> dict[str, str | None]:
+def bind(
+    plan: BindPlan, root: Path | str | None = None, *, write: sysfs.Writer = sysfs.write_attr
+) -> dict[str, str | None]:
     """Execute ``plan``; return ``{address: original driver}`` of the functions it rebound.
 
     On failure, functions already rebound are restored (best effort) and :class:`BindError` is raised.
@@ -262,8 +310,13 @@ def bind(plan: BindPlan, root: Path | str | None = None, *, write: sysfs.Writer 
         try:
             _rebind(root, t.address, plan.driver, write)
         except (OSError, BindError) as e:
-            log.warning("binding %s to %s failed: %s", t.address, plan.driver, e,
-                        extra={"pci_address": t.address, "driver": plan.driver})
+            log.warning(
+                "binding %s to %s failed: %s",
+                t.address,
+                plan.driver,
+                e,
+                extra={"pci_address": t.address, "driver": plan.driver},
+            )
             done_and_failed = {**done, t.address: t.current_driver}
             try:
                 restore(done_and_failed, root, driver=plan.driver, write=write)
@@ -272,13 +325,23 @@ def bind(plan: BindPlan, root: Path | str | None = None, *, write: sysfs.Writer 
             msg = e.message if isinstance(e, BindError) else f"writing sysfs for {t.address} failed: {e}"
             raise BindError(BIND_FAILED, msg, done) from e
         done[t.address] = t.current_driver
-        log.info("bound %s to %s (was %s)", t.address, plan.driver, t.current_driver,
-                 extra={"pci_address": t.address, "driver": plan.driver, "original_driver": t.current_driver})
+        log.info(
+            "bound %s to %s (was %s)",
+            t.address,
+            plan.driver,
+            t.current_driver,
+            extra={"pci_address": t.address, "driver": plan.driver, "original_driver": t.current_driver},
+        )
     return done
 
 
-def restore(originals: Mapping[str, str | None], root: Path | str | None = None, *, driver: str = VFIO_PCI,
-            write: sysfs.Writer = sysfs.write_attr) -> dict[str, str | None]:
+def restore(
+    originals: Mapping[str, str | None],
+    root: Path | str | None = None,
+    *,
+    driver: str = VFIO_PCI,
+    write: sysfs.Writer = sysfs.write_attr,
+) -> dict[str, str | None]:
     """Give functions back to the host: ``{address: original driver or None}`` -> ``{address: driver now}``.
 
     ``None`` as original means "whatever the kernel matches" (drivers_probe). Raises :class:`BindError`
@@ -308,8 +371,12 @@ def restore(originals: Mapping[str, str | None], root: Path | str | None = None,
         if original and got != original:
             errors.append(f"{address} is on {got or 'no driver'}, expected {original}")
         else:
-            log.info("restored %s to %s", address, got,
-                     extra={"pci_address": address, "driver": got, "original_driver": original})
+            log.info(
+                "restored %s to %s",
+                address,
+                got,
+                extra={"pci_address": address, "driver": got, "original_driver": original},
+            )
     if errors:
         raise BindError(RESTORE_FAILED, "; ".join(errors), now)
     return now

@@ -17,10 +17,27 @@ from .pciids import PciIds, load_pci_ids
 
 # Kernel command-line flags worth publishing (IOMMU, VFIO and the usual DPDK/VPP tuning knobs).
 RELEVANT_CMDLINE_PREFIXES = (
-    "intel_iommu", "amd_iommu", "iommu", "iommu.", "vfio", "vfio-pci.", "vfio_pci.", "vfio_iommu_type1.",
-    "pcie_acs_override", "pci=", "isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity",
-    "hugepages", "hugepagesz", "default_hugepagesz", "transparent_hugepage",
-    "kvm", "kvm_intel.", "kvm-intel.",
+    "intel_iommu",
+    "amd_iommu",
+    "iommu",
+    "iommu.",
+    "vfio",
+    "vfio-pci.",
+    "vfio_pci.",
+    "vfio_iommu_type1.",
+    "pcie_acs_override",
+    "pci=",
+    "isolcpus",
+    "nohz_full",
+    "rcu_nocbs",
+    "irqaffinity",
+    "hugepages",
+    "hugepagesz",
+    "default_hugepagesz",
+    "transparent_hugepage",
+    "kvm",
+    "kvm_intel.",
+    "kvm-intel.",
 )
 
 # Drivers a PCI bridge may sit on without breaking VFIO group viability.
@@ -63,8 +80,7 @@ class PCIDevice:
         """The camelCase shape of one entry of ``NodePCIInventory.status.devices``."""
         sriov = None
         if self.sriov_total_vfs is not None:
-            sriov = {"totalVFs": self.sriov_total_vfs, "numVFs": self.sriov_num_vfs or 0,
-                     "virtfns": list(self.virtfns)}
+            sriov = {"totalVFs": self.sriov_total_vfs, "numVFs": self.sriov_num_vfs or 0, "virtfns": list(self.virtfns)}
         return {
             "address": self.address,
             "vendorId": self.vendor_id,
@@ -132,8 +148,9 @@ def read_device(root: Path | str | None, address: str, ids: PciIds | None = None
     )
     dev.vendor_name = ids.vendor_name(dev.vendor_id)
     dev.device_name = ids.device_name(dev.vendor_id, dev.device_id)
-    dev.subsystem_name = ids.subsystem_name(dev.vendor_id, dev.device_id,
-                                            dev.subsystem_vendor_id, dev.subsystem_device_id)
+    dev.subsystem_name = ids.subsystem_name(
+        dev.vendor_id, dev.device_id, dev.subsystem_vendor_id, dev.subsystem_device_id
+    )
     dev.class_name = ids.class_name(cls)
     dev.is_bridge = bool(cls) and cls.startswith("06")
     numa = sysfs.read_int(d / "numa_node")
@@ -189,6 +206,7 @@ def inventory(root: Path | str | None = None) -> list[dict[str, Any]]:
 
 
 # Host-level facts ------------------------------------------------------------------------------
+
 
 def iommu_group_count(root: Path | str | None = None) -> int:
     try:

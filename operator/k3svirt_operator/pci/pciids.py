@@ -62,8 +62,9 @@ class PciIds:
     def device_name(self, vendor: str | None, device: str | None) -> str | None:
         return self.devices.get((vendor, device)) if vendor and device else None
 
-    def subsystem_name(self, vendor: str | None, device: str | None,
-                       sub_vendor: str | None, sub_device: str | None) -> str | None:
+    def subsystem_name(
+        self, vendor: str | None, device: str | None, sub_vendor: str | None, sub_device: str | None
+    ) -> str | None:
         if not (vendor and device and sub_vendor and sub_device):
             return None
         return self.subsystems.get((vendor, device, sub_vendor, sub_device))

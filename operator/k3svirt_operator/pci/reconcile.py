@@ -3,7 +3,6 @@
 * :func:`node_inventory_status` -> ``NodePCIInventory.status`` (publish on startup and on a timer).
 * :func:`reconcile_passthrough` -> ``PCIPassthrough.status`` after resolving, checking and binding.
 * :func:`release_passthrough` -> restore the host drivers before the finalizer is removed.
-* :func:`assigned_status` / :func:`unassigned_status` -> the patch when a VM starts / stops using it.
 """
 
 from __future__ import annotations
@@ -14,40 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from . import binding, discovery, safety, sysfs
-from .assignment import PHASE_ASSIGNED, PHASE_AVAILABLE, PHASE_BOUND, PHASE_FAILED
+from .conditions import COND_READY, set_condition
+from .phases import PHASE_ASSIGNED, PHASE_AVAILABLE, PHASE_BOUND, PHASE_FAILED
 
-COND_READY = "Ready"
 COND_IOMMU_READY = "IOMMUReady"
 
 # One node operator binds at a time: plan + bind must not interleave between two PCIPassthroughs.
 BIND_LOCK = threading.Lock()
 
 
-def set_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str, status: bool | str,
-                  reason: str, message: str, now: str | None = None) -> list[dict[str, Any]]:
-    """Upsert one condition, keeping ``lastTransitionTime`` when ``status`` did not change."""
-    now = now or discovery.utcnow()
-    st = status if isinstance(status, str) else ("True" if status else "False")
-    out, found = [], False
-    for c in conditions or []:
-        c = dict(c)
-        if c.get("type") == type_:
-            found = True
-            ltt = c.get("lastTransitionTime") if c.get("status") == st else now
-            c = {"type": type_, "status": st, "reason": reason, "message": message,
-                 "lastTransitionTime": ltt or now}
-        out.append(c)
-    if not found:
-        out.append({"type": type_, "status": st, "reason": reason, "message": message,
-                    "lastTransitionTime": now})
-    return out
-
-
 # NodePCIInventory ------------------------------------------------------------------------------
 
-def node_inventory_status(sys_root: Path | str | None = None, proc_root: Path | str | None = None,
-                          denylist: Iterable[str] | None = None, now: str | None = None,
-                          facts: safety.HostFacts | None = None) -> dict[str, Any]:
+
+def node_inventory_status(
+    sys_root: Path | str | None = None,
+    proc_root: Path | str | None = None,
+    denylist: Iterable[str] | None = None,
+    now: str | None = None,
+    facts: safety.HostFacts | None = None,
+) -> dict[str, Any]:
     """The whole ``status`` of this node's ``NodePCIInventory``."""
     now = now or discovery.utcnow()
     denylist = safety.load_denylist() if denylist is None else tuple(denylist)
@@ -58,9 +42,11 @@ def node_inventory_status(sys_root: Path | str | None = None, proc_root: Path | 
     problem = safety.iommu_problem(facts)
     cmdline = list(facts.cmdline)
     iommu_arg = discovery.cmdline_flag(cmdline, "iommu")
-    cond = (set_condition(None, COND_IOMMU_READY, False, problem[0], problem[1], now) if problem else
-            set_condition(None, COND_IOMMU_READY, True, "IOMMUEnabled",
-                          f"{facts.iommu_group_count} IOMMU groups", now))
+    cond = (
+        set_condition(None, COND_IOMMU_READY, False, problem[0], problem[1], now)
+        if problem
+        else set_condition(None, COND_IOMMU_READY, True, "IOMMUEnabled", f"{facts.iommu_group_count} IOMMU groups", now)
+    )
     return {
         "devices": devices,
         "iommuEnabled": facts.iommu_enabled,
@@ -79,14 +65,16 @@ def node_inventory_status(sys_root: Path | str | None = None, proc_root: Path | 
 
 # PCIPassthrough --------------------------------------------------------------------------------
 
+
 def _failed(status: Mapping[str, Any], reason: str, message: str, now: str, **extra: Any) -> dict[str, Any]:
     out = {**status, **extra, "phase": PHASE_FAILED, "printableStatus": PHASE_FAILED}
     out["conditions"] = set_condition(status.get("conditions"), COND_READY, False, reason, message, now)
     return out
 
 
-def _release_targets(status: Mapping[str, Any], inventory: list[dict[str, Any]], driver: str,
-                     claimed: Mapping[str, str]) -> dict[str, str | None]:
+def _release_targets(
+    status: Mapping[str, Any], inventory: list[dict[str, Any]], driver: str, claimed: Mapping[str, str]
+) -> dict[str, str | None]:
     """Functions of this object's group that sit on ``driver`` through a driver_override (our doing),
     are not named by another PCIPassthrough, with their recorded original driver (None = kernel's match)."""
     by_addr = {d["address"]: d for d in inventory}
@@ -137,12 +125,16 @@ def reconcile_passthrough(
         if prev_addr and prev_addr != new_addr:
             # The spec now names another function (or none): give the old group back first.
             if (status.get("assignedTo") or {}).get("name"):
-                return _failed(status, binding.DEVICE_BUSY, f"{prev_addr} is assigned to VM "
-                               f"{status['assignedTo'].get('namespace')}/{status['assignedTo']['name']}; "
-                               "stop the VM before changing the device", now)
+                return _failed(
+                    status,
+                    binding.DEVICE_BUSY,
+                    f"{prev_addr} is assigned to VM "
+                    f"{status['assignedTo'].get('namespace')}/{status['assignedTo']['name']}; "
+                    "stop the VM before changing the device",
+                    now,
+                )
             try:
-                binding.restore(_release_targets(status, inv, driver, claimed), sys_root,
-                                driver=driver, write=write)
+                binding.restore(_release_targets(status, inv, driver, claimed), sys_root, driver=driver, write=write)
             except binding.BindError as e:
                 return _failed(status, binding.RESTORE_FAILED, e.message, now)
             for k in ("address", "iommuGroup", "groupMembers", "originalDriver", "driver"):
@@ -150,12 +142,24 @@ def reconcile_passthrough(
             inv = discovery.inventory(sys_root)
         if isinstance(dev, binding.Refusal):
             return _failed(status, dev.reason, dev.message, now)
-        info = {"address": dev["address"], "vendorId": dev.get("vendorId"), "deviceId": dev.get("deviceId"),
-                "deviceName": dev.get("deviceName"), "className": dev.get("className"),
-                "numaNode": dev.get("numaNode"), "iommuGroup": dev.get("iommuGroup")}
-        plan = binding.plan_bind(dev, inv, facts, denylist, driver=driver,
-                                 group_policy=spec.get("groupPolicy") or binding.GROUP_POLICY_STRICT,
-                                 claimed=claimed)
+        info = {
+            "address": dev["address"],
+            "vendorId": dev.get("vendorId"),
+            "deviceId": dev.get("deviceId"),
+            "deviceName": dev.get("deviceName"),
+            "className": dev.get("className"),
+            "numaNode": dev.get("numaNode"),
+            "iommuGroup": dev.get("iommuGroup"),
+        }
+        plan = binding.plan_bind(
+            dev,
+            inv,
+            facts,
+            denylist,
+            driver=driver,
+            group_policy=spec.get("groupPolicy") or binding.GROUP_POLICY_STRICT,
+            claimed=claimed,
+        )
         if isinstance(plan, binding.Refusal):
             return _failed(status, plan.reason, plan.message, now, **info)
         recorded = {m["address"]: m.get("originalDriver") for m in status.get("groupMembers") or []}
@@ -168,16 +172,27 @@ def reconcile_passthrough(
     members = []
     for m in plan.group_members:
         orig = None if m.exempt or m.driver == driver else m.driver
-        members.append({**m.to_dict(), "driver": (after.get(m.address) or {}).get("driver"),
-                        "originalDriver": recorded.get(m.address, orig)})
+        members.append(
+            {
+                **m.to_dict(),
+                "driver": (after.get(m.address) or {}).get("driver"),
+                "originalDriver": recorded.get(m.address, orig),
+            }
+        )
     original = next(m["originalDriver"] for m in members if m["address"] == plan.address)
     assigned = (status.get("assignedTo") or {}).get("name")
     phase = PHASE_ASSIGNED if assigned else PHASE_BOUND
     msg = f"{plan.address} and its IOMMU group {plan.iommu_group} are bound to {driver}"
     status.update(info)
-    status.update({"phase": phase, "printableStatus": phase,
-                   "driver": (after.get(plan.address) or {}).get("driver"),
-                   "originalDriver": original, "groupMembers": members})
+    status.update(
+        {
+            "phase": phase,
+            "printableStatus": phase,
+            "driver": (after.get(plan.address) or {}).get("driver"),
+            "originalDriver": original,
+            "groupMembers": members,
+        }
+    )
     status["conditions"] = set_condition(status.get("conditions"), COND_READY, True, phase, msg, now)
     return status
 
@@ -199,39 +214,27 @@ def release_passthrough(
     now = now or discovery.utcnow()
     who = status.get("assignedTo") or {}
     if who.get("name"):
-        raise binding.BindError(binding.STILL_ASSIGNED, f"{status.get('address')} is assigned to VM "
-                                f"{who.get('namespace')}/{who['name']}; stop the VM or remove the "
-                                "host device first")
+        raise binding.BindError(
+            binding.STILL_ASSIGNED,
+            f"{status.get('address')} is assigned to VM "
+            f"{who.get('namespace')}/{who['name']}; stop the VM or remove the "
+            "host device first",
+        )
     driver = (spec or {}).get("driver") or binding.VFIO_PCI
     with BIND_LOCK:
         inv = discovery.inventory(sys_root)
-        now_drivers = binding.restore(_release_targets(status, inv, driver, claimed or {}), sys_root,
-                                      driver=driver, write=write)
+        now_drivers = binding.restore(
+            _release_targets(status, inv, driver, claimed or {}), sys_root, driver=driver, write=write
+        )
     out = {**status, "phase": PHASE_AVAILABLE, "printableStatus": PHASE_AVAILABLE}
     if status.get("address") in now_drivers:
         out["driver"] = now_drivers[status["address"]]
-    out["conditions"] = set_condition(status.get("conditions"), COND_READY, False, "Released",
-                                      f"returned to the host: {now_drivers or 'nothing to restore'}", now)
-    return out
-
-
-def assigned_status(status: Mapping[str, Any], vm_namespace: str, vm_name: str, vm_uid: str | None = None,
-                    now: str | None = None) -> dict[str, Any]:
-    """Status after a VM started using the device (call before defining/starting the domain)."""
-    who = {"namespace": vm_namespace, "name": vm_name}
-    if vm_uid:
-        who["uid"] = vm_uid
-    out = {**status, "assignedTo": who, "phase": PHASE_ASSIGNED, "printableStatus": PHASE_ASSIGNED}
-    out["conditions"] = set_condition(status.get("conditions"), COND_READY, True, PHASE_ASSIGNED,
-                                      f"assigned to VM {vm_namespace}/{vm_name}", now)
-    return out
-
-
-def unassigned_status(status: Mapping[str, Any], now: str | None = None) -> dict[str, Any]:
-    """Status after the VM released the device (domain stopped/undefined or hostDevices entry removed)."""
-    out = {**status, "assignedTo": None}
-    if status.get("phase") == PHASE_ASSIGNED:
-        out["phase"] = out["printableStatus"] = PHASE_BOUND
-        out["conditions"] = set_condition(status.get("conditions"), COND_READY, True, PHASE_BOUND,
-                                          f"{status.get('address')} is bound and free", now)
+    out["conditions"] = set_condition(
+        status.get("conditions"),
+        COND_READY,
+        False,
+        "Released",
+        f"returned to the host: {now_drivers or 'nothing to restore'}",
+        now,
+    )
     return out

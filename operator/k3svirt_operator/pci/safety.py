@@ -51,6 +51,7 @@ class HostFacts:
 
 # Network ---------------------------------------------------------------------------------------
 
+
 def default_route_interfaces(proc: Path | str | None = None) -> list[str]:
     """Interfaces holding an IPv4 or IPv6 default route."""
     proc = sysfs.proc_root(proc)
@@ -80,7 +81,7 @@ def interface_pci_devices(sys_root: Path | str | None, iface: str, _seen: set[st
         a = sysfs.pci_address_of(nd / "device")
         if a:
             found.add(a)
-    lowers = [p.name[len("lower_"):] for p in _glob(nd, "lower_*")]
+    lowers = [p.name[len("lower_") :] for p in _glob(nd, "lower_*")]
     lowers += [p.name for p in _glob(nd / "brif", "*")]
     for low in lowers:
         found |= interface_pci_devices(root, low, seen)
@@ -106,6 +107,7 @@ def enslaved_interfaces(sys_root: Path | str | None = None) -> dict[str, str]:
 
 
 # Storage ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Mount:
@@ -141,8 +143,7 @@ def read_mounts(proc: Path | str | None = None) -> list[Mount]:
     return mounts
 
 
-def block_device_pci(sys_root: Path | str | None, majmin: str | None, source: str | None,
-                     _depth: int = 0) -> set[str]:
+def block_device_pci(sys_root: Path | str | None, majmin: str | None, source: str | None, _depth: int = 0) -> set[str]:
     """PCI controllers behind a block device (by ``maj:min`` or ``/dev/<name>``), through dm/md slaves."""
     root = sysfs.sysfs_root(sys_root)
     node: Path | None = None
@@ -174,6 +175,7 @@ def swap_devices(proc: Path | str | None = None) -> list[str]:
 
 
 # Denylist --------------------------------------------------------------------------------------
+
 
 def parse_denylist(text: str | Iterable[str]) -> tuple[str, ...]:
     """Entries separated by commas, whitespace or newlines; ``#`` starts a comment.
@@ -223,6 +225,7 @@ def denylist_match(dev: Mapping[str, Any], denylist: Iterable[str]) -> str | Non
 
 # Putting it together ---------------------------------------------------------------------------
 
+
 def _add(d: dict[str, str], addrs: Iterable[str], why: str) -> None:
     for a in addrs:
         d[a] = f"{d[a]}; {why}" if a in d and why not in d[a] else why
@@ -270,12 +273,17 @@ def iommu_problem(facts: HostFacts) -> tuple[str, str] | None:
     if facts.iommu_enabled:
         return None
     if facts.is_intel and not facts.intel_iommu_on:
-        return ("IntelIOMMUMissingFromCmdline",
-                "no IOMMU groups exist and intel_iommu=on is missing from the kernel command line: "
-                "enable VT-d in the firmware, add 'intel_iommu=on iommu=pt' to the kernel command line "
-                "and reboot")
-    hint = ("enable VT-d in the firmware (intel_iommu=on is already on the command line)" if facts.is_intel
-            else "enable the IOMMU (VT-d / AMD-Vi) in the firmware and on the kernel command line")
+        return (
+            "IntelIOMMUMissingFromCmdline",
+            "no IOMMU groups exist and intel_iommu=on is missing from the kernel command line: "
+            "enable VT-d in the firmware, add 'intel_iommu=on iommu=pt' to the kernel command line "
+            "and reboot",
+        )
+    hint = (
+        "enable VT-d in the firmware (intel_iommu=on is already on the command line)"
+        if facts.is_intel
+        else "enable the IOMMU (VT-d / AMD-Vi) in the firmware and on the kernel command line"
+    )
     return ("IOMMUDisabled", f"no IOMMU groups exist in /sys/kernel/iommu_groups: {hint}, then reboot")
 
 

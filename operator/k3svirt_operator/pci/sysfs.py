@@ -125,6 +125,7 @@ def write_attr(path: Path, value: str) -> None:
 
 # Paths inside a sysfs root -------------------------------------------------------------------
 
+
 def pci_devices_dir(root: Path) -> Path:
     return root / "bus" / "pci" / "devices"
 

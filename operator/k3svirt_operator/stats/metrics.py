@@ -43,6 +43,7 @@ def _net_rate(key: str) -> _Getter:
 
 C, G = "counter", "gauge"
 
+# fmt: off
 METRICS: tuple[tuple[str, str, str, str | None, _Getter], ...] = (
     # CPU
     ("cpu_usage_seconds_total", C, "Total CPU time spent by the VM (all vCPUs and emulator threads).",
@@ -122,6 +123,7 @@ METRICS: tuple[tuple[str, str, str, str | None, _Getter], ...] = (
     ("sample_timestamp_seconds", G, "Epoch time the figures of this VM were sampled.",
      None, _one(lambda s: s.sampled_at)),
 )
+# fmt: on
 
 
 class VMMetricsCollector(Collector):
@@ -151,28 +153,25 @@ class VMMetricsCollector(Collector):
 
         # self-metrics of the sampler (per node, no VM labels)
         rnd = snap.round
-        yield GaugeMetricFamily(
-            "k3svirt_stats_vms", "VMs with fresh figures on this node.", value=len(snap.vms)
-        )
-        yield CounterMetricFamily(
-            "k3svirt_stats_rounds", "Successful sampling rounds.", value=self.stats.rounds_total
-        )
-        yield CounterMetricFamily(
-            "k3svirt_stats_errors", "Failed sampling rounds.", value=self.stats.errors_total
-        )
+        yield GaugeMetricFamily("k3svirt_stats_vms", "VMs with fresh figures on this node.", value=len(snap.vms))
+        yield CounterMetricFamily("k3svirt_stats_rounds", "Successful sampling rounds.", value=self.stats.rounds_total)
+        yield CounterMetricFamily("k3svirt_stats_errors", "Failed sampling rounds.", value=self.stats.errors_total)
         if rnd is not None:
             yield GaugeMetricFamily(
-                "k3svirt_stats_round_duration_seconds", "Wall time of the last sampling round.",
+                "k3svirt_stats_round_duration_seconds",
+                "Wall time of the last sampling round.",
                 value=rnd.duration_seconds,
             )
             yield GaugeMetricFamily(
-                "k3svirt_stats_round_cpu_seconds", "Operator CPU time of the last sampling round.",
+                "k3svirt_stats_round_cpu_seconds",
+                "Operator CPU time of the last sampling round.",
                 value=rnd.cpu_seconds,
             )
         age = self.stats.last_success_age()
         if age is not None:
             yield GaugeMetricFamily(
-                "k3svirt_stats_last_success_age_seconds", "Seconds since the last successful round.",
+                "k3svirt_stats_last_success_age_seconds",
+                "Seconds since the last successful round.",
                 value=age,
             )
 

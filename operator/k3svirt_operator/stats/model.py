@@ -10,15 +10,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True, slots=True)
-class VMRef:
-    """Which k3svirt VirtualMachine a libvirt domain belongs to."""
-
-    namespace: str
-    name: str
-    uid: str | None = None
-    generation: int | None = None
+from ..vmref import VMRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +143,14 @@ class NetStats:
 
 
 STATE_NAMES = {
-    0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
-    5: "shutoff", 6: "crashed", 7: "pmsuspended",
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
 }
 
 

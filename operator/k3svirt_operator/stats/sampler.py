@@ -109,7 +109,7 @@ def device_labels(domain_xml: str) -> dict[str, str]:
         key = target.get("dev")
         alias_name = alias.get("name") or ""
         if key and alias_name.startswith(USER_ALIAS_PREFIX):
-            labels[key] = alias_name[len(USER_ALIAS_PREFIX):]
+            labels[key] = alias_name[len(USER_ALIAS_PREFIX) :]
     return labels
 
 
@@ -467,8 +467,9 @@ class Sampler:
             stats = derive(prev, cur, info.ref)
             if carried and uuid in self._last:  # skipped drives: show last round's figures
                 last = {d.drive: d for d in self._last[uuid].disks}
-                stats = replace(stats, disks=tuple(
-                    last.get(d.drive, d) if d.drive in carried else d for d in stats.disks))
+                stats = replace(
+                    stats, disks=tuple(last.get(d.drive, d) if d.drive in carried else d for d in stats.disks)
+                )
             out[uuid] = self._last[uuid] = stats
             self._prev[uuid] = cur
         for gone in set(self._prev) - seen:

@@ -71,40 +71,47 @@ class _Handler(BaseHTTPRequestHandler):
                 c = srv.collector
                 ok = c.healthy()
                 age = c.last_success_age()
-                self._json(200 if ok else 503, {
-                    "status": "ok" if ok else "unhealthy",
-                    "node": c.node_name,
-                    "intervalSeconds": c.interval,
-                    "lastSampleAgeSeconds": None if age is None else round(age, 3),
-                    "rounds": c.rounds_total,
-                    "errors": c.errors_total,
-                    "lastError": c.last_error,
-                })
+                self._json(
+                    200 if ok else 503,
+                    {
+                        "status": "ok" if ok else "unhealthy",
+                        "node": c.node_name,
+                        "intervalSeconds": c.interval,
+                        "lastSampleAgeSeconds": None if age is None else round(age, 3),
+                        "rounds": c.rounds_total,
+                        "errors": c.errors_total,
+                        "lastError": c.last_error,
+                    },
+                )
             elif path == "/stats":
                 c = srv.collector
                 snap = c.snapshot()
-                self._json(200, {"node": c.node_name, "items": [
-                    s.to_dict(c.node_name) for _, s in sorted(snap.vms.items())
-                ]})
+                self._json(
+                    200, {"node": c.node_name, "items": [s.to_dict(c.node_name) for _, s in sorted(snap.vms.items())]}
+                )
             elif path.startswith("/stats/"):
-                parts = [unquote(p) for p in path[len("/stats/"):].split("/")]
+                parts = [unquote(p) for p in path[len("/stats/") :].split("/")]
                 if len(parts) != 2 or not all(parts):
                     self._json(404, {"error": "NotFound", "message": "use /stats/<namespace>/<name>"})
                     return
                 ns, name = parts
                 stats = srv.collector.get(ns, name)
                 if stats is None:
-                    self._json(404, {
-                        "error": "NotFound",
-                        "message": f"no current stats for VM {ns}/{name} on node "
-                                   f"{srv.collector.node_name} (unknown, not running or not sampled yet)",
-                        "namespace": ns, "name": name, "node": srv.collector.node_name,
-                    })
+                    self._json(
+                        404,
+                        {
+                            "error": "NotFound",
+                            "message": f"no current stats for VM {ns}/{name} on node "
+                            f"{srv.collector.node_name} (unknown, not running or not sampled yet)",
+                            "namespace": ns,
+                            "name": name,
+                            "node": srv.collector.node_name,
+                        },
+                    )
                 else:
                     self._json(200, stats.to_dict(srv.collector.node_name))
             else:
-                self._json(404, {"error": "NotFound",
-                                 "message": "endpoints: /metrics /stats/<ns>/<name> /healthz"})
+                self._json(404, {"error": "NotFound", "message": "endpoints: /metrics /stats/<ns>/<name> /healthz"})
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception:
@@ -125,9 +132,7 @@ class _Server(ThreadingHTTPServer):
 class MetricsServer:
     """HTTP endpoint over a StatsCollector. ``port=0`` picks a free port (tests); see ``.port``."""
 
-    def __init__(
-        self, collector: StatsCollector, *, port: int | None = None, host: str | None = None
-    ) -> None:
+    def __init__(self, collector: StatsCollector, *, port: int | None = None, host: str | None = None) -> None:
         self.collector = collector
         self.host = host if host is not None else os.environ.get(ENV_ADDR, "")
         self._requested_port = port_from_env() if port is None else port

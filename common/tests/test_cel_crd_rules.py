@@ -1,0 +1,108 @@
+"""Every x-kubernetes-validations rule of the CRDs, pinned against k3svirt_common.cel.
+
+The gateway checks the CEL rules with our small interpreter before the API server sees a write; this
+test fails when a CRD gains a rule that is not listed here with an object it accepts and one it
+refuses, so the interpreter can never silently skip or misjudge a rule. Transition rules (oldSelf)
+only the API server evaluates (they need the stored object): the interpreter must refuse them
+outright rather than guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from k3svirt_common.cel import CelUnsupported, compile_rule
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+# rule -> (an object the rule accepts, an object it refuses)
+PINNED: dict[str, tuple[Any, Any]] = {
+    "has(self.address) != has(self.selector)": ({"address": "0000:03:00.0"}, {}),
+    "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63": (
+        {"metadata": {"name": "vm-1"}},
+        {"metadata": {"name": "a" * 64}},
+    ),
+    "has(self.template) || (has(self.memory) && has(self.memory.size))": (
+        {"memory": {"size": "64Mi"}},
+        {"memory": {}},
+    ),
+    "!has(self.disks) || self.disks.all(d, !has(d.iothread) || (has(self.iothreads) && d.iothread <= self.iothreads))": (  # noqa: E501 (the rule as the CRD has it)
+        {"iothreads": 2, "disks": [{"iothread": 2}, {}]},
+        {"iothreads": 1, "disks": [{"iothread": 2}]},
+    ),
+    "!has(self.nodeName) || !has(self.nodeSelector)": ({"nodeName": "n"}, {"nodeName": "n", "nodeSelector": {}}),
+    "(has(self.sockets) ? self.sockets : 1) * (has(self.cores) ? self.cores : 1) * (has(self.threads) ? self.threads : 1) <= 255": (  # noqa: E501 (the rule as the CRD has it)
+        {"cores": 255},
+        {"sockets": 2, "cores": 128},
+    ),
+    "!has(self.source) || !has(self.source.blank) || has(self.size)": (
+        {"source": {"blank": {}}, "size": "1Gi"},
+        {"source": {"blank": {}}},
+    ),
+    "!has(self.qcow2) || !has(self.format) || self.format == 'qcow2'": (
+        {"qcow2": {}, "format": "qcow2"},
+        {"qcow2": {}, "format": "raw"},
+    ),
+    "!has(self.iothread) || !has(self.bus) || self.bus == 'virtio'": (
+        {"iothread": 1, "bus": "virtio"},
+        {"iothread": 1, "bus": "sata"},
+    ),
+    "!has(self.io) || self.io != 'native' || (has(self.cache) && (self.cache == 'none' || self.cache == 'directsync'))": (  # noqa: E501 (the rule as the CRD has it)
+        {"io": "native", "cache": "directsync"},
+        {"io": "native", "cache": "writeback"},
+    ),
+    "(has(self.blank) ? 1 : 0) + (has(self.image) ? 1 : 0) + (has(self.volume) ? 1 : 0) == 1": (
+        {"image": {}},
+        {"image": {}, "volume": {}},
+    ),
+    "(has(self.nat) ? 1 : 0) + (has(self.bridge) ? 1 : 0) == 1": ({"nat": {}}, {}),
+    "!has(self.model) || self.model != 'tpm-crb' || !has(self.version) || self.version == '2.0'": (
+        {"model": "tpm-crb", "version": "2.0"},
+        {"model": "tpm-crb", "version": "1.2"},
+    ),
+    "!has(self.bus) || self.bus != 'ps2' || self.type != 'tablet'": (
+        {"bus": "usb", "type": "tablet"},
+        {"bus": "ps2", "type": "tablet"},
+    ),
+    "!has(self.onPoweroff) || !has(self.onReboot) || self.onPoweroff != 'restart' || self.onReboot != 'destroy'": (
+        {"onPoweroff": "restart", "onReboot": "restart"},
+        {"onPoweroff": "restart", "onReboot": "destroy"},
+    ),
+}
+
+
+def _rules(node: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(node, dict):
+        out += [v["rule"] for v in node.get("x-kubernetes-validations") or []]
+        for value in node.values():
+            out += _rules(value)
+    elif isinstance(node, list):
+        for value in node:
+            out += _rules(value)
+    return out
+
+
+ALL_RULES = sorted(
+    {r for f in sorted(CRDS.glob("*.yaml")) for doc in yaml.safe_load_all(f.read_text()) for r in _rules(doc)}
+)
+
+
+def test_the_crds_have_rules():
+    assert len(ALL_RULES) >= len(PINNED)
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+def test_every_crd_rule_is_pinned(rule: str):
+    if "oldSelf" in rule:
+        with pytest.raises(CelUnsupported):
+            compile_rule(rule)
+        return
+    assert rule in PINNED, f"new CRD rule: pin it here with an accepted and a refused object: {rule}"
+    accepted, refused = PINNED[rule]
+    check = compile_rule(rule)
+    assert check(accepted) is True
+    assert check(refused) is False
