@@ -39,8 +39,9 @@ class TinyGuest:
 
 @pytest.fixture(scope="session")
 def testbed() -> dict[str, str]:
-    proc = subprocess.run(["bash", str(REPO / "tests/harness/testbed.sh"), "start"],
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        ["bash", str(REPO / "tests/harness/testbed.sh"), "start"], capture_output=True, text=True, timeout=1800
+    )
     if proc.returncode != 0:
         pytest.fail(f"the test bed did not come up:\n{proc.stderr[-3000:]}", pytrace=False)
     env = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)

@@ -30,5 +30,6 @@ while IFS='=' read -r k v; do export "$k=$v"; done <<<"$env_lines"
 log "test bed ready in $((SECONDS - t0)) s ($K3SVIRT_DOMAIN_TYPE)"
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 shellcheck -x tests/harness/*.sh tests/chart/*.sh scripts/*.sh scripts/k3svirt-up scripts/k3svirt-down
 .venv/bin/pytest "$@"

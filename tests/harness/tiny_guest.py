@@ -101,8 +101,13 @@ def _module_files(release: str) -> list[Path]:
 
 def _cpio(root: Path) -> bytes:
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    proc = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input="\n".join(files).encode(),
-                          capture_output=True, check=True)
+    proc = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"],
+        cwd=root,
+        input="\n".join(files).encode(),
+        capture_output=True,
+        check=True,
+    )
     return proc.stdout
 
 
@@ -110,6 +115,7 @@ def _decompressed(path: Path) -> bytes:
     data = path.read_bytes()
     if path.suffix == ".xz":
         import lzma
+
         return lzma.decompress(data)
     if path.suffix == ".zst":
         return subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
