@@ -2,11 +2,11 @@
 # enumeration (PCI passthrough inventory) and the Python binding the operator
 # uses; drop the drivers and integrations of meta-virtualization's "full"
 # default that a k3svirt node never uses. Scoped to the k3svirt distro.
-PACKAGECONFIG:remove:k3svirt = "openvz vmware vbox esx lxc test netcf firewalld fuse libpcap"
-PACKAGECONFIG:append:k3svirt = " qemu libvirtd remote udev python gnutls libcap-ng"
-
 FILESEXTRAPATHS:prepend:k3svirt := "${THISDIR}/files:"
 SRC_URI:append:k3svirt = " file://libvirtd-socket-root-only.conf"
+
+PACKAGECONFIG:remove:k3svirt = "openvz vmware vbox esx lxc test netcf firewalld fuse libpcap"
+PACKAGECONFIG:append:k3svirt = " qemu libvirtd remote udev python gnutls libcap-ng"
 
 # Undo three defaults meta-virtualization's recipe bakes in:
 #  1. With "gnutls" it generates a sample CA, server and client key at

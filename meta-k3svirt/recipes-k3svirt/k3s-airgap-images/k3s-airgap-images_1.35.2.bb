@@ -7,6 +7,8 @@ HOMEPAGE = "https://docs.k3s.io/installation/airgap"
 # The tarball holds the images' own licences (Apache-2.0 for coredns,
 # local-path-provisioner, pause, klipper; GPL-2.0 busybox).
 LICENSE = "Apache-2.0 & GPL-2.0-only"
+# The tarball carries no licence files of its own: OE-core's texts.
+# nooelint: oelint.var.licenseremotefile
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10 \
                     file://${COMMON_LICENSE_DIR}/GPL-2.0-only;md5=801f80980d171dd6425610833a22dbe6"
 
@@ -47,7 +49,7 @@ do_install() {
         ${D}${K3S_IMAGES_DIR}/k3s-airgap-images-amd64.tar.zst
 }
 
-FILES:${PN} = "${K3S_IMAGES_DIR}"
+FILES:${PN} += "${K3S_IMAGES_DIR}"
 # Container image layers: already-built foreign binaries, not ours to strip
 # or QA as target code.
 INHIBIT_PACKAGE_STRIP = "1"

@@ -7,8 +7,7 @@ LICENSE = "CLOSED"
 # rest-gateway/ of the k3svirt repository (k3svirt-source.inc).
 K3SVIRT_SUBDIR = "rest-gateway"
 require recipes-k3svirt/k3svirt-source.inc
-SRC_URI += " \
-    file://k3svirt-gateway.service \
+SRC_URI += "file://k3svirt-gateway.service \
     file://k3svirt-gateway.default \
     file://k3svirt-gateway-credentials \
 "

@@ -1,4 +1,4 @@
-SUMMARY = "k3svirt host settings: /dev/kvm permissions, hugepage mounts, sysctls, CPU affinity, /var growth"
+SUMMARY = "k3svirt host settings: /dev/kvm, hugetlbfs, sysctls, CPU affinity, /var growth"
 DESCRIPTION = "udev rule giving qemu access to /dev/kvm and vhost devices, \
 sysctls for Kubernetes networking, a 2 MiB hugetlbfs mount, systemd's CPU \
 affinity for host services and a systemd-repart rule growing /var."

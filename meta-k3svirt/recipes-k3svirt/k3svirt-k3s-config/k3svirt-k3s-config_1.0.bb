@@ -9,8 +9,7 @@ LICENSE = "CLOSED"
 
 # crds/ of the k3svirt repository (k3svirt-source.inc); the rest is ours.
 require recipes-k3svirt/k3svirt-source.inc
-SRC_URI += " \
-    file://config.yaml.in \
+SRC_URI += "file://config.yaml.in \
     file://k3svirt-namespace.yaml \
     file://k3svirt-gateway-rbac.yaml \
     file://k3svirt-wait-api \
@@ -52,6 +51,9 @@ do_install() {
     fi
 }
 
+# The config depends on the machine's CPU layout (K3SVIRT_CPUS_VM).
+PACKAGE_ARCH = "${MACHINE_ARCH}"
+
 FILES:${PN} += "\
     ${sysconfdir}/rancher \
     ${libexecdir}/k3svirt \
@@ -59,9 +61,6 @@ FILES:${PN} += "\
 "
 CONFFILES:${PN} += "${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml"
 
-# The config depends on the machine's CPU layout (K3SVIRT_CPUS_VM).
-PACKAGE_ARCH = "${MACHINE_ARCH}"
-
 # k3s-airgap-images: the pause, coredns and local-path-provisioner images
 # K3s needs on an offline first boot.
-RDEPENDS:${PN} += "k3s-server k3s-airgap-images"
+RDEPENDS:${PN} += "k3s-airgap-images k3s-server"

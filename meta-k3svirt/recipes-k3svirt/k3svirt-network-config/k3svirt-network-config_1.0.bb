@@ -1,4 +1,4 @@
-SUMMARY = "k3svirt host networking: br0, a stable K3s node address, unmanaged container/VM links"
+SUMMARY = "k3svirt host networking: br0, K3s node address, unmanaged container/VM links"
 DESCRIPTION = "systemd-networkd configuration: wired NICs bridged into br0 \
 (DHCP), a k3svirt0 dummy with K3s's node address, interfaces created by \
 K3s and libvirt left unmanaged, and no network-online stall when offline."
@@ -36,5 +36,5 @@ do_install() {
         ${D}${sysconfdir}/systemd/system/systemd-networkd-wait-online.service.d/10-k3svirt.conf
 }
 
-FILES:${PN} = "${sysconfdir}/systemd"
+FILES:${PN} += "${sysconfdir}/systemd"
 CONFFILES:${PN} = "${sysconfdir}/systemd/network/30-br0.network ${sysconfdir}/systemd/network/40-uplink.network"

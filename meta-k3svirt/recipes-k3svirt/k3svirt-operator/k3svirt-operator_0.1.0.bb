@@ -7,8 +7,7 @@ LICENSE = "CLOSED"
 # operator/ of the k3svirt repository (k3svirt-source.inc).
 K3SVIRT_SUBDIR = "operator"
 require recipes-k3svirt/k3svirt-source.inc
-SRC_URI += " \
-    file://k3svirt-operator.service \
+SRC_URI += "file://k3svirt-operator.service \
     file://k3svirt-operator.default \
 "
 

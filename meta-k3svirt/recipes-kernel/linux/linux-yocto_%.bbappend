@@ -40,7 +40,9 @@ KERNEL_FEATURES:append:k3svirt = " \
 
 # Fatal for our options, whatever KCONF_AUDIT_LEVEL/KMETA_AUDIT_WERROR say
 # about the rest of the kernel-cache: every CONFIG_ line of our fragments
-# must be in the final .config with exactly that value.
+# must be in the final .config with exactly that value. (A task cannot take
+# a distro override; the anonymous python below deletes it outside k3svirt.)
+# nooelint: oelint.vars.noncoreoverride
 python do_k3svirt_configcheck() {
     import glob, os, re
     frag_dir = os.path.join(d.getVar('UNPACKDIR'), 'k3svirt-kmeta', 'k3svirt')
@@ -74,7 +76,8 @@ do_k3svirt_configcheck[doc] = "Fail if an option of k3svirt's kernel fragments i
 do_k3svirt_configcheck[dirs] = "${B}"
 addtask k3svirt_configcheck after do_kernel_configcheck before do_compile
 # Only in k3svirt builds: other distros keep linux-yocto's task graph (and
-# signatures) unchanged.
+# signatures) unchanged. Needs parse time, hence anonymous python.
+# nooelint: oelint.task.noanonpython,oelint.vars.noncoreoverride
 python () {
     if 'k3svirt' not in (d.getVar('DISTROOVERRIDES') or '').split(':'):
         bb.build.deltask('do_k3svirt_configcheck', d)

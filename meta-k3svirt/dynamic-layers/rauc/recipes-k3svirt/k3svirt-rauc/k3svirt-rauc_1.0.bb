@@ -32,4 +32,4 @@ FILES:${PN} += "${libexecdir}/k3svirt ${nonarch_libdir}/systemd/system.conf.d"
 
 # The slot's own kernel in /boot of its rootfs (copied to the ESP by the
 # post-install handler); bootctl (systemd), blkid (util-linux).
-RDEPENDS:${PN} = "rauc k3svirt-k3s-config kernel-image-bzimage util-linux-blkid systemd"
+RDEPENDS:${PN} += "k3svirt-k3s-config kernel-image-bzimage rauc systemd util-linux-blkid"
