@@ -319,6 +319,14 @@ def test_image_fstypes_set_once_per_machine() -> None:
     assert qemu_types == ["wic wic.bmap"], qemu_types
 
 
+def test_rootfs_size_budget_is_enforced() -> None:
+    image = (LAYER / "recipes-core" / "images" / "k3svirt-image.bb").read_text()
+    m = re.search(r'^IMAGE_ROOTFS_MAXSIZE = "(\d+)"$', image, re.M)
+    assert m and int(m.group(1)) <= 600 * 1024, "rootfs budget: <= 600 MB, enforced by do_image"
+    slot = re.search(r'^K3SVIRT_ROOT_SLOT_SIZE \?= "(\d+)M"$', image, re.M)
+    assert slot and int(slot.group(1)) >= 2 * 600, "an A/B slot must hold the budget with room to grow"
+
+
 def test_authorized_keys_are_in_rootfs_checksums() -> None:
     image = (LAYER / "recipes-core" / "images" / "k3svirt-image.bb").read_text()
     line = re.search(r"^do_rootfs\[file-checksums\] \+= (.*)$", image, re.M)

@@ -3,7 +3,7 @@
 # uses; drop the drivers and integrations of meta-virtualization's "full"
 # default that a k3svirt node never uses. Scoped to the k3svirt distro.
 FILESEXTRAPATHS:prepend:k3svirt := "${THISDIR}/files:"
-SRC_URI:append:k3svirt = " file://libvirtd-socket-root-only.conf"
+SRC_URI:append:k3svirt = " file://libvirtd-socket-root-only.conf file://libvirt-guests.conf"
 
 PACKAGECONFIG:remove:k3svirt = "openvz vmware vbox esx lxc test netcf firewalld fuse libpcap"
 PACKAGECONFIG:append:k3svirt = " qemu libvirtd remote udev python gnutls libcap-ng"
@@ -46,4 +46,10 @@ do_install:append:k3svirt() {
         install -D -m 0644 ${UNPACKDIR}/libvirtd-socket-root-only.conf \
             ${D}${systemd_system_unitdir}/$sock.d/50-k3svirt-root-only.conf
     done
+
+    # Reboots (updates) shut guests down instead of trying to save them.
+    install -D -m 0644 ${UNPACKDIR}/libvirt-guests.conf ${D}${sysconfdir}/sysconfig/libvirt-guests
 }
+
+FILES:${PN}-libvirtd:append:k3svirt = " ${sysconfdir}/sysconfig/libvirt-guests"
+CONFFILES:${PN}-libvirtd:append:k3svirt = " ${sysconfdir}/sysconfig/libvirt-guests"
