@@ -123,13 +123,43 @@ if [ -d "$sstate_dir" ] && [ "$sstate_days" -gt 0 ]; then
 fi
 if [ -d "$dl_dir" ] && [ "$dl_days" -gt 0 ]; then
   echo "downloads unused for more than $dl_days days:"
-  # Leave git2/ mirrors' internals alone file-by-file; age whole tarballs
-  # and their .done stamps (the fetcher re-downloads when .done is gone).
-  mapfile -d '' old < <(find "$dl_dir" -maxdepth 1 -type f ! -name '*.done' ! -name '*.lock' -mtime "+$dl_days" -print0)
+  # Age whole tarballs with their .done stamps (the fetcher re-downloads
+  # when .done is gone); a detached signature (.sig/.asc) goes with its
+  # tarball, and one whose tarball is gone goes by itself.
+  mapfile -d '' old < <(find "$dl_dir" -maxdepth 1 -type f ! -name '*.done' ! -name '*.lock' \
+    ! -name '*.sig' ! -name '*.asc' -mtime "+$dl_days" -print0)
   for f in "${old[@]}"; do
-    delete "$f" "$f.done"
+    delete "$f" "$f.done" "$f.sig" "$f.asc"
   done
   echo "  ${#old[@]} files"
+  mapfile -d '' sigs < <(find "$dl_dir" -maxdepth 1 -type f \( -name '*.sig' -o -name '*.asc' \) -print0)
+  orphans=0
+  for s in "${sigs[@]}"; do
+    if [ ! -e "${s%.*}" ]; then
+      delete "$s"
+      orphans=$((orphans + 1))
+    fi
+  done
+  echo "  $orphans orphaned signature files"
+  # git2/ mirrors: a bare clone per repository, touched (FETCH_HEAD) on
+  # every fetch. Drop whole clones not fetched for --dl-days, with the
+  # git2_*.tar.gz mirror tarball and .done stamp of the same name.
+  if [ -d "$dl_dir/git2" ]; then
+    mapfile -d '' clones < <(find "$dl_dir/git2" -mindepth 1 -maxdepth 1 -type d -print0)
+    aged=0
+    for c in "${clones[@]}"; do
+      stamp="$c/FETCH_HEAD"
+      [ -e "$stamp" ] || stamp="$c"
+      if [ -n "$(find "$stamp" -maxdepth 0 -mtime "+$dl_days" -print)" ]; then
+        mapfile -d '' inner < <(find "$c" -type f -print0)
+        delete "${inner[@]}"
+        delete "$dl_dir/git2_$(basename "$c").tar.gz" "$dl_dir/git2_$(basename "$c").tar.gz.done"
+        [ "$apply" = 1 ] && rm -rf -- "$c"
+        aged=$((aged + 1))
+      fi
+    done
+    echo "  $aged git2 mirrors"
+  fi
 fi
 
 # 3. size cap, least recently used first

@@ -16,6 +16,8 @@
 #   K3SVIRT_BUILD_DIR     kas work dir inside the repo (default build/<basename of the kas file>,
 #                         or build/shell for a plain shell); build/ is git-ignored
 #   K3SVIRT_SSTATE_VOLUME / K3SVIRT_DL_VOLUME   volume names (or host paths)
+#   K3SVIRT_TAP=1         allow runqemu tap networking (NET_ADMIN, /dev/net/tun)
+#   BB_NUMBER_THREADS, PARALLEL_MAKE, BB_HASHSERVE, SSTATE_MIRRORS   passed through when set
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -103,6 +105,11 @@ fi
 # runqemu with KVM inside the container, when the host has it.
 if [ -e /dev/kvm ]; then
   run_args+=(--device /dev/kvm)
+fi
+# runqemu's tap networking (sudo runqemu-ifup inside; the Dockerfile's
+# sudoers entry): needs the tun device and CAP_NET_ADMIN in the container.
+if [ "${K3SVIRT_TAP:-0}" = 1 ]; then
+  run_args+=(--cap-add NET_ADMIN --device /dev/net/tun)
 fi
 
 if [ "$#" -eq 0 ]; then

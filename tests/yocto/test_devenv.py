@@ -4,6 +4,7 @@ run.sh wire the shared caches the same way, cache-maint retention works."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -54,7 +55,13 @@ def test_hadolint_dockerfile() -> None:
 
 def test_dockerfile_essentials() -> None:
     text = (DEVENV / "Dockerfile").read_text()
-    assert text.startswith("#") and "\nFROM debian:12" in text
+    assert text.startswith("#")
+    # Debian 12 (bookworm), pinned by digest: the tag alone moves with every point release.
+    assert re.search(r"^FROM debian:bookworm-\d{8}(-slim)?@sha256:[0-9a-f]{64}$", text, re.M), (
+        "base image not pinned by digest"
+    )
+    sudoers = re.search(r"'builder ALL=\(root\) NOPASSWD: ALL' > /etc/sudoers.d/builder", text)
+    assert sudoers and "chmod 0440 /etc/sudoers.d/builder" in text, "runqemu's sudo needs a sudoers entry"
     # Yocto manual host packages (Debian names) must all be there.
     for pkg in (
         "build-essential",
@@ -109,6 +116,38 @@ def test_compose_shares_caches_with_run_sh() -> None:
         assert (REPO / spec["command"][2]).is_file()
     workdirs = {compose["services"][s]["environment"]["KAS_WORK_DIR"] for s in builders}
     assert len(workdirs) == 2, "concurrent builds need separate work dirs"
+
+
+def test_compose_builders_share_one_hashserv_and_pass_tuning() -> None:
+    compose = yaml.safe_load((DEVENV / "compose.yaml").read_text())
+    hs = compose["services"]["hashserv"]
+    cmd = " ".join(hs["command"])
+    assert "bitbake-hashserv --bind 0.0.0.0:8686" in cmd and "--database /cache/sstate-cache/hashserv.db" in cmd
+    for svc in ("qemux86-64", "n305"):
+        spec = compose["services"][svc]
+        env = spec["environment"]
+        assert env["BB_HASHSERVE"] == "hashserv:8686", "one hash-equivalence server for all builders"
+        assert "hashserv" in spec["depends_on"]
+        # no value = passed through from the caller's environment when set
+        for var in ("BB_NUMBER_THREADS", "PARALLEL_MAKE"):
+            assert var in env and env[var] is None, var
+    kas_env = yaml.safe_load((LAYER / "kas" / "k3svirt-common.yml").read_text())["env"]
+    for var in ("BB_HASHSERVE", "BB_NUMBER_THREADS", "PARALLEL_MAKE"):
+        assert var in kas_env, f"kas must forward {var} to bitbake"
+    # never two "auto" servers on one shared database
+    common = (LAYER / "kas" / "k3svirt-common.yml").read_text()
+    assert "BB_HASHSERVE_DB_DIR" not in common.replace("# ", "")
+
+
+def test_cache_maint_timer_units() -> None:
+    import configparser
+
+    timer = configparser.ConfigParser()
+    timer.read_string((DEVENV / "k3svirt-cache-maint.timer").read_text())
+    assert timer["Timer"]["OnCalendar"] and timer["Timer"]["Persistent"] == "true"
+    service = configparser.ConfigParser()
+    service.read_string((DEVENV / "k3svirt-cache-maint.service").read_text())
+    assert service["Service"]["ExecStart"].endswith("devenv/cache-maint.sh --apply")
 
 
 def _fake_engine(tmp_path: Path, name: str) -> Path:
@@ -172,7 +211,22 @@ def test_cache_maint_dry_run_by_default_then_age_and_size(tmp_path: Path) -> Non
     old_dl = dl / "old-1.0.tar.gz"
     old_dl.write_text("x")
     (dl / "old-1.0.tar.gz.done").write_text("")
+    (dl / "old-1.0.tar.gz.sig").write_text("s")
     os.utime(old_dl, (now - 400 * 86400, now - 400 * 86400))
+    orphan_sig = dl / "gone-2.0.tar.xz.sig"
+    orphan_sig.write_text("s")
+    kept_sig = dl / "new-3.0.tar.xz.sig"
+    kept_sig.write_text("s")
+    (dl / "new-3.0.tar.xz").write_text("n")
+    old_git = dl / "git2" / "github.com.old.repo.git"
+    (old_git / "objects").mkdir(parents=True)
+    (old_git / "objects" / "pack").write_text("p")
+    (old_git / "FETCH_HEAD").write_text("h")
+    os.utime(old_git / "FETCH_HEAD", (now - 400 * 86400, now - 400 * 86400))
+    (dl / "git2_github.com.old.repo.git.tar.gz").write_text("t")
+    new_git = dl / "git2" / "github.com.new.repo.git"
+    new_git.mkdir()
+    (new_git / "FETCH_HEAD").write_text("h")
     args = [
         "bash",
         str(DEVENV / "cache-maint.sh"),
@@ -195,3 +249,7 @@ def test_cache_maint_dry_run_by_default_then_age_and_size(tmp_path: Path) -> Non
     assert not files[0].exists() and not files[1].exists()
     assert files[2].exists() and files[3].exists()
     assert not old_dl.exists() and not (dl / "old-1.0.tar.gz.done").exists()
+    assert not (dl / "old-1.0.tar.gz.sig").exists() and not orphan_sig.exists(), ".sig files must be pruned"
+    assert kept_sig.exists() and (dl / "new-3.0.tar.xz").exists()
+    assert not old_git.exists() and not (dl / "git2_github.com.old.repo.git.tar.gz").exists(), "stale git2 mirror kept"
+    assert new_git.exists()

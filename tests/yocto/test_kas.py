@@ -13,7 +13,7 @@ import yaml
 from .conftest import LAYER, REPO
 
 KAS_DIR = LAYER / "kas"
-KAS_FILES = sorted(KAS_DIR.glob("*.yml"))
+KAS_FILES = sorted(KAS_DIR.glob("*.yml")) + sorted((KAS_DIR / "include").glob("*.yml"))
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 

@@ -27,7 +27,15 @@ import pytest
 
 from .conftest import LAYER, require_tool
 
-FRAGMENT_DIR = LAYER / "recipes-kernel" / "linux" / "linux-yocto"
+# Symbols without a prompt cannot be set by a fragment (kernel-yocto's audit reports them as
+# invalid); they come from what selects them, and must come out with this value.
+SELECTED = {
+    "CONFIG_HUGETLB_PAGE": ("y", "selected by HUGETLBFS"),
+    "CONFIG_VFIO_IOMMU_TYPE1": ("m", "selected by VFIO (VFIO_CONTAINER) on x86"),
+}
+
+FRAGMENT_DIR = LAYER / "recipes-kernel" / "linux" / "linux-yocto" / "k3svirt-kmeta" / "k3svirt"
+BBAPPEND = LAYER / "recipes-kernel" / "linux" / "linux-yocto_%.bbappend"
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "k3svirt"
 
 # Options that first appear in a newer kernel than Debian 12's 6.1: their
@@ -170,9 +178,72 @@ def test_fragments_exist_and_are_referenced_by_scc() -> None:
     for frag in fragments():
         line = rf"^kconf (hardware|non-hardware) {re.escape(frag.name)}$"
         assert re.search(line, scc, re.M), f"{frag.name} is not a kconf line in k3svirt.scc"
-    bbappend = (LAYER / "recipes-kernel" / "linux" / "linux-yocto_%.bbappend").read_text()
-    for frag in fragments():
-        assert f"file://{frag.name}" in bbappend, f"{frag.name} missing from SRC_URI in linux-yocto_%.bbappend"
+    for name in re.findall(r"^kconf \S+ (\S+)$", scc, re.M):
+        assert (FRAGMENT_DIR / name).is_file(), f"k3svirt.scc names missing {name}"
+
+
+def _kernel_features(bbappend: str) -> list[str]:
+    m = re.search(r'^KERNEL_FEATURES:append:k3svirt = "(.*?)"', bbappend.replace("\\\n", " "), re.M | re.S)
+    assert m, "no KERNEL_FEATURES:append:k3svirt in linux-yocto_%.bbappend"
+    return [f for f in re.sub(r"\$\{@[^}]*\}", "", m.group(1)).split()]
+
+
+def test_k3svirt_feature_is_applied_last() -> None:
+    """kernel-yocto applies SRC_URI fragments BEFORE KERNEL_FEATURES, so a .cfg in SRC_URI loses
+    every conflict with a cache feature. Ours must be a kmeta directory whose .scc is the last
+    KERNEL_FEATURES entry; no bare .cfg/.scc may sit in SRC_URI."""
+    bb = BBAPPEND.read_text()
+    src_uri = " ".join(re.findall(r'^SRC_URI:append:k3svirt = "(.*?)"', bb.replace("\\\n", " "), re.M | re.S))
+    assert "file://k3svirt-kmeta;type=kmeta;destsuffix=k3svirt-kmeta" in src_uri
+    assert not re.search(r"file://[^ ;]+\.(cfg|scc)", src_uri), (
+        f"fragments in SRC_URI lose to KERNEL_FEATURES: {src_uri}"
+    )
+    feats = _kernel_features(bb)
+    assert feats[-1] == "k3svirt/k3svirt.scc", f"k3svirt/k3svirt.scc must be the last feature, got {feats}"
+    assert (FRAGMENT_DIR.parent / feats[-1]).is_file()
+
+
+def test_configcheck_is_fatal_for_our_options(tmp_path: Path) -> None:
+    """Run the bbappend's do_k3svirt_configcheck body (python) against a .config that lost one of
+    our options: it must call bb.fatal naming it; with every option present it must pass."""
+    bb = BBAPPEND.read_text()
+    body = re.search(r"^python do_k3svirt_configcheck\(\) \{\n(.*?)^\}", bb, re.M | re.S).group(1)
+    assert "addtask k3svirt_configcheck after do_kernel_configcheck before do_compile" in bb
+    unpack = tmp_path / "unpack"
+    (unpack / "k3svirt-kmeta").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(FRAGMENT_DIR, unpack / "k3svirt-kmeta" / "k3svirt")
+    build = tmp_path / "build"
+    build.mkdir()
+    want = requested()
+
+    class Fatal(Exception):
+        pass
+
+    class FakeBB:
+        @staticmethod
+        def fatal(msg: str) -> None:
+            raise Fatal(msg)
+
+    class FakeD:
+        def getVar(self, name: str) -> str:
+            return {"UNPACKDIR": str(unpack), "B": str(build)}[name]
+
+    func = "def check(d, bb):\n" + body
+
+    def run() -> None:
+        ns: dict = {}
+        exec(compile(func, "do_k3svirt_configcheck", "exec"), ns)
+        ns["check"](FakeD(), FakeBB)
+
+    lines = [f"{o}={v}" if v != "n" else f"# {o} is not set" for o, (v, _f) in sorted(want.items())]
+    (build / ".config").write_text("\n".join(lines) + "\n")
+    run()
+    victim = "CONFIG_KVM" if "CONFIG_KVM" in want else sorted(want)[0]
+    (build / ".config").write_text("\n".join(ln.replace(f"{victim}=y", f"{victim}=m") for ln in lines) + "\n")
+    with pytest.raises(Fatal, match=victim):
+        run()
 
 
 def test_every_requested_option_exists_in_kconfig(kconfig_symbols: set[str]) -> None:
@@ -233,7 +304,6 @@ def test_k3s_required_options_are_requested() -> None:
         "CONFIG_KVM_INTEL",
         "CONFIG_VFIO",
         "CONFIG_VFIO_PCI",
-        "CONFIG_VFIO_IOMMU_TYPE1",
         "CONFIG_INTEL_IOMMU",
         "CONFIG_INTEL_IOMMU_SVM",
         "CONFIG_INTEL_IOMMU_DEFAULT_ON",
@@ -245,3 +315,52 @@ def test_k3s_required_options_are_requested() -> None:
     req = requested()
     missing = [o for o in k3s_required if o not in req or req[o][0] not in ("y", "m")]
     assert not missing, f"not requested as y/m by any fragment: {missing}"
+
+
+@pytest.fixture(scope="session")
+def kconfig_prompts(kernel_tree: Path) -> dict[str, bool]:
+    """symbol -> has a prompt somewhere (a user-settable symbol) in the x86 build's Kconfig files."""
+    prompts: dict[str, bool] = {}
+    head = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
+    typed = re.compile(r"""^\s*(?:bool|tristate|string|int|hex)\s+["']""")
+    prompt = re.compile(r"""^\s*prompt\s+["']""")
+    for kc in kernel_tree.rglob("Kconfig*"):
+        rel = kc.relative_to(kernel_tree).parts
+        if rel[0] == "arch" and len(rel) > 1 and rel[1] != "x86":
+            continue
+        cur = None
+        for line in kc.read_text(errors="replace").splitlines():
+            m = head.match(line)
+            if m:
+                cur = "CONFIG_" + m.group(1)
+                prompts.setdefault(cur, False)
+                continue
+            if cur and (typed.match(line) or prompt.match(line)):
+                prompts[cur] = True
+            elif re.match(r"^\s*(endmenu|endif|endchoice|menu |choice|if |source )", line):
+                cur = None
+    return prompts
+
+
+def test_no_fragment_sets_a_symbol_without_prompt(kconfig_prompts: dict[str, bool]) -> None:
+    bad = sorted(o for o in requested() if o in kconfig_prompts and not kconfig_prompts[o])
+    assert not bad, f"no prompt, cannot be set directly (set what selects them): {bad}"
+    for opt in SELECTED:
+        assert kconfig_prompts.get(opt) is False, f"{opt} now has a prompt: set it directly, drop it from SELECTED"
+        assert opt not in requested()
+
+
+def test_selected_symbols_come_out_right(merged_config: tuple[dict[str, str], str]) -> None:
+    final, _log = merged_config
+    for opt, (want, why) in SELECTED.items():
+        assert final.get(opt, "n") == want, f"{opt} ({why}) is {final.get(opt, 'n')}, want {want}"
+
+
+def test_cmdline_isolation_has_kernel_support(merged_config: tuple[dict[str, str], str]) -> None:
+    """nohz_full= and rcu_nocbs= on the wks command line are ignored without these options."""
+    final, _log = merged_config
+    wks = (LAYER / "files" / "wic" / "k3svirt-efi.wks.in").read_text()
+    distro = (LAYER / "conf" / "distro" / "k3svirt.conf").read_text()
+    assert "${K3SVIRT_CPU_ISOLATION_CMDLINE}" in wks and "nohz_full=" in distro and "rcu_nocbs=" in distro
+    for opt in ("CONFIG_NO_HZ_FULL", "CONFIG_RCU_NOCB_CPU", "CONFIG_CPU_ISOLATION", "CONFIG_HUGETLBFS"):
+        assert final.get(opt) == "y", f"{opt}={final.get(opt)}"

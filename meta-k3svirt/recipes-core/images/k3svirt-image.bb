@@ -30,6 +30,7 @@ IMAGE_INSTALL = " \
     k3svirt-operator \
     k3svirt-gateway \
     k3svirt-host-config \
+    k3svirt-network-config \
     \
     kernel-modules \
     pciutils \
@@ -43,13 +44,24 @@ IMAGE_INSTALL = " \
 # kernel-modules: K3s/kube-proxy load netfilter/IPVS modules on demand; the
 # k3s recipe only RRECOMMENDS a handful of them.
 
-# Extra room on / for logs and upgrades; /var gets its own partition sized
-# for container images, K3s state and VM disks (see the wks file).
+# / is one of two fixed-size A/B slots (the wks file); /var gets its own
+# partition for container images, K3s state and VM disks, grown to the disk
+# at first boot. The rootfs budget is ~600 MB (docs/yocto.md, "Size"); a
+# slot of 1.5 GiB leaves room for two releases' growth.
 IMAGE_ROOTFS_EXTRA_SPACE = "0"
+# The size budget (docs/yocto.md, "Size"): do_image fails when the rootfs
+# (/ and the build-time content of /var: manifests, air-gap images) grows
+# past 600 MB (the value is in KiB).
+IMAGE_ROOTFS_MAXSIZE = "614400"
+K3SVIRT_ROOT_SLOT_SIZE ?= "1536M"
 K3SVIRT_VAR_EXTRA_SPACE ?= "8G"
 K3SVIRT_HUGEPAGES ??= "512"
+K3SVIRT_HUGEPAGES_1G ??= "0"
+K3SVIRT_CPU_ISOLATION_CMDLINE ??= ""
 
-IMAGE_FSTYPES += "wic wic.bmap"
+# IMAGE_FSTYPES is the machine's (n305.conf: wic.zst + wic.bmap) or the kas
+# file's (qemux86-64: wic for runqemu); the image does not add to it, so no
+# type is listed twice.
 # Hard assignment: qemux86-64.conf sets WKS_FILE ?= "qemux86-directdisk.wks"
 # (legacy BIOS), which would otherwise win; this image's partition layout
 # and kernel command line are part of the product.
@@ -71,6 +83,9 @@ k3svirt_install_authorized_keys() {
     fi
 }
 k3svirt_install_authorized_keys[vardeps] += "K3SVIRT_ROOT_AUTHORIZED_KEYS"
+# The file's content, not only its path, is part of do_rootfs's signature:
+# editing authorized_keys rebuilds the rootfs.
+do_rootfs[file-checksums] += "${@'%s:True' % d.getVar('K3SVIRT_ROOT_AUTHORIZED_KEYS') if d.getVar('K3SVIRT_ROOT_AUTHORIZED_KEYS') else ''}"
 
 # Everything on this box is a service; boot to multi-user.
 SYSTEMD_DEFAULT_TARGET = "multi-user.target"

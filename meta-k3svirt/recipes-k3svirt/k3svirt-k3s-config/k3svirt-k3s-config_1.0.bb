@@ -1,36 +1,26 @@
 SUMMARY = "K3s single-node configuration and k3svirt auto-deploy manifests"
-DESCRIPTION = "K3s config drop-in for a single-node k3svirt server, \
-k3svirt's CRDs and namespace as K3s auto-deploy manifests (applied by the \
-K3s deploy controller at every start, no network needed), optionally the \
-K3s air-gap image tarball, and the k3svirt-wait-api helper."
+DESCRIPTION = "K3s config drop-in for a single-node k3svirt server (CPU \
+manager, reserved CPUs, disabled add-ons), k3svirt's CRDs, namespace and the \
+gateway's least-privilege ServiceAccount as K3s auto-deploy manifests \
+(applied by the K3s deploy controller at every start, no network needed), \
+and the k3svirt-wait-api helper."
 HOMEPAGE = "https://k3svirt.invalid/"
 LICENSE = "CLOSED"
 
-# Sources live in the enclosing k3svirt repository (crds/), outside the
-# layer on purpose; FILESEXTRAPATHS is how file:// URLs reach them.
-# nooelint: oelint.vars.fileextrapaths,oelint.vars.outofcontext
-FILESEXTRAPATHS:prepend := "${THISDIR}/files:${K3SVIRT_SRCDIR}:"
-SRC_URI = " \
-    file://config.yaml \
+# crds/ of the k3svirt repository (k3svirt-source.inc); the rest is ours.
+require recipes-k3svirt/k3svirt-source.inc
+SRC_URI += "file://config.yaml.in \
     file://k3svirt-namespace.yaml \
+    file://k3svirt-gateway-rbac.yaml \
     file://k3svirt-wait-api \
-    file://crds \
-    ${@'file://${K3S_AIRGAP_IMAGES}' if d.getVar('K3S_AIRGAP_IMAGES') else ''} \
 "
-S = "${UNPACKDIR}"
 
-# Air-gap images: K3s's system pods (pause, coredns, local-path-provisioner)
-# need container images; without them the API, our CRDs and the host-side
-# operator/gateway still work, but those pods stay in ImagePullBackOff until
-# the box sees a registry. To ship them, put the tarball matching the k3s
-# recipe's version (k3s-airgap-images-amd64.tar.zst from the K3s release) in
-# a directory on FILESPATH, e.g. in local.conf:
-#   FILESEXTRAPATHS:prepend:pn-k3svirt-k3s-config := "/srv/k3s-airgap:"
-#   K3S_AIRGAP_IMAGES = "k3s-airgap-images-amd64.tar.zst"
-K3S_AIRGAP_IMAGES ??= ""
+# CPUs pods must never use: QEMU emulator threads and pinned vCPUs
+# (conf/distro/k3svirt.conf). kubelet's static CPU manager with
+# strict-cpu-reservation keeps every pod, whatever its QoS class, off them.
+K3SVIRT_CPUS_VM ??= "3-7"
 
 K3S_SERVER_DIR = "${localstatedir}/lib/rancher/k3s/server"
-K3S_AGENT_DIR = "${localstatedir}/lib/rancher/k3s/agent"
 
 do_configure[noexec] = "1"
 do_compile[noexec] = "1"
@@ -38,11 +28,15 @@ do_compile[noexec] = "1"
 do_install() {
     # meta-virtualization's k3s package owns /etc/rancher/k3s/config.yaml;
     # K3s merges config.yaml.d/*.yaml over it in lexical order.
-    install -D -m 0600 ${S}/config.yaml ${D}${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml
-    install -D -m 0755 ${S}/k3svirt-wait-api ${D}${libexecdir}/k3svirt/k3svirt-wait-api
+    install -d ${D}${sysconfdir}/rancher/k3s/config.yaml.d
+    sed -e 's#@K3SVIRT_CPUS_VM@#${K3SVIRT_CPUS_VM}#g' ${UNPACKDIR}/config.yaml.in \
+        > ${D}${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml
+    chmod 0600 ${D}${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml
+    install -D -m 0755 ${UNPACKDIR}/k3svirt-wait-api ${D}${libexecdir}/k3svirt/k3svirt-wait-api
 
     install -d -m 0700 ${D}${K3S_SERVER_DIR}/manifests
-    install -m 0600 ${S}/k3svirt-namespace.yaml ${D}${K3S_SERVER_DIR}/manifests/k3svirt-00-namespace.yaml
+    install -m 0600 ${UNPACKDIR}/k3svirt-namespace.yaml ${D}${K3S_SERVER_DIR}/manifests/k3svirt-00-namespace.yaml
+    install -m 0600 ${UNPACKDIR}/k3svirt-gateway-rbac.yaml ${D}${K3S_SERVER_DIR}/manifests/k3svirt-20-gateway-rbac.yaml
     # The CRDs are the API contract (crds/ at the repo root): plain
     # manifests rather than a HelmChart, because a HelmChart needs the
     # helm-install job's image, i.e. a registry, on first boot.
@@ -53,13 +47,12 @@ do_install() {
         found=1
     done
     if [ "$found" = 0 ]; then
-        bbfatal "no CRDs found in ${K3SVIRT_SRCDIR}/crds: the image would boot without the k3svirt API"
-    fi
-
-    if [ -n "${K3S_AIRGAP_IMAGES}" ]; then
-        install -D -m 0644 ${S}/${K3S_AIRGAP_IMAGES} ${D}${K3S_AGENT_DIR}/images/${K3S_AIRGAP_IMAGES}
+        bbfatal "no CRDs found in ${S}/crds: the image would boot without the k3svirt API"
     fi
 }
+
+# The config depends on the machine's CPU layout (K3SVIRT_CPUS_VM).
+PACKAGE_ARCH = "${MACHINE_ARCH}"
 
 FILES:${PN} += "\
     ${sysconfdir}/rancher \
@@ -68,4 +61,6 @@ FILES:${PN} += "\
 "
 CONFFILES:${PN} += "${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml"
 
-RDEPENDS:${PN} += "k3s-server"
+# k3s-airgap-images: the pause, coredns and local-path-provisioner images
+# K3s needs on an offline first boot.
+RDEPENDS:${PN} += "k3s-airgap-images k3s-server"

@@ -4,17 +4,12 @@ objects into libvirt domains on this node (operator/ in the k3svirt repo)."
 HOMEPAGE = "https://k3svirt.invalid/"
 LICENSE = "CLOSED"
 
-# Sources live in the enclosing k3svirt repository, outside the layer on
-# purpose; FILESEXTRAPATHS is how file:// URLs reach them.
-# nooelint: oelint.vars.fileextrapaths,oelint.vars.outofcontext
-FILESEXTRAPATHS:prepend := "${K3SVIRT_SRCDIR}/operator:${THISDIR}/files:"
-SRC_URI = " \
-    file://pyproject.toml;subdir=operator \
-    file://k3svirt_operator;subdir=operator \
-    file://k3svirt-operator.service \
+# operator/ of the k3svirt repository (k3svirt-source.inc).
+K3SVIRT_SUBDIR = "operator"
+require recipes-k3svirt/k3svirt-source.inc
+SRC_URI += "file://k3svirt-operator.service \
     file://k3svirt-operator.default \
 "
-S = "${UNPACKDIR}/operator"
 
 inherit python_setuptools_build_meta systemd
 

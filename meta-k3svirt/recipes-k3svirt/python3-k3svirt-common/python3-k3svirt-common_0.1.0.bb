@@ -5,20 +5,10 @@ HOMEPAGE = "https://k3svirt.invalid/"
 # The k3svirt repository carries no licence file yet.
 LICENSE = "CLOSED"
 
-# Built from the checkout this layer lives in (K3SVIRT_SRCDIR, layer.conf),
-# never from a network fetch: the image always matches the tree it is built
-# from. Only the package and its build metadata are copied, not tests.
-# Sources live in the enclosing k3svirt repository, outside the layer on
-# purpose; FILESEXTRAPATHS is how file:// URLs reach them.
-# nooelint: oelint.vars.fileextrapaths,oelint.vars.outofcontext
-FILESEXTRAPATHS:prepend := "${K3SVIRT_SRCDIR}/common:${K3SVIRT_SRCDIR}:"
-SRC_URI = " \
-    file://pyproject.toml;subdir=common \
-    file://setup.py;subdir=common \
-    file://k3svirt_common;subdir=common \
-    file://crds \
-"
-S = "${UNPACKDIR}/common"
+# common/ of the k3svirt repository (pinned git commit, or the checkout via
+# externalsrc: k3svirt-source.inc). setup.py copies ../crds into the wheel.
+K3SVIRT_SUBDIR = "common"
+require recipes-k3svirt/k3svirt-source.inc
 
 inherit python_setuptools_build_meta
 
