@@ -55,6 +55,9 @@ def record_launch(event: str, args: tuple) -> None:
     prog = os.fsdecode(prog)
     if "/" not in prog and " " in prog:  # a shell=True command line: its first word
         prog = prog.split()[0]
+    cwd = args[2] if len(args) > 2 else None
+    if "/" in prog and not os.path.isabs(prog) and cwd:  # e.g. scripts/kconfig/merge_config.sh in a tree
+        prog = os.path.join(os.fsdecode(cwd), prog)
     LAUNCHED.setdefault(prog, os.environ.get("PYTEST_CURRENT_TEST", "the test session").split(" ")[0])
 
 
@@ -268,7 +271,26 @@ def origin(program: str) -> str | None:
             return f"Debian package {pkg} (required on every Debian system)"
     if name in prerequisites():
         return "machine prerequisite"
+    interpreter = _interpreter(path)
+    if interpreter and "/" in program and (via := origin(interpreter)):
+        # a script file of a tree a test unpacked or made (a kernel source's merge_config.sh): data,
+        # run by an interpreter that must itself be installed
+        return f"a script run by {interpreter} ({via})"
     return None
+
+
+def _interpreter(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(256)
+    except OSError:
+        return None
+    if not line.startswith(b"#!"):
+        return None
+    words = line[2:].decode(errors="replace").split()
+    if not words:
+        return None
+    return words[1] if os.path.basename(words[0]) == "env" and len(words) > 1 else words[0]
 
 
 def package_hint(program: str) -> str:
