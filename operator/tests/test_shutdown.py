@@ -3,7 +3,6 @@ their partial files are removed (so SIGTERM ends the operator within seconds, wh
 
 from __future__ import annotations
 
-import http.server
 import subprocess
 import threading
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from k3svirt_operator import image_cache, shutdown
+
+from tests.slow_http import slow_server
 
 
 @pytest.fixture(autouse=True)
@@ -59,44 +60,10 @@ def test_nothing_new_starts_once_stopping():
         shutdown.run(["true"], timeout=5)
 
 
-class TrickleHandler(http.server.BaseHTTPRequestHandler):
-    """Announces 1 GiB and sends 64 KiB every 0.2 s: a download that would take hours."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(1 << 30))
-        self.end_headers()
-        deadline = time.monotonic() + 60  # bounded: the server stops by itself
-        try:
-            while time.monotonic() < deadline:
-                self.wfile.write(b"\0" * 65536)
-                time.sleep(0.2)
-        except OSError:
-            pass
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 @pytest.fixture
 def trickle_url() -> Iterator[str]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TrickleHandler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/disk.img"
-    srv.shutdown()
-    srv.server_close()
-
-
-class StallHandler(TrickleHandler):
-    """Sends the headers, then nothing: the reader blocks in recv()."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(1 << 20))
-        self.end_headers()
-        self.wfile.flush()
-        time.sleep(40)
+    with slow_server() as (base, _):
+        yield base + "/disk.img"
 
 
 def test_a_running_download_is_aborted_and_its_partial_file_removed(tmp_path: Path, trickle_url: str):
@@ -109,16 +76,10 @@ def test_a_running_download_is_aborted_and_its_partial_file_removed(tmp_path: Pa
 
 
 def test_a_download_blocked_in_recv_is_woken_by_the_stop(tmp_path: Path):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StallHandler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with slow_server(declared=1 << 20, seconds=40, stall=True) as (base, _):
         stop_after(1.0)
         t0 = time.monotonic()
         with pytest.raises(shutdown.Stopped):
-            image_cache.ensure_image(f"http://127.0.0.1:{srv.server_address[1]}/x.img", root=tmp_path)
+            image_cache.ensure_image(base + "/x.img", root=tmp_path)
         assert time.monotonic() - t0 < 4, "the stop did not wake the blocked read"
         assert list((tmp_path / "images").glob("*.part")) == []
-    finally:
-        srv.shutdown()
-        srv.server_close()

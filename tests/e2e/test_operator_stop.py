@@ -4,44 +4,24 @@ leaves no partial file behind (the download is cancelled, not finished)."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
+
+from tests.slow_http import slow_server
 
 from .conftest import Operator, free_port, kubectl, tiny_vm, wait_until
 
 
-class Trickle(http.server.BaseHTTPRequestHandler):
-    """Announces 4 GiB, then sends 64 KiB every 0.2 s (bounded: gives up after 90 s)."""
-
-    started = threading.Event()
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(4 << 30))
-        self.end_headers()
-        Trickle.started.set()
-        deadline = time.monotonic() + 90
-        try:
-            while time.monotonic() < deadline:
-                self.wfile.write(b"\0" * 65536)
-                time.sleep(0.2)
-        except OSError:
-            pass
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 def test_sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, tmp_path):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    with slow_server(declared=4 << 30, seconds=90) as (base, started):
+        _sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, tmp_path, base, started)
+
+
+def _sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, tmp_path, base, started):
     node = f"stop-{namespace}"
     env = {
         **os.environ,
@@ -58,13 +38,13 @@ def test_sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, t
             "dl",
             tiny_guest,
             nodeName=node,
-            disks=[{"name": "root", "source": {"image": {"url": f"http://127.0.0.1:{srv.server_address[1]}/big.img"}}}],
+            disks=[{"name": "root", "source": {"image": {"url": base + "/big.img"}}}],
         )
         kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=json.dumps(vm))
         images = Path(testbed["K3SVIRT_STORAGE_ROOT"]) / "images"
         url = vm["spec"]["disks"][0]["source"]["image"]["url"]
         part = f".{hashlib.sha256(url.encode()).hexdigest()}.img.*.part"  # image_cache's partial file
-        wait_until(Trickle.started.is_set, 60, f"the operator never started the download; log:\n{op.tail()}")
+        wait_until(started.is_set, 60, f"the operator never started the download; log:\n{op.tail()}")
         wait_until(lambda: list(images.glob(part)), 30, "no partial download file appeared")
         t0 = time.monotonic()
         assert op.proc is not None
@@ -90,8 +70,6 @@ def test_sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, t
             '{"metadata":{"finalizers":null}}',
             check=False,
         )
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_the_node_endpoint_listens_on_the_node_address_only(operator):
