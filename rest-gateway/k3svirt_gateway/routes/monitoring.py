@@ -21,6 +21,7 @@ from ..nodeview import node_usage, node_view, resources
 from ..podstats import RateTracker, find_pod, pod_stats_view, totals, unavailable
 from ..podview import pod_view
 from . import kube
+from .pods import pod_state_conflict
 from .vms import template_path, vm_path
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,7 @@ def node_capacity(node: str) -> dict[str, float | None]:
 
 # --------------------------------------------------------------------------------- pod stats
 def _not_measurable(name: str, pod: dict[str, Any], why: str) -> Problem:
-    view = pod_view(pod)
-    return Problem(
-        409,
-        f"no stats for pod {name!r}: {why} (status {view['status']})",
-        reason="PodNotRunning",
-        podStatus=view["status"],
-        statusMessage=view["statusMessage"],
-    )
+    return pod_state_conflict("stats", name, pod, why, "PodNotRunning")
 
 
 @op(

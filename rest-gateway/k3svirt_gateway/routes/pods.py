@@ -113,13 +113,13 @@ def pod_logs(name: str):
     return Response(text, mimetype="text/plain")
 
 
-def _not_started(name: str, pod: dict[str, Any], why: str) -> Problem:
+def pod_state_conflict(what: str, name: str, pod: dict[str, Any], why: str, reason: str, **extra: Any) -> Problem:
+    """The 409 for "no <what> for pod <name>" because of the pod's state, naming that state."""
     view = pod_view(pod)
-    return Problem(
-        409,
-        f"no log for pod {name!r}: {why} (status {view['status']})",
-        reason="ContainerNotStarted",
-        podStatus=view["status"],
-        statusMessage=view["statusMessage"],
-        containers=view["containers"],
-    )
+    return Problem(409, f"no {what} for pod {name!r}: {why} (status {view['status']})", reason=reason,
+                   podStatus=view["status"], statusMessage=view["statusMessage"], **extra)  # fmt: skip
+
+
+def _not_started(name: str, pod: dict[str, Any], why: str) -> Problem:
+    containers = pod_view(pod)["containers"]
+    return pod_state_conflict("log", name, pod, why, "ContainerNotStarted", containers=containers)
