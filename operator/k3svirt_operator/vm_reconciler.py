@@ -413,7 +413,9 @@ def _describe_resolution(expanded: templates.Expanded) -> str:
 
 
 def _interfaces(uid: str, spec: Mapping[str, Any], dom: libvirt.virDomain | None) -> list[dict[str, Any]]:
-    leases = domains.lease_addresses(dom) if dom is not None and dom.isActive() else {}
+    # lease_addresses answers {} for a domain that is not running (or is being undefined right now);
+    # asking isActive() first raced with a concurrent undefine and failed the pass.
+    leases = domains.lease_addresses(dom) if dom is not None else {}
     out = []
     for net in spec.get("networks") or []:
         mac = (net.get("macAddress") or default_mac(uid, net["name"])).lower()
