@@ -8,7 +8,15 @@ set -euo pipefail
 RUN=/run/libvirt
 STARTED="$K3SVIRT_STATE/libvirt.started"   # lists daemons this script started, so stop leaves others alone
 
-running() { pgrep -x "$1" >/dev/null; }
+# running NAME: a live NAME process (zombies do not count: PID 1 here may never reap a stopped daemon,
+# and a start that took the zombie for a running libvirtd would wait for an answer that never comes).
+running() {
+  local p
+  for p in $(pgrep -x "$1"); do
+    case "$(ps -o stat= -p "$p" 2>/dev/null)" in Z* | "") ;; *) return 0 ;; esac
+  done
+  return 1
+}
 
 start() {
   need_root
@@ -20,7 +28,7 @@ start() {
     "$d" -d || die "$d failed to start: see /var/log/libvirt/ and run '$d' in the foreground to read the error"
     echo "$d" >> "$STARTED"
   done
-  wait_for 20 libvirtd virsh -c qemu:///system version || die "libvirtd does not answer on qemu:///system"
+  wait_for 60 libvirtd virsh -c qemu:///system version || die "libvirtd does not answer on qemu:///system after 60 s: see /var/log/libvirt/libvirtd.log"
   local info
   info=$(virsh -c qemu:///system net-info default 2>/dev/null || true)
   if ! grep -q 'Active: *yes' <<<"$info"; then
