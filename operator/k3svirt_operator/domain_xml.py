@@ -72,7 +72,7 @@ class DomainContext:
     emulator: str | None = None  # e.g. /usr/bin/qemu-system-x86_64; None = libvirt's default
     # spec.disks[].name -> DiskPlacement, a plain path, or any object with .path/.format (storage.DiskResult)
     disks: Mapping[str, Any] = field(default_factory=dict)
-    seed_iso: str | None = None  # cloud-init NoCloud ISO, attached as a read-only SATA CD-ROM
+    seed_iso: str | None = None  # cloud-init NoCloud ISO, attached read-only (see seed_bus)
     console_log: str | None = None  # serial console log file (virtlogd appends to it)
     host_devices: Mapping[str, str] = field(default_factory=dict)  # hostDevices[].name -> "0000:01:00.0"
     uefi_loader: str | None = None  # None with firmware uefi: libvirt firmware autoselection
@@ -155,9 +155,16 @@ def _dev_name(prefix: str, index: int) -> str:
     return prefix + letters
 
 
+def seed_bus(spec: Mapping[str, Any]) -> str:
+    """Bus of the cloud-init seed: virtio (a read-only disk) unless the spec asks for a SATA CD-ROM.
+    virtio by default because cloud kernels (Debian's genericcloud among them) have no AHCI driver,
+    so a SATA seed is invisible to them and cloud-init silently finds no datasource."""
+    return str((spec.get("cloudInit") or {}).get("seedBus") or "virtio")
+
+
 def disk_targets(spec: Mapping[str, Any], with_seed: bool = False) -> dict[str, str]:
     """Guest device names: virtio disks vda, vdb...; scsi and sata disks share sda, sdb...;
-    the cloud-init seed CD-ROM (key "__seed__") takes the next sd name."""
+    the cloud-init seed (key "__seed__") takes the next name of its bus (seed_bus)."""
     vd = sd = 0
     out: dict[str, str] = {}
     for disk in spec.get("disks") or []:
@@ -168,7 +175,7 @@ def disk_targets(spec: Mapping[str, Any], with_seed: bool = False) -> dict[str, 
             out[disk["name"]] = _dev_name("sd", sd)
             sd += 1
     if with_seed:
-        out["__seed__"] = _dev_name("sd", sd)
+        out["__seed__"] = _dev_name("vd", vd) if seed_bus(spec) == "virtio" else _dev_name("sd", sd)
     return out
 
 
@@ -390,10 +397,11 @@ def _disks(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, iothre
             _sub(disk, "boot", order=d["bootOrder"])
         _sub(disk, "alias", name=f"ua-disk-{d['name']}")
     if ctx.seed_iso:
-        cd = _sub(devs, "disk", type="file", device="cdrom")
+        bus = seed_bus(spec)
+        cd = _sub(devs, "disk", type="file", device="disk" if bus == "virtio" else "cdrom")
         _sub(cd, "driver", name="qemu", type="raw")
         _sub(cd, "source", file=ctx.seed_iso)
-        _sub(cd, "target", dev=targets["__seed__"], bus="sata")
+        _sub(cd, "target", dev=targets["__seed__"], bus=bus)
         _sub(cd, "readonly")
         _sub(cd, "alias", name="ua-cloudinit")
     if any(d["bus"] == "scsi" for d in spec.get("disks") or []):

@@ -232,9 +232,10 @@ CASES = [
             ("./devices/disk[target/@dev='sda']/driver", {"type": "raw", "cache": "writeback", "io": "threads"}),
             ("./devices/disk[target/@dev='sdb']/driver", {"discard": "ignore", "io": "io_uring", "cache": "unsafe"}),
             ("./devices/disk[target/@dev='sdb']/target", {"bus": "sata"}),
-            ("./devices/disk[@device='cdrom']/target", {"dev": "sdc", "bus": "sata"}),
-            ("./devices/disk[@device='cdrom']/source", {"file": "/var/lib/k3svirt/ns1/vm1/seed.iso"}),
-            ("./devices/disk[@device='cdrom']/readonly", {}),
+            ("./devices/disk[alias/@name='ua-cloudinit']", {"device": "disk"}),
+            ("./devices/disk[alias/@name='ua-cloudinit']/target", {"dev": "vdb", "bus": "virtio"}),
+            ("./devices/disk[alias/@name='ua-cloudinit']/source", {"file": "/var/lib/k3svirt/ns1/vm1/seed.iso"}),
+            ("./devices/disk[alias/@name='ua-cloudinit']/readonly", {}),
             ("./devices/controller[@type='scsi']", {"model": "virtio-scsi"}),
             ("./devices/disk/alias[@name='ua-disk-root']", {}),
             ("./iothreads", "2"),
@@ -338,6 +339,16 @@ CASES = [
         ],
     ),
     (
+        "seed-on-sata-cdrom",
+        {**MEM, "cloudInit": {"seedBus": "sata"}},
+        {"seed_iso": "/tmp/seed.iso"},
+        [
+            ("./devices/disk[alias/@name='ua-cloudinit']", {"device": "cdrom"}),
+            ("./devices/disk[alias/@name='ua-cloudinit']/target", {"dev": "sda", "bus": "sata"}),
+            ("./devices/disk[alias/@name='ua-cloudinit']/readonly", {}),
+        ],
+    ),
+    (
         "lifecycle-crash-preserve",
         {**MEM, "lifecycle": {"onPoweroff": "destroy", "onReboot": "destroy", "onCrash": "preserve"}},
         {},
@@ -356,7 +367,7 @@ CASES = [
         },
         {"seed_iso": "/tmp/seed.iso", "emulator": "/usr/bin/qemu-system-x86_64"},
         [
-            ("./devices/disk[@device='cdrom']/target", {"dev": "sda"}),
+            ("./devices/disk[alias/@name='ua-cloudinit']/target", {"dev": "vda", "bus": "virtio"}),
             ("./devices/emulator", "/usr/bin/qemu-system-x86_64"),
         ],
     ),
@@ -537,7 +548,9 @@ def test_helpers():
     with pytest.raises(DomainBuildError):
         parse_cpuset("1,1")
     spec = {"disks": [{"name": "a"}, {"name": "b", "bus": "sata"}, {"name": "c"}, {"name": "d", "bus": "scsi"}]}
-    assert disk_targets(spec, with_seed=True) == {"a": "vda", "b": "sda", "c": "vdb", "d": "sdb", "__seed__": "sdc"}
+    assert disk_targets(spec, with_seed=True) == {"a": "vda", "b": "sda", "c": "vdb", "d": "sdb", "__seed__": "vdc"}
+    sata_seed = {**spec, "cloudInit": {"seedBus": "sata"}}
+    assert disk_targets(sata_seed, with_seed=True)["__seed__"] == "sdc"
     many = disk_targets({"disks": [{"name": f"d{i}"} for i in range(28)]})
     assert many["d25"] == "vdz" and many["d26"] == "vdaa"
     mac = default_mac(UID, "default")

@@ -1,6 +1,7 @@
 """Builds the tiny test guest once: Debian's cloud kernel plus a busybox initramfs.
 
-The guest loads the virtio drivers, takes a DHCP lease on its first NIC, prints a marker line on
+The guest loads the virtio drivers, reads its cloud-init NoCloud seed if it has one (prints the
+files, applies local-hostname), takes a DHCP lease on its first NIC, prints a marker line on
 the serial console and leaves a shell there (so `virsh console` works). Boots to the marker in
 about 3 s under software emulation.
 
@@ -26,7 +27,7 @@ from pathlib import Path
 MARKER = "K3SVIRT-GUEST-READY"
 BUSYBOX = Path("/bin/busybox")
 # Loaded in this order; their own dependencies are resolved from modules.dep.
-MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_console", "button", "evdev"]
+MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_console", "button", "evdev", "isofs"]
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -36,6 +37,18 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /etc/modules); do insmod /lib/modules/$m.ko 2>/dev/null; done
 hostname "$(sed -n 's/.*k3svirt.hostname=\\([^ ]*\\).*/\\1/p' /proc/cmdline)"
+# The NoCloud seed, as cloud-init finds it: a block device labelled cidata. Its files go to the
+# console line by line (so tests see exactly what arrived) and its local-hostname is applied.
+d=$(findfs LABEL=cidata 2>/dev/null)
+if [ -n "$d" ] && mount -t iso9660 -o ro "$d" /mnt; then
+  for f in meta-data user-data network-config; do
+    [ -f "/mnt/$f" ] && sed "s/^/K3SVIRT-SEED $f: /" "/mnt/$f"
+  done
+  h=$(sed -n 's/^local-hostname: *//p' /mnt/meta-data | tr -d '\\042\\047')
+  [ -n "$h" ] && hostname "$h"
+  echo "K3SVIRT-SEED-HOSTNAME $(hostname)"
+  umount /mnt
+fi
 ip link set lo up
 for n in /sys/class/net/e*; do
   [ -e "$n" ] || continue
@@ -126,7 +139,8 @@ def build(out_dir: Path, script: str | None = None) -> tuple[Path, Path]:
     """(vmlinuz, initramfs.img) in out_dir, rebuilt only when an input changed."""
     kernel, release = _kernel()
     modules = _module_files(release)
-    inputs = INIT + UDHCPC + POWER_BUTTON + release + BUSYBOX.read_bytes().hex()[:64] + (script or "")
+    busybox = BUSYBOX.read_bytes().hex()[:64]
+    inputs = INIT + UDHCPC + POWER_BUTTON + " ".join(MODULES) + release + busybox + (script or "")
     key = hashlib.sha256(inputs.encode()).hexdigest()[:12]
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = out_dir / ".stamp"
