@@ -37,6 +37,13 @@ ADDRESS_POLLS = 20  # quick re-checks (every 3 s) for a DHCP lease after a start
 TemplateGetter = Callable[[str, str], Mapping[str, Any] | None]  # (namespace, name) -> VMTemplate
 
 
+def stop_grace_seconds(spec: Mapping[str, Any], node_default: float) -> float:
+    """Seconds between the ACPI shutdown request and destroy: the VM's
+    terminationGracePeriodSeconds, else the node's default."""
+    value = spec.get("terminationGracePeriodSeconds")
+    return node_default if value is None else float(value)
+
+
 @dataclass
 class Event:
     type: str  # Normal | Warning
@@ -138,8 +145,9 @@ class VMReconciler:
             failure = state.start_failure
             if failure is not None and (failure.generation != meta.get("generation") or action_value is not None):
                 state.start_failure = None  # a new spec or an explicit request: try again at once
+            grace = stop_grace_seconds(expanded.spec, self.settings.stop_grace_seconds)
             requeue = self._apply_power(
-                names.run_strategy(spec), observed, action, events, state, meta.get("generation") or 0
+                names.run_strategy(spec), observed, action, events, state, meta.get("generation") or 0, grace
             )
             if action_value is not None:
                 status["lastActionRequest"] = action_value
@@ -307,6 +315,7 @@ class VMReconciler:
         events: list[Event],
         state: VMState,
         generation: int,
+        grace: float,
     ) -> float | None:
         dom = observed.domain
         assert dom is not None
@@ -334,7 +343,7 @@ class VMReconciler:
             state.start_failure = None
             events.append(Event("Normal", "Started", decision.reason))
         elif decision.step in (Step.STOP, Step.RESTART):
-            state.stopping = Stopping(time.monotonic(), decision.step == Step.RESTART)
+            state.stopping = Stopping(time.monotonic(), decision.step == Step.RESTART, grace)
             domains.request_shutdown(dom)
             events.append(Event("Normal", "Stopping", decision.reason))
             return 0.5
@@ -346,14 +355,11 @@ class VMReconciler:
         pending = state.stopping
         assert pending is not None
         if observed.power in (Power.RUNNING, Power.PAUSED, Power.STOPPING):
-            if time.monotonic() - pending.since < self.settings.stop_grace_seconds:
+            grace = pending.grace_seconds
+            if time.monotonic() - pending.since < grace:
                 return 0.5
             domains.destroy(dom)
-            events.append(
-                Event(
-                    "Normal", "Destroyed", f"the guest did not shut down within {self.settings.stop_grace_seconds:g} s"
-                )
-            )
+            events.append(Event("Normal", "Destroyed", f"the guest did not shut down within {grace:g} s"))
         state.stopping = None
         events.append(Event("Normal", "Stopped", "the domain is shut off"))
         if pending.then_start:
@@ -370,12 +376,13 @@ class VMReconciler:
         with contextlib.suppress(domains.DomainConflict):
             dom = domains.find(conn, ns, name, uid)
             if dom is not None:
-                # The guest gets its ACPI shutdown and stop_grace_seconds, as for a stop; then it is
-                # destroyed. An operator stopping meanwhile keeps the finalizer: the next one finishes.
-                clean = domains.power_off(dom, self.settings.stop_grace_seconds, shutdown.stopping)
+                # The guest gets its ACPI shutdown and its grace, as for a stop; then it is destroyed.
+                # An operator stopping meanwhile keeps the finalizer: the next one finishes.
+                grace = stop_grace_seconds(spec, self.settings.stop_grace_seconds)
+                clean = domains.power_off(dom, grace, shutdown.stopping)
                 shutdown.check(f"deleting {ns}/{name}")
                 domains.undefine(dom)
-                how = "after a clean shutdown" if clean else f"destroyed after {self.settings.stop_grace_seconds:g} s"
+                how = "after a clean shutdown" if clean else f"destroyed after {grace:g} s"
                 events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed ({how})"))
         keep = spec.get("deletionPolicy") == "Retain"
         storage.remove_vm_storage(ns, name, self.settings.storage_root, keep=keep)

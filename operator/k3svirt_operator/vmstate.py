@@ -29,6 +29,7 @@ class StartFailure:
 class Stopping:
     since: float  # time.monotonic() of the ACPI shutdown request
     then_start: bool  # a restart: start again once it is off
+    grace_seconds: float  # destroy when still running this long after the request
 
 
 @dataclass
