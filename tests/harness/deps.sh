@@ -18,6 +18,7 @@ APT_PACKAGES=(
   buildah mmdebstrap                                             # local image builds (images.sh)
   containerd runc containernetworking-plugins                    # the node's container runtime and pod network
   conntrack                                                      # kube-proxy clears stale UDP/NAT entries
+  openssh-client                                                 # kubectl k3svirt ssh
   linux-source flex bison bc libelf-dev libssl-dev make xz-utils # tests/yocto: the kernel Kconfig check
 )
 # What this machine must already have (the README's prerequisites); every other program the code,

@@ -1,0 +1,280 @@
+"""kubectl k3svirt: day-to-day VM operations from kubectl, through the Kubernetes API only.
+
+Installed as the `kubectl-k3svirt` executable (kubectl finds plugins on PATH by that name) together
+with `kubectl_complete-k3svirt`, which kubectl runs for shell completion of plugin arguments.
+
+    kubectl k3svirt start|stop|restart NAME [--wait]     (stop/start like virtctl: runStrategy)
+    kubectl k3svirt stats NAME                           (the VM's live figures)
+    kubectl k3svirt ssh [USER@]NAME [-- SSH ARGS...]     (ssh to the VM's first IP address)
+    kubectl k3svirt completion bash|zsh
+
+It never opens libvirt: every command reads or patches VirtualMachine objects, so it works with
+the same RBAC as kubectl and from any machine that has the kubeconfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import names
+from .kube import ApiError, Client, load_config
+from .kube.paths import group_path
+
+PROG = "kubectl k3svirt"
+COMMANDS = ("start", "stop", "restart", "stats", "ssh", "completion")
+STATS_TIMEOUT = 5.0
+# stop/start on a Manual VM cannot change runStrategy (the operator never acts on it by itself):
+# they become one-shot action requests, as restart always is.
+PERSISTENT = {"start": names.RunStrategy.ALWAYS, "stop": names.RunStrategy.HALTED}
+
+
+class PluginError(Exception):
+    """A failure worth one line on stderr (exit code 1)."""
+
+
+def vm_path(namespace: str, name: str | None = None) -> str:
+    return group_path(names.GROUP, names.VERSION, names.VM_PLURAL, namespace, name)
+
+
+def power_patch(vm: dict[str, Any], action: str, request_id: str) -> dict[str, Any]:
+    """The merge patch that performs `action` on `vm`: runStrategy for start/stop (the persistent way,
+    which GitOps sees), a one-shot action-request annotation for restart and for Manual VMs."""
+    strategy = names.run_strategy(vm.get("spec") or {})
+    if action in PERSISTENT and strategy != names.RunStrategy.MANUAL:
+        return {"spec": {"runStrategy": str(PERSISTENT[action])}}
+    return {"metadata": {"annotations": {names.ANNOTATION_ACTION: f"{action}/{request_id}"}}}
+
+
+def action_done(vm: dict[str, Any], action: str, patch: dict[str, Any]) -> bool:
+    """True once the operator has carried out the patch: the action request is recorded as done and
+    the VM is in the state the action leads to."""
+    status = vm.get("status") or {}
+    wanted = (patch.get("metadata") or {}).get("annotations", {}).get(names.ANNOTATION_ACTION)
+    if wanted and status.get("lastActionRequest") != wanted:
+        return False
+    if (vm.get("metadata") or {}).get("generation") != status.get("observedGeneration"):
+        return False
+    printable = status.get("printableStatus")
+    return printable == ("Stopped" if action == "stop" else "Running")
+
+
+def first_address(vm: dict[str, Any]) -> str:
+    for iface in (vm.get("status") or {}).get("interfaces") or []:
+        ip = iface.get("ipAddress")
+        if isinstance(ip, str) and ip:
+            return ip
+    raise PluginError(f"VirtualMachine {vm['metadata']['name']!r} has no IP address in status.interfaces yet")
+
+
+def ssh_argv(target: str, vm: dict[str, Any], extra: Sequence[str], ssh: str = "ssh") -> list[str]:
+    user, _, _ = target.rpartition("@")
+    ip = first_address(vm)
+    return [ssh, *(["-l", user] if user else []), *extra, ip]
+
+
+def flatten(figures: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Scalar leaves as ("memory.usedBytes", "1234") rows; list items by their name (disks, nics)."""
+    if isinstance(figures, dict):
+        rows: list[tuple[str, str]] = []
+        for key, value in figures.items():
+            rows += flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(figures, list):
+        rows = []
+        for i, item in enumerate(figures):
+            label = item.get("name", item.get("id", i)) if isinstance(item, dict) else i
+            rows += flatten(item, f"{prefix}[{label}]")
+        return rows
+    return [] if figures is None else [(prefix, str(figures))]
+
+
+def format_stats(figures: dict[str, Any]) -> str:
+    rows = flatten(figures)
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+BASH_COMPLETION = """# kubectl k3svirt completion for bash: source <(kubectl k3svirt completion bash)
+_kubectl_k3svirt() {
+  local cur=${COMP_WORDS[COMP_CWORD]}
+  COMPREPLY=($(compgen -W "$(kubectl_complete-k3svirt "${COMP_WORDS[@]:1:COMP_CWORD}" | sed '/^:/d')" -- "$cur"))
+}
+complete -F _kubectl_k3svirt kubectl-k3svirt
+"""
+ZSH_COMPLETION = """#compdef kubectl-k3svirt
+# kubectl k3svirt completion for zsh: source <(kubectl k3svirt completion zsh)
+_kubectl_k3svirt() {
+  local -a words_; words_=(${(f)"$(kubectl_complete-k3svirt ${words[2,CURRENT]} | sed '/^:/d')"})
+  compadd -a words_
+}
+compdef _kubectl_k3svirt kubectl-k3svirt
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="VM operations for k3svirt VirtualMachines.")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig file (default $KUBECONFIG)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("-n", "--namespace", help="namespace (default: the context's namespace)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for action, text in (("start", "start the VM and keep it running (runStrategy Always)"),
+                         ("stop", "stop the VM and keep it stopped (runStrategy Halted)"),
+                         ("restart", "restart the VM once (ACPI shutdown, then start)")):  # fmt: skip
+        c = sub.add_parser(action, help=text, description=text)
+        c.add_argument("name", help="VirtualMachine name")
+        c.add_argument("--wait", action="store_true", help="wait until the operator has done it")
+        c.add_argument("--timeout", type=float, default=180.0, help="seconds --wait waits (default 180)")
+    c = sub.add_parser("stats", help="live CPU, memory, disk and network figures of a running VM")
+    c.add_argument("name", help="VirtualMachine name")
+    c.add_argument("--json", action="store_true", help="print every figure as JSON")
+    c = sub.add_parser("ssh", help="ssh to the VM's first IP address (status.interfaces)")
+    c.add_argument("target", help="[USER@]NAME")
+    c.add_argument("ssh_args", nargs=argparse.REMAINDER, help="after --: arguments for ssh itself")
+    c = sub.add_parser("completion", help="print a shell completion script")
+    c.add_argument("shell", choices=("bash", "zsh"))
+    return p
+
+
+def _client(args: argparse.Namespace) -> tuple[Client, str]:
+    cfg = load_config(args.kubeconfig, args.context)
+    return Client(cfg, user_agent="kubectl-k3svirt"), args.namespace or cfg.namespace
+
+
+def _get_vm(client: Client, ns: str, name: str) -> dict[str, Any]:
+    try:
+        return client.get(vm_path(ns, name))
+    except ApiError as exc:
+        if exc.status == 404:
+            raise PluginError(f'VirtualMachine "{name}" not found in namespace "{ns}"') from exc
+        raise
+
+
+def _wait(get: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        vm = get()
+        if done(vm):
+            return vm
+        if time.monotonic() > deadline:
+            st = vm.get("status") or {}
+            raise PluginError(f"not done after {timeout:g} s (status {st.get('printableStatus')})")
+        time.sleep(0.5)
+
+
+def run_power(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client, ns = _client(args)
+    vm = _get_vm(client, ns, args.name)
+    patch = power_patch(vm, args.command, uuid.uuid4().hex[:12])
+    client.patch(vm_path(ns, args.name), patch)
+    if args.wait:
+        _wait(lambda: _get_vm(client, ns, args.name), lambda v: action_done(v, args.command, patch), args.timeout)
+    verb = {"start": "started", "stop": "stopped", "restart": "restarted"}[args.command]
+    out(f"virtualmachine.k3svirt.io/{args.name} {verb if args.wait else args.command + ' requested'}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client, ns = _client(args)
+    vm = _get_vm(client, ns, args.name)
+    status = vm.get("status") or {}
+    if status.get("printableStatus") != "Running":
+        raise PluginError(f"VirtualMachine {args.name!r} is not running (status {status.get('printableStatus')})")
+    endpoint = (status.get("monitoring") or {}).get("endpoint")
+    if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+        raise PluginError(f"VirtualMachine {args.name!r} has no monitoring endpoint yet")
+    try:
+        with urllib.request.urlopen(endpoint, timeout=STATS_TIMEOUT) as resp:  # noqa: S310 - http(s) checked above
+            figures = json.load(resp)
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"the node's monitoring endpoint {endpoint} did not answer: {exc}") from exc
+    out(json.dumps(figures, indent=2, sort_keys=True) if args.json else format_stats(figures))
+    return 0
+
+
+def run_ssh(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client, ns = _client(args)
+    name = args.target.rpartition("@")[2]
+    extra = args.ssh_args[1:] if args.ssh_args[:1] == ["--"] else args.ssh_args
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise PluginError("ssh is not installed (Debian: apt install openssh-client)")
+    argv = ssh_argv(args.target, _get_vm(client, ns, name), extra, ssh)
+    os.execv(ssh, argv)
+    return 127  # not reached
+
+
+def complete(words: Sequence[str], list_vms: Callable[[], list[str]]) -> list[str]:
+    """Candidates for the last word (kubectl_complete-k3svirt protocol: one per line, then a
+    ':<directive>' line; 4 = no file completion)."""
+    positional = [w for w in words[:-1] if not w.startswith("-")]
+    if not positional:
+        return [c for c in COMMANDS if c.startswith(words[-1] if words else "")]
+    command = positional[0]
+    prefix = words[-1] if words else ""
+    if command == "completion":
+        return [s for s in ("bash", "zsh") if s.startswith(prefix)]
+    if command in ("start", "stop", "restart", "stats", "ssh") and len(positional) == 1:
+        user, at, partial = prefix.rpartition("@")
+        return [f"{user}{at}{n}" for n in list_vms() if n.startswith(partial)]
+    return []
+
+
+def namespace_flag(words: Sequence[str]) -> str | None:
+    """The -n/--namespace value among the words kubectl passes to the completion program."""
+    for i, w in enumerate(words):
+        if w in ("-n", "--namespace") and i + 1 < len(words) - 1:
+            return words[i + 1]
+        if w.startswith("--namespace="):
+            return w.partition("=")[2]
+    return None
+
+
+def complete_main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv) or [""]
+    ns = namespace_flag(words)
+    # Flags and their values are not positional words for complete().
+    plain = [w for i, w in enumerate(words) if not (w.startswith("-") or (i and words[i - 1] in ("-n", "--namespace")))]
+    if words[-1] == "" or not words[-1].startswith("-"):
+        plain = plain if plain and plain[-1] == words[-1] else [*plain, words[-1]]
+
+    def list_vms() -> list[str]:
+        try:
+            cfg = load_config(os.environ.get("KUBECONFIG"))
+            items = Client(cfg, timeout=3.0).list(vm_path(ns or cfg.namespace)).get("items") or []
+        except (ApiError, OSError):
+            return []
+        return sorted(i["metadata"]["name"] for i in items)
+
+    for candidate in complete(plain, list_vms):
+        print(candidate)
+    print(":4")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run = {"start": run_power, "stop": run_power, "restart": run_power, "stats": run_stats, "ssh": run_ssh}
+    try:
+        if args.command == "completion":
+            print(BASH_COMPLETION if args.shell == "bash" else ZSH_COMPLETION, end="")
+            return 0
+        return run[args.command](args, print)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(f"error: the API server refused: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

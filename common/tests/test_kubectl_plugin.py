@@ -1,0 +1,60 @@
+import pytest
+from k3svirt_common.kubectl_plugin import (
+    PluginError,
+    action_done,
+    complete,
+    flatten,
+    namespace_flag,
+    power_patch,
+    ssh_argv,
+)
+
+ACTION = "k3svirt.io/action-request"
+
+
+def test_start_stop_change_run_strategy_restart_is_one_shot():
+    vm = {"spec": {"runStrategy": "Always"}}
+    assert power_patch(vm, "stop", "x") == {"spec": {"runStrategy": "Halted"}}
+    assert power_patch(vm, "start", "x") == {"spec": {"runStrategy": "Always"}}
+    assert power_patch(vm, "restart", "x") == {"metadata": {"annotations": {ACTION: "restart/x"}}}
+
+
+def test_manual_vms_get_action_requests_only():
+    vm = {"spec": {"runStrategy": "Manual"}}
+    assert power_patch(vm, "stop", "id1") == {"metadata": {"annotations": {ACTION: "stop/id1"}}}
+
+
+def test_action_done_needs_the_request_recorded_the_generation_observed_and_the_state():
+    patch = {"metadata": {"annotations": {ACTION: "restart/a"}}}
+    vm = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "printableStatus": "Running"}}
+    assert not action_done(vm, "restart", patch)
+    vm["status"]["lastActionRequest"] = "restart/a"
+    assert action_done(vm, "restart", patch)
+    stop = {"spec": {"runStrategy": "Halted"}}
+    assert not action_done({**vm, "metadata": {"generation": 3}}, "stop", stop)
+    stopped = {"metadata": {"generation": 3}, "status": {"observedGeneration": 3, "printableStatus": "Stopped"}}
+    assert action_done(stopped, "stop", stop)
+
+
+def test_flatten_names_list_items():
+    rows = flatten({"cpu": {"usagePercent": 1.5}, "disks": [{"name": "root", "readBytes": 7}], "x": None})
+    assert rows == [("cpu.usagePercent", "1.5"), ("disks[root].name", "root"), ("disks[root].readBytes", "7")]
+
+
+def test_ssh_argv_uses_the_first_address_and_user():
+    vm = {"metadata": {"name": "v"}, "status": {"interfaces": [{"name": "a"}, {"ipAddress": "192.168.122.9"}]}}
+    assert ssh_argv("root@v", vm, ["-v"]) == ["ssh", "-l", "root", "-v", "192.168.122.9"]
+    assert ssh_argv("v", vm, []) == ["ssh", "192.168.122.9"]
+    with pytest.raises(PluginError, match="no IP address"):
+        ssh_argv("v", {"metadata": {"name": "v"}, "status": {}}, [])
+
+
+def test_completion_candidates():
+    vms = lambda: ["db", "web"]  # noqa: E731
+    assert complete(["re"], vms) == ["restart"]
+    assert complete(["ssh", "root@w"], vms) == ["root@web"]
+    assert complete(["stats", ""], vms) == ["db", "web"]
+    assert complete(["stats", "db", ""], vms) == []
+    assert namespace_flag(["-n", "prod", "stop", ""]) == "prod"
+    assert namespace_flag(["--namespace=dev", ""]) == "dev"
+    assert namespace_flag(["stop", "-n"]) is None
