@@ -113,8 +113,12 @@ def op(
     operation_id: str | None = None,
     names: str = "subdomain",
     also: dict[int, tuple[str | None, str]] | None = None,
+    etag: bool = False,
+    paged: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare one route (rule + method) with its documentation."""
+    """Declare one route (rule + method) with its documentation. `etag`: a single-object GET whose view
+    calls conventions.versioned (ETag header); `paged`: a list answered by routes.list_items (limit,
+    continue, Link). Every PATCH/PUT/DELETE takes If-Match (conventions.parse_if_match)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         meta = {
@@ -132,6 +136,8 @@ def op(
             "operation_id": operation_id or fn.__name__,
             "names": names,
             "also": also or {},
+            "etag": etag,
+            "paged": paged,
         }
         ops = fn.__dict__.setdefault("k3s_ops", {})
         ops[method] = meta

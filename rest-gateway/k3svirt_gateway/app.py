@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 
-from . import auth, config
+from . import auth, config, conventions
 from .cache import Cache
 from .errors import register_error_handlers
 from .k8s import Kube
@@ -46,6 +46,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     register_error_handlers(app)
     app.before_request(auth.check_request)
+    app.before_request(_writes_take_if_match)
+    app.after_request(conventions.add_etag)
 
     from .routes import meta, monitoring, namespaces, pci, pods, templates, vms, workloads
 
@@ -54,3 +56,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         for bp in mod.blueprints():
             app.register_blueprint(bp, url_prefix=API_PREFIX)
     return app
+
+
+def _writes_take_if_match() -> None:
+    """before_request: every PATCH/PUT/DELETE route of ours honours If-Match (400 when malformed)."""
+    if request.method in ("PATCH", "PUT", "DELETE") and request.endpoint is not None:
+        conventions.parse_if_match()

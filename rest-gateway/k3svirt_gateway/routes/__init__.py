@@ -8,6 +8,7 @@ from typing import Any
 from flask import current_app
 
 from ..cache import Cache, Resource
+from ..conventions import page_request, paged
 from ..k8s import Kube
 
 
@@ -20,13 +21,25 @@ def cache() -> Cache:
 
 
 def list_items(
-    resource: Resource, ns: str, selector: str | None, direct: Callable[[], list[dict[str, Any]]]
+    list_fn: Callable[[dict[str, Any]], dict[str, Any]],
+    project: Callable[[dict[str, Any]], dict[str, Any]],
+    ns: str,
+    selector: str | None = None,
+    cached: Resource | None = None,
 ) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """A list response: from the watch cache when it can answer, else `direct()` (the API server)."""
-    listing = cache().list(resource, ns, selector)
-    if listing is None:
-        return {"items": direct()}, 200, {}
-    return {"items": listing.items}, 200, cache().stale_warning(listing)
+    """Every list route's answer. `list_fn(query)` lists from the API server (query: labelSelector,
+    limit, continue); `project` makes an item of each object. With `limit`/`continue` one page comes
+    from the API server (conventions.paged); without, the whole list, from the watch cache when the
+    route has one (`cached`) and it can answer."""
+    page = page_request(ns, selector)
+    if page is not None:
+        return paged(list_fn, project, ns, selector, page)
+    if cached is not None:
+        listing = cache().list(cached, ns, selector)
+        if listing is not None:
+            return {"items": listing.items}, 200, cache().stale_warning(listing)
+    out = list_fn({"labelSelector": selector})
+    return {"items": [project(o) for o in out.get("items", [])]}, 200, {}
 
 
 def meta_summary(obj: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from k3svirt_common import templates as tmod
 from .. import contract as c
 from ..api import JSON_TYPES, YAML_TYPES, check_name, namespace, op
 from ..cache import STALE_HEADER, Resource
+from ..conventions import check_version, delete_options, versioned
 from ..errors import Problem, validation_problem
 from ..schemas import validate
 from . import clean_metadata, kube, list_items
@@ -78,10 +79,11 @@ def _detail(obj: dict[str, Any]) -> dict[str, Any]:
     response=(200, "VMTemplateList", "templates"),
     query=("namespace",),
     response_headers=STALE_HEADER,
+    paged=True,
 )
 def list_templates():
     ns = namespace()
-    return list_items(TEMPLATES, ns, None, lambda: [summary(o) for o in kube().get(template_path(ns)).get("items", [])])
+    return list_items(lambda query: kube().get(template_path(ns), query=query), summary, ns, cached=TEMPLATES)
 
 
 @op(
@@ -91,10 +93,11 @@ def list_templates():
     summary="Get one VMTemplate with all its versions",
     response=(200, "VMTemplate", "the template"),
     query=("namespace",),
+    etag=True,
 )
 def get_template(name: str):
     ns = namespace()
-    return _detail(kube().get(template_path(ns, check_name(name))))
+    return _detail(versioned(kube().get(template_path(ns, check_name(name)))))
 
 
 def _imported() -> dict[str, Any]:
@@ -207,9 +210,10 @@ def delete_template(name: str):
     ns = namespace()
     check_name(name)
     template = kube().get(template_path(ns, name))  # 404 first
+    check_version(template)  # 412 before the in-use check; the delete carries the precondition too
     vms = kube().get(vm_path(ns)).get("items", [])
     refusal = tmod.check_delete(template, vms)
     if refusal:
         raise Problem(409, refusal, reason="InUse")
-    kube().delete(template_path(ns, name))
+    kube().delete(template_path(ns, name), body=delete_options())
     return {"kind": c.TEMPLATE_KIND, "name": name, "namespace": ns, "message": "deletion requested"}, 202

@@ -9,10 +9,12 @@ from typing import Any
 import urllib3
 from flask import Blueprint, current_app, json, request
 from k3svirt_common import templates as tmod
+from k3svirt_common.names import ConditionType, PrintableStatus, RunStrategy, run_strategy
 
 from .. import contract as c
 from ..api import check_name, created, json_body, namespace, op
 from ..cache import STALE_HEADER, Resource
+from ..conventions import delete_options, versioned
 from ..errors import Problem, validation_problem
 from ..k8s import group_path
 from ..schemas import require_object, validate
@@ -40,16 +42,16 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     ready = any(
-        cond.get("type") == "Ready" and cond.get("status") == "True"
+        cond.get("type") == ConditionType.READY and cond.get("status") == "True"
         for cond in status.get("conditions") or []
         if isinstance(cond, dict)
     )
     out: dict[str, Any] = {
         "name": md.get("name", ""),
         "namespace": md.get("namespace", ""),
-        "runStrategy": spec.get("runStrategy", "Always"),
+        "runStrategy": run_strategy(spec),
         "printableStatus": status.get("printableStatus")
-        or ("Terminating" if md.get("deletionTimestamp") else "Pending"),
+        or (PrintableStatus.TERMINATING if md.get("deletionTimestamp") else PrintableStatus.PENDING),
         "ready": ready,
         "deleting": bool(md.get("deletionTimestamp")),
     }
@@ -163,16 +165,12 @@ def create_vm():
     response=(200, "VMList", "VMs"),
     query=("namespace", "labelSelector"),
     response_headers=STALE_HEADER,
+    paged=True,
 )
 def list_vms():
     ns = namespace()
     selector = request.args.get("labelSelector") or None
-
-    def direct() -> list[dict[str, Any]]:
-        out = kube().get(vm_path(ns), query={"labelSelector": selector})
-        return [summary(o) for o in out.get("items", [])]
-
-    return list_items(VMS, ns, selector, direct)
+    return list_items(lambda query: kube().get(vm_path(ns), query=query), summary, ns, selector, cached=VMS)
 
 
 @op(
@@ -183,10 +181,11 @@ def list_vms():
     response=(200, "VirtualMachine", "the VM"),
     query=("namespace",),
     names="label",
+    etag=True,
 )
 def get_vm(name: str):
     ns = namespace()
-    return clean_metadata(kube().get(vm_path(ns, check_name(name, label=True))))
+    return clean_metadata(versioned(kube().get(vm_path(ns, check_name(name, label=True)))))
 
 
 @op(
@@ -200,7 +199,7 @@ def get_vm(name: str):
 )
 def delete_vm(name: str):
     ns = namespace()
-    kube().delete(vm_path(ns, check_name(name, label=True)))
+    kube().delete(vm_path(ns, check_name(name, label=True)), body=delete_options())
     return {"kind": c.VM_KIND, "name": name, "namespace": ns, "message": "deletion requested"}, 202
 
 
@@ -211,12 +210,12 @@ def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
     md = vm.get("metadata") or {}
     if md.get("deletionTimestamp"):
         raise Problem(409, f"VirtualMachine {name!r} is being deleted")
-    strategy = (vm.get("spec") or {}).get("runStrategy", "Always")
+    strategy = run_strategy(vm.get("spec") or {})
     result: dict[str, Any] = {"name": name, "namespace": ns, "action": action}
-    if action == "restart" or strategy == "Manual":
+    if action == "restart" or strategy == RunStrategy.MANUAL:
         if action == "restart":
             status = (vm.get("status") or {}).get("printableStatus")
-            if strategy == "Halted" or status in ("Stopped", "Stopping"):
+            if strategy == RunStrategy.HALTED or status in (PrintableStatus.STOPPED, PrintableStatus.STOPPING):
                 raise Problem(
                     409,
                     f"VirtualMachine {name!r} is not running (runStrategy {strategy}, "
@@ -228,11 +227,11 @@ def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
         patch = {"metadata": {"annotations": {c.ACTION_ANNOTATION: request_id}}}
         result["requestId"] = request_id
     else:
-        target = "Always" if action == "start" else "Halted"
+        target = RunStrategy.ALWAYS if action == "start" else RunStrategy.HALTED
         patch = {"spec": {"runStrategy": target}}
         strategy = target
     kube().patch(vm_path(ns, name), patch)
-    result["runStrategy"] = strategy
+    result["runStrategy"] = str(strategy)
     return result, 202
 
 
@@ -288,8 +287,8 @@ def vm_stats(name: str):
     ns = namespace()
     vm = kube().get(vm_path(ns, check_name(name, label=True)))
     status = vm.get("status") or {}
-    printable = status.get("printableStatus") or "Pending"
-    if printable != "Running":
+    printable = status.get("printableStatus") or PrintableStatus.PENDING
+    if printable != PrintableStatus.RUNNING:
         raise Problem(409, f"VirtualMachine {name!r} is not running (status {printable})", reason="NotRunning")
     endpoint = (status.get("monitoring") or {}).get("endpoint")
     if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):

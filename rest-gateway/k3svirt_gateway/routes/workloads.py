@@ -8,11 +8,12 @@ from typing import Any
 from flask import Blueprint, request
 
 from ..api import check_name, created, json_body, namespace, op
+from ..conventions import delete_options, if_match, versioned, with_version
 from ..deployview import MANAGED_BY, apply_update, build_deployment, deployment_view
 from ..errors import Problem
 from ..k8s import core_path, group_path
 from ..schemas import require_object, validate
-from . import kube
+from . import kube, list_items
 
 deployments = Blueprint("deployments", __name__)
 services = Blueprint("services", __name__)
@@ -59,11 +60,12 @@ def create_deployment():
     summary="List Deployments",
     response=(200, "DeploymentList", "deployments"),
     query=("namespace", "labelSelector"),
+    paged=True,
 )
 def list_deployments():
     ns = namespace()
-    out = kube().get(dep_path(ns), query={"labelSelector": request.args.get("labelSelector") or None})
-    return {"items": [deployment_view(o) for o in out.get("items", [])]}
+    selector = request.args.get("labelSelector") or None
+    return list_items(lambda query: kube().get(dep_path(ns), query=query), deployment_view, ns, selector)
 
 
 @op(
@@ -73,17 +75,18 @@ def list_deployments():
     summary="Get a Deployment",
     response=(200, "Deployment", "the deployment"),
     query=("namespace",),
+    etag=True,
 )
 def get_deployment(name: str):
     ns = namespace()
-    return deployment_view(kube().get(dep_path(ns, check_name(name))))
+    return deployment_view(versioned(kube().get(dep_path(ns, check_name(name)))))
 
 
 def _scale(name: str) -> Any:
     ns = namespace()
     check_name(name)
     body = validate("Scale", require_object(json_body()))
-    kube().patch(dep_path(ns, name, "scale"), {"spec": {"replicas": body["replicas"]}})
+    kube().patch(dep_path(ns, name, "scale"), with_version({"spec": {"replicas": body["replicas"]}}))
     return deployment_view(kube().get(dep_path(ns, name)))
 
 
@@ -127,7 +130,7 @@ def delete_deployment(name: str):
     until the garbage collector has removed its ReplicaSets and their Pods, so `GET` answering 404
     means the pods are gone too."""
     ns = namespace()
-    kube().request("DELETE", dep_path(ns, check_name(name)), body={"propagationPolicy": "Foreground"})
+    kube().request("DELETE", dep_path(ns, check_name(name)), body=delete_options(propagationPolicy="Foreground"))
     return {
         "kind": "Deployment",
         "name": name,
@@ -150,16 +153,20 @@ def update_deployment(name: str):
     (an empty value clears it). A change to the pod template is a rolling update: the Deployment
     controller creates a new ReplicaSet and scales the old one down (watch `rollout` become
     Complete); `replicas` alone just scales. Read-modify-write with the object's resourceVersion
-    (retried on a concurrent change)."""
+    (retried on a concurrent change; with If-Match: at that version only, else 412)."""
     ns = namespace()
     check_name(name)
     body = validate("DeploymentUpdate", require_object(json_body()))
-    for attempt in range(3):
+    attempts = 1 if if_match() else 3
+    for attempt in range(attempts):
         current = kube().get(dep_path(ns, name))
+        changed = apply_update(current, body)
+        if if_match():
+            changed["metadata"]["resourceVersion"] = if_match()
         try:
-            return deployment_view(kube().put(dep_path(ns, name), apply_update(current, body)))
+            return deployment_view(kube().put(dep_path(ns, name), changed))
         except Problem as exc:
-            if exc.status != 409 or attempt == 2:
+            if exc.status != 409 or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
@@ -222,11 +229,12 @@ def create_service():
     summary="List Services",
     response=(200, "ServiceList", "services"),
     query=("namespace", "labelSelector"),
+    paged=True,
 )
 def list_services():
     ns = namespace()
-    out = kube().get(core_path("services", ns), query={"labelSelector": request.args.get("labelSelector") or None})
-    return {"items": [service_view(o) for o in out.get("items", [])]}
+    selector = request.args.get("labelSelector") or None
+    return list_items(lambda query: kube().get(core_path("services", ns), query=query), service_view, ns, selector)
 
 
 @op(
@@ -237,10 +245,11 @@ def list_services():
     response=(200, "Service", "the service"),
     query=("namespace",),
     names="label",
+    etag=True,
 )
 def get_service(name: str):
     ns = namespace()
-    return service_view(kube().get(core_path("services", ns, check_name(name, label=True))))
+    return service_view(versioned(kube().get(core_path("services", ns, check_name(name, label=True)))))
 
 
 @op(
@@ -254,5 +263,5 @@ def get_service(name: str):
 )
 def delete_service(name: str):
     ns = namespace()
-    kube().delete(core_path("services", ns, check_name(name, label=True)))
+    kube().delete(core_path("services", ns, check_name(name, label=True)), body=delete_options())
     return {"kind": "Service", "name": name, "namespace": ns, "message": "deletion requested"}, 202
