@@ -77,13 +77,14 @@ def _detail(obj: dict[str, Any]) -> dict[str, Any]:
     "GET",
     summary="List VMTemplates (templates and presets) with their versions",
     response=(200, "VMTemplateList", "templates"),
-    query=("namespace",),
+    query=("namespace", "labelSelector"),
     response_headers=STALE_HEADER,
     paged=True,
 )
 def list_templates():
     ns = namespace()
-    return list_items(lambda query: kube().get(template_path(ns), query=query), summary, ns, cached=TEMPLATES)
+    selector = request.args.get("labelSelector") or None
+    return list_items(lambda query: kube().get(template_path(ns), query=query), summary, ns, selector, TEMPLATES)
 
 
 @op(
