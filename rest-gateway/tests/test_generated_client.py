@@ -269,3 +269,28 @@ def test_deployment_and_service_run_on_the_node(api, ns, ready_node) -> None:
 
     text = wait_for("an answer through the Service", answer, timeout=60)
     assert "message=from-a-generated-client" in text
+
+
+def test_the_documented_example_runs(api, live_gateway, keys, tmp_path, monkeypatch) -> None:
+    """docs/rest-api.md's client example, as written, against the live gateway (namespace default)."""
+    from k3svirt_gateway_client.api.templates import delete_template
+    from k3svirt_gateway_client.api.vms import delete_vm, get_vm
+
+    from tests.e2e.conftest import REPO
+
+    text = (REPO / "docs/rest-api.md").read_text()
+    (example,) = re.findall(r"## Generating a client.*?```python\n(.*?)```", text, re.S)
+    assert len(example.splitlines()) <= 15
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small.yaml").write_text(
+        "apiVersion: k3svirt.io/v1alpha1\nkind: VMTemplate\nmetadata: {name: small}\n"
+        "spec: {kind: Template, versions: [{version: 1.0.0, vm: {cpu: {cores: 1}, memory: {size: 64Mi}}}]}\n"
+    )
+    try:
+        exec(example.replace("http://127.0.0.1:8080", live_gateway), {"KEY": keys["admin"]})  # noqa: S102
+        vm = get_vm.sync("web", client=api)
+        assert vm.spec.run_strategy == "Halted" and vm.spec.template.name == "small"
+    finally:
+        delete_vm.sync_detailed("web", client=api)
+        wait_for("the example VM gone", lambda: get_vm.sync_detailed("web", client=api).status_code == 404, 60)
+        delete_template.sync_detailed("small", client=api)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from ..api import check_name, created, json_body, op
 from ..conventions import delete_options, versioned
 from ..errors import Problem
 from ..k8s import core_path
 from ..schemas import require_object, validate
-from . import kube, list_items
+from . import deletion_accepted, kube, list_items
 
 bp = Blueprint("namespaces", __name__)
 
@@ -44,8 +44,7 @@ def view(obj: dict[str, Any]) -> dict[str, Any]:
     paged=True,
 )
 def list_namespaces():
-    selector = request.args.get("labelSelector") or None
-    return list_items(lambda query: kube().get(core_path("namespaces"), query=query), view, "", selector)
+    return list_items(lambda _ns, query: kube().get(core_path("namespaces"), query=query), view, namespaced=False)
 
 
 @op(
@@ -90,4 +89,4 @@ def delete_namespace(name: str):
     if name in PROTECTED:
         raise Problem(409, f"namespace {name!r} is a system namespace and cannot be deleted", reason="Protected")
     kube().delete(core_path("namespaces", name=name), body=delete_options())
-    return {"kind": "Namespace", "name": name, "message": "deletion requested"}, 202
+    return deletion_accepted("Namespace", name)

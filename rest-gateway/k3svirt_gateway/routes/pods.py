@@ -36,9 +36,7 @@ def blueprints() -> list[Blueprint]:
     paged=True,
 )
 def list_pods():
-    ns = namespace()
-    selector = request.args.get("labelSelector") or None
-    return list_items(lambda query: kube().get(core_path("pods", ns), query=query), pod_view, ns, selector)
+    return list_items(lambda ns, query: kube().get(core_path("pods", ns), query=query), pod_view)
 
 
 @op(

@@ -22,7 +22,7 @@ from ..cache import STALE_HEADER, Resource
 from ..conventions import check_version, delete_options, versioned
 from ..errors import Problem, validation_problem
 from ..schemas import validate
-from . import clean_metadata, kube, list_items
+from . import clean_metadata, deletion_accepted, kube, list_items
 from .vms import template_path, vm_path
 
 bp = Blueprint("templates", __name__)
@@ -82,9 +82,7 @@ def _detail(obj: dict[str, Any]) -> dict[str, Any]:
     paged=True,
 )
 def list_templates():
-    ns = namespace()
-    selector = request.args.get("labelSelector") or None
-    return list_items(lambda query: kube().get(template_path(ns), query=query), summary, ns, selector, TEMPLATES)
+    return list_items(lambda ns, query: kube().get(template_path(ns), query=query), summary, cached=TEMPLATES)
 
 
 @op(
@@ -217,4 +215,4 @@ def delete_template(name: str):
     if refusal:
         raise Problem(409, refusal, reason="InUse")
     kube().delete(template_path(ns, name), body=delete_options())
-    return {"kind": c.TEMPLATE_KIND, "name": name, "namespace": ns, "message": "deletion requested"}, 202
+    return deletion_accepted(c.TEMPLATE_KIND, name, ns)

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import urllib3
-from flask import Blueprint, current_app, json, request
+from flask import Blueprint, current_app, json
 from k3svirt_common import templates as tmod
 from k3svirt_common.names import ConditionType, PrintableStatus, RunStrategy, run_strategy
 
@@ -18,7 +18,7 @@ from ..conventions import delete_options, versioned
 from ..errors import Problem, validation_problem
 from ..k8s import group_path
 from ..schemas import require_object, validate
-from . import clean_metadata, kube, list_items
+from . import clean_metadata, deletion_accepted, kube, list_items
 
 bp = Blueprint("vms", __name__)
 
@@ -168,9 +168,7 @@ def create_vm():
     paged=True,
 )
 def list_vms():
-    ns = namespace()
-    selector = request.args.get("labelSelector") or None
-    return list_items(lambda query: kube().get(vm_path(ns), query=query), summary, ns, selector, cached=VMS)
+    return list_items(lambda ns, query: kube().get(vm_path(ns), query=query), summary, cached=VMS)
 
 
 @op(
@@ -200,7 +198,7 @@ def get_vm(name: str):
 def delete_vm(name: str):
     ns = namespace()
     kube().delete(vm_path(ns, check_name(name, label=True)), body=delete_options())
-    return {"kind": c.VM_KIND, "name": name, "namespace": ns, "message": "deletion requested"}, 202
+    return deletion_accepted(c.VM_KIND, name, ns)
 
 
 def _action(name: str, action: str) -> tuple[dict[str, Any], int]:

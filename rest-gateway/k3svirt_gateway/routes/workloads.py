@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from ..api import check_name, created, json_body, namespace, op
 from ..conventions import delete_options, if_match, versioned, with_version
@@ -13,7 +13,7 @@ from ..deployview import MANAGED_BY, apply_update, build_deployment, deployment_
 from ..errors import Problem
 from ..k8s import core_path, group_path
 from ..schemas import require_object, validate
-from . import kube, list_items
+from . import deletion_accepted, kube, list_items
 
 deployments = Blueprint("deployments", __name__)
 services = Blueprint("services", __name__)
@@ -63,9 +63,7 @@ def create_deployment():
     paged=True,
 )
 def list_deployments():
-    ns = namespace()
-    selector = request.args.get("labelSelector") or None
-    return list_items(lambda query: kube().get(dep_path(ns), query=query), deployment_view, ns, selector)
+    return list_items(lambda ns, query: kube().get(dep_path(ns), query=query), deployment_view)
 
 
 @op(
@@ -131,12 +129,9 @@ def delete_deployment(name: str):
     means the pods are gone too."""
     ns = namespace()
     kube().request("DELETE", dep_path(ns, check_name(name)), body=delete_options(propagationPolicy="Foreground"))
-    return {
-        "kind": "Deployment",
-        "name": name,
-        "namespace": ns,
-        "message": "deletion requested; the Deployment is gone (404) once its ReplicaSets and Pods are",
-    }, 202
+    return deletion_accepted(
+        "Deployment", name, ns, "deletion requested; the Deployment is gone (404) once its ReplicaSets and Pods are"
+    )
 
 
 @op(
@@ -232,9 +227,7 @@ def create_service():
     paged=True,
 )
 def list_services():
-    ns = namespace()
-    selector = request.args.get("labelSelector") or None
-    return list_items(lambda query: kube().get(core_path("services", ns), query=query), service_view, ns, selector)
+    return list_items(lambda ns, query: kube().get(core_path("services", ns), query=query), service_view)
 
 
 @op(
@@ -264,4 +257,4 @@ def get_service(name: str):
 def delete_service(name: str):
     ns = namespace()
     kube().delete(core_path("services", ns, check_name(name, label=True)), body=delete_options())
-    return {"kind": "Service", "name": name, "namespace": ns, "message": "deletion requested"}, 202
+    return deletion_accepted("Service", name, ns)
