@@ -63,20 +63,31 @@ def add_etag(resp: Response) -> Response:
     return resp
 
 
+_TAG_SYNTAX = re.compile(r'(W/)?"([\x21\x23-\x7e]{1,80})"')  # RFC 9110 entity-tag, bounded
+_OUR_TAG = re.compile(r"[1-9][0-9]{0,18}")  # what etag() gives out: the API server's decimal resourceVersions
+MAX_RESOURCE_VERSION = 2**63 - 1
+
+
 def parse_if_match() -> None:
-    """Called by `op` before a write's view: the wanted resourceVersion (None: no precondition) in g."""
+    """Called before a write's view: the wanted resourceVersion (None: no precondition) in g. Malformed
+    -> 400. A well-formed tag that cannot be a version of ours (weak, non-decimal, 0, out of range)
+    matches nothing -> 412 at once (RFC 9110), and never reaches the API server (which reads "0" as
+    "no precondition" and fails with 500 on a non-number)."""
     raw = request.headers.get("If-Match")
     g.k3s_if_match = None
     if raw is None or raw.strip() == "*":
         return
-    m = _ETAG.fullmatch(raw.strip())
+    m = _TAG_SYNTAX.fullmatch(raw.strip())
     if not m:
         raise Problem(
             400,
             f'If-Match must be one entity tag like "12345" (an ETag of this API) or *, got {raw[:40]!r}',
             errors=[{"field": "If-Match", "message": "expected one quoted ETag or *"}],
         )
-    g.k3s_if_match = m[1]
+    weak, tag = m[1], m[2]
+    if weak or not _OUR_TAG.fullmatch(tag) or int(tag) > MAX_RESOURCE_VERSION:
+        raise precondition_failed("no object of this API has that version")
+    g.k3s_if_match = tag
 
 
 def if_match() -> str | None:
