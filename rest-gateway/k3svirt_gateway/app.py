@@ -44,6 +44,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
             "every authenticated route answers 401"
         )
 
+    app.extensions["k3svirt.continue_key"] = conventions.continue_key(settings.get("CONTINUE_KEY"))
     register_error_handlers(app)
     app.before_request(auth.check_request)
     app.before_request(_writes_take_if_match)

@@ -8,20 +8,25 @@ list pagination (`limit` + an opaque `continue` token over Kubernetes' own conti
   becomes 412 (`precondition_failed`). `If-Match: *` means "any version".
 * `paged(list_fn, project)`: with `limit` or `continue` the list is read from the API server a page at
   a time (its continue token pins the first page's snapshot, so pages stay consistent while others
-  write); the gateway's token wraps Kubernetes' one and binds it to the route, namespace and selector.
+  write); the gateway's token wraps Kubernetes' one, binds it to the route, namespace and selector and
+  is signed (HMAC): a forged inner token (e.g. a future resourceVersion the API server would wait for,
+  then answer 504) never reaches the API server.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Response, g, request
+from flask import Response, current_app, g, request
 
 from .errors import Problem
 
@@ -174,17 +179,33 @@ def _scope(ns: str, selector: str | None) -> list[str]:
     return [request.path, ns, selector or ""]
 
 
+def continue_key(configured: str | None) -> bytes:
+    return hashlib.sha256(configured.encode()).digest() if configured else secrets.token_bytes(32)
+
+
+def _sign(payload: bytes) -> str:
+    mac = hmac.new(current_app.extensions["k3svirt.continue_key"], payload, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
 def _encode(scope: list[str], k8s_token: str) -> str:
     raw = json.dumps({"v": 1, "s": scope, "k": k8s_token}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=") + "." + _sign(raw)
 
 
 def _decode(token: str, scope: list[str]) -> str:
     if len(token) > PAGE_PARAMS["continue"]["schema"]["maxLength"]:
         raise _bad("continue", "token too long")
+    body, _, mac = token.partition(".")
     try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError):
+        raise _bad("continue", "not a continue token of this API") from None
+    if not hmac.compare_digest(mac, _sign(raw)):
+        raise _bad("continue", "not a continue token of this gateway (or it restarted): list from the first page")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
         raise _bad("continue", "not a continue token of this API") from None
     if not (isinstance(data, dict) and data.get("v") == 1 and isinstance(data.get("k"), str) and data["k"]):
         raise _bad("continue", "not a continue token of this API")

@@ -231,11 +231,13 @@ def _b64(data: object) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def test_forged_and_foreign_continue_tokens_are_400(client, admin, namespace, problem):
+def test_forged_and_foreign_continue_tokens_are_400(app, client, admin, namespace, problem):
     _templates(client, admin, namespace, ["a1", "a2", "a3"])
     first = client.get(f"/api/v1/templates?namespace={namespace}&limit=1", headers=admin).json
     token = first["continue"]
-    inner = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    body, _, mac = token.partition(".")
+    inner = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    assert mac, "the token is signed"
     other = client.post("/api/v1/namespaces", json={"name": namespace + "-b"}, headers=admin)
     assert other.status_code == 201
     try:
@@ -250,6 +252,13 @@ def test_forged_and_foreign_continue_tokens_are_400(client, admin, namespace, pr
             # Kubernetes' own token with a forged start key: the API server refuses it
             _b64({"v": 1, "s": inner["s"], "k": _b64({"v": "meta.k8s.io/v1", "rv": 1, "start": "../../secrets/x"})}),
             _b64({"v": 1, "s": inner["s"], "k": "not-base64-either"}),
+            # Kubernetes' token with a future resourceVersion: the API server would wait, then answer 504
+            _b64({"v": 1, "s": inner["s"], "k": _b64({"v": "meta.k8s.io/v1", "rv": 10**11, "start": "/a1\x00"})}),
+            # the real token, its signature moved onto another body / cut / missing
+            _b64({"v": 1, "s": inner["s"], "k": inner["k"] + "x"}) + "." + mac,
+            body + "." + mac[:-2],
+            body,
+            body + ".",
         ]
         for bad in forged:
             r = client.get(f"/api/v1/templates?namespace={namespace}&limit=1&continue={bad}", headers=admin)
@@ -262,6 +271,12 @@ def test_forged_and_foreign_continue_tokens_are_400(client, admin, namespace, pr
             f"/api/v1/templates?namespace={namespace}&labelSelector=a%3Db&continue={token}",
         ):
             problem(client.get(url, headers=admin), 400, "bad-request", "continue")
+        # another gateway process (another key) does not take it
+        from k3svirt_gateway import create_app
+
+        other_gw = create_app({**app.config, "CONTINUE_KEY": None}).test_client()
+        r = other_gw.get(f"/api/v1/templates?namespace={namespace}&limit=1&continue={token}", headers=admin)
+        problem(r, 400, "bad-request", "continue")
         # and it still works where it belongs
         r = client.get(f"/api/v1/templates?namespace={namespace}&limit=1&continue={token}", headers=admin)
         assert r.status_code == 200 and [i["name"] for i in r.json["items"]] == ["a2"]
