@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint
 
 from ..api import check_name, created, json_body, namespace, op
-from ..conventions import delete_options, if_match, versioned, with_version
+from ..conventions import check_version, delete_options, if_match, versioned, with_version
 from ..deployview import MANAGED_BY, apply_update, build_deployment, deployment_view
 from ..errors import Problem
 from ..k8s import core_path, group_path
@@ -155,11 +155,9 @@ def update_deployment(name: str):
     attempts = 1 if if_match() else 3
     for attempt in range(attempts):
         current = kube().get(dep_path(ns, name))
-        changed = apply_update(current, body)
-        if if_match():
-            changed["metadata"]["resourceVersion"] = if_match()
+        check_version(current)  # with If-Match: 412 unless at that version; the PUT carries the version read
         try:
-            return deployment_view(kube().put(dep_path(ns, name), changed))
+            return deployment_view(kube().put(dep_path(ns, name), apply_update(current, body)))
         except Problem as exc:
             if exc.status != 409 or attempt == attempts - 1:
                 raise
