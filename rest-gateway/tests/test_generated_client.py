@@ -59,6 +59,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Any:
             "none",
             "--output-path",
             str(out_dir / PACKAGE),
+            "--fail-on-warning",
         ],
         capture_output=True,
         text=True,
