@@ -115,10 +115,12 @@ def op(
     also: dict[int, tuple[str | None, str]] | None = None,
     etag: bool = False,
     paged: bool = False,
+    conditional: bool | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare one route (rule + method) with its documentation. `etag`: a single-object GET whose view
     calls conventions.versioned (ETag header); `paged`: a list answered by routes.list_items (limit,
-    continue, Link). Every PATCH/PUT/DELETE takes If-Match (conventions.parse_if_match)."""
+    continue, Link). `conditional` (default: PATCH, PUT, DELETE): the view honours If-Match
+    (conventions.parse_if_match); any other route refuses an If-Match with 400 rather than ignore it."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         meta = {
@@ -138,6 +140,7 @@ def op(
             "also": also or {},
             "etag": etag,
             "paged": paged,
+            "conditional": method in ("PATCH", "PUT", "DELETE") if conditional is None else conditional,
         }
         ops = fn.__dict__.setdefault("k3s_ops", {})
         ops[method] = meta

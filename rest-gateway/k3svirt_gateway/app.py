@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 from . import auth, config, conventions
 from .cache import Cache
-from .errors import register_error_handlers
+from .errors import Problem, register_error_handlers
 from .k8s import Kube
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,16 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 
 def _writes_take_if_match() -> None:
-    """before_request: every PATCH/PUT/DELETE route of ours honours If-Match (400 when malformed)."""
-    if request.method in ("PATCH", "PUT", "DELETE") and request.endpoint is not None:
+    """before_request: the conditional routes honour If-Match (400 when malformed); the others refuse
+    it (a precondition is never silently ignored)."""
+    if request.endpoint is None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    ops = getattr(current_app.view_functions.get(request.endpoint), "k3s_ops", {})
+    if (ops.get(request.method) or {}).get("conditional"):
         conventions.parse_if_match()
+    elif "If-Match" in request.headers:
+        raise Problem(
+            400,
+            f"If-Match is not supported on {request.method} {request.path}",
+            errors=[{"field": "If-Match", "message": "not supported on this route"}],
+        )

@@ -123,7 +123,7 @@ def build(app: Flask) -> dict[str, Any]:
             for q in query:
                 params.append({"$ref": f"#/components/parameters/{q}"} if isinstance(q, str) else q)
             errors = list(meta["errors"])
-            if method in ("PATCH", "PUT", "DELETE"):
+            if meta.get("conditional"):
                 params.append({"$ref": "#/components/parameters/If-Match"})
                 errors.append(412)
             if meta.get("paged"):

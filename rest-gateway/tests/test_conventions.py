@@ -88,11 +88,17 @@ def test_single_object_gets_answer_the_resource_version_as_etag(app, client, adm
 
 
 def _writes(urls: dict[str, str]) -> dict[tuple[str, str], tuple[str, dict]]:
-    """(rule, method) -> (URL, request kwargs) for every PATCH/PUT/DELETE route."""
+    """(rule, method) -> (URL, request kwargs) for every conditional route: PATCH/PUT/DELETE, and the
+    POSTs that change one object (VM actions, the scale alias)."""
     dep = urls["/api/v1/deployments/<name>"]
     scale = dep.replace("/web?", "/web/scale?")
+    vm = urls["/api/v1/vms/<name>"]
     return {
-        ("/api/v1/vms/<name>", "DELETE"): (urls["/api/v1/vms/<name>"], {}),
+        ("/api/v1/vms/<name>/reboot", "POST"): (vm.replace("/vm1?", "/vm1/reboot?"), {}),
+        ("/api/v1/vms/<name>/stop", "POST"): (vm.replace("/vm1?", "/vm1/stop?"), {}),
+        ("/api/v1/vms/<name>/start", "POST"): (vm.replace("/vm1?", "/vm1/start?"), {}),
+        ("/api/v1/deployments/<name>/scale", "POST"): (scale, {"json": {"replicas": 0}}),
+        ("/api/v1/vms/<name>", "DELETE"): (vm, {}),
         ("/api/v1/templates/<name>", "DELETE"): (urls["/api/v1/templates/<name>"], {}),
         ("/api/v1/deployments/<name>", "PATCH"): (dep, {"json": {"env": {"B": "2"}}}),
         ("/api/v1/deployments/<name>/scale", "PATCH"): (scale, {"json": {"replicas": 0}}),
@@ -105,14 +111,21 @@ def _writes(urls: dict[str, str]) -> dict[tuple[str, str], tuple[str, dict]]:
 def test_every_write_honours_if_match(app, client, admin, namespace, problem):
     urls = _objects(client, admin, namespace)
     writes = _writes(urls)
-    served = {(rule.rule, m) for rule in app.url_map.iter_rules() for m in rule.methods & {"PATCH", "PUT", "DELETE"}}
-    assert served == set(writes), f"a write route is not covered here: {served ^ set(writes)}"
+    served = {
+        (rule.rule, m)
+        for rule in app.url_map.iter_rules()
+        for m, meta in getattr(app.view_functions[rule.endpoint], "k3s_ops", {}).items()
+        if meta["conditional"]
+    }
+    writes_all = {(r.rule, m) for r in app.url_map.iter_rules() for m in r.methods & {"PATCH", "PUT", "DELETE"}}
+    assert writes_all <= served, "every PATCH/PUT/DELETE is conditional"
+    assert served == set(writes), f"a conditional route is not covered here: {served ^ set(writes)}"
     doc = build(app)
     for (rule, method), (url, kw) in writes.items():
         path = re.sub(r"<([^>]+)>", r"{\1}", rule)
         op = doc["paths"][path][method.lower()]
         assert {"$ref": "#/components/parameters/If-Match"} in op["parameters"] and "412" in op["responses"]
-        obj_url = url.replace("/scale?", "?")
+        obj_url = re.sub(r"/(scale|start|stop|reboot)\?", "?", url)
         tag = _etag(client, admin, obj_url)
         stale = f'"{int(tag.strip(chr(34))) - 1}"'
         for garbage in ("12345", "W/", '"a b"', '"1", "2"', "x" * 200, '""', '"' + "1" * 81 + '"', '"\x7f"'):
@@ -137,6 +150,15 @@ def test_every_write_honours_if_match(app, client, admin, namespace, problem):
                 break
             tag = _etag(client, admin, obj_url)
         assert r.status_code in (200, 202), (rule, method, r.get_data(as_text=True))
+    # the other writes (creating, PCI assignment) refuse a precondition rather than ignore it
+    for url, kw in (
+        (f"/api/v1/vms?namespace={namespace}", {"json": {"name": "vm2", "spec": SPEC}}),
+        ("/api/v1/namespaces", {"json": {"name": namespace + "-x"}}),
+        ("/api/v1/pci-devices/0000:01:00.0/assign", {"json": {"vm": "vm1", "node": "n1"}}),
+    ):
+        r = client.post(url, headers={**admin, "If-Match": '"1"'}, **kw)
+        problem(r, 400, "bad-request", "If-Match")
+    assert client.get(f"/api/v1/vms/vm2?namespace={namespace}", headers=admin).status_code == 404
     # `*` is any version
     r = client.delete(f"/api/v1/namespaces/{namespace}", headers={**admin, "If-Match": "*"})
     assert r.status_code in (202, 404)

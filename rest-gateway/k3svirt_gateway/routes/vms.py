@@ -14,7 +14,7 @@ from k3svirt_common.names import ConditionType, PrintableStatus, RunStrategy, ru
 from .. import contract as c
 from ..api import check_name, created, json_body, namespace, op
 from ..cache import STALE_HEADER, Resource
-from ..conventions import delete_options, versioned
+from ..conventions import check_version, delete_options, versioned, with_version
 from ..errors import Problem, validation_problem
 from ..k8s import group_path
 from ..schemas import require_object, validate
@@ -205,6 +205,7 @@ def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
     ns = namespace()
     check_name(name, label=True)
     vm = kube().get(vm_path(ns, name))
+    check_version(vm)  # with If-Match: 412 unless at that version; the patch below carries it too
     md = vm.get("metadata") or {}
     if md.get("deletionTimestamp"):
         raise Problem(409, f"VirtualMachine {name!r} is being deleted")
@@ -228,7 +229,7 @@ def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
         target = RunStrategy.ALWAYS if action == "start" else RunStrategy.HALTED
         patch = {"spec": {"runStrategy": target}}
         strategy = target
-    kube().patch(vm_path(ns, name), patch)
+    kube().patch(vm_path(ns, name), with_version(patch))
     result["runStrategy"] = str(strategy)
     return result, 202
 
@@ -241,6 +242,7 @@ def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
     response=(202, "VMAction", "requested"),
     query=("namespace",),
     names="label",
+    conditional=True,
 )
 def start_vm(name: str):
     return _action(name, "start")
@@ -254,6 +256,7 @@ def start_vm(name: str):
     response=(202, "VMAction", "requested"),
     query=("namespace",),
     names="label",
+    conditional=True,
 )
 def stop_vm(name: str):
     return _action(name, "stop")
@@ -267,6 +270,7 @@ def stop_vm(name: str):
     response=(202, "VMAction", "requested"),
     query=("namespace",),
     names="label",
+    conditional=True,
 )
 def reboot_vm(name: str):
     return _action(name, "restart")

@@ -110,6 +110,7 @@ def scale_deployment(name: str):
     response=(200, "Deployment", "scaled"),
     query=("namespace",),
     operation_id="scale_deployment_post",
+    conditional=True,
 )
 def scale_deployment_post(name: str):
     return _scale(name)
