@@ -2,10 +2,12 @@
 list pagination (`limit` + an opaque `continue` token over Kubernetes' own continue).
 
 * `versioned(obj)` in a single-object GET: the response carries `ETag: "<resourceVersion>"`.
-* Writes (PATCH/PUT/DELETE): `op` parses `If-Match` before the view runs (400 when malformed); the view
-  hands the version to the API server as its precondition (`delete_options()`, `with_version()`), so
-  the check and the write are one atomic step there; the API server's 409 Conflict for a stale version
-  becomes 412 (`precondition_failed`). `If-Match: *` means "any version".
+* Conditional routes (every PATCH/PUT/DELETE, and POSTs on one object declared `op(conditional=True)`):
+  `If-Match` is parsed before the view runs (app.py; 400 when malformed, refused on other routes); the
+  view hands the version to the API server as its precondition (`delete_options()`, `with_version()`,
+  or `check_version()` on the object it read and then writes), so check and write are one atomic step
+  there; the API server's 409 Conflict for a stale version becomes 412 (`as_precondition_failure`).
+  `If-Match: *` means "any version".
 * `paged(list_fn, project)`: with `limit` or `continue` the list is read from the API server a page at
   a time (its continue token pins the first page's snapshot, so pages stay consistent while others
   write); the gateway's token wraps Kubernetes' one, binds it to the route, namespace and selector and
@@ -31,7 +33,9 @@ from flask import Response, current_app, g, request
 from .errors import Problem
 
 # ----------------------------------------------------------------------------------- ETag / If-Match
-_ETAG = re.compile(r'"([0-9A-Za-z._-]{1,64})"')
+# The API server's resourceVersions are decimal (etcd/kine revisions): the only ETags we give out.
+_OUR_TAG = re.compile(r"[1-9][0-9]{0,18}")
+MAX_RESOURCE_VERSION = 2**63 - 1
 ETAG_HEADER = {
     "ETag": {
         "schema": {"type": "string"},
@@ -51,7 +55,7 @@ IF_MATCH = {
 
 def etag(obj: dict[str, Any]) -> str | None:
     rv = (obj.get("metadata") or {}).get("resourceVersion")
-    return f'"{rv}"' if isinstance(rv, str) and _ETAG.fullmatch(f'"{rv}"') else None
+    return f'"{rv}"' if isinstance(rv, str) and _OUR_TAG.fullmatch(rv) else None
 
 
 def versioned(obj: dict[str, Any]) -> dict[str, Any]:
@@ -69,8 +73,6 @@ def add_etag(resp: Response) -> Response:
 
 
 _TAG_SYNTAX = re.compile(r'(W/)?"([\x21\x23-\x7e]{1,80})"')  # RFC 9110 entity-tag, bounded
-_OUR_TAG = re.compile(r"[1-9][0-9]{0,18}")  # what etag() gives out: the API server's decimal resourceVersions
-MAX_RESOURCE_VERSION = 2**63 - 1
 
 
 def parse_if_match() -> None:
