@@ -12,15 +12,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import APP_IMAGE
+from helpers import APP_IMAGE, TEMPLATE_YAML, wait_for
 
 from tests.e2e.conftest import operator  # noqa: F401 - the real operator process (kopf + libvirt)
 
@@ -29,17 +28,6 @@ DOCUMENT = GATEWAY / "openapi.json"
 CONFIG = GATEWAY / "openapi-python-client.yaml"
 PACKAGE = "k3svirt_gateway_client"
 NODE = "e2e-node"  # the operator fixture's K3SVIRT_NODE_NAME
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 180.0, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -98,30 +86,12 @@ def ns(api) -> Iterator[str]:
 
 
 def tiny_template(name: str, guest) -> str:
-    """A template whose VM is the test bed's tiny guest (direct kernel boot, a blank scratch disk)."""
-    return f"""\
-apiVersion: k3svirt.io/v1alpha1
-kind: VMTemplate
-metadata:
-  name: {name}
-spec:
-  kind: Template
-  description: the test bed's tiny guest
-  versions:
-    - version: 1.0.0
-      vm:
-        cpu: {{cores: 1}}
-        memory: {{size: 128Mi}}
-        boot:
-          kernel:
-            path: {guest.kernel}
-            initrdPath: {guest.initrd}
-            cmdline: console=ttyS0 quiet
-        disks:
-          - {{name: scratch, size: 64Mi, source: {{blank: {{}}}}}}
-        networks:
-          - {{name: default, nat: {{network: default}}}}
-"""
+    """helpers' template, its VM the test bed's tiny guest (direct kernel boot, a blank scratch disk)."""
+    return TEMPLATE_YAML.format(name=name) + (
+        f"        boot: {{kernel: {{path: {guest.kernel}, initrdPath: {guest.initrd}, cmdline: console=ttyS0}}}}\n"
+        "        disks: [{name: scratch, size: 64Mi, source: {blank: {}}}]\n"
+        "        networks: [{name: default, nat: {network: default}}]\n"
+    )
 
 
 def test_generator_sees_every_operation(generated) -> None:
@@ -176,7 +146,7 @@ def test_vm_from_template_lifecycle_and_template_export(api, ns, operator, tiny_
         s = summary()
         return s if (s.printable_status == state and s.ready == ready) else None
 
-    running = wait_for("the VM Ready", lambda: in_state("Running", True))
+    running = wait_for("the VM Ready", lambda: in_state("Running", True), timeout=180)
     assert running.template == "tiny" and running.template_version == "1.0.0" and running.node == NODE
     detail = get_vm.sync_detailed("guest", client=api, namespace=ns)
     assert detail.headers["etag"] == f'"{detail.parsed.metadata.resource_version}"'
