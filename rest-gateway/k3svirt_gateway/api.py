@@ -113,8 +113,14 @@ def op(
     operation_id: str | None = None,
     names: str = "subdomain",
     also: dict[int, tuple[str | None, str]] | None = None,
+    etag: bool = False,
+    paged: bool = False,
+    conditional: bool | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare one route (rule + method) with its documentation."""
+    """Declare one route (rule + method) with its documentation. `etag`: a single-object GET whose view
+    calls conventions.versioned (ETag header); `paged`: a list answered by routes.list_items (limit,
+    continue, Link). `conditional` (default: PATCH, PUT, DELETE): the view honours If-Match
+    (conventions.parse_if_match); any other route refuses an If-Match with 400 rather than ignore it."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         meta = {
@@ -132,6 +138,9 @@ def op(
             "operation_id": operation_id or fn.__name__,
             "names": names,
             "also": also or {},
+            "etag": etag,
+            "paged": paged,
+            "conditional": method in ("PATCH", "PUT", "DELETE") if conditional is None else conditional,
         }
         ops = fn.__dict__.setdefault("k3s_ops", {})
         ops[method] = meta

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app, request
 
-from . import auth, config
+from . import auth, config, conventions
 from .cache import Cache
-from .errors import register_error_handlers
+from .errors import Problem, register_error_handlers
 from .k8s import Kube
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
             "every authenticated route answers 401"
         )
 
+    app.extensions["k3svirt.continue_key"] = conventions.continue_key(settings.get("CONTINUE_KEY"))
     register_error_handlers(app)
     app.before_request(auth.check_request)
+    app.before_request(_writes_take_if_match)
+    app.after_request(conventions.add_etag)
 
     from .routes import meta, monitoring, namespaces, pci, pods, templates, vms, workloads
 
@@ -54,3 +57,19 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         for bp in mod.blueprints():
             app.register_blueprint(bp, url_prefix=API_PREFIX)
     return app
+
+
+def _writes_take_if_match() -> None:
+    """before_request: the conditional routes honour If-Match (400 when malformed); the others refuse
+    it (a precondition is never silently ignored)."""
+    if request.endpoint is None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    ops = getattr(current_app.view_functions.get(request.endpoint), "k3s_ops", {})
+    if (ops.get(request.method) or {}).get("conditional"):
+        conventions.parse_if_match()
+    elif "If-Match" in request.headers:
+        raise Problem(
+            400,
+            f"If-Match is not supported on {request.method} {request.path}",
+            errors=[{"field": "If-Match", "message": "not supported on this route"}],
+        )

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     # long (seconds) it may keep answering, with a Warning header, after its watch lost the API server.
     "LIST_CACHE": "on",
     "LIST_CACHE_MAX_STALE": 30.0,
+    # Signs list `continue` tokens (so a forged one never reaches the API server). Unset: a random key
+    # per process; set the same value on every replica/worker that one client may page through.
+    "CONTINUE_KEY": None,
 }
 
 ENV_MAP = {
@@ -40,6 +43,7 @@ ENV_MAP = {
     "API_KEYS_SECRET_TTL": "K3SVIRT_API_KEYS_SECRET_TTL",
     "LIST_CACHE": "K3SVIRT_LIST_CACHE",
     "LIST_CACHE_MAX_STALE": "K3SVIRT_LIST_CACHE_MAX_STALE",
+    "CONTINUE_KEY": "K3SVIRT_CONTINUE_KEY",
 }
 
 

@@ -13,37 +13,32 @@ log = logging.getLogger(__name__)
 PROBLEM_TYPE_BASE = "https://k3svirt.io/problems/"
 PROBLEM_JSON = "application/problem+json"
 
-TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    422: "Unprocessable Entity",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
+# The problem types this gateway answers with: one stable `type` URI per kind of failure (slug ->
+# status, title, what it means). The OpenAPI document lists every one (components.examples), and
+# tests check that every problem a response carries is one of these.
+PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
+    "bad-request": (400, "Bad Request", "malformed request: body, query parameter or header (see `errors`)"),
+    "unauthorized": (401, "Unauthorized", "no API key, or an unknown one"),
+    "forbidden": (403, "Forbidden", "the key's role does not allow this operation"),
+    "not-found": (404, "Not Found", "no such route or object"),
+    "method-not-allowed": (405, "Method Not Allowed", "the route does not answer this method (see `Allow`)"),
+    "conflict": (409, "Conflict", "the object's state forbids this now (see `reason`)"),
+    "gone": (410, "Gone", "a list `continue` token expired: list again from the first page"),
+    "precondition-failed": (412, "Precondition Failed", "`If-Match` names another version than the object's"),
+    "payload-too-large": (413, "Payload Too Large", "the request body exceeds the gateway's limit"),
+    "unsupported-media-type": (415, "Unsupported Media Type", "the body's Content-Type is not accepted here"),
+    "validation-error": (422, "Validation failed", "the body or a name is invalid (see `errors[].field`)"),
+    "internal-error": (500, "Internal Server Error", "a gateway bug; the gateway log has the details"),
+    "bad-gateway": (502, "Bad Gateway", "an upstream answered nonsense"),
+    "unavailable": (503, "Service Unavailable", "the API server or a node endpoint is unreachable (see `Retry-After`)"),
+    "gateway-timeout": (504, "Gateway Timeout", "an upstream did not answer in time"),
 }
+TITLES = {status: title for status, title, _ in PROBLEM_TYPES.values()}
+SLUGS = {status: slug for slug, (status, _, _) in PROBLEM_TYPES.items()}
 
-SLUGS = {
-    400: "bad-request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not-found",
-    405: "method-not-allowed",
-    409: "conflict",
-    413: "payload-too-large",
-    415: "unsupported-media-type",
-    422: "validation-error",
-    500: "internal-error",
-    502: "bad-gateway",
-    503: "unavailable",
-    504: "gateway-timeout",
-}
+
+def problem_type(slug: str) -> str:
+    return PROBLEM_TYPE_BASE + slug
 
 
 class Problem(Exception):
@@ -64,7 +59,7 @@ class Problem(Exception):
         self.status = status
         self.detail = detail
         self.title = title or TITLES.get(status, "Error")
-        self.type = type_ or PROBLEM_TYPE_BASE + SLUGS.get(status, "error")
+        self.type = type_ or problem_type(SLUGS.get(status, "internal-error"))
         self.errors = errors
         self.headers = headers or {}
         self.extra = extra
@@ -105,7 +100,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Problem)
     def _problem(exc: Problem) -> Response:
-        return problem_response(exc)
+        from .conventions import as_precondition_failure  # a stale If-Match: 409 Conflict -> 412
+
+        return problem_response(as_precondition_failure(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

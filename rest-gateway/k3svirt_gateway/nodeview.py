@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from k3svirt_common.names import PrintableStatus
 from k3svirt_common.quantity import parse_quantity, quantity_value
 
 from .podview import pod_resources
 
 # VM states in which the domain exists on the node and holds its vCPUs and RAM.
-ACTIVE_VM_STATES = frozenset({"Running", "Paused", "Starting", "Stopping"})
+ACTIVE_VM_STATES = frozenset(
+    {PrintableStatus.RUNNING, PrintableStatus.PAUSED, PrintableStatus.STARTING, PrintableStatus.STOPPING}
+)
 TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 
 
@@ -96,7 +99,7 @@ def vm_usage(node_name: str, vms: list[tuple[dict[str, Any], dict[str, Any] | No
         if status.get("node") != node_name:
             continue
         md = vm.get("metadata") or {}
-        state = status.get("printableStatus") or "Pending"
+        state = status.get("printableStatus") or PrintableStatus.PENDING
         item: dict[str, Any] = {"name": md.get("name", ""), "namespace": md.get("namespace", ""), "status": state}
         if spec is None:
             item["note"] = "template could not be resolved: resources unknown"

@@ -17,10 +17,10 @@ from typing import Any
 
 from flask import Flask
 
-from . import contract as c
-from .api import PARAMS
-from .errors import PROBLEM_JSON, TITLES
-from .schemas import COMPONENTS, NAME_PATTERN, PCI_ADDRESS_PATTERN, SUBDOMAIN_PATTERN
+from .api import PARAMS, YAML_TYPES
+from .conventions import ETAG_HEADER, IF_MATCH, LINK_HEADER, PAGE_PARAMS
+from .errors import PROBLEM_JSON, PROBLEM_TYPES, SLUGS, TITLES, problem_type
+from .schemas import COMPONENTS, NAME_PATTERN, PCI_ADDRESS_PATTERN, SUBDOMAIN_PATTERN, crd_parts
 
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
@@ -33,12 +33,46 @@ def _version() -> str:
 
 
 def crd_components() -> dict[str, Any]:
-    vm = c.crd_schema(c.VM_KIND)
-    tmpl = c.crd_schema(c.TEMPLATE_KIND)
+    return copy.deepcopy(crd_parts())
+
+
+# A manifest for the YAML request/response bodies (documented as strings with this example).
+TEMPLATE_MANIFEST_EXAMPLE = """\
+apiVersion: k3svirt.io/v1alpha1
+kind: VMTemplate
+metadata:
+  name: small
+spec:
+  kind: Template
+  versions:
+    - version: 1.0.0
+      vm:
+        cpu: {cores: 1}
+        memory: {size: 512Mi}
+"""
+# format binary: the manifest's bytes, as sent (generators give it as a file/bytes, not a parsed model).
+YAML_MANIFEST = {"schema": {"type": "string", "format": "binary"}, "example": TEMPLATE_MANIFEST_EXAMPLE}
+
+
+def oas30(schema: Any) -> Any:
+    """OpenAPI 3.0 Schema Objects have no `propertyNames`: keep the rule as the `x-propertyNames`
+    extension (the gateway validates with the full JSON Schema; the document stays valid 3.0)."""
+    if isinstance(schema, dict):
+        return {("x-propertyNames" if k == "propertyNames" else k): oas30(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [oas30(v) for v in schema]
+    return schema
+
+
+def problem_examples() -> dict[str, Any]:
+    """Every problem type URI the gateway answers with, described (components.examples)."""
     return {
-        "VirtualMachineSpec": copy.deepcopy(vm["properties"]["spec"]),
-        "VirtualMachineStatus": copy.deepcopy(vm["properties"].get("status", {"type": "object"})),
-        "VMTemplateSpec": copy.deepcopy(tmpl["properties"]["spec"]),
+        f"problem-{slug}": {
+            "summary": f"{status} {title}",
+            "description": f"`type: {problem_type(slug)}`: {meaning}",
+            "value": {"type": problem_type(slug), "title": title, "status": status, "detail": meaning},
+        }
+        for slug, (status, title, meaning) in PROBLEM_TYPES.items()
     }
 
 
@@ -55,13 +89,17 @@ def _path_param(name: str, kind: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": desc, "schema": schema}
 
 
+ERROR_CODES = (400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 503)
+
+
 def _error_responses() -> dict[str, Any]:
     out = {}
-    for code in (400, 401, 403, 404, 409, 413, 415, 422, 503):
-        resp: dict[str, Any] = {
-            "description": TITLES[code],
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    for code in ERROR_CODES:
+        media = {
+            "schema": {"$ref": "#/components/schemas/Problem"},
+            "examples": {SLUGS[code]: {"$ref": f"#/components/examples/problem-{SLUGS[code]}"}},
         }
+        resp: dict[str, Any] = {"description": TITLES[code], "content": {PROBLEM_JSON: media}}
         if code == 401:
             resp["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
         out[str(code)] = resp
@@ -81,12 +119,21 @@ def build(app: Flask) -> dict[str, Any]:
             if meta is None:
                 continue
             params = [_path_param(a, meta.get("names", "subdomain")) for a in sorted(rule.arguments)]
-            for q in meta["query"]:
+            query = list(meta["query"]) + (list(PAGE_PARAMS) if meta.get("paged") else [])
+            for q in query:
                 params.append({"$ref": f"#/components/parameters/{q}"} if isinstance(q, str) else q)
+            errors = list(meta["errors"])
+            if meta.get("conditional"):
+                params.append({"$ref": "#/components/parameters/If-Match"})
+                errors.append(412)
+            if meta.get("paged"):
+                errors.append(410)
             code, schema_name, desc = meta["response"]
             content: dict[str, Any] = {}
             if schema_name:
                 content[meta["response_type"]] = {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
+            elif meta["response_type"] in YAML_TYPES:
+                content[meta["response_type"]] = copy.deepcopy(YAML_MANIFEST)
             elif meta["response_type"] == "application/json":
                 content["application/json"] = {"schema": {"type": "object"}}
             else:
@@ -96,11 +143,15 @@ def build(app: Flask) -> dict[str, Any]:
                 ok["headers"] = {"Location": {"schema": {"type": "string"}, "description": "URL of the new object"}}
             if meta.get("response_headers"):
                 ok.setdefault("headers", {}).update(meta["response_headers"])
+            if meta.get("etag"):
+                ok.setdefault("headers", {}).update(ETAG_HEADER)
+            if meta.get("paged"):
+                ok.setdefault("headers", {}).update(LINK_HEADER)
             responses: dict[str, Any] = {str(code): ok}
             for extra_code, (extra_schema, extra_desc) in sorted(meta.get("also", {}).items()):
                 extra_content = {meta["response_type"]: {"schema": {"$ref": f"#/components/schemas/{extra_schema}"}}}
                 responses[str(extra_code)] = {"description": extra_desc, "content": extra_content}
-            for err in meta["errors"]:
+            for err in sorted(set(errors)):
                 if meta["public"] and err in (401, 403):
                     continue
                 responses[str(err)] = {"$ref": f"#/components/responses/{err}"}
@@ -117,7 +168,10 @@ def build(app: Flask) -> dict[str, Any]:
                 operation["requestBody"] = {
                     "required": True,
                     "content": {
-                        t: {"schema": {"$ref": f"#/components/schemas/{meta['body']}"}} for t in meta["body_types"]
+                        t: copy.deepcopy(YAML_MANIFEST)
+                        if t in YAML_TYPES
+                        else {"schema": {"$ref": f"#/components/schemas/{meta['body']}"}}
+                        for t in meta["body_types"]
                     },
                 }
             if meta["public"]:
@@ -129,7 +183,7 @@ def build(app: Flask) -> dict[str, Any]:
             if not params:
                 del operation["parameters"]
             paths.setdefault(path, {})[method.lower()] = operation
-    schemas = {**copy.deepcopy(COMPONENTS), **crd_components()}
+    schemas = oas30({**copy.deepcopy(COMPONENTS), **crd_components()})
     return {
         "openapi": "3.0.3",
         "info": {
@@ -139,7 +193,10 @@ def build(app: Flask) -> dict[str, Any]:
                 "One API for k3svirt's KVM virtual machines (VirtualMachine / VMTemplate / PCIPassthrough "
                 "custom resources, run by the node operator) and plain K3s workloads. Errors are "
                 "`application/problem+json` (RFC 9457) with `errors: [{field, message}]` on validation "
-                "failures. "
+                "failures and a stable `type` URI per kind of failure (components.examples lists them). "
+                "Single-object GETs answer `ETag`; PATCH/PUT/DELETE take `If-Match` (412 on another version). "
+                "Lists take `limit` and `continue` and answer `continue`, `next` and `Link: rel=next`. "
+                "`GET /api/v1` lists the resources and optional features this gateway serves. "
                 "Authenticate with `Authorization: Bearer <key>`, `X-API-Key: <key>` or HTTP basic "
                 "(password = key). Keys have role `read` (GET only) or `admin`."
             ),
@@ -171,8 +228,9 @@ def build(app: Flask) -> dict[str, Any]:
                     "description": "any user name, password = key",
                 },
             },
-            "parameters": copy.deepcopy(PARAMS),
+            "parameters": {**copy.deepcopy(PARAMS), **copy.deepcopy(PAGE_PARAMS), "If-Match": copy.deepcopy(IF_MATCH)},
             "responses": _error_responses(),
+            "examples": problem_examples(),
             "schemas": dict(sorted(schemas.items())),
         },
     }

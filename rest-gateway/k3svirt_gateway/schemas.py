@@ -1,6 +1,7 @@
 """JSON schemas of the gateway's own request/response shapes, declared once and used both to
-validate request bodies and to build /openapi.json. The VM spec is NOT declared here: it is the
-VirtualMachine CRD's openAPIV3Schema, loaded at runtime through k3svirt_common.schema."""
+validate request bodies and to build /openapi.json. Nothing the CRDs declare is declared here: the VM
+and template specs and the template/preset references of a VM are the CRDs' openAPIV3Schema parts
+(crd_parts), loaded at runtime through k3svirt_common.schema."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from k3svirt_common.names import API_VERSION
 
-from .errors import Problem, validation_problem
+from . import contract as c
+from .conventions import LIST_PAGE_PROPERTIES
+from .errors import PROBLEM_TYPE_BASE, PROBLEM_TYPES, Problem, validation_problem
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # DNS-1123 label
 SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -59,7 +62,19 @@ def list_of(name: str) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["items"],
-        "properties": {"items": {"type": "array", "items": ref(name)}},
+        "properties": {"items": {"type": "array", "items": ref(name)}, **LIST_PAGE_PROPERTIES},
+    }
+
+
+def crd_parts() -> dict[str, dict[str, Any]]:
+    """The schemas taken from the CRDs (components of the document, and what bodies are checked with)."""
+    vm = c.crd_schema(c.VM_KIND)["properties"]
+    return {
+        "VirtualMachineSpec": vm["spec"],
+        "VirtualMachineStatus": vm.get("status", {"type": "object"}),
+        "VMTemplateSpec": c.crd_schema(c.TEMPLATE_KIND)["properties"]["spec"],
+        "VMTemplateReference": vm["spec"]["properties"]["template"],
+        "VMPresetReference": vm["spec"]["properties"]["presets"]["items"],
     }
 
 
@@ -77,9 +92,15 @@ PORT = {
 COMPONENTS: dict[str, dict[str, Any]] = {
     "Problem": {
         "type": "object",
+        "description": "RFC 9457 problem details (application/problem+json)",
         "required": ["type", "title", "status", "detail"],
         "properties": {
-            "type": {"type": "string"},
+            "type": {
+                "type": "string",
+                "description": f"a stable URI naming the kind of failure: {PROBLEM_TYPE_BASE}<slug>, one of "
+                + ", ".join(f"`{slug}` ({status})" for slug, (status, _, _) in PROBLEM_TYPES.items())
+                + " (components.examples describe each)",
+            },
             "title": {"type": "string"},
             "status": {"type": "integer"},
             "detail": {"type": "string"},
@@ -120,33 +141,11 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
         "properties": {
             "name": NAME,
-            "template": {
-                "type": "object",
-                "required": ["name"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": SUBDOMAIN,
-                    "version": {"type": "string", "minLength": 1, "maxLength": 64},
-                },
-            },
+            "template": ref("VMTemplateReference"),
             "presets": {
                 "type": "array",
-                "maxItems": 16,
                 "description": "tuning presets (VMTemplates of kind Preset), by name or {name, version}",
-                "items": {
-                    "anyOf": [
-                        SUBDOMAIN,
-                        {
-                            "type": "object",
-                            "required": ["name"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "name": SUBDOMAIN,
-                                "version": {"type": "string", "minLength": 1, "maxLength": 64},
-                            },
-                        },
-                    ]
-                },
+                "items": {"anyOf": [{"type": "string", "description": "a preset's name"}, ref("VMPresetReference")]},
             },
             "overrides": {
                 **OBJ,
@@ -622,6 +621,34 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         },
     },
     "NamespaceList": list_of("Namespace"),
+    "APIIndex": {
+        "type": "object",
+        "required": ["apiVersion", "resources", "features"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "gatewayVersion": {"type": "string"},
+            "openapi": {"type": "string", "description": "path of this API's OpenAPI document"},
+            "resources": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "path", "methods"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "path": {"type": "string"},
+                        "methods": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "features": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "optional features this gateway serves (feature detection, like Incus's "
+                "api_extensions): etag, if-match, pagination, problem-types, template-yaml, vm-stats, pod-stats, "
+                "pci-passthrough, list-cache (when enabled)",
+            },
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -629,10 +656,21 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     },
 }
 
-# For validation the VM/template specs are checked by k3svirt_common.schema (the CRD schema), so
-# the envelope check only needs "it is an object".
-_VALIDATION_OVERRIDES = {"VirtualMachineSpec": OBJ, "VirtualMachineStatus": OBJ, "VMTemplateSpec": OBJ}
+# For validation the VM/template specs are checked by k3svirt_common.schema (the CRD schema, with the
+# merge of template and presets), so the envelope check only needs "it is an object"; the references
+# are checked with the CRD's schema for them, closed (the API server would silently drop extra fields).
 _validators: dict[str, Draft202012Validator] = {}
+
+
+def _validation_parts() -> dict[str, Any]:
+    parts = crd_parts()
+    return {
+        "VirtualMachineSpec": OBJ,
+        "VirtualMachineStatus": OBJ,
+        "VMTemplateSpec": OBJ,
+        "VMTemplateReference": {**parts["VMTemplateReference"], "additionalProperties": False},
+        "VMPresetReference": {**parts["VMPresetReference"], "additionalProperties": False},
+    }
 
 
 def _validator(name: str) -> Draft202012Validator:
@@ -640,7 +678,7 @@ def _validator(name: str) -> Draft202012Validator:
     if v is None:
         root = {
             "$ref": f"#/components/schemas/{name}",
-            "components": {"schemas": {**COMPONENTS, **_VALIDATION_OVERRIDES}},
+            "components": {"schemas": {**COMPONENTS, **_validation_parts()}},
         }
         v = _validators[name] = Draft202012Validator(root)
     return v

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from typing import Any
 
 # The test application the node test bed imports (tests/harness/images.sh builds it from Debian's
 # busybox: httpd on $PORT answering "http-echo host=<pod> message=$MESSAGE"); override to try another.
@@ -45,3 +48,15 @@ def import_template(client, headers, ns: str, name: str, text: str | None = None
     )
     assert r.status_code in (200, 201), r.get_data(as_text=True)
     return r.json
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 120.0, interval: float = 1.0) -> Any:
+    """fn()'s first truthy answer within `timeout` seconds; else fail naming `what` and the last answer."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")

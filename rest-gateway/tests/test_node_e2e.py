@@ -9,29 +9,16 @@ network namespace) and, for the missing image, to loopback (the "localhost" regi
 from __future__ import annotations
 
 import re
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
-from helpers import APP_IMAGE
+from helpers import APP_IMAGE, wait_for
 from k3svirt_gateway.k8s import core_path
 
 MISSING = "localhost/k3svirt/not-imported:0.1"
 RUN_TIMEOUT = 120.0
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = RUN_TIMEOUT, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 class Gw:

@@ -111,6 +111,13 @@ def test_create_from_template_presets_overrides(client, admin, namespace):
         ({"template": {"name": "small"}, "overrides": {"cpu": {"cores": -1}}}, "overrides.cpu.cores"),
         ({"template": {"name": "small"}, "presets": ["small"]}, "presets[0].name"),
         ({"template": {"name": "small"}, "overrides": {"template": {"name": "x"}}}, "overrides.template"),
+        # the reference rules are the CRD's (spec.template, spec.presets), not re-declared by the gateway
+        ({"template": {"name": "Bad_Name"}}, "template.name"),
+        ({"template": {"name": "small", "version": "-x-"}}, "template.version"),
+        ({"template": {"name": "small", "extra": 1}}, "template.extra"),
+        ({"template": {"name": "small"}, "presets": ["p"] * 17}, "presets"),
+        ({"template": {"name": "small"}, "presets": [{"name": "UPPER"}]}, "presets[0].name"),
+        ({"template": {"name": "small"}, "presets": ["UPPER"]}, "presets[0].name"),
     ],
 )
 def test_template_request_errors_name_field(client, admin, namespace, body, field):

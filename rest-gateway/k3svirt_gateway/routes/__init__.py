@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import current_app
+from flask import current_app, request
 
+from ..api import namespace
 from ..cache import Cache, Resource
+from ..conventions import page_request, paged
 from ..k8s import Kube
 
 
@@ -20,13 +22,33 @@ def cache() -> Cache:
 
 
 def list_items(
-    resource: Resource, ns: str, selector: str | None, direct: Callable[[], list[dict[str, Any]]]
+    list_fn: Callable[[str, dict[str, Any]], dict[str, Any]],
+    project: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    cached: Resource | None = None,
+    namespaced: bool = True,
 ) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """A list response: from the watch cache when it can answer, else `direct()` (the API server)."""
-    listing = cache().list(resource, ns, selector)
-    if listing is None:
-        return {"items": direct()}, 200, {}
-    return {"items": listing.items}, 200, cache().stale_warning(listing)
+    """Every list route's answer. `list_fn(namespace, query)` lists from the API server (query:
+    labelSelector, limit, continue); `project` makes an item of each object. With `limit`/`continue`
+    one page comes from the API server (conventions.paged); without, the whole list, from the watch
+    cache when the route has one (`cached`) and it can answer."""
+    ns = namespace() if namespaced else ""
+    selector = request.args.get("labelSelector") or None
+    page = page_request(ns, selector)
+    if page is not None:
+        return paged(lambda query: list_fn(ns, query), project, ns, selector, page)
+    if cached is not None:
+        listing = cache().list(cached, ns, selector)
+        if listing is not None:
+            return {"items": listing.items}, 200, cache().stale_warning(listing)
+    out = list_fn(ns, {"labelSelector": selector})
+    return {"items": [project(o) for o in out.get("items", [])]}, 200, {}
+
+
+def deletion_accepted(kind: str, name: str, ns: str | None = None, message: str = "deletion requested"):
+    """The 202 answer of every DELETE route (schema Accepted)."""
+    body = {"kind": kind, "name": name, **({"namespace": ns} if ns is not None else {}), "message": message}
+    return body, 202
 
 
 def meta_summary(obj: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,11 @@ from typing import Any
 from flask import Blueprint
 
 from ..api import check_name, created, json_body, op
+from ..conventions import delete_options, versioned
 from ..errors import Problem
 from ..k8s import core_path
 from ..schemas import require_object, validate
-from . import kube
+from . import deletion_accepted, kube, list_items
 
 bp = Blueprint("namespaces", __name__)
 
@@ -33,9 +34,17 @@ def view(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@op(bp, "/namespaces", "GET", summary="List namespaces", response=(200, "NamespaceList", "namespaces"))
+@op(
+    bp,
+    "/namespaces",
+    "GET",
+    summary="List namespaces",
+    response=(200, "NamespaceList", "namespaces"),
+    query=("labelSelector",),
+    paged=True,
+)
 def list_namespaces():
-    return {"items": [view(o) for o in kube().get(core_path("namespaces")).get("items", [])]}
+    return list_items(lambda _ns, query: kube().get(core_path("namespaces"), query=query), view, namespaced=False)
 
 
 @op(
@@ -61,9 +70,10 @@ def create_namespace():
     summary="Get a namespace",
     response=(200, "Namespace", "the namespace"),
     names="label",
+    etag=True,
 )
 def get_namespace(name: str):
-    return view(kube().get(core_path("namespaces", name=check_name(name, label=True))))
+    return view(versioned(kube().get(core_path("namespaces", name=check_name(name, label=True)))))
 
 
 @op(
@@ -78,5 +88,5 @@ def delete_namespace(name: str):
     check_name(name, label=True)
     if name in PROTECTED:
         raise Problem(409, f"namespace {name!r} is a system namespace and cannot be deleted", reason="Protected")
-    kube().delete(core_path("namespaces", name=name))
-    return {"kind": "Namespace", "name": name, "message": "deletion requested"}, 202
+    kube().delete(core_path("namespaces", name=name), body=delete_options())
+    return deletion_accepted("Namespace", name)

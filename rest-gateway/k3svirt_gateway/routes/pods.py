@@ -9,11 +9,12 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from ..api import bad_query, check_name, namespace, op, query_bool, query_int
+from ..conventions import versioned
 from ..errors import Problem
 from ..k8s import core_path
 from ..podview import log_blocker, pod_view
 from ..schemas import NAME_PATTERN
-from . import kube
+from . import kube, list_items
 
 pods = Blueprint("pods", __name__)
 
@@ -32,11 +33,10 @@ def blueprints() -> list[Blueprint]:
     summary="List Pods with their status",
     response=(200, "PodList", "pods"),
     query=("namespace", "labelSelector"),
+    paged=True,
 )
 def list_pods():
-    ns = namespace()
-    out = kube().get(core_path("pods", ns), query={"labelSelector": request.args.get("labelSelector") or None})
-    return {"items": [pod_view(o) for o in out.get("items", [])]}
+    return list_items(lambda ns, query: kube().get(core_path("pods", ns), query=query), pod_view)
 
 
 @op(
@@ -46,10 +46,11 @@ def list_pods():
     summary="Get a Pod: status, per-container states and reasons",
     response=(200, "Pod", "the pod"),
     query=("namespace",),
+    etag=True,
 )
 def get_pod(name: str):
     ns = namespace()
-    return pod_view(kube().get(core_path("pods", ns, check_name(name))))
+    return pod_view(versioned(kube().get(core_path("pods", ns, check_name(name)))))
 
 
 def _container(pod: dict[str, Any], requested: str | None) -> str:

@@ -19,9 +19,10 @@ from k3svirt_common import templates as tmod
 from .. import contract as c
 from ..api import JSON_TYPES, YAML_TYPES, check_name, namespace, op
 from ..cache import STALE_HEADER, Resource
+from ..conventions import check_version, delete_options, versioned
 from ..errors import Problem, validation_problem
 from ..schemas import validate
-from . import clean_metadata, kube, list_items
+from . import clean_metadata, deletion_accepted, kube, list_items
 from .vms import template_path, vm_path
 
 bp = Blueprint("templates", __name__)
@@ -76,12 +77,12 @@ def _detail(obj: dict[str, Any]) -> dict[str, Any]:
     "GET",
     summary="List VMTemplates (templates and presets) with their versions",
     response=(200, "VMTemplateList", "templates"),
-    query=("namespace",),
+    query=("namespace", "labelSelector"),
     response_headers=STALE_HEADER,
+    paged=True,
 )
 def list_templates():
-    ns = namespace()
-    return list_items(TEMPLATES, ns, None, lambda: [summary(o) for o in kube().get(template_path(ns)).get("items", [])])
+    return list_items(lambda ns, query: kube().get(template_path(ns), query=query), summary, cached=TEMPLATES)
 
 
 @op(
@@ -91,10 +92,11 @@ def list_templates():
     summary="Get one VMTemplate with all its versions",
     response=(200, "VMTemplate", "the template"),
     query=("namespace",),
+    etag=True,
 )
 def get_template(name: str):
     ns = namespace()
-    return _detail(kube().get(template_path(ns, check_name(name))))
+    return _detail(versioned(kube().get(template_path(ns, check_name(name)))))
 
 
 def _imported() -> dict[str, Any]:
@@ -207,9 +209,10 @@ def delete_template(name: str):
     ns = namespace()
     check_name(name)
     template = kube().get(template_path(ns, name))  # 404 first
+    check_version(template)  # 412 before the in-use check; the delete carries the precondition too
     vms = kube().get(vm_path(ns)).get("items", [])
     refusal = tmod.check_delete(template, vms)
     if refusal:
         raise Problem(409, refusal, reason="InUse")
-    kube().delete(template_path(ns, name))
-    return {"kind": c.TEMPLATE_KIND, "name": name, "namespace": ns, "message": "deletion requested"}, 202
+    kube().delete(template_path(ns, name), body=delete_options())
+    return deletion_accepted(c.TEMPLATE_KIND, name, ns)

@@ -7,16 +7,18 @@ import uuid
 from typing import Any
 
 import urllib3
-from flask import Blueprint, current_app, json, request
+from flask import Blueprint, current_app, json
 from k3svirt_common import templates as tmod
+from k3svirt_common.names import ConditionType, PrintableStatus, RunStrategy, run_strategy
 
 from .. import contract as c
 from ..api import check_name, created, json_body, namespace, op
 from ..cache import STALE_HEADER, Resource
+from ..conventions import check_version, delete_options, versioned, with_version
 from ..errors import Problem, validation_problem
 from ..k8s import group_path
 from ..schemas import require_object, validate
-from . import clean_metadata, kube, list_items
+from . import clean_metadata, deletion_accepted, kube, list_items
 
 bp = Blueprint("vms", __name__)
 
@@ -40,16 +42,16 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     ready = any(
-        cond.get("type") == "Ready" and cond.get("status") == "True"
+        cond.get("type") == ConditionType.READY and cond.get("status") == "True"
         for cond in status.get("conditions") or []
         if isinstance(cond, dict)
     )
     out: dict[str, Any] = {
         "name": md.get("name", ""),
         "namespace": md.get("namespace", ""),
-        "runStrategy": spec.get("runStrategy", "Always"),
+        "runStrategy": run_strategy(spec),
         "printableStatus": status.get("printableStatus")
-        or ("Terminating" if md.get("deletionTimestamp") else "Pending"),
+        or (PrintableStatus.TERMINATING if md.get("deletionTimestamp") else PrintableStatus.PENDING),
         "ready": ready,
         "deleting": bool(md.get("deletionTimestamp")),
     }
@@ -163,16 +165,10 @@ def create_vm():
     response=(200, "VMList", "VMs"),
     query=("namespace", "labelSelector"),
     response_headers=STALE_HEADER,
+    paged=True,
 )
 def list_vms():
-    ns = namespace()
-    selector = request.args.get("labelSelector") or None
-
-    def direct() -> list[dict[str, Any]]:
-        out = kube().get(vm_path(ns), query={"labelSelector": selector})
-        return [summary(o) for o in out.get("items", [])]
-
-    return list_items(VMS, ns, selector, direct)
+    return list_items(lambda ns, query: kube().get(vm_path(ns), query=query), summary, cached=VMS)
 
 
 @op(
@@ -183,10 +179,11 @@ def list_vms():
     response=(200, "VirtualMachine", "the VM"),
     query=("namespace",),
     names="label",
+    etag=True,
 )
 def get_vm(name: str):
     ns = namespace()
-    return clean_metadata(kube().get(vm_path(ns, check_name(name, label=True))))
+    return clean_metadata(versioned(kube().get(vm_path(ns, check_name(name, label=True)))))
 
 
 @op(
@@ -200,23 +197,24 @@ def get_vm(name: str):
 )
 def delete_vm(name: str):
     ns = namespace()
-    kube().delete(vm_path(ns, check_name(name, label=True)))
-    return {"kind": c.VM_KIND, "name": name, "namespace": ns, "message": "deletion requested"}, 202
+    kube().delete(vm_path(ns, check_name(name, label=True)), body=delete_options())
+    return deletion_accepted(c.VM_KIND, name, ns)
 
 
 def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
     ns = namespace()
     check_name(name, label=True)
     vm = kube().get(vm_path(ns, name))
+    check_version(vm)  # with If-Match: 412 unless at that version; the patch below carries it too
     md = vm.get("metadata") or {}
     if md.get("deletionTimestamp"):
         raise Problem(409, f"VirtualMachine {name!r} is being deleted")
-    strategy = (vm.get("spec") or {}).get("runStrategy", "Always")
+    strategy = run_strategy(vm.get("spec") or {})
     result: dict[str, Any] = {"name": name, "namespace": ns, "action": action}
-    if action == "restart" or strategy == "Manual":
+    if action == "restart" or strategy == RunStrategy.MANUAL:
         if action == "restart":
             status = (vm.get("status") or {}).get("printableStatus")
-            if strategy == "Halted" or status in ("Stopped", "Stopping"):
+            if strategy == RunStrategy.HALTED or status in (PrintableStatus.STOPPED, PrintableStatus.STOPPING):
                 raise Problem(
                     409,
                     f"VirtualMachine {name!r} is not running (runStrategy {strategy}, "
@@ -228,11 +226,11 @@ def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
         patch = {"metadata": {"annotations": {c.ACTION_ANNOTATION: request_id}}}
         result["requestId"] = request_id
     else:
-        target = "Always" if action == "start" else "Halted"
+        target = RunStrategy.ALWAYS if action == "start" else RunStrategy.HALTED
         patch = {"spec": {"runStrategy": target}}
         strategy = target
-    kube().patch(vm_path(ns, name), patch)
-    result["runStrategy"] = strategy
+    kube().patch(vm_path(ns, name), with_version(patch))
+    result["runStrategy"] = str(strategy)
     return result, 202
 
 
@@ -244,6 +242,7 @@ def _action(name: str, action: str) -> tuple[dict[str, Any], int]:
     response=(202, "VMAction", "requested"),
     query=("namespace",),
     names="label",
+    conditional=True,
 )
 def start_vm(name: str):
     return _action(name, "start")
@@ -257,6 +256,7 @@ def start_vm(name: str):
     response=(202, "VMAction", "requested"),
     query=("namespace",),
     names="label",
+    conditional=True,
 )
 def stop_vm(name: str):
     return _action(name, "stop")
@@ -270,6 +270,7 @@ def stop_vm(name: str):
     response=(202, "VMAction", "requested"),
     query=("namespace",),
     names="label",
+    conditional=True,
 )
 def reboot_vm(name: str):
     return _action(name, "restart")
@@ -288,8 +289,8 @@ def vm_stats(name: str):
     ns = namespace()
     vm = kube().get(vm_path(ns, check_name(name, label=True)))
     status = vm.get("status") or {}
-    printable = status.get("printableStatus") or "Pending"
-    if printable != "Running":
+    printable = status.get("printableStatus") or PrintableStatus.PENDING
+    if printable != PrintableStatus.RUNNING:
         raise Problem(409, f"VirtualMachine {name!r} is not running (status {printable})", reason="NotRunning")
     endpoint = (status.get("monitoring") or {}).get("endpoint")
     if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from ..api import check_name, created, json_body, namespace, op
+from ..conventions import check_version, delete_options, if_match, versioned, with_version
 from ..deployview import MANAGED_BY, apply_update, build_deployment, deployment_view
 from ..errors import Problem
 from ..k8s import core_path, group_path
 from ..schemas import require_object, validate
-from . import kube
+from . import deletion_accepted, kube, list_items
 
 deployments = Blueprint("deployments", __name__)
 services = Blueprint("services", __name__)
@@ -59,11 +60,10 @@ def create_deployment():
     summary="List Deployments",
     response=(200, "DeploymentList", "deployments"),
     query=("namespace", "labelSelector"),
+    paged=True,
 )
 def list_deployments():
-    ns = namespace()
-    out = kube().get(dep_path(ns), query={"labelSelector": request.args.get("labelSelector") or None})
-    return {"items": [deployment_view(o) for o in out.get("items", [])]}
+    return list_items(lambda ns, query: kube().get(dep_path(ns), query=query), deployment_view)
 
 
 @op(
@@ -73,17 +73,18 @@ def list_deployments():
     summary="Get a Deployment",
     response=(200, "Deployment", "the deployment"),
     query=("namespace",),
+    etag=True,
 )
 def get_deployment(name: str):
     ns = namespace()
-    return deployment_view(kube().get(dep_path(ns, check_name(name))))
+    return deployment_view(versioned(kube().get(dep_path(ns, check_name(name)))))
 
 
 def _scale(name: str) -> Any:
     ns = namespace()
     check_name(name)
     body = validate("Scale", require_object(json_body()))
-    kube().patch(dep_path(ns, name, "scale"), {"spec": {"replicas": body["replicas"]}})
+    kube().patch(dep_path(ns, name, "scale"), with_version({"spec": {"replicas": body["replicas"]}}))
     return deployment_view(kube().get(dep_path(ns, name)))
 
 
@@ -109,6 +110,7 @@ def scale_deployment(name: str):
     response=(200, "Deployment", "scaled"),
     query=("namespace",),
     operation_id="scale_deployment_post",
+    conditional=True,
 )
 def scale_deployment_post(name: str):
     return _scale(name)
@@ -127,13 +129,10 @@ def delete_deployment(name: str):
     until the garbage collector has removed its ReplicaSets and their Pods, so `GET` answering 404
     means the pods are gone too."""
     ns = namespace()
-    kube().request("DELETE", dep_path(ns, check_name(name)), body={"propagationPolicy": "Foreground"})
-    return {
-        "kind": "Deployment",
-        "name": name,
-        "namespace": ns,
-        "message": "deletion requested; the Deployment is gone (404) once its ReplicaSets and Pods are",
-    }, 202
+    kube().request("DELETE", dep_path(ns, check_name(name)), body=delete_options(propagationPolicy="Foreground"))
+    return deletion_accepted(
+        "Deployment", name, ns, "deletion requested; the Deployment is gone (404) once its ReplicaSets and Pods are"
+    )
 
 
 @op(
@@ -150,16 +149,18 @@ def update_deployment(name: str):
     (an empty value clears it). A change to the pod template is a rolling update: the Deployment
     controller creates a new ReplicaSet and scales the old one down (watch `rollout` become
     Complete); `replicas` alone just scales. Read-modify-write with the object's resourceVersion
-    (retried on a concurrent change)."""
+    (retried on a concurrent change; with If-Match: at that version only, else 412)."""
     ns = namespace()
     check_name(name)
     body = validate("DeploymentUpdate", require_object(json_body()))
-    for attempt in range(3):
+    attempts = 1 if if_match() else 3
+    for attempt in range(attempts):
         current = kube().get(dep_path(ns, name))
+        check_version(current)  # with If-Match: 412 unless at that version; the PUT carries the version read
         try:
             return deployment_view(kube().put(dep_path(ns, name), apply_update(current, body)))
         except Problem as exc:
-            if exc.status != 409 or attempt == 2:
+            if exc.status != 409 or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
@@ -222,11 +223,10 @@ def create_service():
     summary="List Services",
     response=(200, "ServiceList", "services"),
     query=("namespace", "labelSelector"),
+    paged=True,
 )
 def list_services():
-    ns = namespace()
-    out = kube().get(core_path("services", ns), query={"labelSelector": request.args.get("labelSelector") or None})
-    return {"items": [service_view(o) for o in out.get("items", [])]}
+    return list_items(lambda ns, query: kube().get(core_path("services", ns), query=query), service_view)
 
 
 @op(
@@ -237,10 +237,11 @@ def list_services():
     response=(200, "Service", "the service"),
     query=("namespace",),
     names="label",
+    etag=True,
 )
 def get_service(name: str):
     ns = namespace()
-    return service_view(kube().get(core_path("services", ns, check_name(name, label=True))))
+    return service_view(versioned(kube().get(core_path("services", ns, check_name(name, label=True)))))
 
 
 @op(
@@ -254,5 +255,5 @@ def get_service(name: str):
 )
 def delete_service(name: str):
     ns = namespace()
-    kube().delete(core_path("services", ns, check_name(name, label=True)))
-    return {"kind": "Service", "name": name, "namespace": ns, "message": "deletion requested"}, 202
+    kube().delete(core_path("services", ns, check_name(name, label=True)), body=delete_options())
+    return deletion_accepted("Service", name, ns)
