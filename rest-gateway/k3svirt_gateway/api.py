@@ -11,6 +11,7 @@ import yaml
 from flask import Blueprint, current_app, json, request
 from k3svirt_common import safeyaml
 
+from .auth import require_namespace
 from .errors import Problem
 from .schemas import NAME_PATTERN, SUBDOMAIN_PATTERN
 
@@ -113,8 +114,14 @@ def op(
     operation_id: str | None = None,
     names: str = "subdomain",
     also: dict[int, tuple[str | None, str]] | None = None,
+    namespace_param: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare one route (rule + method) with its documentation."""
+    """Declare one route (rule + method) with its documentation.
+
+    Access (auth.check_request): `role` is the least key role the method needs (default: read for
+    GET, admin for writes). A route taking the `namespace` query parameter acts in that namespace;
+    `namespace_param` names a path argument that is the namespace instead; any other route is
+    cluster-wide (a key for all namespaces only)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         meta = {
@@ -132,6 +139,7 @@ def op(
             "operation_id": operation_id or fn.__name__,
             "names": names,
             "also": also or {},
+            "namespace_param": namespace_param,
         }
         ops = fn.__dict__.setdefault("k3s_ops", {})
         ops[method] = meta
@@ -190,10 +198,14 @@ def query_bool(name: str) -> bool:
 
 
 def namespace() -> str:
+    """The request's namespace (?namespace=, else the default), held to the key's scope."""
     ns = request.args.get("namespace")
     if ns is None:
-        return current_app.config["DEFAULT_NAMESPACE"]
-    return check_name(ns, "namespace", label=True)
+        ns = current_app.config["DEFAULT_NAMESPACE"]
+    else:
+        check_name(ns, "namespace", label=True)
+    require_namespace(ns)
+    return ns
 
 
 def _mime() -> str:
