@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import auth, config
+from . import audit, auth, config
 from .cache import Cache
 from .errors import register_error_handlers
 from .k8s import Kube
@@ -46,6 +46,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     register_error_handlers(app)
     app.before_request(auth.check_request)
+    audit.install(app)
 
     from .routes import meta, monitoring, namespaces, pci, pods, templates, vms, workloads
 

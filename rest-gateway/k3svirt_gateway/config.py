@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     # Watch-backed cache for GET /vms and GET /templates ("off" lists directly every time), and how
     # long (seconds) it may keep answering, with a Warning header, after its watch lost the API server.
     "LIST_CACHE": "on",
+    # One structured log line per write (k3svirt_gateway.audit): "on" or "off".
+    "AUDIT_LOG": "on",
     # Extra namespaces (comma-separated) the gateway never deletes, besides the system ones.
     "PROTECTED_NAMESPACES": "",
     "LIST_CACHE_MAX_STALE": 30.0,
@@ -42,6 +44,7 @@ ENV_MAP = {
     "API_KEYS_SECRET_TTL": "K3SVIRT_API_KEYS_SECRET_TTL",
     "LIST_CACHE": "K3SVIRT_LIST_CACHE",
     "PROTECTED_NAMESPACES": "K3SVIRT_PROTECTED_NAMESPACES",
+    "AUDIT_LOG": "K3SVIRT_AUDIT_LOG",
     "LIST_CACHE_MAX_STALE": "K3SVIRT_LIST_CACHE_MAX_STALE",
 }
 
