@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     # Watch-backed cache for GET /vms and GET /templates ("off" lists directly every time), and how
     # long (seconds) it may keep answering, with a Warning header, after its watch lost the API server.
     "LIST_CACHE": "on",
+    # HTTPS: PEM paths of the certificate (chain) and its private key; both or neither (plain HTTP).
+    "TLS_CERT": None,
+    "TLS_KEY": None,
     # One structured log line per write (k3svirt_gateway.audit): "on" or "off".
     "AUDIT_LOG": "on",
     # Extra namespaces (comma-separated) the gateway never deletes, besides the system ones.
@@ -45,6 +48,8 @@ ENV_MAP = {
     "LIST_CACHE": "K3SVIRT_LIST_CACHE",
     "PROTECTED_NAMESPACES": "K3SVIRT_PROTECTED_NAMESPACES",
     "AUDIT_LOG": "K3SVIRT_AUDIT_LOG",
+    "TLS_CERT": "K3SVIRT_GATEWAY_TLS_CERT",
+    "TLS_KEY": "K3SVIRT_GATEWAY_TLS_KEY",
     "LIST_CACHE_MAX_STALE": "K3SVIRT_LIST_CACHE_MAX_STALE",
 }
 
