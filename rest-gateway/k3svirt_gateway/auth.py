@@ -116,17 +116,29 @@ def parse_keys(text: str, source: str = "") -> list[KeyEntry]:
 
 
 class KeyStore:
-    """Keys from a file (re-read when it changes) and/or a Secret (re-read after a TTL)."""
+    """Keys from a file (re-read when it changes) and/or a Secret (re-read after a TTL).
+
+    The Secret's copy is fresh for `ttl` seconds after it was read. When a re-read fails (API server
+    away, RBAC, a malformed Secret) the last good copy is still used for at most `max_stale` seconds
+    more, re-read at most every RETRY_SECONDS; after that every key not found in the file (or the
+    static list) is answered 503 + Retry-After, never 500 and never a key the Secret may have revoked
+    longer ago than ttl + max_stale. A missing Secret (404) is an empty one: every key in it revoked.
+    """
+
+    RETRY_SECONDS = 2.0
 
     def __init__(self, settings: dict[str, Any], kube: Any) -> None:
         self.file = settings.get("API_KEYS_FILE")
         self.secret = settings.get("API_KEYS_SECRET")
         self.ttl = float(settings.get("API_KEYS_SECRET_TTL", 30.0))
+        self.max_stale = float(settings.get("API_KEYS_SECRET_MAX_STALE", 30.0))
         self.kube = kube
         self._lock = threading.Lock()
         self._file_state: tuple[float, int] | None = None
         self._file_entries: list[KeyEntry] = []
-        self._secret_at = 0.0
+        self._secret_at: float | None = None  # monotonic time of the last good read
+        self._secret_retry_at = 0.0
+        self._secret_error = ""
         self._secret_entries: list[KeyEntry] = []
         self.static: list[KeyEntry] = list(settings.get("API_KEYS", []) or [])
 
@@ -146,42 +158,66 @@ class KeyStore:
             self._file_state = state
         return self._file_entries
 
-    def _from_secret(self) -> list[KeyEntry]:
-        now = time.monotonic()
-        if now - self._secret_at < self.ttl:
-            return self._secret_entries
+    def _read_secret(self) -> list[KeyEntry]:
         from .k8s import core_path
 
         ns, _, name = self.secret.partition("/")
         try:
             obj = self.kube.get(core_path("secrets", ns, name))
-            raw = (obj.get("data") or {}).get(SECRET_DATA_KEY, "")
-            self._secret_entries = parse_keys(base64.b64decode(raw).decode("utf-8"), self.secret)
         except Problem as exc:
-            if exc.status != 404:
-                if self._secret_entries:  # keep the last good copy while the API server is away
-                    log.warning("API-key Secret unreadable; using cached keys", extra={"error": exc.detail})
-                    return self._secret_entries
-                raise
-            self._secret_entries = []
-        self._secret_at = now
-        return self._secret_entries
+            if exc.status == 404:
+                return []
+            raise
+        raw = (obj.get("data") or {}).get(SECRET_DATA_KEY, "")
+        try:
+            text = base64.b64decode(raw, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, TypeError) as exc:
+            raise Problem(503, f"data.{SECRET_DATA_KEY} of Secret {self.secret} is not base64 UTF-8 text") from exc
+        return parse_keys(text, self.secret)
 
-    def entries(self) -> list[KeyEntry]:
-        with self._lock:
-            out = list(self.static)
-            if self.file:
-                out += self._from_file()
-            if self.secret:
-                out += self._from_secret()
-            return out
+    def _from_secret(self) -> list[KeyEntry]:
+        """The Secret's entries; Problem 503 (with Retry-After) when no usable copy is left."""
+        now = time.monotonic()
+        age = None if self._secret_at is None else now - self._secret_at
+        if age is not None and age < self.ttl:
+            return self._secret_entries
+        if now >= self._secret_retry_at:
+            try:
+                self._secret_entries = self._read_secret()
+                self._secret_at, self._secret_error = now, ""
+                return self._secret_entries
+            except Problem as exc:
+                self._secret_retry_at = now + self.RETRY_SECONDS
+                if exc.detail != self._secret_error:
+                    log.warning("API-key Secret %s unreadable: %s", self.secret, exc.detail)
+                self._secret_error = exc.detail
+        if age is not None and age < self.ttl + self.max_stale:
+            return self._secret_entries  # the last good copy, within its documented bound
+        since = "never read" if age is None else f"last read {age:.0f} s ago"
+        raise Problem(
+            503,
+            f"API keys unavailable: Secret {self.secret} cannot be read ({since}; copies are used at most "
+            f"{self.ttl + self.max_stale:.0f} s): {self._secret_error}",
+            headers={"Retry-After": str(int(self.RETRY_SECONDS) + 1)},
+        )
 
     def lookup(self, key: str) -> KeyEntry | None:
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        with self._lock:
+            local = list(self.static) + (self._from_file() if self.file else [])
+            secret_problem = None
+            remote: list[KeyEntry] = []
+            if self.secret:
+                try:
+                    remote = self._from_secret()
+                except Problem as exc:
+                    secret_problem = exc
         found = None
-        for entry in self.entries():
+        for entry in local + remote:
             if hmac.compare_digest(entry.digest, digest) and found is None:
                 found = entry
+        if found is None and secret_problem is not None:
+            raise secret_problem  # the key may be in the Secret we cannot read: not a 401
         return found
 
 
