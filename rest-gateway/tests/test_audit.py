@@ -7,7 +7,7 @@ import time
 import uuid
 
 import requests
-from gateway_proc import gateway
+from tests.gateway_proc import gateway
 
 
 def _audit_lines(text: str) -> list[dict]:

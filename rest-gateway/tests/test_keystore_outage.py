@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import yaml
-from gateway_proc import free_port
+from tests.gateway_proc import free_port
 from k3svirt_gateway.auth import format_entry
 from k3svirt_gateway.k8s import Kube, core_path
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from gateway_proc import gateway
+from tests.gateway_proc import gateway
 
 
 @pytest.fixture(scope="module")
