@@ -7,6 +7,7 @@ import time
 import uuid
 
 import requests
+
 from tests.gateway_proc import gateway
 
 

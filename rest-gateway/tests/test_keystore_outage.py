@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import yaml
-from tests.gateway_proc import free_port
 from k3svirt_gateway.auth import format_entry
 from k3svirt_gateway.k8s import Kube, core_path
+
+from tests.gateway_proc import free_port
 
 TTL, MAX_STALE = 1.0, 3.0
 

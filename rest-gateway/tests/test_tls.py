@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from tests.gateway_proc import gateway
 
 
