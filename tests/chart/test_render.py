@@ -30,6 +30,7 @@ VARIANTS = {
         "vmTemplates.keep=true",
     ],
     "operator-only": ["--set", "gateway.enabled=false", "--set", "vmTemplates.enabled=false"],
+    "tls": ["--set", "gateway.tls.secretName=gw-tls", "--set", "gateway.service.type=NodePort"],
 }
 
 HASHED = "admin:admin:sha256:" + "ab" * 32
