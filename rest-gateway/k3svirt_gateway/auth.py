@@ -248,7 +248,8 @@ def target_namespace(view: Any, method: str) -> str | None:
     """The namespace a request acts in, or None for a cluster-wide route. A route is namespaced when
     it takes the `namespace` query parameter (default: the gateway's default namespace) or names a
     path argument holding the namespace (op(namespace_param=...))."""
-    meta = (getattr(view, "k3s_ops", {}) or {}).get(method) or {}
+    ops = getattr(view, "k3s_ops", {}) or {}
+    meta = ops.get(method) or (ops.get("GET") if method == "HEAD" else None) or {}  # HEAD is GET's
     param = meta.get("namespace_param")
     if param:
         return str((request.view_args or {}).get(param, ""))

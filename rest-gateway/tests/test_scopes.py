@@ -129,6 +129,10 @@ def test_default_namespace_is_held_to_the_scope(scoped):
     r = client.get("/api/v1/vms", headers={"X-API-Key": scoped["keys"]["read-a"]})  # no ?namespace=: default
     assert r.status_code == 403 and "'default'" in r.json["detail"], r.json
     assert client.get("/api/v1/vms", headers={"X-API-Key": scoped["keys"]["read-all"]}).status_code == 200
+    # HEAD is held like the GET it shadows.
+    h = {"X-API-Key": scoped["keys"]["read-a"]}
+    assert client.head(f"/api/v1/vms?namespace={scoped['b']}", headers=h).status_code == 403
+    assert client.head(f"/api/v1/vms?namespace={scoped['a']}", headers=h).status_code == 200
 
 
 def test_out_of_scope_objects_are_never_read(scoped, client, admin, namespace):
