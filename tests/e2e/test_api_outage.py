@@ -179,3 +179,52 @@ def test_api_server_away_60s(kubeconfig, namespace, operator, tiny_guest, tmp_pa
         f"\nAPI server away {OUTAGE_SECONDS} s; after it returned: running VM's status written again in "
         f"{status_after:.0f} s, a new VM Ready in {recovered:.0f} s\n"
     )
+
+
+def test_api_server_hung_20s(kubeconfig, namespace, tiny_guest, tmp_path):
+    """A frozen API server (SIGSTOP: connections accepted, never answered) is the nastier outage:
+    the gateway still answers 503 + Retry-After within its timeouts, and a create whose request the
+    API server may still carry out after it thaws is never doubled by the client's retry."""
+    import os
+    import signal
+
+    pidfile = Path(os.environ["K3SVIRT_STATE"]) / "controlplane/kube-apiserver.pid"
+    pid = int(pidfile.read_text())
+    keyfile = tmp_path / "keys"
+    admin = {"X-API-Key": _key(keyfile, "admin")}
+    env = {
+        "KUBECONFIG": kubeconfig,
+        "K3SVIRT_API_KEYS_FILE": str(keyfile),
+        "K3SVIRT_KUBE_TIMEOUT": "4",
+        "K3SVIRT_KUBE_CONNECT_TIMEOUT": "2",
+        "K3SVIRT_LIST_CACHE": "off",
+    }
+    spec = tiny_vm("hung", tiny_guest)["spec"] | {"runStrategy": "Halted"}
+    with gateway(env, tmp_path / "gateway.log", args=("--threads", "8")) as (url, gw_proc):
+        api = f"{url}/api/v1"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for method, path, body in (
+                ("GET", f"/vms?namespace={namespace}", None),
+                ("GET", f"/deployments/x?namespace={namespace}", None),
+                ("GET", "/nodes", None),
+                ("POST", f"/vms?namespace={namespace}", {"name": "hung", "spec": spec}),
+            ):
+                t = time.monotonic()
+                r = requests.request(method, api + path, json=body, headers=admin, timeout=30)
+                took = time.monotonic() - t
+                assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0, (path, r.status_code, r.text)
+                assert took < 12, f"{method} {path} took {took:.1f} s with the API server frozen"
+            assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 60, "not ready after thaw")
+
+        def retried_create() -> int | None:
+            r = requests.post(f"{api}/vms?namespace={namespace}", json={"name": "hung", "spec": spec}, headers=admin)
+            return None if r.status_code == 503 else r.status_code
+
+        assert wait_until(retried_create, 60, "create still 503 after thaw") in (201, 409)
+        items = requests.get(f"{api}/vms?namespace={namespace}", headers=admin, timeout=10).json()["items"]
+        assert [i["name"] for i in items] == ["hung"], items  # exactly one, whichever request made it
+        assert gw_proc.poll() is None
