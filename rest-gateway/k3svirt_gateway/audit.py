@@ -3,8 +3,8 @@
 Logger `k3svirt_gateway.audit`, level INFO whatever K3SVIRT_LOG_LEVEL says (K3SVIRT_AUDIT_LOG=off turns
 it off). The line is `audit {json}` with: who (the key's name, null when no valid key was given),
 method, path, resource (vms, deployments, ...), action (start, scale, assign, ...), namespace, name,
-status, remote. Never the key, never a header, never the body: a create's name comes from the
-Location the gateway answered with.
+status, remote. Never the key, never a header, never the request body: a create's name comes from the
+Location the gateway answered with (or the name in its JSON answer).
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ def record(response: Response) -> dict[str, Any] | None:
         loc = urlsplit(location)
         name = loc.path.rstrip("/").rsplit("/", 1)[-1]
         ns = (parse_qs(loc.query).get("namespace") or [ns])[0]
+    elif name is None and response.is_json and not response.is_streamed and 200 <= response.status_code < 300:
+        answered = response.get_json(silent=True)  # e.g. a template import that published new versions
+        if isinstance(answered, dict):
+            md = answered.get("metadata")
+            found = answered.get("name") or (md.get("name") if isinstance(md, dict) else None)
+            name = found if isinstance(found, str) else None
     return {
         "who": g.get("api_key_name"),
         "method": request.method,

@@ -38,6 +38,14 @@ def test_one_audit_line_per_write(gw_kubeconfig, keys, tmp_path):
             )
             assert r.status_code == 201, r.text
             assert requests.get(f"{api}/deployments/web?namespace={ns}", headers=admin, timeout=10).status_code == 200
+            tmpl = (
+                "apiVersion: k3svirt.io/v1alpha1\nkind: VMTemplate\nmetadata: {name: tiny}\nspec:\n  kind: Template\n"
+            )
+            tmpl += "  versions:\n    - version: 1.0.0\n      vm: {memory: {size: 64Mi}}\n"
+            for _ in range(2):  # created, then answered 200 as unchanged: no Location, the name still logged
+                r = requests.post(f"{api}/templates?namespace={ns}", data=tmpl, timeout=10,
+                                  headers={**admin, "Content-Type": "application/yaml"})  # fmt: skip
+                assert r.status_code in (200, 201), r.text
             r = requests.patch(
                 f"{api}/deployments/web/scale?namespace={ns}", json={"replicas": 2}, headers=admin, timeout=10
             )
@@ -58,6 +66,8 @@ def test_one_audit_line_per_write(gw_kubeconfig, keys, tmp_path):
     assert got == [
         ("POST", "namespaces", None, None, ns, 201, "admin"),
         ("POST", "deployments", None, ns, "web", 201, "admin"),
+        ("POST", "templates", None, ns, "tiny", 201, "admin"),
+        ("POST", "templates", None, ns, "tiny", 200, "admin"),
         ("PATCH", "deployments", "scale", ns, "web", 200, "admin"),
         ("DELETE", "deployments", None, ns, "web", 403, "reader"),
         ("DELETE", "deployments", None, ns, "web", 401, None),
