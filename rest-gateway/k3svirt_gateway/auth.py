@@ -153,8 +153,12 @@ class KeyStore:
             return []
         state = (st.st_mtime, st.st_size)
         if state != self._file_state:
-            with open(self.file, encoding="utf-8") as fh:
-                self._file_entries = parse_keys(fh.read(), self.file)
+            try:
+                with open(self.file, encoding="utf-8") as fh:
+                    self._file_entries = parse_keys(fh.read(), self.file)
+            except (OSError, UnicodeDecodeError) as exc:  # unreadable: no key from it (not a 500), retried
+                log.warning("API-key file %s unreadable: %s", self.file, exc)
+                return []
             self._file_state = state
         return self._file_entries
 

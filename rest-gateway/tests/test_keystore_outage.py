@@ -116,3 +116,15 @@ def test_malformed_secret_is_503_not_500(gw_kubeconfig, app, namespace):
     gw = create_app({"KUBECONFIG": gw_kubeconfig, "API_KEYS_FILE": None, "API_KEYS_SECRET": f"{namespace}/gw-keys"})
     r = gw.test_client().get("/api/v1/vms", headers={"X-API-Key": "k3sv_any"})
     assert r.status_code == 503 and "not base64 UTF-8" in r.json["detail"], r.json
+
+
+def test_unreadable_key_file_is_401_not_500(gw_kubeconfig, tmp_path):
+    from k3svirt_gateway import create_app
+
+    path = tmp_path / "keys"
+    path.write_bytes(b"\xff\xfe not UTF-8\n")
+    gw = create_app({"KUBECONFIG": gw_kubeconfig, "API_KEYS_FILE": str(path), "API_KEYS_SECRET": None})
+    r = gw.test_client().get("/api/v1/vms", headers={"X-API-Key": "k3sv_any"})
+    assert r.status_code == 401, r.get_data(as_text=True)
+    path.write_text(format_entry("ok", "read", "k3sv_now-readable") + "\n")  # fixed: read again
+    assert gw.test_client().get("/api/v1/vms", headers={"X-API-Key": "k3sv_now-readable"}).status_code == 200
