@@ -251,18 +251,39 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, p
     if not await _claimed(body, namespace, name):
         return  # another node's operator claimed it first
     state.last_summary = float("-inf")
+    backoff = API_RETRY_MIN
     with rt.loops.running((namespace, name), state):
         while not body.metadata.get("deletionTimestamp"):
             state.wake.clear()  # before the pass: an event that arrives during it wakes the next one
             snapshot, devices = state.view(body), [o for store in passthroughs.values() for o in store]
-            result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices)
-            await _write_claims(result.claims)
-            status = _with_monitoring(result.status, _user_status(snapshot), state, namespace, name)
-            if status != _user_status(snapshot):
-                await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
-                state.written = status
+            try:
+                result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices)
+                await _write_claims(result.claims)
+                status = _with_monitoring(result.status, _user_status(snapshot), state, namespace, name)
+                if status != _user_status(snapshot):
+                    await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
+                    state.written = status
+            except ApiError as exc:
+                if not api_unavailable(exc):
+                    raise
+                # The API server is away (restart, outage): the pass is idempotent, so retry it soon
+                # rather than let kopf restart the daemon a minute later.
+                log.warning("API server unavailable; VM pass retried soon",
+                            extra={"vm": f"{namespace}/{name}", "retryIn": backoff, "error": str(exc)})  # fmt: skip
+                await state.sleep(backoff)
+                backoff = min(backoff * 2, API_RETRY_MAX)
+                continue
+            backoff = API_RETRY_MIN
             _post(body, result.events)
             await state.sleep(_next_pass(result))
+
+
+API_RETRY_MIN, API_RETRY_MAX = 1.0, 10.0
+
+
+def api_unavailable(exc: ApiError) -> bool:
+    """The API server did not answer, or answered that it cannot serve now (restarting, overloaded)."""
+    return not exc.answered or exc.status in (429, 500, 502, 503, 504)
 
 
 async def _claimed(body: kopf.Body, namespace: str, name: str) -> bool:

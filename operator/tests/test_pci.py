@@ -364,10 +364,15 @@ def test_reconcile_moves_to_a_new_address_and_assignment_blocks_release(host):
 # Assignment ------------------------------------------------------------------------------------
 
 
-def _pcip(name, node="n305", phase="Bound", address=X520_0, assigned=None, assign_to=None, members=None):
+def _pcip(
+    name, node="n305", phase="Bound", address=X520_0, assigned=None, assign_to=None, members=None, open_to=("net",)
+):
+    spec = {"nodeName": node, "address": address, **({"assignTo": assign_to} if assign_to else {})}
+    if open_to:
+        spec["namespaces"] = list(open_to)
     return {
         "metadata": {"name": name, "generation": 1},
-        "spec": {"nodeName": node, "address": address, **({"assignTo": assign_to} if assign_to else {})},
+        "spec": spec,
         "status": {
             "phase": phase,
             "address": address,
@@ -419,6 +424,21 @@ def test_resolve_host_devices_errors(obj, expect):
     assert expect in str(e.value)
 
 
+def test_a_device_reserved_for_no_vm_is_claimed_by_none():
+    """Bound, free, on the right node, but neither assignTo nor namespaces open it: refused, with why."""
+    spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}]}
+    for obj, ns in ((_pcip("p0", open_to=()), "net"), (_pcip("p0", open_to=("lab",)), "net")):
+        with pytest.raises(pci.HostDeviceResolutionError) as e:
+            pci.resolve_host_devices(spec, [obj], "n305", vm_namespace=ns, vm_name="vpp")
+        assert [err.reason for err in e.value.errors] == ["NotAssignable"]
+        assert "not open to namespace net" in str(e.value) and "spec.assignTo" in str(e.value)
+    reserved = _pcip("p0", open_to=(), assign_to={"namespace": "net", "name": "vpp"})
+    out = pci.resolve_host_devices(spec, [reserved], "n305", vm_namespace="net", vm_name="vpp")
+    assert [d.address for d in out] == [X520_0]
+    with pytest.raises(pci.HostDeviceResolutionError, match="reserved for VM net/vpp"):
+        pci.resolve_host_devices(spec, [reserved], "n305", vm_namespace="net", vm_name="other")
+
+
 def test_resolve_host_devices_missing_object_and_split_group():
     spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}, {"name": "x", "pciPassthrough": "nope"}]}
     other = _pcip("p1", address=X520_1, phase="Assigned", assigned={"namespace": "lab", "name": "other"})
@@ -451,7 +471,7 @@ def test_vm_claims_mark_assigned_and_release_clears():
     old = _pcip(
         "old", address="0000:07:00.0", phase="Assigned", assigned={"namespace": "net", "name": "vpp"}, members=[]
     )
-    index, claims = _FakeIndex([_pcip("p0"), old]), pci.Claims()
+    index, claims = _FakeIndex([_pcip("p0", open_to=("net", "lab")), old]), pci.Claims()
     vm = {"namespace": "net", "name": "vpp", "uid": "u1"}
     spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}]}
     assignment = claims.assign(index.objs.values(), "n305", vm, spec)
@@ -471,7 +491,7 @@ def test_vm_claims_mark_assigned_and_release_clears():
 
 
 def test_a_claim_holds_before_the_index_shows_it():
-    index, claims = _FakeIndex([_pcip("p0")]), pci.Claims()
+    index, claims = _FakeIndex([_pcip("p0", open_to=("net", "lab"))]), pci.Claims()
     spec = {"hostDevices": [{"name": "wan", "pciPassthrough": "p0"}]}
     claims.assign(index.objs.values(), "n305", {"namespace": "net", "name": "vpp"}, spec)  # not written yet
     with pytest.raises(ValueError, match="assigned to other VM net/vpp"):

@@ -69,9 +69,10 @@ def _real_endpoint() -> str:
 def test_resolved_hostdev_xml_validates_and_libvirt_defines_it(where, tmp_path):
     conn = _libvirt()
     address = "0000:03:00.0" if where == "fixture-address" else _real_endpoint()
+    ns = f"k3svirt-unittest-pci-{uuid.uuid4().hex[:8]}"
     pcip = {
         "metadata": {"name": "x520-p0", "generation": 1},
-        "spec": {"nodeName": "n305", "address": address},
+        "spec": {"nodeName": "n305", "address": address, "assignTo": {"namespace": ns, "name": "vpp"}},
         "status": {
             "phase": "Bound",
             "address": address,
@@ -80,7 +81,6 @@ def test_resolved_hostdev_xml_validates_and_libvirt_defines_it(where, tmp_path):
             "groupMembers": [{"address": address, "driver": "vfio-pci", "isBridge": False}],
         },
     }
-    ns = f"k3svirt-unittest-pci-{uuid.uuid4().hex[:8]}"
     spec = {"memory": {"size": "64Mi"}, "hostDevices": [{"name": "wan", "pciPassthrough": "x520-p0"}]}
     resolved = pci.resolve_host_devices(spec, [pcip], "n305", vm_namespace=ns, vm_name="vpp")
     xml = build_domain(

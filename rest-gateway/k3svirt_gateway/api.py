@@ -11,6 +11,7 @@ import yaml
 from flask import Blueprint, current_app, json, request
 from k3svirt_common import safeyaml
 
+from .auth import require_namespace
 from .errors import Problem
 from .schemas import NAME_PATTERN, SUBDOMAIN_PATTERN
 
@@ -116,11 +117,17 @@ def op(
     etag: bool = False,
     paged: bool = False,
     conditional: bool | None = None,
+    namespace_param: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare one route (rule + method) with its documentation. `etag`: a single-object GET whose view
     calls conventions.versioned (ETag header); `paged`: a list answered by routes.list_items (limit,
     continue, Link). `conditional` (default: PATCH, PUT, DELETE): the view honours If-Match
-    (conventions.parse_if_match); any other route refuses an If-Match with 400 rather than ignore it."""
+    (conventions.parse_if_match); any other route refuses an If-Match with 400 rather than ignore it.
+
+    Access (auth.check_request): `role` is the least key role the method needs (default: read for
+    GET, admin for writes). A route taking the `namespace` query parameter acts in that namespace;
+    `namespace_param` names a path argument that is the namespace instead; any other route is
+    cluster-wide (a key for all namespaces only)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         meta = {
@@ -141,6 +148,7 @@ def op(
             "etag": etag,
             "paged": paged,
             "conditional": method in ("PATCH", "PUT", "DELETE") if conditional is None else conditional,
+            "namespace_param": namespace_param,
         }
         ops = fn.__dict__.setdefault("k3s_ops", {})
         ops[method] = meta
@@ -199,10 +207,14 @@ def query_bool(name: str) -> bool:
 
 
 def namespace() -> str:
+    """The request's namespace (?namespace=, else the default), held to the key's scope."""
     ns = request.args.get("namespace")
     if ns is None:
-        return current_app.config["DEFAULT_NAMESPACE"]
-    return check_name(ns, "namespace", label=True)
+        ns = current_app.config["DEFAULT_NAMESPACE"]
+    else:
+        check_name(ns, "namespace", label=True)
+    require_namespace(ns)
+    return ns
 
 
 def _mime() -> str:

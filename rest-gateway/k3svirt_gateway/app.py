@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, current_app, request
 
-from . import auth, config, conventions
+from . import audit, auth, config, conventions
 from .cache import Cache
 from .errors import Problem, register_error_handlers
 from .k8s import Kube
@@ -49,6 +49,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.before_request(auth.check_request)
     app.before_request(_writes_take_if_match)
     app.after_request(conventions.add_etag)
+    audit.install(app)
 
     from .routes import meta, monitoring, namespaces, pci, pods, templates, vms, workloads
 

@@ -21,9 +21,18 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     # Seconds an API-key Secret is cached before it is read again.
     "API_KEYS_SECRET_TTL": 30.0,
+    # Seconds beyond the TTL the last good copy is still used while the Secret cannot be read; then 503.
+    "API_KEYS_SECRET_MAX_STALE": 30.0,
     # Watch-backed cache for GET /vms and GET /templates ("off" lists directly every time), and how
     # long (seconds) it may keep answering, with a Warning header, after its watch lost the API server.
     "LIST_CACHE": "on",
+    # HTTPS: PEM paths of the certificate (chain) and its private key; both or neither (plain HTTP).
+    "TLS_CERT": None,
+    "TLS_KEY": None,
+    # One structured log line per write (k3svirt_gateway.audit): "on" or "off".
+    "AUDIT_LOG": "on",
+    # Extra namespaces (comma-separated) the gateway never deletes, besides the system ones.
+    "PROTECTED_NAMESPACES": "",
     "LIST_CACHE_MAX_STALE": 30.0,
     # Signs list `continue` tokens (so a forged one never reaches the API server). Unset: a random key
     # per process; set the same value on every replica/worker that one client may page through.
@@ -41,7 +50,12 @@ ENV_MAP = {
     "STATS_TIMEOUT": "K3SVIRT_STATS_TIMEOUT",
     "MAX_CONTENT_LENGTH": "K3SVIRT_MAX_BODY_BYTES",
     "API_KEYS_SECRET_TTL": "K3SVIRT_API_KEYS_SECRET_TTL",
+    "API_KEYS_SECRET_MAX_STALE": "K3SVIRT_API_KEYS_SECRET_MAX_STALE",
     "LIST_CACHE": "K3SVIRT_LIST_CACHE",
+    "PROTECTED_NAMESPACES": "K3SVIRT_PROTECTED_NAMESPACES",
+    "AUDIT_LOG": "K3SVIRT_AUDIT_LOG",
+    "TLS_CERT": "K3SVIRT_GATEWAY_TLS_CERT",
+    "TLS_KEY": "K3SVIRT_GATEWAY_TLS_KEY",
     "LIST_CACHE_MAX_STALE": "K3SVIRT_LIST_CACHE_MAX_STALE",
     "CONTINUE_KEY": "K3SVIRT_CONTINUE_KEY",
 }

@@ -1,11 +1,12 @@
 """Manage gateway API keys.
 
-    python -m k3svirt_gateway.keys add <name> [--role read|admin] --file PATH
+    python -m k3svirt_gateway.keys add <name> [--role read|operate|admin] [--namespaces NS1,NS2|*] --file PATH
     python -m k3svirt_gateway.keys add <name> --role admin --secret NAMESPACE/NAME   (writes a Secret)
-    python -m k3svirt_gateway.keys list --file PATH
+    python -m k3svirt_gateway.keys list --file PATH        (name, role, namespaces; tab-separated)
     python -m k3svirt_gateway.keys remove <name> --file PATH
 
-`add` prints the new key once on stdout; only its SHA-256 hash is stored.
+`add` prints the new key once on stdout; only its SHA-256 hash is stored. --namespaces limits the key
+to those namespaces (default `*`: all, which cluster-wide routes need); see auth.py for the roles.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 
 from k3svirt_common.kube import ApiError, Client, core_path, load_config
 
-from .auth import ROLES, SECRET_DATA_KEY, format_entry, parse_keys
+from .auth import ALL_NAMESPACES, ROLES, SECRET_DATA_KEY, format_entry, parse_keys, parse_scope
 
 KEY_PREFIX = "k3sv_"
 
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("name")
         if cmd == "add":
             sp.add_argument("--role", choices=ROLES, default="read")
+            sp.add_argument(
+                "--namespaces",
+                default=ALL_NAMESPACES,
+                help="comma-separated namespaces the key may use, or * for all (default)",
+            )
         where = sp.add_mutually_exclusive_group()
         where.add_argument("--file", default=os.environ.get("K3SVIRT_API_KEYS_FILE"))
         where.add_argument("--secret", help="NAMESPACE/NAME of the Secret holding the keys")
@@ -99,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "name", None) is not None and (":" in args.name or not args.name.strip()):
         p.error("key name must be non-empty and contain no ':'")
 
+    if getattr(args, "namespaces", None) is not None:
+        try:
+            parse_scope(args.namespaces)
+        except ValueError as exc:
+            p.error(f"--namespaces: {exc}")
     if args.secret and not all(args.secret.partition("/")[::2]):
         p.error("--secret must be NAMESPACE/NAME")
     try:
@@ -119,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.cmd == "list":
         for e in parse_keys(text):
-            print(f"{e.name}\t{e.role}")
+            print(f"{e.name}\t{e.role}\t{e.scope_text()}")
         return 0
     if args.cmd == "remove":
         if args.name not in {e.name for e in parse_keys(text)}:
@@ -128,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         text = _without(text, args.name)
     else:
         key = new_key()
-        text = _without(text, args.name) + format_entry(args.name, args.role, key) + "\n"
+        text = _without(text, args.name) + format_entry(args.name, args.role, key, args.namespaces) + "\n"
     if api is not None:
         _secret_write(api, ns, sname, text)
     else:

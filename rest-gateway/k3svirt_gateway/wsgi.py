@@ -5,7 +5,9 @@
 
 Defaults suit a small box: one worker process (~46 MiB RSS with 200 VMs cached, see
 bench/bench_gateway.py), four threads (the work is I/O to the API server). Environment: K3SVIRT_BIND, K3SVIRT_WORKERS,
-K3SVIRT_THREADS, plus the gateway settings in k3svirt_gateway.config.
+K3SVIRT_THREADS, plus the gateway settings in k3svirt_gateway.config. HTTPS: set
+K3SVIRT_GATEWAY_TLS_CERT and K3SVIRT_GATEWAY_TLS_KEY to PEM files (certificate chain, private key);
+with plain gunicorn pass --certfile/--keyfile instead.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from typing import Any
 
+from . import config
 from .app import create_app
 
 logging.basicConfig(
@@ -23,6 +27,21 @@ logging.basicConfig(
 )
 
 app = create_app()
+
+
+def tls_files(settings: dict[str, Any]) -> tuple[str, str] | None:
+    """(certfile, keyfile) when HTTPS is configured, None for plain HTTP. ValueError when only one is
+    set or the pair does not load: the gateway must not fall back to HTTP silently."""
+    cert, key = settings.get("TLS_CERT"), settings.get("TLS_KEY")
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError("set both K3SVIRT_GATEWAY_TLS_CERT and K3SVIRT_GATEWAY_TLS_KEY (PEM paths), or neither")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"TLS certificate {cert} / key {key} do not load: {exc}") from exc
+    return cert, key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=int(os.environ.get("K3SVIRT_TIMEOUT", "60")))
     p.add_argument("--access-log", action="store_true", default=bool(os.environ.get("K3SVIRT_ACCESS_LOG")))
     args = p.parse_args(argv)
+    try:
+        tls = tls_files(config.from_env())
+    except ValueError as exc:
+        p.error(str(exc))
 
     options: dict[str, Any] = {
         "bind": args.bind,
@@ -53,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "loglevel": "info",
         "proc_name": "k3svirt-gateway",
     }
+    if tls is not None:
+        options["certfile"], options["keyfile"] = tls
 
     class Gateway(BaseApplication):
         def load_config(self) -> None:

@@ -208,5 +208,5 @@ def test_namespaces(client, admin, namespace):
     assert r.status_code == 200 and r.json["labels"]["app.kubernetes.io/managed-by"] == "k3svirt-gateway"
     assert client.post("/api/v1/namespaces", headers=admin, json={"name": namespace}).status_code == 409
     for protected in ("default", "kube-system"):
-        assert client.delete(f"/api/v1/namespaces/{protected}", headers=admin).status_code == 409
+        assert client.delete(f"/api/v1/namespaces/{protected}", headers=admin).status_code == 403
     assert client.delete("/api/v1/namespaces/gwt-never-existed", headers=admin).status_code == 404

@@ -30,6 +30,7 @@ VARIANTS = {
         "vmTemplates.keep=true",
     ],
     "operator-only": ["--set", "gateway.enabled=false", "--set", "vmTemplates.enabled=false"],
+    "tls": ["--set", "gateway.tls.secretName=gw-tls", "--set", "gateway.service.type=NodePort"],
 }
 
 HASHED = "admin:admin:sha256:" + "ab" * 32
@@ -156,7 +157,37 @@ def test_file_mode_mounts_the_secret(render) -> None:
     assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding")], "file mode needs no Secret access"
 
 
-@pytest.mark.parametrize("bad", ["admin:sha256:short", "plain-key-not-hashed", "a:root:sha256:" + "0" * 64])
+@pytest.mark.parametrize(
+    "bad",
+    ["admin:sha256:short", "plain-key-not-hashed", "a:root:sha256:" + "0" * 64, "a:read:Bad_NS:sha256:" + "0" * 64],
+)
 def test_malformed_hashed_key_fails_render(helm: str, bad: str) -> None:
     proc = run([helm, "template", "x", str(CHART), "--set", f"gateway.apiKeys.hashed={{{bad}}}"], check=False)
     assert proc.returncode != 0 and "gateway.apiKeys.hashed" in proc.stderr
+
+
+def test_tls_secret_makes_the_gateway_serve_https(render) -> None:
+    objs = render("--set", "gateway.tls.secretName=gw-tls")
+    dep = find(objs, "Deployment", "-gateway")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["K3SVIRT_GATEWAY_TLS_CERT"] == "/etc/k3svirt/tls/tls.crt"
+    assert env["K3SVIRT_GATEWAY_TLS_KEY"] == "/etc/k3svirt/tls/tls.key"
+    assert {"name": "tls", "mountPath": "/etc/k3svirt/tls", "readOnly": True} in c["volumeMounts"]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert vol["secret"]["secretName"] == "gw-tls"
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS" and c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    plain = find(render(), "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert "K3SVIRT_GATEWAY_TLS_CERT" not in {e["name"] for e in plain["env"]}
+
+
+def test_scoped_hashed_keys_render(render, tmp_path) -> None:
+    entry = "tenant:operate:team-a,team-b:sha256:" + "cd" * 32
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"gateway": {"apiKeys": {"hashed": [HASHED, entry]}}}))
+    keys = find(render("-f", str(values)), "Secret", "-api-keys")["stringData"]["keys"]
+    from k3svirt_gateway.auth import parse_keys
+
+    got = [(e.name, e.role, e.scope_text()) for e in parse_keys(keys)]
+    assert got == [("admin", "admin", "*"), ("tenant", "operate", "team-a,team-b")]

@@ -8,7 +8,9 @@
 # SQLite (K3s's own datastore shim, github.com/k3s-io/kine $KINE_VERSION), on K3s's port 6443 and
 # service CIDR. A `k3s` binary on PATH is used instead when there is one.
 #
-# usage: controlplane.sh start|stop|status|build
+# usage: controlplane.sh start|stop|status|build|api-stop|api-start
+# api-stop / api-start stop and start the kube-apiserver alone (kine and the controllers keep running):
+# the "API server away" fault of the outage tests.
 # Builds once into $K3SVIRT_CACHE (keyed by versions and go.sum); a second start reuses a running one.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -112,6 +114,22 @@ start_k3s_binary() {
   echo $! > "$CP/k3s.pid"
 }
 
+start_apiserver() {
+  nohup "$BIN/kube-apiserver" \
+    --etcd-servers "unix://$CP/kine.sock" --storage-backend etcd3 \
+    --bind-address 0.0.0.0 --advertise-address "$K3SVIRT_TESTBED_NODE_IP" --secure-port "$PORT" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC --anonymous-auth=false \
+    --enable-admission-plugins NodeRestriction --kubelet-certificate-authority "$PKI/ca.crt" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP,ExternalIP,Hostname \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.43.0.0/16 \
+    --allow-privileged --profiling=false --v=0 >> "$CP/kube-apiserver.log" 2>&1 &
+  echo $! > "$CP/kube-apiserver.pid"
+}
+
 start() {
   mkdir -p "$CP"
   if pid_alive "$CP/kube-apiserver.pid" || pid_alive "$CP/k3s.pid"; then
@@ -132,19 +150,7 @@ start() {
       --listen-address "unix://$CP/kine.sock" --metrics-bind-address 0 > "$CP/kine.log" 2>&1 &
     echo $! > "$CP/kine.pid"
     wait_for 30 kine test -S "$CP/kine.sock" || die "kine did not start: see $CP/kine.log"
-    nohup "$BIN/kube-apiserver" \
-      --etcd-servers "unix://$CP/kine.sock" --storage-backend etcd3 \
-      --bind-address 0.0.0.0 --advertise-address "$K3SVIRT_TESTBED_NODE_IP" --secure-port "$PORT" \
-      --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-      --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC --anonymous-auth=false \
-      --enable-admission-plugins NodeRestriction --kubelet-certificate-authority "$PKI/ca.crt" \
-      --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
-      --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-      --kubelet-preferred-address-types InternalIP,ExternalIP,Hostname \
-      --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-      --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.43.0.0/16 \
-      --allow-privileged --profiling=false --v=0 > "$CP/kube-apiserver.log" 2>&1 &
-    echo $! > "$CP/kube-apiserver.pid"
+    start_apiserver
     write_kubeconfig "$CP/controller-manager.kubeconfig" admin
     nohup "$BIN/kube-controller-manager" --kubeconfig "$CP/controller-manager.kubeconfig" \
       --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
@@ -169,11 +175,24 @@ stop() {
   unguard_api
 }
 
+api_stop() {
+  [ -f "$CP/kube-apiserver.pid" ] || die "no kube-apiserver of this test bed to stop (a k3s binary runs it all?)"
+  stop_pidfile "$CP/kube-apiserver.pid" 20
+}
+
+api_start() {
+  pid_alive "$CP/kine.pid" || die "kine is not running: use $0 start"
+  pid_alive "$CP/kube-apiserver.pid" || start_apiserver
+  wait_for 120 "the API server on https://127.0.0.1:$PORT" api_ready \
+    || die "the API server did not become ready in 120 s: see $CP/kube-apiserver.log"
+}
+
 status() {
   if api_ready >/dev/null 2>&1; then echo "api: ready ($KUBECONFIG_OUT)"; else echo "api: down"; fi
 }
 
 case "${1:-}" in
   start) start ;; stop) stop ;; status) status ;; build) build && link_kubectl ;;
-  *) die "usage: $0 start|stop|status|build" ;;
+  api-stop) api_stop ;; api-start) api_start ;;
+  *) die "usage: $0 start|stop|status|build|api-stop|api-start" ;;
 esac

@@ -75,8 +75,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Fails the render on a malformed pre-hashed key entry, so a bad value never reaches the cluster. */}}
 {{- define "k3svirt.gateway.checkedKeys" -}}
 {{- range .Values.gateway.apiKeys.hashed -}}
-{{- if not (regexMatch "^[^:\\s]+:((read|admin):)?sha256:[0-9a-f]{64}$" .) -}}
-{{- fail (printf "gateway.apiKeys.hashed: %q is not \"<name>:<role>:sha256:<64 hex>\" (role read|admin); generate entries with python -m k3svirt_gateway.keys add NAME --file FILE" .) -}}
+{{- if not (regexMatch "^[^:\\s]+:((read|operate|admin):((\\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(,[a-z0-9]([-a-z0-9]*[a-z0-9])?)*):)?)?sha256:[0-9a-f]{64}$" .) -}}
+{{- fail (printf "gateway.apiKeys.hashed: %q is not \"<name>:<role>[:<namespaces>]:sha256:<64 hex>\" (role read|operate|admin, namespaces * or ns1,ns2); generate entries with python -m k3svirt_gateway.keys add NAME --file FILE" .) -}}
 {{- end -}}
 {{ . }}
 {{ end -}}

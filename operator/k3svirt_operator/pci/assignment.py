@@ -2,8 +2,10 @@
 
 ``VirtualMachine.spec.hostDevices[]`` is ``{name: <name in the VM>, pciPassthrough: <PCIPassthrough>}``.
 A VM may use a PCIPassthrough when it is on the VM's node, its phase is ``Bound`` (or ``Assigned`` to
-this same VM), it is not reserved for another VM (``spec.assignTo``) and not assigned to one
-(``status.assignedTo``), and every endpoint of its IOMMU group is on a VFIO driver and not in another VM.
+this same VM), it is open to the VM (``spec.assignTo`` names it, or ``spec.namespaces`` lists its
+namespace: a device reserved for nobody is claimable by nobody, since VM authors are untrusted), it is
+not assigned to another VM (``status.assignedTo``), and every endpoint of its IOMMU group is on a VFIO
+driver and not in another VM.
 """
 
 from __future__ import annotations
@@ -99,6 +101,14 @@ def resolve_host_devices(
         reserved = _ref(spec.get("assignTo"))
         if reserved and reserved != me:
             err("ReservedForOtherVM", f"PCIPassthrough {pname} is reserved for VM {reserved}")
+            continue
+        if not reserved and vm_namespace not in (spec.get("namespaces") or []):
+            err(
+                "NotAssignable",
+                f"PCIPassthrough {pname} is not open to namespace {vm_namespace}: its spec.assignTo must name "
+                f"VM {me} (or its spec.namespaces list {vm_namespace}); a device reserved for no VM is "
+                "claimed by none",
+            )
             continue
         assigned = _ref(st.get("assignedTo"))
         if assigned and assigned != me:

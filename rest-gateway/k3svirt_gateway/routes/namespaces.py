@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from ..api import check_name, created, json_body, op
 from ..conventions import delete_options, versioned
@@ -15,7 +15,24 @@ from . import deletion_accepted, kube, list_items
 
 bp = Blueprint("namespaces", __name__)
 
-PROTECTED = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+# Namespaces the cluster or k3svirt itself lives in: never deleted through the gateway (403).
+PROTECTED = frozenset({"default", "kube-system", "kube-public", "kube-node-lease", "k3svirt-system"})
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def protected_namespaces() -> frozenset[str]:
+    """PROTECTED, the gateway's own namespace (its pod's service account namespace, and the one of
+    its API-key Secret) and any listed in K3SVIRT_PROTECTED_NAMESPACES."""
+    cfg = current_app.config
+    extra = {n.strip() for n in (cfg.get("PROTECTED_NAMESPACES") or "").split(",") if n.strip()}
+    if cfg.get("API_KEYS_SECRET"):
+        extra.add(str(cfg["API_KEYS_SECRET"]).partition("/")[0])
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as fh:
+            extra.add(fh.read().strip())
+    except OSError:
+        pass  # not running in a pod
+    return PROTECTED | {n for n in extra if n}
 
 
 def blueprints() -> list[Blueprint]:
@@ -71,6 +88,7 @@ def create_namespace():
     response=(200, "Namespace", "the namespace"),
     names="label",
     etag=True,
+    namespace_param="name",
 )
 def get_namespace(name: str):
     return view(versioned(kube().get(core_path("namespaces", name=check_name(name, label=True)))))
@@ -86,7 +104,12 @@ def get_namespace(name: str):
 )
 def delete_namespace(name: str):
     check_name(name, label=True)
-    if name in PROTECTED:
-        raise Problem(409, f"namespace {name!r} is a system namespace and cannot be deleted", reason="Protected")
+    if name in protected_namespaces():
+        raise Problem(
+            403,
+            f"namespace {name!r} is a system namespace (the cluster's or k3svirt's own) and cannot be "
+            "deleted through the gateway",
+            reason="SystemNamespace",
+        )
     kube().delete(core_path("namespaces", name=name), body=delete_options())
     return deletion_accepted("Namespace", name)
