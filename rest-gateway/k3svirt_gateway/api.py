@@ -106,6 +106,7 @@ def op(
     body_types: tuple[str, ...] = JSON_TYPES,
     query: tuple[str | dict[str, Any], ...] = (),
     public: bool = False,
+    any_scope: bool = False,
     role: str | None = None,
     errors: tuple[int, ...] = DEFAULT_ERRORS,
     description: str | None = None,
@@ -127,7 +128,8 @@ def op(
     Access (auth.check_request): `role` is the least key role the method needs (default: read for
     GET, admin for writes). A route taking the `namespace` query parameter acts in that namespace;
     `namespace_param` names a path argument that is the namespace instead; any other route is
-    cluster-wide (a key for all namespaces only)."""
+    cluster-wide (a key for all namespaces only) unless `any_scope` (it shows no tenant's data, e.g.
+    the API index, so every key may read it)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         meta = {
@@ -153,6 +155,7 @@ def op(
         ops = fn.__dict__.setdefault("k3s_ops", {})
         ops[method] = meta
         fn.k3s_public = public
+        fn.k3s_any_scope = any_scope
         if role:
             fn.__dict__.setdefault("k3s_roles", {})[method] = role
         bp.add_url_rule(rule, endpoint=fn.__name__, view_func=fn, methods=[method])

@@ -75,8 +75,10 @@ def _routes(app) -> list[tuple[str, str, str]]:
 
 
 def _classify(method: str, rule: str) -> str:
-    """'namespaced', 'path-namespace' or 'cluster', from the rule itself (not the app's metadata)."""
+    """'namespaced', 'path-namespace', 'cluster' or 'any', from the rule itself (not the app's metadata)."""
     segment = rule.removeprefix("/api/v1/").split("/")[0]
+    if rule == "/api/v1" and method == "GET":
+        return "any"  # the API index: resources and features, no tenant's data (feature detection)
     if rule == "/api/v1/namespaces/<name>" and method == "GET":
         return "path-namespace"
     if segment in NAMESPACED:
@@ -106,9 +108,8 @@ def test_role_namespace_matrix_over_every_route(scoped):
             path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", lambda m: args[m.group(1)], rule)  # noqa: B023
             for key_name, (role, scope) in scoped["specs"].items():
                 in_scope = scope == "*" or target in scope.split(",")
-                expect_403 = RANK[role] < RANK[_needed(method, rule)] or (
-                    not in_scope if kind != "cluster" else scope != "*"
-                )
+                out_of_scope = {"cluster": scope != "*", "any": False}.get(kind, not in_scope)
+                expect_403 = RANK[role] < RANK[_needed(method, rule)] or out_of_scope
                 r = client.open(
                     f"{path}?namespace={target}", method=method, headers={"X-API-Key": scoped["keys"][key_name]}
                 )

@@ -125,6 +125,7 @@ def resources() -> list[dict[str, Any]]:
     summary="The API index: resources and optional features this gateway serves",
     response=(200, "APIIndex", "the index"),
     errors=(401,),
+    any_scope=True,
 )
 def api_index():
     from ..openapi import _version
