@@ -1,6 +1,7 @@
 """Node-local VM disk storage: pure planning (spec -> qemu-img argv) plus a small idempotent executor.
 
-Layout, all under one storage root (env ``K3SVIRT_STORAGE_ROOT``, default ``/var/lib/k3svirt``)::
+Layout, all under one storage root (Settings.storage_root: ``K3SVIRT_STORAGE_ROOT``, default
+``/var/lib/k3svirt``)::
 
     <root>/images/<sha256(url)>.img (+ .json sidecar, .lock)   shared base-image cache (image_cache.py)
     <root>/vms/<namespace>/<name>/<disk>.qcow2|.raw             disks we create
@@ -38,6 +39,7 @@ from k3svirt_common.quantity import parse_quantity
 from . import image_cache
 from .filelock import locked
 from .hostfs import QEMU_IMG, QEMU_IMG_TIMEOUT, StorageError, ensure_dir, qemu_img_info, run_qemu_img
+from .image_fetch import FetchPolicy
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +72,13 @@ class SpaceRules:
     max_disk_bytes: int = 4 << 40  # K3SVIRT_DISK_MAX_BYTES, one disk's virtual size
     reserve_bytes: int = 2 << 30  # K3SVIRT_STORAGE_RESERVE_BYTES, free space never handed out
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SpaceRules:
-        d = cls()
-        return cls(
-            max_disk_bytes=int(env.get("K3SVIRT_DISK_MAX_BYTES") or d.max_disk_bytes),
-            reserve_bytes=int(env.get("K3SVIRT_STORAGE_RESERVE_BYTES") or d.reserve_bytes),
-        )
+
+@dataclass(frozen=True)
+class QemuOwner:
+    """Who our disks are handed to (see the module doc): K3SVIRT_QEMU_USER, K3SVIRT_QEMU_GROUP."""
+
+    user: str = "libvirt-qemu"
+    group: str = "kvm"
 
 
 def bytes_written_now(plan: DiskPlan) -> int:
@@ -128,26 +130,22 @@ def _round512(n: int) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # paths
-def storage_root() -> Path:
-    return Path(os.environ.get("K3SVIRT_STORAGE_ROOT", DEFAULT_STORAGE_ROOT))
-
-
 def _check_component(value: str, what: str) -> str:
     if not value or "/" in value or value in (".", "..") or "\0" in value:
         raise StorageSpecError(f"{what}: invalid path component {value!r}")
     return value
 
 
-def vm_dir(namespace: str, name: str, root: Path | None = None) -> Path:
-    root = Path(root) if root is not None else storage_root()
-    return root / "vms" / _check_component(namespace, "metadata.namespace") / _check_component(name, "metadata.name")
+def vm_dir(namespace: str, name: str, root: Path) -> Path:
+    vms = Path(root) / "vms"
+    return vms / _check_component(namespace, "metadata.namespace") / _check_component(name, "metadata.name")
 
 
-def seed_path(namespace: str, name: str, root: Path | None = None) -> Path:
+def seed_path(namespace: str, name: str, root: Path) -> Path:
     return vm_dir(namespace, name, root) / "seed.iso"
 
 
-def console_log_path(namespace: str, name: str, root: Path | None = None) -> Path:
+def console_log_path(namespace: str, name: str, root: Path) -> Path:
     return vm_dir(namespace, name, root) / "console.log"
 
 
@@ -219,7 +217,7 @@ def plan_disks(
     namespace: str,
     name: str,
     disks: Sequence[Mapping[str, Any]] | None,
-    root: Path | None = None,
+    root: Path,
     images: Mapping[str, BaseImage] | None = None,
 ) -> list[DiskPlan]:
     """Validate ``spec.disks`` and return one DiskPlan per disk (pure: no filesystem access).
@@ -228,7 +226,7 @@ def plan_disks(
     come back with ``needs_image`` True and empty ``commands`` (``ensure_disks`` resolves them, or
     call ``plan.with_base(image_cache.ensure_image(...))`` yourself).
     """
-    root = Path(root) if root is not None else storage_root()
+    root = Path(root)
     images = images or {}
     vdir = vm_dir(namespace, name, root)
     plans: list[DiskPlan] = []
@@ -437,24 +435,23 @@ def _image_commands(plan: DiskPlan, base: BaseImage) -> tuple[tuple[str, ...], .
 
 # ---------------------------------------------------------------------------------------------
 # execution
-def _qemu_ids() -> tuple[int, int] | None:
+def _qemu_ids(owner: QemuOwner) -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None
-    user = os.environ.get("K3SVIRT_QEMU_USER", "libvirt-qemu")
     try:
-        pw = pwd.getpwnam(user)
+        pw = pwd.getpwnam(owner.user)
     except KeyError:
         return None
     gid = pw.pw_gid
     with contextlib.suppress(KeyError):
-        gid = grp.getgrnam(os.environ.get("K3SVIRT_QEMU_GROUP", "kvm")).gr_gid
+        gid = grp.getgrnam(owner.group).gr_gid
     return pw.pw_uid, gid
 
 
-def give_to_qemu(path: Path, mode: int = DISK_MODE) -> None:
+def give_to_qemu(path: Path, mode: int = DISK_MODE, *, owner: QemuOwner) -> None:
     """chmod the file and chown it to the QEMU user when possible (see module doc)."""
     os.chmod(path, mode)
-    ids = _qemu_ids()
+    ids = _qemu_ids(owner)
     if ids is not None:
         os.chown(path, *ids)
 
@@ -466,13 +463,11 @@ class StorageOwnedByAnotherVM(StorageError):
 OWNER_FILE = ".owner-uid"
 
 
-def ensure_vm_dir(
-    namespace: str, name: str, root: Path | None = None, uid: str | None = None, adopt: str | None = None
-) -> Path:
+def ensure_vm_dir(namespace: str, name: str, root: Path, uid: str | None = None, adopt: str | None = None) -> Path:
     """The VM's storage directory, owned by the VM ``uid``. Disks retained from an earlier VM of the
     same name (deletionPolicy Retain) are never reused silently: they are taken over only when the
     new VM names the old uid in ``adopt`` (annotation k3svirt.io/adopt-retained-storage)."""
-    root = Path(root) if root is not None else storage_root()
+    root = Path(root)
     ensure_dir(root)
     ensure_dir(root / "vms")
     d = vm_dir(namespace, name, root)
@@ -504,15 +499,16 @@ ImageFetcher = Callable[[str, "str | None", Path], BaseImage]
 
 
 def _default_fetcher(url: str, checksum: str | None, root: Path) -> BaseImage:
-    return image_cache.ensure_image(url, checksum, root)
+    return image_cache.ensure_image(url, checksum, root, FetchPolicy())  # the node defaults
 
 
 def ensure_disks(
     plans: Sequence[DiskPlan],
-    root: Path | None = None,
+    root: Path,
     fetch_image: ImageFetcher | None = None,
     timeout: float = QEMU_IMG_TIMEOUT,
     space: SpaceRules | None = None,
+    owner: QemuOwner | None = None,
 ) -> list[DiskResult]:
     """Create the disks that don't exist yet; never touch an existing disk. Idempotent.
 
@@ -521,7 +517,7 @@ def ensure_disks(
     Creation goes to ``<vmdir>/.<disk>.<fmt>.tmp`` and is renamed into place on success, so a
     crash never leaves a half-written disk under the final name.
     """
-    root = Path(root) if root is not None else storage_root()
+    root = Path(root)
     fetch = fetch_image or _default_fetcher
     results: list[DiskResult] = []
     for plan in plans:
@@ -546,7 +542,7 @@ def ensure_disks(
             try:
                 for argv in plan.commands:
                     run_qemu_img(argv, timeout=timeout)
-                give_to_qemu(plan.tmp_path)
+                give_to_qemu(plan.tmp_path, owner=owner or QemuOwner())
                 os.rename(plan.tmp_path, plan.path)
             except BaseException:
                 plan.tmp_path.unlink(missing_ok=True)
@@ -594,7 +590,7 @@ def _check_volume(plan: DiskPlan) -> DiskResult:
     )
 
 
-def remove_vm_storage(namespace: str, name: str, root: Path | None = None, keep: bool = False) -> bool:
+def remove_vm_storage(namespace: str, name: str, root: Path, keep: bool = False) -> bool:
     """Delete ``vms/<ns>/<name>/`` (our disks, seed.iso, console.log) unless ``keep``.
 
     Never touches volume sources (they live outside the storage root, enforced by plan_disks)

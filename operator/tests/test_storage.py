@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from k3svirt_operator import storage
+from k3svirt_operator.config import Settings
 from k3svirt_operator.storage import (
     BaseImage,
     StorageError,
@@ -468,11 +469,12 @@ def test_remove_vm_storage(tmp_path: Path) -> None:
 
 def test_storage_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("K3SVIRT_STORAGE_ROOT", str(tmp_path))
-    assert storage.storage_root() == tmp_path
-    assert storage.seed_path("a", "b") == tmp_path / "vms/a/b/seed.iso"
-    assert storage.console_log_path("a", "b") == tmp_path / "vms/a/b/console.log"
+    root = Settings.from_env().storage_root
+    assert root == tmp_path
+    assert storage.seed_path("a", "b", root) == tmp_path / "vms/a/b/seed.iso"
+    assert storage.console_log_path("a", "b", root) == tmp_path / "vms/a/b/console.log"
     monkeypatch.delenv("K3SVIRT_STORAGE_ROOT")
-    assert storage.storage_root() == Path("/var/lib/k3svirt")
+    assert Settings.from_env().storage_root == Path("/var/lib/k3svirt")
 
 
 def test_disk_size_cap_and_free_space_reserve(tmp_path: Path) -> None:
