@@ -219,7 +219,7 @@ def _pci_address(value: str, field_path: str) -> dict[str, str]:
 # --- sections ------------------------------------------------------------------------------------
 
 
-def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list[Adjustment]) -> int:
+def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list[Adjustment]) -> None:
     cpu = spec["cpu"]
     sockets, cores, threads = int(cpu["sockets"]), int(cpu["cores"]), int(cpu["threads"])
     vcpus = sockets * cores * threads
@@ -281,7 +281,6 @@ def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list
         _sub(el, "model", model, fallback="forbid")
     _sub(el, "topology", sockets=sockets, dies=1, cores=cores, threads=threads)
     dom.append(el)
-    return iothreads
 
 
 def _memory(dom: ET.Element, spec: Mapping[str, Any]) -> None:
@@ -480,7 +479,7 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
         specHash=domain_spec_hash(s),
     )
     _memory(dom, s)
-    iothreads = _cpu(dom, s, ctx, adj)
+    _cpu(dom, s, ctx, adj)
     _os(dom, s, ctx)
     _features(dom, s)
     life = s["lifecycle"]  # the combinations QEMU refuses are CRD rules
