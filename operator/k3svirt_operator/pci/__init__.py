@@ -1,7 +1,7 @@
 """PCI passthrough for k3svirt: discovery, host-safety checks, VFIO binding and VM assignment.
 
-Pure functions over a sysfs root (``$K3SVIRT_SYSFS_ROOT``, default ``/sys``) and a procfs root
-(``$K3SVIRT_PROC_ROOT``, default ``/proc``). The kopf handlers call:
+Pure functions over a sysfs root (default ``/sys``) and a procfs root (default ``/proc``); the
+handlers pass the node's (config.Settings.pci: K3SVIRT_SYSFS_ROOT, K3SVIRT_PROC_ROOT). They call:
 
 * ``node_inventory_status()``  -> NodePCIInventory.status
 * ``reconcile_passthrough()`` / ``release_passthrough()`` -> PCIPassthrough.status (binds / restores)
