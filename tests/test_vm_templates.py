@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -16,6 +15,8 @@ import yaml
 from k3svirt_common import schema
 from k3svirt_common import templates as t
 from k3svirt_operator.domain_xml import DomainContext, VMRef, build_domain
+
+from tests.polling import poll
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = sorted((REPO / "vm-templates").glob("*.yaml"))
@@ -56,7 +57,7 @@ def test_every_template_version_composes_with_every_preset(template, preset):
         if preset:
             vm["presets"] = [{"name": preset}]
         out = t.expand(vm, STORE.get)
-        assert schema.validate_spec("VirtualMachine", out.spec, resolved=True) == []
+        assert t.validate_merged(out.spec) == []
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -303,12 +304,7 @@ def test_minimal_linux_boots(libvirt_conn, domain_type, tiny_guest, tmp_path):
     ).xml
     dom = libvirt_conn.createXML(xml, 0)  # transient: gone once destroyed
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if log.exists() and tiny_guest.marker in log.read_text(errors="replace"):
-                break
-            time.sleep(1)
-        else:
+        if not poll(lambda: log.exists() and tiny_guest.marker in log.read_text(errors="replace"), 180, 1):
             pytest.fail(f"no {tiny_guest.marker} on the console:\n{log.read_text(errors='replace')[-2000:]}")
     finally:
         dom.destroy()

@@ -1,8 +1,8 @@
 """THE validation path for k3svirt objects: the CRD's openAPIV3Schema, evaluated with jsonschema.
 
 Used by the gateway (before it writes to the API server, to answer with field paths) and by the
-operator (a VM spec merged with its template/presets never passes the API server, so it is
-validated here with resolved=True).
+operator (a VM spec merged with its template/presets never passes the API server, so
+templates.validate_merged validates it here, as a spec without template references).
 
 Where the CRDs come from (first match wins):
   1. $K3SVIRT_CRDS_DIR
@@ -40,7 +40,7 @@ from jsonschema import validators
 
 from . import cel
 from .fielderror import FieldError
-from .names import API_VERSION, PLURALS, VERSION, VM_KIND
+from .names import API_VERSION, PLURALS, VERSION
 
 __all__ = [
     "FieldError",
@@ -297,21 +297,15 @@ def validate_spec(
     spec: Any,
     *,
     strict: bool = True,
-    resolved: bool = False,
     version: str = VERSION,
 ) -> list[FieldError]:
     """Validate `spec` against the CRD's spec schema; [] when valid.
 
     strict: unknown fields are errors (set False to ignore them, as the API server's pruning does).
-    resolved: `spec` is the final VM spec after the template/preset merge: fields that may be left to
-    a template (memory.size) are then required.
     """
     if not isinstance(spec, dict):
         return [FieldError("spec", f"Invalid value: {type(spec).__name__}: must be of type object")]
-    errors = _run(_validator(kind, version, "spec", strict), spec, "spec")
-    if resolved and kind == VM_KIND and not (spec.get("memory") or {}).get("size"):
-        errors.append(FieldError("spec.memory.size", "Required value: neither the VM nor its template sets it"))
-    return sorted(set(errors))
+    return _run(_validator(kind, version, "spec", strict), spec, "spec")
 
 
 def validate_object(kind: str, obj: Any, *, strict: bool = True, version: str = VERSION) -> list[FieldError]:

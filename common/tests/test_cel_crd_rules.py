@@ -54,6 +54,19 @@ PINNED: dict[str, tuple[Any, Any]] = {
         {"io": "native", "cache": "directsync"},
         {"io": "native", "cache": "writeback"},
     ),
+    "!has(self.size) || !self.size.matches('^0*([.]0*)?[A-Za-z]*$')": ({"size": "0.5Gi"}, {"size": "0.0Gi"}),
+    "!has(self.source) || !has(self.source.volume) || !has(self.size)": (
+        {"source": {"volume": {"path": "/v"}}, "format": "raw"},
+        {"source": {"volume": {"path": "/v"}}, "size": "1Gi"},
+    ),
+    "!has(self.source) || !has(self.source.image) || (has(self.source.image.clone) && self.source.image.clone == 'copy') || !has(self.format) || self.format == 'qcow2'": (  # noqa: E501 (the rule as the CRD has it)
+        {"source": {"image": {"url": "http://h/i", "clone": "copy"}}, "format": "raw"},
+        {"source": {"image": {"url": "http://h/i"}}, "format": "raw"},
+    ),
+    "has(self.template) || has(self.presets) || !has(self.disks) || self.disks.all(d, has(d.size) || (has(d.source) && !has(d.source.blank)))": (  # noqa: E501 (the rule as the CRD has it)
+        {"disks": [{"name": "a", "size": "1Gi"}, {"name": "b", "source": {"image": {}}}]},
+        {"disks": [{"name": "a"}]},
+    ),
     "(has(self.blank) ? 1 : 0) + (has(self.image) ? 1 : 0) + (has(self.volume) ? 1 : 0) == 1": (
         {"image": {}},
         {"image": {}, "volume": {}},

@@ -29,6 +29,8 @@ from k3svirt_common.kube import (
     load_config,
 )
 
+from tests.polling import poll
+
 
 @pytest.fixture(scope="module")
 def api(kubeconfig: str) -> Client:
@@ -238,11 +240,8 @@ def test_list_watch_relists_after_410_and_resumes(api, cms):
 
     threading.Thread(target=run, daemon=True).start()
 
-    def wait(cond, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not cond():
-            time.sleep(0.05)
-        return cond()
+    def wait(cond) -> bool:
+        return bool(poll(cond, 10.0, 0.05))
 
     try:
         assert wait(lambda: lw.relists == 1 and got and got[0].type == SYNC)

@@ -189,15 +189,73 @@ def test_invalid(patch, path, needle):
     assert any(needle in e.message for e in errors if e.path == path), errors
 
 
+@pytest.mark.parametrize(
+    ("disks", "path", "needle"),
+    [
+        ([{"name": "a", "size": "1Gi", "qcow2": {"clusterSize": "3Ki"}}], "spec.disks[0].qcow2.clusterSize", ""),
+        ([{"name": "a", "size": "1Gi", "qcow2": {"clusterSize": "256"}}], "spec.disks[0].qcow2.clusterSize", ""),
+        (
+            [{"name": "a", "size": "1Gi"}, {"name": "b", "size": "1Gi", "qcow2": {"clusterSize": "4Mi"}}],
+            "spec.disks[1].qcow2.clusterSize",
+            "",
+        ),
+        (
+            [{"name": "a", "size": "1Gi", "format": "raw", "qcow2": {"lazyRefcounts": True}}],
+            "spec.disks[0]",
+            "only valid with format qcow2",
+        ),
+        ([{"name": "a", "format": "raw", "source": {"image": {"url": "http://h/i"}}}], "spec.disks[0]", "overlay"),
+        ([{"name": "a", "source": {"blank": {}}}], "spec.disks[0]", "size is required for a blank disk"),
+        ([{"name": "a"}], "spec", "a disk without source is blank"),
+        ([{"name": "a", "size": "lots"}], "spec.disks[0].size", ""),
+        ([{"name": "a", "size": "0"}], "spec.disks[0]", "size must be positive"),
+        ([{"name": "a", "size": "1Gi"}, {"name": "a", "size": "1Gi"}], "spec.disks[1]", "Duplicate value"),
+        ([{"name": "Root", "size": "1Gi"}], "spec.disks[0].name", ""),
+        (
+            [{"name": "a", "size": "1Gi", "source": {"blank": {}, "volume": {"path": "/x"}}}],
+            "spec.disks[0].source",
+            "exactly one of",
+        ),
+        ([{"name": "a", "source": {"volume": {"path": "relative"}}}], "spec.disks[0].source.volume.path", ""),
+        (
+            [{"name": "a", "size": "1Gi", "source": {"volume": {"path": "/x"}}}],
+            "spec.disks[0]",
+            "not allowed with source.volume",
+        ),
+        ([{"name": "a", "source": {"image": {"url": "ftp://h/i"}}}], "spec.disks[0].source.image.url", ""),
+        (
+            [{"name": "a", "source": {"image": {"url": "http://h/i", "checksum": "md5:00"}}}],
+            "spec.disks[0].source.image.checksum",
+            "",
+        ),
+        (
+            [{"name": "a", "source": {"image": {"url": "http://h/i", "clone": "link"}}}],
+            "spec.disks[0].source.image.clone",
+            "",
+        ),
+        ([{"name": "a", "size": "1Gi", "format": "vmdk"}], "spec.disks[0].format", ""),
+        ([{"name": "a", "size": "1Gi", "provisioning": "fat"}], "spec.disks[0].provisioning", ""),
+        ([{"name": "a", "size": "1Gi", "qcow2": {"preallocation": "some"}}], "spec.disks[0].qcow2.preallocation", ""),
+    ],
+)
+def test_disk_rules_live_in_the_crd(disks, path, needle):
+    """The disk rules storage.plan_disks once repeated: the CRD's only (the operator validates the merged
+    spec with it, templates.validate_merged), each error naming the field."""
+    errors = schema.validate_spec(VM, {"memory": {"size": "1Gi"}, "disks": disks})
+    assert path in paths(errors), errors
+    assert any(needle in e.message for e in errors if e.path == path), errors
+
+
 def test_not_strict_ignores_unknown():
     assert schema.validate_spec(VM, {**OK, "foo": 1}, strict=False) == []
 
 
 def test_template_may_supply_memory():
+    """The one memory.size rule (a CEL rule of the CRD): the VM sets it or names a template."""
     assert schema.validate_spec(VM, {"template": {"name": "t"}}) == []
-    assert paths(schema.validate_spec(VM, {})) == {"spec"}
-    errs = schema.validate_spec(VM, {"template": {"name": "t"}}, resolved=True)
+    errs = schema.validate_spec(VM, {})
     assert paths(errs) == {"spec.memory.size"}
+    assert "unless spec.template supplies it" in errs[0].message
 
 
 def test_validate_object():

@@ -370,3 +370,10 @@ def test_cache_change_drops_inherited_io_native():
     assert out["disks"][0]["cache"] == "unsafe" and "io" not in out["disks"][0]
     out = t.merge(tpl, [{"diskDefaults": {"cache": "directsync"}}], {})
     assert out["disks"][0]["io"] == "native"
+
+
+def test_merged_spec_is_held_to_the_crd_rules_without_its_references():
+    """A merged spec keeps spec.template as a record only: the CRD's memory.size rule then applies."""
+    merged = {"template": {"name": "t", "version": "1.0.0"}, "cpu": {"cores": 1}}
+    assert [e.field for e in t.validate_merged(merged)] == ["spec.memory.size"]
+    assert t.validate_merged({**merged, "memory": {"size": "1Gi"}}) == []

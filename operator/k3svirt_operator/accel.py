@@ -38,9 +38,10 @@ class Acceleration:
         return "kvm" if self.domain_type == "kvm" else "emulation"
 
 
-def probe_kernel(storage_root: Path) -> Path | None:
-    """A kernel to probe with: $K3SVIRT_PROBE_KERNEL, the running one, any in /boot, the test guest's."""
-    candidates = [os.environ.get("K3SVIRT_PROBE_KERNEL", ""), f"/boot/vmlinuz-{os.uname().release}"]
+def probe_kernel(storage_root: Path, configured: str = "") -> Path | None:
+    """A kernel to probe with: the configured one (K3SVIRT_PROBE_KERNEL), the running one, any in
+    /boot, the test guest's."""
+    candidates = [configured, f"/boot/vmlinuz-{os.uname().release}"]
     candidates += sorted(str(p) for p in Path("/boot").glob("vmlinuz*"))
     candidates.append(str(storage_root / "guest" / "vmlinuz"))
     for c in candidates:
@@ -75,16 +76,20 @@ def _kvm_offered(conn: libvirt.virConnect) -> bool:
     return any(d.get("type") == "kvm" for d in caps.iter("domain"))
 
 
-def probe(conn: libvirt.virConnect, workdir: Path, timeout: float = 10.0) -> Acceleration:
-    """Boots the probe sector under KVM; falls back to emulation with the reason why."""
-    forced = os.environ.get("K3SVIRT_ACCEL", "auto")
+def probe(
+    conn: libvirt.virConnect, workdir: Path, timeout: float = 10.0, *, forced: str = "auto", kernel_path: str = ""
+) -> Acceleration:
+    """Boots the probe sector under KVM; falls back to emulation with the reason why.
+
+    ``forced``: K3SVIRT_ACCEL (kvm or qemu skip the probe); ``kernel_path``: K3SVIRT_PROBE_KERNEL.
+    """
     if forced in ("kvm", "qemu"):
         return Acceleration(forced, f"forced by K3SVIRT_ACCEL={forced}")
     if not os.path.exists("/dev/kvm"):
         return Acceleration("qemu", "/dev/kvm does not exist (no VT-x/AMD-V, or kvm modules not loaded)")
     if not _kvm_offered(conn):
         return Acceleration("qemu", "libvirt offers no kvm domain type on this host")
-    kernel = probe_kernel(workdir)
+    kernel = probe_kernel(workdir, kernel_path)
     if kernel is None:
         return Acceleration("qemu", "no readable kernel to probe KVM with (set K3SVIRT_PROBE_KERNEL)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -119,17 +124,18 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def detect(conn: libvirt.virConnect, state_dir: Path, timeout: float = 10.0) -> Acceleration:
+def detect(
+    conn: libvirt.virConnect, state_dir: Path, timeout: float = 10.0, *, forced: str = "auto", kernel_path: str = ""
+) -> Acceleration:
     """probe() once per host boot; the answer is kept in state_dir/acceleration.json."""
     cache = state_dir / "acceleration.json"
-    forced = os.environ.get("K3SVIRT_ACCEL", "auto")
     try:
         saved = json.loads(cache.read_text())
         if saved.get("boot_id") == _boot_id() and saved.get("forced") == forced:
             return Acceleration(saved["domain_type"], saved["reason"])
     except (OSError, ValueError, KeyError):
         pass
-    result = probe(conn, state_dir, timeout)
+    result = probe(conn, state_dir, timeout, forced=forced, kernel_path=kernel_path)
     log.info("acceleration decided", extra={"domain_type": result.domain_type, "reason": result.reason})
     state_dir.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({**asdict(result), "boot_id": _boot_id(), "forced": forced}))
@@ -139,9 +145,12 @@ def detect(conn: libvirt.virConnect, state_dir: Path, timeout: float = 10.0) -> 
 if __name__ == "__main__":
     import argparse
 
+    from .config import Settings
+
+    settings = Settings.from_env()  # the operator's own settings: the same answer it would get
     parser = argparse.ArgumentParser(description="Print kvm or qemu: the domain type this host can run.")
-    parser.add_argument("--uri", default=os.environ.get("LIBVIRT_DEFAULT_URI", "qemu:///system"))
-    parser.add_argument("--state-dir", default=os.environ.get("K3SVIRT_STORAGE_ROOT", "/var/lib/k3svirt"))
+    parser.add_argument("--uri", default=settings.libvirt_uri)
+    parser.add_argument("--state-dir", default=str(settings.storage_root))
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--fresh", action="store_true", help="ignore the cached answer")
     args = parser.parse_args()
@@ -149,5 +158,5 @@ if __name__ == "__main__":
     state = Path(args.state_dir)
     if args.fresh:
         (state / "acceleration.json").unlink(missing_ok=True)
-    acc = detect(c, state, args.timeout)
+    acc = detect(c, state, args.timeout, forced=settings.accel, kernel_path=settings.probe_kernel)
     print(f"{acc.domain_type}\t{acc.reason}")

@@ -1,14 +1,35 @@
-"""Operator settings, read once from the environment (the chart sets them; defaults suit one node)."""
+"""Operator settings, read once from the environment (the chart sets them; defaults suit one node).
+
+The one place of the operator that reads os.environ: every module gets its settings passed in
+(``Settings`` fields, or the policy objects built here), so a setting has one name, one default and
+one parser, and a test sets what it needs without touching the process environment.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .hostpaths import DEFAULT_IMAGE_DIRS, DEFAULT_KERNEL_DIRS, DEFAULT_VOLUME_DIRS, HostPaths
 from .image_fetch import FetchPolicy
-from .storage import SpaceRules
+from .pci.safety import load_denylist
+from .storage import DEFAULT_STORAGE_ROOT, QemuOwner, SpaceRules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PciHost:
+    """Where the PCI code reads the host (the DaemonSet mounts the host's trees) and what it refuses."""
+
+    sys_root: Path = Path("/sys")  # K3SVIRT_SYSFS_ROOT
+    proc_root: Path = Path("/proc")  # K3SVIRT_PROC_ROOT
+    ids_file: str | None = None  # K3SVIRT_PCI_IDS, looked up before the distribution's pci.ids
+    denylist: tuple[str, ...] = ()  # K3SVIRT_PCI_DENYLIST + the file K3SVIRT_PCI_DENYLIST_FILE
 
 
 @dataclass(frozen=True)
@@ -26,19 +47,30 @@ class Settings:
     pci_inventory_seconds: float
     image_fetch: FetchPolicy = FetchPolicy()
     space: SpaceRules = SpaceRules()
+    host_paths: HostPaths = HostPaths()
+    qemu_owner: QemuOwner = QemuOwner()
+    pci: PciHost = PciHost()
     image_cache_gc_seconds: float = 3600.0
     image_cache_idle_seconds: float = 86400.0
+    stats_interval: float = 2.0
+    accel: str = "auto"  # K3SVIRT_ACCEL: auto (probe), kvm or qemu (forced)
+    probe_kernel: str = ""  # K3SVIRT_PROBE_KERNEL: a kernel to probe KVM with, before the host's own
+    log_level: str = "INFO"
+    liveness_endpoint: str | None = None
 
     @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ.get
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if environ is None else environ
+        env = source.get
+        storage_root = env("K3SVIRT_STORAGE_ROOT") or DEFAULT_STORAGE_ROOT
+        host_paths = _host_paths(source, storage_root)
         labels = dict(item.split("=", 1) for item in env("K3SVIRT_NODE_LABELS", "").split(",") if "=" in item)
         return cls(
             node_name=env("K3SVIRT_NODE_NAME") or socket.gethostname(),
             node_ip=env("K3SVIRT_NODE_IP", "127.0.0.1"),
             node_labels=labels,
             libvirt_uri=env("LIBVIRT_DEFAULT_URI", "qemu:///system"),
-            storage_root=Path(env("K3SVIRT_STORAGE_ROOT", "/var/lib/k3svirt")),
+            storage_root=Path(storage_root),
             metrics_port=int(env("K3SVIRT_METRICS_PORT", "9470")),
             # The node endpoint (stats, /metrics) answers on the node's own address only, not on
             # every interface (it has no authentication; the gateway reaches it at node_ip).
@@ -50,9 +82,77 @@ class Settings:
             status_summary_seconds=float(env("K3SVIRT_STATUS_SUMMARY_SECONDS", "30")),
             pci_inventory_seconds=float(env("K3SVIRT_PCI_INVENTORY_SECONDS", "60")),
             # Limits and address rules for image downloads (image_fetch.py).
-            image_fetch=FetchPolicy.from_env(os.environ),
-            space=SpaceRules.from_env(os.environ),
+            image_fetch=_fetch_policy(source, host_paths.image_dirs),
+            space=_space_rules(source),
+            host_paths=host_paths,
+            qemu_owner=QemuOwner(env("K3SVIRT_QEMU_USER", "libvirt-qemu"), env("K3SVIRT_QEMU_GROUP", "kvm")),
+            pci=_pci_host(source),
             # Cached base images that no overlay uses and nobody asked for in a day are removed.
             image_cache_gc_seconds=float(env("K3SVIRT_IMAGE_CACHE_GC_SECONDS", "3600")),
             image_cache_idle_seconds=float(env("K3SVIRT_IMAGE_CACHE_IDLE_SECONDS", "86400")),
+            stats_interval=_positive_float(source, "K3SVIRT_STATS_INTERVAL", 2.0),
+            accel=env("K3SVIRT_ACCEL", "auto"),
+            probe_kernel=env("K3SVIRT_PROBE_KERNEL", ""),
+            log_level=env("K3SVIRT_LOG_LEVEL", "INFO").upper(),
+            liveness_endpoint=env("K3SVIRT_LIVENESS") or None,
         )
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    """A tuning knob: a bad value is logged and the default kept (the operator still starts)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("ignoring invalid %s", name, extra={"value": raw})
+        return default
+    return value if value > 0 else default
+
+
+def _colon_list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    return tuple(item for item in env.get(name, default).split(":") if item)
+
+
+def _host_paths(env: Mapping[str, str], storage_root: str) -> HostPaths:
+    def dirs(name: str, default: str) -> tuple[str, ...]:
+        # The defaults follow the storage root, so a node with K3SVIRT_STORAGE_ROOT elsewhere keeps
+        # its own guest kernels allowed (and only those).
+        default = default.replace(DEFAULT_STORAGE_ROOT + "/", storage_root.rstrip("/") + "/")
+        return tuple(os.path.realpath(d) for d in _colon_list(env, name, default))
+
+    return HostPaths(
+        kernel_dirs=dirs("K3SVIRT_KERNEL_DIRS", DEFAULT_KERNEL_DIRS),
+        volume_dirs=dirs("K3SVIRT_VOLUME_DIRS", DEFAULT_VOLUME_DIRS),
+        image_dirs=dirs("K3SVIRT_IMAGE_DIRS", DEFAULT_IMAGE_DIRS),
+        bridges=_colon_list(env, "K3SVIRT_BRIDGES", ""),
+        nat_networks=_colon_list(env, "K3SVIRT_NAT_NETWORKS", "default"),
+    )
+
+
+def _fetch_policy(env: Mapping[str, str], image_dirs: tuple[str, ...]) -> FetchPolicy:
+    d = FetchPolicy()
+    return FetchPolicy(
+        max_bytes=int(env.get("K3SVIRT_IMAGE_MAX_BYTES") or d.max_bytes),
+        deadline_seconds=float(env.get("K3SVIRT_IMAGE_DEADLINE_SECONDS") or d.deadline_seconds),
+        allow_loopback=(env.get("K3SVIRT_IMAGE_ALLOW_LOOPBACK") or "").lower() in ("1", "true", "yes"),
+        image_dirs=image_dirs,
+    )
+
+
+def _space_rules(env: Mapping[str, str]) -> SpaceRules:
+    d = SpaceRules()
+    return SpaceRules(
+        max_disk_bytes=int(env.get("K3SVIRT_DISK_MAX_BYTES") or d.max_disk_bytes),
+        reserve_bytes=int(env.get("K3SVIRT_STORAGE_RESERVE_BYTES") or d.reserve_bytes),
+    )
+
+
+def _pci_host(env: Mapping[str, str]) -> PciHost:
+    return PciHost(
+        sys_root=Path(env.get("K3SVIRT_SYSFS_ROOT") or "/sys"),
+        proc_root=Path(env.get("K3SVIRT_PROC_ROOT") or "/proc"),
+        ids_file=env.get("K3SVIRT_PCI_IDS") or None,
+        denylist=load_denylist(env),
+    )

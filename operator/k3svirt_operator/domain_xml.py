@@ -226,7 +226,7 @@ def _pci_address(value: str, field_path: str) -> dict[str, str]:
 # --- sections ------------------------------------------------------------------------------------
 
 
-def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list[Adjustment]) -> int:
+def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list[Adjustment]) -> None:
     cpu = spec["cpu"]
     sockets, cores, threads = int(cpu["sockets"]), int(cpu["cores"]), int(cpu["threads"])
     vcpus = sockets * cores * threads
@@ -288,13 +288,10 @@ def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list
         _sub(el, "model", model, fallback="forbid")
     _sub(el, "topology", sockets=sockets, dies=1, cores=cores, threads=threads)
     dom.append(el)
-    return iothreads
 
 
 def _memory(dom: ET.Element, spec: Mapping[str, Any]) -> None:
-    mem = spec.get("memory") or {}
-    if not mem.get("size"):
-        raise DomainBuildError("spec.memory.size", "Required value")
+    mem = spec["memory"]  # required by the CRD (validated on the merged spec before this runs)
     try:
         size = parse_quantity(mem["size"], field="spec.memory.size")
     except ValueError as e:
@@ -364,13 +361,10 @@ def _features(dom: ET.Element, spec: Mapping[str, Any]) -> None:
         _sub(clock, "timer", name="hypervclock", present="yes")
 
 
-def _disks(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, iothreads: int) -> None:
+def _disks(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext) -> None:
     targets = disk_targets(spec, with_seed=True)
     for i, d in enumerate(spec.get("disks") or []):
-        fp = f"spec.disks[{i}]"
         path, fmt, block = _placement(ctx, d["name"], i, d["format"])
-        if d["io"] == "native" and d["cache"] not in ("none", "directsync"):
-            raise DomainBuildError(f"{fp}.io", "io native requires cache none or directsync")
         disk = _sub(devs, "disk", type="block" if block else "file", device="disk")
         drv = _sub(
             disk,
@@ -381,11 +375,7 @@ def _disks(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, iothre
             io=d["io"],
             discard="unmap" if d.get("provisioning") == "thin" else "ignore",
         )
-        if d.get("iothread") is not None:
-            if d["bus"] != "virtio":
-                raise DomainBuildError(f"{fp}.iothread", "iothread is only supported on bus virtio")
-            if not 1 <= int(d["iothread"]) <= iothreads:
-                raise DomainBuildError(f"{fp}.iothread", f"must be between 1 and spec.iothreads ({iothreads})")
+        if d.get("iothread") is not None:  # bus virtio and 1..spec.iothreads: CRD rules
             drv.set("iothread", str(d["iothread"]))
         _sub(disk, "source", **({"dev": path} if block else {"file": path}))
         _sub(disk, "target", dev=targets[d["name"]], bus=d["bus"])
@@ -464,8 +454,6 @@ def _other_devices(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext
     if tpm:
         if not ctx.tpm_available:
             raise DomainBuildError("spec.devices.tpm", "no TPM emulator (swtpm) on this node")
-        if tpm["model"] == "tpm-crb" and tpm["version"] != "2.0":
-            raise DomainBuildError("spec.devices.tpm.version", "tpm-crb requires version 2.0")
         _sub(_sub(devs, "tpm", model=tpm["model"]), "backend", type="emulator", version=tpm["version"])
     _sub(devs, "panic", model="isa")  # lets lifecycle.onCrash see guest kernel panics
     if dv.get("memballoon"):
@@ -499,22 +487,17 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
         specHash=domain_spec_hash(s),
     )
     _memory(dom, s)
-    iothreads = _cpu(dom, s, ctx, adj)
+    _cpu(dom, s, ctx, adj)
     _os(dom, s, ctx)
     _features(dom, s)
-    life = s["lifecycle"]
-    if life["onPoweroff"] == "restart" and life["onReboot"] == "destroy":
-        raise DomainBuildError("spec.lifecycle", "onPoweroff restart with onReboot destroy is not supported by QEMU")
-    for key in ("onPoweroff", "onReboot"):
-        if life[key] == "preserve":
-            raise DomainBuildError(f"spec.lifecycle.{key}", "preserve is not supported by the QEMU driver")
+    life = s["lifecycle"]  # the combinations QEMU refuses are CRD rules
     _sub(dom, "on_poweroff", life["onPoweroff"])
     _sub(dom, "on_reboot", life["onReboot"])
     _sub(dom, "on_crash", life["onCrash"])
     devs = _sub(dom, "devices")
     if ctx.emulator:
         _sub(devs, "emulator", ctx.emulator)
-    _disks(devs, s, ctx, iothreads)
+    _disks(devs, s, ctx)
     _networks(devs, s, ref)
     _hostdevs(devs, s, ctx)
     _other_devices(devs, s, ctx)

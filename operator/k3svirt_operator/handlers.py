@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -146,7 +147,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     shutdown.install_signal_handlers(asyncio.get_running_loop())
     conn = LibvirtConnection(SETTINGS.libvirt_uri)
     raw = await asyncio.to_thread(conn.wait_connected, 60.0)
-    acc = await asyncio.to_thread(accel_mod.detect, raw, SETTINGS.storage_root)
+    detect = functools.partial(accel_mod.detect, forced=SETTINGS.accel, kernel_path=SETTINGS.probe_kernel)
+    acc = await asyncio.to_thread(detect, raw, SETTINGS.storage_root)
     log.info(
         "operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type, "reason": acc.reason}
     )
@@ -155,8 +157,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)
-    MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, port=SETTINGS.metrics_port,
-                                     host=SETTINGS.metrics_addr)  # fmt: skip
+    MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
+                                     port=SETTINGS.metrics_port, host=SETTINGS.metrics_addr)  # fmt: skip
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
     asyncio.get_running_loop().create_task(_refresh_node_labels())
     asyncio.get_running_loop().create_task(_trim_heap())
@@ -351,7 +353,9 @@ async def _publish_pci_inventory() -> None:
     """Keeps NodePCIInventory/<node> current so the gateway lists devices without touching nodes."""
     while True:
         try:
-            status = await asyncio.to_thread(pci.node_inventory_status)
+            host = SETTINGS.pci
+            status = await asyncio.to_thread(pci.node_inventory_status, host.sys_root, host.proc_root, host.denylist,
+                                             ids=pci.load_pci_ids(host.ids_file))  # fmt: skip
             await asyncio.to_thread(
                 _rt().ensure_cluster_object,
                 names.NODEPCIINVENTORY_PLURAL,
@@ -370,9 +374,11 @@ def on_this_node(spec: Mapping[str, Any], **_: Any) -> bool:
 
 
 def _reconcile_passthrough(body: Mapping[str, Any], claimed: dict[str, str]) -> dict[str, Any]:
-    meta = body["metadata"]
+    meta, host = body["metadata"], SETTINGS.pci
     return pci.reconcile_passthrough(body.get("spec") or {}, body.get("status") or {},
-                                     generation=meta.get("generation"), claimed=claimed)  # fmt: skip
+                                     generation=meta.get("generation"), claimed=claimed, sys_root=host.sys_root,
+                                     proc_root=host.proc_root, denylist=host.denylist,
+                                     ids=pci.load_pci_ids(host.ids_file))  # fmt: skip
 
 
 @kopf.on.resume(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
@@ -404,6 +410,7 @@ async def passthrough_deleted(body: kopf.Body, name: str, claimed_addresses: kop
             pci.release_passthrough,
             body.get("status") or {},
             spec=body.get("spec") or {},
+            sys_root=SETTINGS.pci.sys_root,
             claimed=_claimed_by_others(claimed_addresses, name),
         )
     except pci.BindError as exc:

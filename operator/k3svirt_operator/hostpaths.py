@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_KERNEL_DIRS = "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
@@ -25,27 +26,27 @@ DEFAULT_VOLUME_DIRS = "/var/lib/k3svirt-volumes"
 DEFAULT_IMAGE_DIRS = "/var/lib/k3svirt-images"
 
 
-def _dirs(env: str, default: str) -> list[str]:
-    # The defaults follow the storage root, so a node with K3SVIRT_STORAGE_ROOT elsewhere keeps its
-    # own guest kernels allowed (and only those).
-    root = os.environ.get("K3SVIRT_STORAGE_ROOT") or "/var/lib/k3svirt"
-    default = default.replace("/var/lib/k3svirt/", root.rstrip("/") + "/")
-    return [os.path.realpath(d) for d in os.environ.get(env, default).split(":") if d]
+@dataclass(frozen=True)
+class HostPaths:
+    """The node's allow-lists (config.Settings builds them from the variables above; the directory
+    defaults follow K3SVIRT_STORAGE_ROOT). Directories are resolved already."""
+
+    kernel_dirs: tuple[str, ...] = tuple(DEFAULT_KERNEL_DIRS.split(":"))
+    volume_dirs: tuple[str, ...] = (DEFAULT_VOLUME_DIRS,)
+    image_dirs: tuple[str, ...] = (DEFAULT_IMAGE_DIRS,)
+    bridges: tuple[str, ...] = ()
+    nat_networks: tuple[str, ...] = ("default",)
 
 
-def _names(env: str, default: str) -> list[str]:
-    return [n for n in os.environ.get(env, default).split(":") if n]
-
-
-def _inside(path: str, dirs: list[str]) -> bool:
+def _inside(path: str, dirs: Sequence[str]) -> bool:
     real = os.path.realpath(path)
     return any(real == d or real.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
-def violations(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+def violations(spec: Mapping[str, Any], allowed: HostPaths) -> list[tuple[str, str]]:
     """(field, message) for every host path in a merged VM spec that is not allowed on this node."""
     out = []
-    kernel_dirs = _dirs("K3SVIRT_KERNEL_DIRS", DEFAULT_KERNEL_DIRS)
+    kernel_dirs = allowed.kernel_dirs
     kernel = (spec.get("boot") or {}).get("kernel") or {}
     for key in ("path", "initrdPath"):
         value = kernel.get(key)
@@ -57,7 +58,7 @@ def violations(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
                     "the node's K3SVIRT_KERNEL_DIRS)",
                 )
             )
-    volume_dirs = _dirs("K3SVIRT_VOLUME_DIRS", DEFAULT_VOLUME_DIRS)
+    volume_dirs = allowed.volume_dirs
     for i, disk in enumerate(spec.get("disks") or []):
         path = ((disk.get("source") or {}).get("volume") or {}).get("path")
         if path and not _inside(path, volume_dirs):
@@ -68,8 +69,7 @@ def violations(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
                     "the node's K3SVIRT_VOLUME_DIRS)",
                 )
             )
-    bridges = _names("K3SVIRT_BRIDGES", "")
-    networks = _names("K3SVIRT_NAT_NETWORKS", "default")
+    bridges, networks = allowed.bridges, allowed.nat_networks
     for i, nic in enumerate(spec.get("networks") or []):
         bridge = (nic.get("bridge") or {}).get("name")
         if bridge is not None and bridge not in bridges:
@@ -89,21 +89,20 @@ def violations(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
                     f"({':'.join(networks) or 'none'}; the node's K3SVIRT_NAT_NETWORKS)",
                 )
             )
-    image_dirs = _dirs("K3SVIRT_IMAGE_DIRS", DEFAULT_IMAGE_DIRS)
     for i, disk in enumerate(spec.get("disks") or []):
         url = ((disk.get("source") or {}).get("image") or {}).get("url")
-        problem = file_url_problem(url, image_dirs) if url else None
+        problem = file_url_problem(url, allowed.image_dirs) if url else None
         if problem:
             out.append((f"spec.disks[{i}].source.image.url", problem))
     return out
 
 
-def file_url_problem(url: str, image_dirs: list[str] | None = None) -> str | None:
+def file_url_problem(url: str, image_dirs: Sequence[str]) -> str | None:
     """Why a file:// image URL may not be read on this node (None: allowed, or not a file:// URL)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() != "file":
         return None
-    dirs = image_dirs if image_dirs is not None else _dirs("K3SVIRT_IMAGE_DIRS", DEFAULT_IMAGE_DIRS)
+    dirs = image_dirs
     if parts.netloc not in ("", "localhost"):
         return f"{url!r} names a host ({parts.netloc!r}); file:// URLs are files of this node"
     path = urllib.parse.unquote(parts.path)

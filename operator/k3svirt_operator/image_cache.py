@@ -119,6 +119,7 @@ def ensure_image(
     """Return the cached image for ``url``, downloading (once) and verifying it if needed.
 
     ``root``: the node's storage root (Settings.storage_root); required, it has no default.
+    ``policy``: the node's download rules (Settings.image_fetch); without it, the defaults.
     """
     if root is None:
         raise TypeError("ensure_image() needs root, the node's storage root")
@@ -130,7 +131,7 @@ def ensure_image(
         with locked(path.with_suffix(".lock")):
             cached = _load_cached(path)  # someone else may have finished while we waited
             if cached is None:
-                return _download(url, path, d, want, policy or FetchPolicy.from_env())
+                return _download(url, path, d, want, policy or FetchPolicy())
     with contextlib.suppress(OSError):
         os.utime(_sidecar(path))  # last use, for the cache's garbage collection (prune_unused)
     if want is not None and cached.sha256 != want:

@@ -6,7 +6,8 @@
   local mirror), link-local (cloud metadata services live there), multicast, unspecified and reserved
   addresses. Private ranges are allowed (an edge box pulls images from its LAN). Redirects are
   re-checked the same way and may not leave http(s). No proxy from the environment is used.
-- Sizes and time are capped by :class:`FetchPolicy`; image_cache enforces them while it reads.
+- Sizes and time are capped by :class:`FetchPolicy` (config.Settings builds it); image_cache enforces
+  them while it reads.
 """
 
 from __future__ import annotations
@@ -36,16 +37,7 @@ class FetchPolicy:
     connect_timeout: float = 30.0  # also the limit for one read
     allow_loopback: bool = False
     max_redirects: int = 5
-
-    @classmethod
-    def from_env(cls, env: Any = None) -> FetchPolicy:
-        get = (env or os.environ).get
-        d = cls()
-        return cls(
-            max_bytes=int(get("K3SVIRT_IMAGE_MAX_BYTES") or d.max_bytes),
-            deadline_seconds=float(get("K3SVIRT_IMAGE_DEADLINE_SECONDS") or d.deadline_seconds),
-            allow_loopback=(get("K3SVIRT_IMAGE_ALLOW_LOOPBACK") or "").lower() in ("1", "true", "yes"),
-        )
+    image_dirs: tuple[str, ...] = (hostpaths.DEFAULT_IMAGE_DIRS,)  # where file:// URLs may point
 
 
 def address_problem(ip: str, policy: FetchPolicy) -> str | None:
@@ -153,7 +145,7 @@ def open_image(url: str, policy: FetchPolicy, user_agent: str) -> tuple[IO[bytes
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "file":
-        problem = hostpaths.file_url_problem(url)
+        problem = hostpaths.file_url_problem(url, policy.image_dirs)
         if problem:
             raise FetchRefused(problem)
         real = os.path.realpath(urllib.parse.unquote(parts.path))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 # kopf imports the `kubernetes` client whenever it is installed (for optional type checks), which
@@ -28,14 +27,14 @@ def _limit_malloc_arenas(count: int = 2) -> None:
 
 def main() -> None:
     _limit_malloc_arenas()
-    level = os.environ.get("K3SVIRT_LOG_LEVEL", "INFO").upper()
+    level = handlers.SETTINGS.log_level
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON)
     logging.getLogger().setLevel(level)
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     kopf.run(
         standalone=True,
         clusterwide=True,
-        liveness_endpoint=os.environ.get("K3SVIRT_LIVENESS"),
+        liveness_endpoint=handlers.SETTINGS.liveness_endpoint,
         stop_flag=shutdown.KOPF_STOP,
     )
 

@@ -231,7 +231,7 @@ class VMReconciler:
         claims: list[StatusPatch],
     ) -> DomainContext:
         root = self.settings.storage_root
-        refused = hostpaths.violations(spec)
+        refused = hostpaths.violations(spec, self.settings.host_paths)
         if refused:
             network_only = all(field.startswith("spec.networks") for field, _ in refused)
             raise SpecProblem(
@@ -249,6 +249,7 @@ class VMReconciler:
                 root,
                 fetch_image=lambda url, sum_, at: image_cache.ensure_image(url, sum_, at, policy),
                 space=self.settings.space,
+                owner=self.settings.qemu_owner,
             )
             seed = None
             if spec.get("cloudInit"):

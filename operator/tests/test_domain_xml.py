@@ -506,10 +506,7 @@ def test_emulation_adjustments():
         ({**MEM, "cpu": {"emulatorCpuSet": "3-1"}}, {}, "spec.cpu.emulatorCpuSet"),
         ({"memory": {"size": "1Mi"}}, {}, "spec.memory.size"),
         ({"memory": {"size": "3Mi", "hugepages": {"pageSize": "2Mi"}}}, {}, "spec.memory.size"),
-        ({}, {}, "spec.memory.size"),
         ({**MEM, "disks": [{"name": "nofile", **BLANK}]}, {}, "spec.disks[0]"),
-        ({**MEM, "disks": [{"name": "root", **BLANK, "iothread": 1}]}, {}, "spec.disks[0].iothread"),
-        ({**MEM, "disks": [{"name": "root", **BLANK, "io": "native", "cache": "writeback"}]}, {}, "spec.disks[0].io"),
         ({**MEM, "hostDevices": [{"name": "x", "pciPassthrough": "p"}]}, {}, "spec.hostDevices[0]"),
         (
             {**MEM, "hostDevices": [{"name": "x", "pciPassthrough": "p"}]},
@@ -517,13 +514,11 @@ def test_emulation_adjustments():
             "spec.hostDevices[0]",
         ),
         ({**MEM, "devices": {"tpm": {}}}, {"tpm_available": False}, "spec.devices.tpm"),
-        ({**MEM, "devices": {"tpm": {"model": "tpm-crb", "version": "1.2"}}}, {}, "spec.devices.tpm.version"),
         (
             {**MEM, "devices": {"watchdog": {"model": "itco"}}},
             {"libvirt_version": 9_000_000},
             "spec.devices.watchdog.model",
         ),
-        ({**MEM, "lifecycle": {"onPoweroff": "restart", "onReboot": "destroy"}}, {}, "spec.lifecycle"),
     ],
 )
 def test_build_errors(spec, ctx_changes, field):

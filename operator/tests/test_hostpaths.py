@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from k3svirt_operator import hostpaths
+from k3svirt_operator.config import Settings
+
+
+def node_rules() -> hostpaths.HostPaths:
+    """The allow-lists as the operator reads them at start-up (from the environment the test set)."""
+    return Settings.from_env().host_paths
 
 
 def test_default_guest_kernel_is_allowed(monkeypatch):
@@ -13,7 +19,7 @@ def test_default_guest_kernel_is_allowed(monkeypatch):
             "kernel": {"path": "/var/lib/k3svirt/guest/vmlinuz", "initrdPath": "/var/lib/k3svirt/guest/initramfs.img"}
         }
     }
-    assert hostpaths.violations(spec) == []
+    assert hostpaths.violations(spec, node_rules()) == []
 
 
 def test_host_files_and_disks_are_refused_naming_the_field():
@@ -21,7 +27,7 @@ def test_host_files_and_disks_are_refused_naming_the_field():
         "boot": {"kernel": {"path": "/etc/shadow"}},
         "disks": [{"name": "a", "source": {"blank": {}}}, {"name": "root", "source": {"volume": {"path": "/dev/vda"}}}],
     }
-    fields = [f for f, _ in hostpaths.violations(spec)]
+    fields = [f for f, _ in hostpaths.violations(spec, node_rules())]
     assert fields == ["spec.boot.kernel.path", "spec.disks[1].source.volume.path"]
 
 
@@ -32,9 +38,9 @@ def test_dot_dot_and_symlinks_cannot_escape(tmp_path, monkeypatch):
     monkeypatch.setenv("K3SVIRT_VOLUME_DIRS", str(allowed))
     for path in (f"{allowed}/../secret.img", f"{allowed}/escape/passwd"):
         spec = {"disks": [{"name": "d", "source": {"volume": {"path": path}}}]}
-        assert hostpaths.violations(spec), path
+        assert hostpaths.violations(spec, node_rules()), path
     ok = {"disks": [{"name": "d", "source": {"volume": {"path": f"{allowed}/data.img"}}}]}
-    assert hostpaths.violations(ok) == []
+    assert hostpaths.violations(ok, node_rules()) == []
 
 
 def test_host_networks_are_allow_listed(monkeypatch):
@@ -44,11 +50,11 @@ def test_host_networks_are_allow_listed(monkeypatch):
     spec = {"networks": nics}
     monkeypatch.delenv("K3SVIRT_BRIDGES", raising=False)
     monkeypatch.delenv("K3SVIRT_NAT_NETWORKS", raising=False)
-    assert [f for f, _ in hostpaths.violations(spec)] == [
+    assert [f for f, _ in hostpaths.violations(spec, node_rules())] == [
         "spec.networks[0].bridge.name",
         "spec.networks[2].nat.network",
         "spec.networks[3].bridge.name",
     ]
     monkeypatch.setenv("K3SVIRT_BRIDGES", "br0")
     monkeypatch.setenv("K3SVIRT_NAT_NETWORKS", "default:mgmt")
-    assert [f for f, _ in hostpaths.violations(spec)] == ["spec.networks[0].bridge.name"]
+    assert [f for f, _ in hostpaths.violations(spec, node_rules())] == ["spec.networks[0].bridge.name"]

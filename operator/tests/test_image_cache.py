@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from k3svirt_operator import image_cache
-from k3svirt_operator.image_cache import ImageError, cache_path, ensure_image, prune_unused
+from k3svirt_operator.config import Settings
+from k3svirt_operator.image_cache import CachedImage, ImageError, cache_path, prune_unused
 from k3svirt_operator.storage import ensure_disks, plan_disks
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed")
@@ -32,6 +33,11 @@ def node_rules_for_local_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """These tests serve images from 127.0.0.1 and from their tmp dir: allow exactly that."""
     monkeypatch.setenv("K3SVIRT_IMAGE_ALLOW_LOOPBACK", "true")
     monkeypatch.setenv("K3SVIRT_IMAGE_DIRS", str(tmp_path))
+
+
+def ensure_image(url: str, checksum: str | None, root: Path) -> CachedImage:
+    """image_cache.ensure_image under the node rules, read as the operator reads them at start-up."""
+    return image_cache.ensure_image(url, checksum, root, Settings.from_env().image_fetch)
 
 
 class Server:
@@ -202,7 +208,7 @@ def test_end_to_end_overlay_from_http(server: Server, tmp_path: Path) -> None:
     ]
     results = []
     for vm in ("vm1", "vm2"):
-        results += ensure_disks(plan_disks("ns", vm, disks, tmp_path), tmp_path)
+        results += ensure_disks(plan_disks("ns", vm, disks, tmp_path), tmp_path, fetch_image=ensure_image)
     assert server.hits["/base.qcow2"] == 1
     base = cache_path(url, tmp_path)
     for r in results:
@@ -220,7 +226,8 @@ def test_prune_unused(server: Server, tmp_path: Path) -> None:
         make_qcow2(server.docroot / f"{n}.qcow2")
     a, b, c = (ensure_image(server.url(f"{n}.qcow2"), None, tmp_path) for n in ("a", "b", "c"))
     # b backs an overlay under vms/: kept even though the caller forgot it
-    ensure_disks(plan_disks("ns", "vm", [{"name": "r", "source": {"image": {"url": b.url}}}], tmp_path), tmp_path)
+    plans = plan_disks("ns", "vm", [{"name": "r", "source": {"image": {"url": b.url}}}], tmp_path)
+    ensure_disks(plans, tmp_path, fetch_image=ensure_image)
     removed = prune_unused(tmp_path, in_use={a.path})
     assert removed == [c.path]
     assert a.path.exists() and b.path.exists() and not c.path.exists()

@@ -3,6 +3,7 @@ download through `disks[].source.image.url` (each refusal names the rule)."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import subprocess
 import threading
@@ -11,12 +12,22 @@ from pathlib import Path
 
 import pytest
 from k3svirt_operator import hostpaths
+from k3svirt_operator.config import Settings
 from k3svirt_operator.image_cache import ImageError, ensure_image
 from k3svirt_operator.image_fetch import FetchPolicy, FetchRefused, address_problem, open_image
 
 MiB = 1024 * 1024
 STRICT = FetchPolicy()  # the defaults a node runs with
 LOOPBACK_OK = FetchPolicy(allow_loopback=True)
+
+
+def node_policy(**changes: object) -> FetchPolicy:
+    """The download rules as the operator reads them at start-up (the test set K3SVIRT_IMAGE_DIRS)."""
+    return dataclasses.replace(Settings.from_env().image_fetch, **changes)
+
+
+def image_dirs() -> tuple[str, ...]:
+    return Settings.from_env().host_paths.image_dirs
 
 
 @pytest.fixture
@@ -39,28 +50,29 @@ def images_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ],
 )
 def test_file_urls_outside_the_image_dirs_are_refused(url: str, images_dir: Path, tmp_path: Path):
-    assert hostpaths.file_url_problem(url) is not None
+    assert hostpaths.file_url_problem(url, image_dirs()) is not None
     with pytest.raises(ImageError, match="refused"):
-        ensure_image(url, None, tmp_path / "root", STRICT)
+        ensure_image(url, None, tmp_path / "root", node_policy())
 
 
 def test_symlinks_and_dotdot_out_of_the_image_dir_are_refused(images_dir: Path, tmp_path: Path):
     (images_dir / "link.img").symlink_to("/etc/passwd")
     for url in ((images_dir / "link.img").as_uri(), f"file://{images_dir}/../../../etc/passwd"):
-        assert "not under an allowed image directory" in hostpaths.file_url_problem(url)
+        assert "not under an allowed image directory" in hostpaths.file_url_problem(url, image_dirs())
         with pytest.raises(ImageError, match="refused"):
-            ensure_image(url, None, tmp_path / "root", STRICT)
+            ensure_image(url, None, tmp_path / "root", node_policy())
 
 
 def test_a_device_inside_an_allowed_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("K3SVIRT_IMAGE_DIRS", "/dev")
-    assert "not a regular file" in hostpaths.file_url_problem("file:///dev/zero")
+    assert "not a regular file" in hostpaths.file_url_problem("file:///dev/zero", image_dirs())
 
 
 def test_the_vm_spec_check_names_the_field(images_dir: Path):
     spec = {"disks": [{"name": "a", "source": {"image": {"url": (images_dir / "ok.img").as_uri()}}},
                       {"name": "b", "source": {"image": {"url": "file:///dev/sda"}}}]}  # fmt: skip
-    assert [f for f, _ in hostpaths.violations(spec)] == ["spec.disks[1].source.image.url"]
+    allowed = Settings.from_env().host_paths
+    assert [f for f, _ in hostpaths.violations(spec, allowed)] == ["spec.disks[1].source.image.url"]
 
 
 @pytest.mark.parametrize(
@@ -98,7 +110,7 @@ def test_lan_and_public_addresses_are_allowed(ip: str):
 )
 def test_loopback_and_metadata_urls_are_refused_before_connecting(url: str, tmp_path: Path):
     with pytest.raises(ImageError, match="refused to fetch the image: .*may not use"):
-        ensure_image(url, None, tmp_path / "root", STRICT)
+        ensure_image(url, None, tmp_path / "root", node_policy())
 
 
 @pytest.mark.parametrize("url", ["ftp://example.org/x.img", "gopher://x/", "http://x/\nHost: evil", "data:,abc"])
@@ -157,7 +169,7 @@ def test_redirect_targets_are_checked_like_the_first_url(redirector: str, tmp_pa
 
 
 def test_size_cap_is_enforced_by_declared_length_and_while_reading(redirector: str, images_dir: Path, tmp_path: Path):
-    small = FetchPolicy(allow_loopback=True, max_bytes=MiB // 2)
+    small = node_policy(allow_loopback=True, max_bytes=MiB // 2)
     with pytest.raises(ImageError, match="image limit"):
         ensure_image(redirector + "/payload", None, tmp_path / "root", small)
     big = images_dir / "big.raw"
@@ -176,7 +188,7 @@ def test_a_vmdk_descriptor_is_never_interpreted(images_dir: Path, tmp_path: Path
     text = ("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n"
             f"RW 24 FLAT \"{secret}\" 0\n")  # fmt: skip
     desc.write_bytes(text.encode().ljust(512 * 4, b"\0"))
-    img = ensure_image(desc.as_uri(), None, tmp_path / "root", STRICT)
+    img = ensure_image(desc.as_uri(), None, tmp_path / "root", node_policy())
     assert img.format == "raw"
     assert b"HOST-SECRET" not in img.path.read_bytes()
 
@@ -187,7 +199,7 @@ def test_a_qcow2_with_a_backing_file_is_refused(images_dir: Path, tmp_path: Path
     evil = images_dir / "evil.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(evil)], check=True)
     with pytest.raises(ImageError, match="backing file"):
-        ensure_image(evil.as_uri(), None, tmp_path / "root", STRICT)
+        ensure_image(evil.as_uri(), None, tmp_path / "root", node_policy())
 
 
 def test_deadline_stops_a_slow_download(redirector: str, tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fixtures.sysfs import pci_fakesys as fakesys  # operator/tests is on sys.path
 from k3svirt_operator import pci
+from k3svirt_operator.config import Settings
 from k3svirt_operator.pci import binding, discovery, pciids, safety
 
 X520_0, X520_1, ROOT_PORT = "0000:03:00.0", "0000:03:00.1", "0000:00:1c.0"
@@ -21,14 +22,15 @@ GPU, NVME, HOST_NIC, PF, VF0, IDLE_NIC = (
 @pytest.fixture
 def host(tmp_path, monkeypatch):
     h = fakesys.build_n305(tmp_path)
-    monkeypatch.setenv(pciids.PCI_IDS_ENV, str(tmp_path / "pci.ids"))
+    monkeypatch.setenv("K3SVIRT_PCI_IDS", str(tmp_path / "pci.ids"))
     monkeypatch.delenv(safety.DENYLIST_ENV, raising=False)
     monkeypatch.delenv(safety.DENYLIST_FILE_ENV, raising=False)
     return h
 
 
 def _inv(h):
-    return discovery.inventory(h.sys)
+    """The inventory with the pci.ids the operator's settings name (read from the environment)."""
+    return discovery.inventory(h.sys, pciids.load_pci_ids(Settings.from_env().pci.ids_file))
 
 
 def _by(h):
@@ -68,7 +70,7 @@ def test_inventory_reads_ids_names_groups_and_drivers(host):
 
 
 def test_inventory_without_pci_ids_keeps_builtin_class_names(host, monkeypatch):
-    monkeypatch.setenv(pciids.PCI_IDS_ENV, str(host.root / "missing.ids"))
+    monkeypatch.setenv("K3SVIRT_PCI_IDS", str(host.root / "missing.ids"))
     monkeypatch.setattr(pciids, "DEFAULT_PATHS", ())
     x = _by(host)[X520_0]
     assert x["deviceName"] is None and x["className"] == "Ethernet controller"
@@ -76,7 +78,7 @@ def test_inventory_without_pci_ids_keeps_builtin_class_names(host, monkeypatch):
 
 def test_sysfs_root_comes_from_the_environment(host, monkeypatch):
     monkeypatch.setenv("K3SVIRT_SYSFS_ROOT", str(host.sys))
-    assert X520_1 in [d["address"] for d in pci.inventory()]
+    assert X520_1 in [d["address"] for d in pci.inventory(Settings.from_env().pci.sys_root)]
 
 
 def test_pci_ids_parser_handles_classes_and_subsystems():

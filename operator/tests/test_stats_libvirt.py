@@ -30,6 +30,8 @@ from guest import (
 from k3svirt_operator.stats import MetricsServer, StatsCollector, VMStats, summarize
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.polling import poll
+
 LIBVIRT_URI = os.environ.get("K3SVIRT_LIBVIRT_URI", "qemu:///system")
 DOMAIN_TYPE = os.environ.get("K3SVIRT_DOMAIN_TYPE", "qemu")  # nested KVM hangs here: TCG
 NAMESPACE = "k3svirt-test"
@@ -119,16 +121,18 @@ def guest_vm(conn: libvirt.virConnect) -> Iterator[tuple[libvirt.virDomain, str,
 
 
 def _poll(collector: StatsCollector, vm: str, pred: Callable[[VMStats], bool], timeout: float = 40.0) -> VMStats:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+    seen: list[VMStats] = []
+
+    def met() -> VMStats | None:
         st = collector.get(NAMESPACE, vm)
         if st is not None:
-            last = st
-            if pred(st):
-                return st
-        time.sleep(0.5)
-    raise AssertionError(f"condition not met within {timeout}s; last stats: {last and last.to_dict()}")
+            seen[:] = [st]
+        return st if st is not None and pred(st) else None
+
+    found = poll(met, timeout, 0.5)
+    if found is None:
+        raise AssertionError(f"condition not met within {timeout}s; last stats: {seen and seen[0].to_dict()}")
+    return found
 
 
 def _get(url: str) -> tuple[int, bytes]:

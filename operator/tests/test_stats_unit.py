@@ -9,6 +9,7 @@ import urllib.request
 
 import libvirt
 import pytest
+from k3svirt_operator.config import Settings
 from k3svirt_operator.stats import MetricsServer, Sampler, StatsCollector, derive, parse_record, summarize
 from k3svirt_operator.stats.model import RawSample, VMRef
 from k3svirt_operator.stats.sampler import device_labels, parse_domain_name, parse_vm_metadata
@@ -432,12 +433,17 @@ def test_collector_thread_runs_and_stops() -> None:
 
 
 def test_interval_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interval and port come from the settings the operator reads once (config.Settings)."""
+
+    def collector() -> StatsCollector:
+        return StatsCollector(FakeConn, node_name="n", interval=Settings.from_env().stats_interval)  # type: ignore[arg-type]
+
     monkeypatch.setenv("K3SVIRT_STATS_INTERVAL", "0.5")
-    assert StatsCollector(FakeConn, node_name="n").interval == 0.5  # type: ignore[arg-type]
+    assert collector().interval == 0.5
     monkeypatch.setenv("K3SVIRT_STATS_INTERVAL", "junk")
-    assert StatsCollector(FakeConn, node_name="n").interval == 2.0  # type: ignore[arg-type]
+    assert collector().interval == 2.0
     monkeypatch.setenv("K3SVIRT_METRICS_PORT", "9999")
-    assert MetricsServer(StatsCollector(FakeConn, node_name="n")).port == 9999  # type: ignore[arg-type]
+    assert MetricsServer(collector(), port=Settings.from_env().metrics_port).port == 9999
 
 
 def _skipped(rec: dict) -> dict:

@@ -15,16 +15,9 @@ from k3svirt_gateway.cache import matches, parse_selector
 from k3svirt_gateway.routes.templates import TEMPLATES
 from k3svirt_gateway.routes.vms import VMS
 
+from tests.polling import poll
+
 SPEC = {"memory": {"size": "64Mi"}, "runStrategy": "Halted"}
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 @pytest.fixture()
@@ -82,7 +75,7 @@ def test_list_follows_kubectl_create_and_delete(app, client, admin, namespace, k
     inf = synced_informer(app)
     assert app.extensions["k3svirt.cache"].list(VMS, namespace, None) is not None  # routes read memory now
     kubectl_vm(kubectl, namespace, "outside")
-    assert wait_for(lambda: names(client, admin, namespace) == ["outside"]), names(client, admin, namespace)
+    assert poll(lambda: names(client, admin, namespace) == ["outside"], 3.0, 0.05), names(client, admin, namespace)
     assert inf.synced
     kubectl("delete", "vm", "outside", "-n", namespace, "--wait=false")
 
@@ -90,7 +83,7 @@ def test_list_follows_kubectl_create_and_delete(app, client, admin, namespace, k
         items = client.get(f"/api/v1/vms?namespace={namespace}", headers=admin).json["items"]
         return items == [] or items[0]["deleting"]  # an operator's finalizer may hold it
 
-    assert wait_for(gone_or_deleting)
+    assert poll(gone_or_deleting, 3.0, 0.05)
 
 
 def test_read_your_writes_without_the_watch(own_app, admin, namespace, kubectl):
@@ -137,10 +130,10 @@ def test_recovers_after_410_gone(app, client, admin, namespace, kubectl):
     inf = synced_informer(app)
     relists = inf.relists
     inf.restart_watch(resource_version="1")  # long compacted: the API server answers 410 Expired
-    assert wait_for(lambda: inf.relists > relists, 10), "no relist after 410"
+    assert poll(lambda: inf.relists > relists, 10, 0.05), "no relist after 410"
     assert inf.synced
     kubectl_vm(kubectl, namespace, "after-410")
-    assert wait_for(lambda: names(client, admin, namespace) == ["after-410"])
+    assert poll(lambda: names(client, admin, namespace) == ["after-410"], 3.0, 0.05)
     assert inf.resource_version not in ("", "1")
 
 

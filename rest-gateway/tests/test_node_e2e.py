@@ -17,6 +17,8 @@ import requests
 from helpers import APP_IMAGE, wait_for
 from k3svirt_gateway.k8s import core_path
 
+from tests.polling import wait_until
+
 MISSING = "localhost/k3svirt/not-imported:0.1"
 RUN_TIMEOUT = 120.0
 
@@ -87,22 +89,24 @@ def answered(cluster_ip: str, expected: str) -> str | None:
 def test_app_runs_logs_and_is_measured(gw, ready_node):
     message = f"m-{uuid.uuid4().hex[:6]}"
     ip = deploy_echo(gw, "echo", message)
-    (pod,) = wait_for("the echo pod Running", lambda: gw.running("echo"))
+    (pod,) = wait_until(lambda: gw.running("echo"), RUN_TIMEOUT, "waiting for the echo pod Running", 1.0)
     assert pod["node"] == ready_node and pod["podIP"] and pod["startTime"] and pod["phase"] == "Running"
     (c,) = pod["containers"]
     assert c["state"] == "running" and c["startedAt"] and c["image"] == APP_IMAGE and c["ready"]
     assert pod["restarts"] == 0 and pod["statusMessage"] == ""
 
     # through the Service's ClusterIP from the host (kube-proxy)
-    text = wait_for("an answer through the Service", lambda: answered(ip, message), timeout=60)
+    text = wait_until(lambda: answered(ip, message), 60, "waiting for an answer through the Service", 1.0)
     assert text.strip() == f"http-echo host={pod['name']} message={message}"
     for _ in range(3):
         answer(ip)
 
     logs = f"/pods/{pod['name']}/logs"
-    full = wait_for(
-        "request lines in the log",
+    full = wait_until(
         lambda: (lambda t: t if t.count("http-echo: GET /") >= 4 else None)(gw.ok("GET", logs)),
+        RUN_TIMEOUT,
+        "waiting for request lines in the log",
+        1.0,
     )
     assert re.search(r"^http-echo: GET / from \S+$", full, re.M), full
     r = gw.call("GET", logs + "?tailLines=1")
@@ -119,7 +123,7 @@ def test_app_runs_logs_and_is_measured(gw, ready_node):
         have = (s["memory"]["workingSetBytes"], s["cpu"]["usageCores"], s["filesystem"]["usedBytes"])
         return s if all(v is not None for v in have) and s["memory"]["workingSetBytes"] > 0 else None
 
-    s = wait_for("the kubelet's figures for the pod", measured, timeout=90, interval=3)
+    s = wait_until(measured, 90, "waiting for the kubelet's figures for the pod", 3)
     assert s["available"] and s["node"] == ready_node and s["status"] == "Running" and ready_node in s["source"]
     assert 0 < s["memory"]["workingSetBytes"] <= 64 * 1024**2
     assert s["memory"]["limitBytes"] == 64 * 1024**2 and s["memory"]["percentOfLimit"] > 0
@@ -145,15 +149,15 @@ def test_app_runs_logs_and_is_measured(gw, ready_node):
 def test_pod_network_figures_and_rates(gw):
     """rx/tx bytes of the pod (cumulative, from the kubelet) and bytes/s from two kubelet samples."""
     ip = deploy_echo(gw, "net", "n")
-    (pod,) = wait_for("the pod Running", lambda: gw.running("net"))
-    wait_for("an answer through the Service", lambda: answered(ip, "message=n"), timeout=60)
+    (pod,) = wait_until(lambda: gw.running("net"), RUN_TIMEOUT, "waiting for the pod Running", 1.0)
+    wait_until(lambda: answered(ip, "message=n"), 60, "waiting for an answer through the Service", 1.0)
 
     def traffic_counted():
         answer(ip)
         n = gw.ok("GET", f"/pods/{pod['name']}/stats")["network"]
         return n if (n["rxBytes"] or 0) > 0 and (n["txBytes"] or 0) > 0 else None
 
-    net = wait_for("the kubelet's network figures for the pod", traffic_counted, timeout=90, interval=3)
+    net = wait_until(traffic_counted, 90, "waiting for the kubelet's network figures for the pod", 3)
     assert "eth0" in net["interfaces"] and net["time"]
 
     # a rate needs a second kubelet sample: keep traffic flowing and ask again
@@ -162,7 +166,7 @@ def test_pod_network_figures_and_rates(gw):
         n = gw.ok("GET", f"/pods/{pod['name']}/stats")["network"]
         return n if n["rateWindowSeconds"] else None
 
-    net = wait_for("a network rate from two kubelet samples", with_rate, timeout=90, interval=3)
+    net = wait_until(with_rate, 90, "waiting for a network rate from two kubelet samples", 3)
     assert net["rateWindowSeconds"] > 0 and net["rxBytesPerSecond"] >= 0 and net["txBytesPerSecond"] >= 0
     assert "rateNote" not in net
 
@@ -170,31 +174,41 @@ def test_pod_network_figures_and_rates(gw):
 def test_rolling_update_scale_and_delete(gw, app):
     kube = app.extensions["k3svirt.kube"]
     ip = deploy_echo(gw, "roll", "one", replicas=2)
-    first = wait_for("2 pods Running", lambda: gw.running("roll", 2))
+    first = wait_until(lambda: gw.running("roll", 2), RUN_TIMEOUT, "waiting for 2 pods Running", 1.0)
     old_hash = {p["labels"]["pod-template-hash"] for p in first}
     assert len(old_hash) == 1
-    wait_for("the first answer", lambda: answered(ip, "message=one"), timeout=60)
+    wait_until(lambda: answered(ip, "message=one"), 60, "waiting for the first answer", 1.0)
 
     d = gw.ok("PATCH", "/deployments/roll", json={"env": {"MESSAGE": "two", "PORT": "8080"}})
     assert d["env"]["MESSAGE"] == "two" and d["generation"] == 2
-    wait_for("the rollout to complete", lambda: gw.ok("GET", "/deployments/roll")["rollout"] == "Complete")
-    pods = wait_for("2 new pods and no old one", lambda: gw.running("roll", 2))
+    wait_until(
+        lambda: gw.ok("GET", "/deployments/roll")["rollout"] == "Complete",
+        RUN_TIMEOUT,
+        "waiting for the rollout to complete",
+        1.0,
+    )
+    pods = wait_until(lambda: gw.running("roll", 2), RUN_TIMEOUT, "waiting for 2 new pods and no old one", 1.0)
     new_hash = {p["labels"]["pod-template-hash"] for p in pods}
     assert len(new_hash) == 1 and new_hash != old_hash
     sets = kube.get(f"/apis/apps/v1/namespaces/{gw.ns}/replicasets").get("items", [])
     by_hash = {rs["metadata"]["labels"]["pod-template-hash"]: rs for rs in sets}
     assert by_hash[new_hash.pop()]["status"].get("replicas") == 2
     assert by_hash[old_hash.pop()]["status"].get("replicas", 0) == 0
-    wait_for("the new answer", lambda: answered(ip, "message=two"), timeout=60)
+    wait_until(lambda: answered(ip, "message=two"), 60, "waiting for the new answer", 1.0)
 
     d = gw.ok("PATCH", "/deployments/roll", json={"replicas": 0})
     assert d["replicas"] == 0
-    wait_for("no pod left", lambda: gw.pods("roll") == [])
+    wait_until(lambda: gw.pods("roll") == [], RUN_TIMEOUT, "waiting for no pod left", 1.0)
     gw.ok("PATCH", "/deployments/roll", json={"replicas": 1})
-    wait_for("1 pod Running again", lambda: gw.running("roll", 1))
+    wait_until(lambda: gw.running("roll", 1), RUN_TIMEOUT, "waiting for 1 pod Running again", 1.0)
 
     gw.ok("DELETE", "/deployments/roll")
-    wait_for("the deployment gone", lambda: gw.call("GET", "/deployments/roll").status_code == 404)
+    wait_until(
+        lambda: gw.call("GET", "/deployments/roll").status_code == 404,
+        RUN_TIMEOUT,
+        "waiting for the deployment gone",
+        1.0,
+    )
     assert gw.pods("roll") == [], "Foreground deletion returned before its pods were gone"
 
 
@@ -205,7 +219,7 @@ def test_missing_image_says_it_is_not_on_the_node(gw):
         pods = gw.pods("ghost")
         return pods[0] if pods and pods[0]["status"] in ("ErrImagePull", "ImagePullBackOff") else None
 
-    pod = wait_for("an image pull failure", pull_failed)
+    pod = wait_until(pull_failed, RUN_TIMEOUT, "waiting for an image pull failure", 1.0)
     assert pod["phase"] == "Pending"
     assert MISSING in pod["statusMessage"]
     assert "not present on the node; images are imported locally, no registry is reachable" in pod["statusMessage"]
@@ -232,7 +246,7 @@ def test_crash_loop_and_completed(gw, app):
         c = pods[0]["containers"][0]
         return pods[0] if (c.get("lastState") or {}).get("exitCode") == 3 else None
 
-    pod = wait_for("a crash loop", crashing)
+    pod = wait_until(crashing, RUN_TIMEOUT, "waiting for a crash loop", 1.0)
     c = pod["containers"][0]
     logs = f"/pods/{pod['name']}/logs"
     if pod["status"] == "CrashLoopBackOff":
@@ -266,11 +280,13 @@ def test_crash_loop_and_completed(gw, app):
         },
     )
     # the kubelet reports the container terminated before it moves the pod to Succeeded
-    done = wait_for(
-        "Completed and Succeeded",
+    done = wait_until(
         lambda: (lambda p: p if p["status"] == "Completed" and p["phase"] == "Succeeded" else None)(
             gw.ok("GET", "/pods/once")
         ),
+        RUN_TIMEOUT,
+        "waiting for Completed and Succeeded",
+        1.0,
     )
     assert done["phase"] == "Succeeded" and done["containers"][0]["exitCode"] == 0
     assert gw.ok("GET", "/pods/once/logs").strip() == "done"

@@ -4,20 +4,11 @@ Images are localhost/ names that no node has: with a kubelet a pull attempt goes
 
 from __future__ import annotations
 
-import time
-
 from k3svirt_gateway.k8s import core_path, group_path
 
+from tests.polling import poll
+
 MISSING = "localhost/k3svirt/not-imported:0.1"
-
-
-def wait_for(fn, timeout: float = 60.0, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        out = fn()
-        if out or time.monotonic() > deadline:
-            return out
-        time.sleep(interval)
 
 
 def test_deployment_lifecycle(client, admin, namespace):
@@ -48,7 +39,7 @@ def test_deployment_lifecycle(client, admin, namespace):
     r = client.delete(one, headers=admin)
     assert r.status_code == 202 and "ReplicaSets and Pods" in r.json["message"]
     # Foreground deletion: visible (deleting) until the garbage collector removed its dependents
-    assert wait_for(lambda: client.get(one, headers=admin).status_code == 404), "deployment never went away"
+    assert poll(lambda: client.get(one, headers=admin).status_code == 404, 60.0, 0.5), "deployment never went away"
 
 
 def test_deployment_patch_rolls_out_a_new_replicaset(app, client, admin, namespace):
@@ -62,20 +53,20 @@ def test_deployment_patch_rolls_out_a_new_replicaset(app, client, admin, namespa
         items = kube.get(group_path("apps", "v1", "replicasets", namespace)).get("items", [])
         return {rs["spec"]["template"]["spec"]["containers"][0]["image"]: rs for rs in items}
 
-    assert wait_for(lambda: MISSING in replicasets()), "the controller-manager made no ReplicaSet"
+    assert poll(lambda: MISSING in replicasets(), 60.0, 0.5), "the controller-manager made no ReplicaSet"
     new_image = "localhost/k3svirt/not-imported:0.2"
     r = client.patch(one, headers=admin, json={"image": new_image, "env": {"B": "3"}, "args": ["-v"]})
     assert r.status_code == 200, r.json
     assert (r.json["image"], r.json["env"], r.json["args"], r.json["generation"]) == (new_image, {"B": "3"}, ["-v"], 2)
     assert r.json["rollout"] == "Progressing"
     # a new ReplicaSet for the new template, owned by the Deployment, next to the old one
-    sets = wait_for(lambda: (lambda s: s if new_image in s else None)(replicasets()))
+    sets = poll(lambda: (lambda s: s if new_image in s else None)(replicasets()), 60.0, 0.5)
     assert sets and set(sets) == {MISSING, new_image}
     assert all(rs["metadata"]["ownerReferences"][0]["name"] == "roll" for rs in sets.values())
     # replicas only: no new template, no new ReplicaSet; scale to 0 and back
     r = client.patch(one, headers=admin, json={"replicas": 0})
     assert r.status_code == 200 and r.json["replicas"] == 0 and r.json["image"] == new_image
-    assert wait_for(lambda: client.get(one, headers=admin).json["rollout"] == "Complete")
+    assert poll(lambda: client.get(one, headers=admin).json["rollout"] == "Complete", 60.0, 0.5)
     assert client.patch(one, headers=admin, json={"replicas": 2}).json["replicas"] == 2
     assert set(replicasets()) == {MISSING, new_image}
     for body, field in (

@@ -7,11 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,16 +59,6 @@ def _http_ok(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def wait_until(pred: Callable[[], object], timeout: float, message: str, interval: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(message)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.polling import wait_until
 from tests.slow_http import slow_server
 
-from .conftest import Operator, free_port, kubectl, tiny_vm, wait_until
+from .conftest import Operator, free_port, kubectl, tiny_vm
 
 
 def test_sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, tmp_path):

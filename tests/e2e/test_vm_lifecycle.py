@@ -7,7 +7,9 @@ import time
 import uuid
 from pathlib import Path
 
-from .conftest import get_json, kubectl, tiny_vm, virsh, wait_until
+from tests.polling import wait_until
+
+from .conftest import get_json, kubectl, tiny_vm, virsh
 
 
 def _vm(kubeconfig: str, ns: str, name: str) -> dict:

@@ -10,7 +10,9 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import get_json, kubectl, tiny_vm, wait_until
+from tests.polling import wait_until
+
+from .conftest import get_json, kubectl, tiny_vm
 
 # Runs in the guest: burn CPU and write to the scratch disk, forever.
 BURN = (

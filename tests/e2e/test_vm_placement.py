@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from .conftest import Operator, free_port, get_json, kubectl, tiny_vm, virsh, wait_until
+from tests.polling import wait_until
+
+from .conftest import Operator, free_port, get_json, kubectl, tiny_vm, virsh
 
 
 def test_two_matching_nodes_one_claims_the_vm(kubeconfig, namespace, testbed, tiny_guest, tmp_path):

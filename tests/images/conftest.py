@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import poll
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SH = REPO / "tests/harness/images.sh"
 
@@ -108,9 +110,7 @@ class Containerd:
 
     def remove(self, name: str) -> None:
         self.ctr("tasks", "kill", "-s", "SIGKILL", name, check=False)
-        deadline = time.monotonic() + 20
-        while self.task_status(name) not in ("STOPPED", "MISSING") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        poll(lambda: self.task_status(name) in ("STOPPED", "MISSING"), 20)
         self.ctr("tasks", "rm", "-f", name, check=False)
         self.ctr("containers", "rm", name, check=False)
 

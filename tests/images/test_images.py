@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import poll
+
 from .conftest import Containerd, parse_refs, ref, run_images_sh
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -173,9 +175,7 @@ def test_http_echo_answers_logs_each_request_and_stops_on_sigterm(containerd, bu
         # A new UTS namespace starts with the host's name; under Kubernetes it is the pod's name.
         assert answer == f"http-echo host={socket.gethostname()} message={message}\n"
         _get_in_netns(netns, "http://127.0.0.1:9090/?second")
-        deadline = time.monotonic() + 10
-        while log.read_text().count("http-echo: GET") < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        poll(lambda: log.read_text().count("http-echo: GET") >= 2, 10)
         # One line per request (the client is 127.0.0.1, as an IPv4-mapped address on httpd's socket).
         lines = log.read_text().splitlines()
         assert lines == ["http-echo: GET / from [::ffff:127.0.0.1]", "http-echo: GET /?second from [::ffff:127.0.0.1]"]
@@ -229,9 +229,7 @@ def test_the_pause_process_reaps_orphans_and_exits_zero_on_sigterm(containerd, b
         ns_pid = int(out)  # the orphan's pid inside the namespace; its parent shell has exited
         orphan = _host_pid_of(pid, ns_pid)
         assert _ppid(orphan) == pid, "the orphan was not handed to pause"
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{orphan}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        poll(lambda: not Path(f"/proc/{orphan}").exists(), 10, 0.1)
         assert not Path(f"/proc/{orphan}").exists(), "pause left its orphan as a zombie"
         assert containerd.stop(name, "SIGTERM") == 0
     finally:

@@ -11,12 +11,13 @@ import json
 import os
 import subprocess
 import tarfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.polling import wait_until
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness"
 PAUSE = "localhost/k3svirt/pause:3.10"
@@ -31,17 +32,6 @@ def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subproc
 
 def apply(ns: str, manifest: dict) -> None:
     kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps(manifest))
-
-
-def wait_until(what: str, check, timeout: float = 120.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 def pod(ns: str, name: str) -> dict:
@@ -88,7 +78,7 @@ def busybox(
         pods = json.loads(kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
         return [p["metadata"]["name"] for p in pods if p["metadata"]["namespace"] in used_namespaces]
 
-    wait_until("the test pods to be gone", lambda: not pods_left(), timeout=180, every=1)
+    wait_until(lambda: not pods_left(), 180, "waiting for the test pods to be gone", 1)
     ctr = ["ctr", "-a", testbed["K3SVIRT_CONTAINERD_ADDRESS"], "-n", "k8s.io"]
     # kubelet's CRI also names the image by its ID (the config digest): remove both names.
     refs = [image, config_digest(tar)]
@@ -127,8 +117,10 @@ def run_to_end(ns: str, name: str, image: str, script: str) -> tuple[str, str]:
     """Runs SCRIPT in a one-shot pod; returns its final phase and its log."""
     apply(ns, busybox_pod(name, image, script))
     phase = wait_until(
-        f"pod {name} to finish",
         lambda: pod(ns, name)["status"].get("phase") in ("Succeeded", "Failed") and pod(ns, name)["status"]["phase"],
+        120,
+        f"waiting for pod {name} to finish",
+        0.5,
     )
     return phase, kubectl("-n", ns, "logs", name).stdout
 
@@ -164,7 +156,9 @@ def test_pause_pod_runs_and_the_node_proxy_reports_it(testbed: dict[str, str], n
             },
         },
     )
-    wait_until("the pause pod to run", lambda: pod(ns, "sleeper")["status"].get("phase") == "Running")
+    wait_until(
+        lambda: pod(ns, "sleeper")["status"].get("phase") == "Running", 120, "waiting for the pause pod to run", 0.5
+    )
     ip = pod(ns, "sleeper")["status"]["podIP"]
     assert ip.startswith("10.42.0."), ip
     # The API server reaches kubelet's own API (its client certificate, kubelet's webhook authz).
@@ -177,13 +171,15 @@ def test_pause_pod_runs_and_the_node_proxy_reports_it(testbed: dict[str, str], n
             for p in summary.get("pods", [])
         )
 
-    wait_until("kubelet's stats summary to list the pod", summary_lists_pod, timeout=60, every=2)
+    wait_until(summary_lists_pod, 60, "waiting for kubelet's stats summary to list the pod", 2)
 
 
 def test_logs_and_exec_reach_the_container(ns: str, busybox: str) -> None:
     apply(ns, busybox_pod("talker", busybox, "echo k3svirt-log-marker; exec sleep 3600", restart="Always"))
-    wait_until("the pod to run", lambda: pod(ns, "talker")["status"].get("phase") == "Running")
-    wait_until("its log line", lambda: "k3svirt-log-marker" in kubectl("-n", ns, "logs", "talker").stdout)
+    wait_until(lambda: pod(ns, "talker")["status"].get("phase") == "Running", 120, "waiting for the pod to run", 0.5)
+    wait_until(
+        lambda: "k3svirt-log-marker" in kubectl("-n", ns, "logs", "talker").stdout, 120, "waiting for its log line", 0.5
+    )
     out = kubectl("-n", ns, "exec", "talker", "--", "sh", "-c", "echo $((6 * 7)) $(hostname)").stdout
     assert out.split() == ["42", "talker"]
 
@@ -239,7 +235,7 @@ def test_deployment_serves_through_clusterip_and_nodeport(testbed: dict[str, str
         f"http://127.0.0.1:{node_port}/",
         f"http://{testbed['K3SVIRT_TESTBED_NODE_IP']}:{node_port}/",
     ):
-        body = wait_until(f"{url} to answer", lambda u=url: try_http_get(u), timeout=60)
+        body = wait_until(lambda u=url: try_http_get(u), 60, f"waiting for {url} to answer", 0.5)
         assert body.strip() in {f"hello from {n}" for n in names}, (url, body)
     # The Service spreads requests over both replicas (once kube-proxy has both endpoints).
     seen: set[str] = set()
@@ -248,7 +244,7 @@ def test_deployment_serves_through_clusterip_and_nodeport(testbed: dict[str, str
         seen.update(http_get(f"http://{cluster_ip}/").strip() for _ in range(10))
         return seen == {f"hello from {n}" for n in names}
 
-    wait_until("both replicas to answer through the Service", both_replicas_answered, timeout=30)
+    wait_until(both_replicas_answered, 30, "waiting for both replicas to answer through the Service", 0.5)
 
 
 def test_cluster_dns_resolves_services_and_nothing_else(ns: str, busybox: str) -> None:

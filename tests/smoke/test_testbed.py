@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from tests.polling import poll
 
 
 def _tiny_domain_xml(name: str, domain_type: str, guest, log: Path) -> str:
@@ -33,11 +34,7 @@ def test_tiny_guest_boots_and_prints_its_marker(libvirt_conn, domain_type, tiny_
     name = f"k3svirt-smoke-{uuid.uuid4().hex[:6]}"
     dom = libvirt_conn.createXML(_tiny_domain_xml(name, domain_type, tiny_guest, log), 0)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if log.exists() and tiny_guest.marker in log.read_text(errors="replace"):
-                break
-            time.sleep(0.2)
+        poll(lambda: log.exists() and tiny_guest.marker in log.read_text(errors="replace"), 60)
         text = log.read_text(errors="replace") if log.exists() else ""
         assert tiny_guest.marker in text, f"no marker on the console; console said: {text[-500:]!r}"
         assert dom.isActive()

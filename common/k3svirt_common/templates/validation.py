@@ -16,24 +16,10 @@ from .versions import KIND_PRESET, KIND_TEMPLATE, template_kind
 
 
 def _schema_errors(kind: str, spec: Mapping[str, Any]) -> list[tuple[list[str | int], str]]:
-    """Run k3svirt_common.schema.validate_spec and normalise its errors to (path tokens, message)."""
+    """k3svirt_common.schema.validate_spec's errors as (path tokens below spec, message)."""
     from k3svirt_common import schema  # the one validation path; imported late (loads the CRDs)
 
-    out = []
-    kwargs = {"resolved": True} if kind == VM_KIND else {}
-    for err in schema.validate_spec(kind, dict(spec), **kwargs) or []:
-        path: Any
-        if isinstance(err, str):
-            path, _, message = err.partition(": ")
-        elif isinstance(err, Mapping):
-            path, message = err.get("field") or err.get("path") or "", err.get("message", "")
-        elif isinstance(err, tuple):
-            path, message = err[0], err[1]
-        else:
-            path = getattr(err, "field", None) or getattr(err, "path", "")
-            message = getattr(err, "message", str(err))
-        out.append((_tokens(path), str(message)))
-    return out
+    return [(_tokens(err.path), err.message) for err in schema.validate_spec(kind, dict(spec))]
 
 
 def _tokens(path: Any) -> list[str | int]:
@@ -109,10 +95,16 @@ def validate_merged(
     *,
     default_label: str = "spec",
 ) -> list[FieldError]:
-    """Validate a merged spec with the VirtualMachine schema (as a resolved spec); attribute each
-    error to the highest-precedence layer that set the value (``default_label`` when none did)."""
+    """Validate a merged spec with the VirtualMachine CRD schema; attribute each error to the
+    highest-precedence layer that set the value (``default_label`` when none did).
+
+    The spec is validated without its template/presets references: once merged, they only record
+    what was applied, so a rule such as "memory.size is required unless spec.template supplies it"
+    holds the merged result to what the template did supply. No rule of its own: the CRD's only.
+    """
     errors = []
-    for toks, message in _schema_errors(VM_KIND, spec):
+    resolved = {k: v for k, v in spec.items() if k not in _REF_FIELDS}
+    for toks, message in _schema_errors(VM_KIND, resolved):
         npath = _named_path(spec, toks)
         label, defaults = default_label, False
         for probe in range(len(npath), 0, -1):  # the most specific path some layer sets

@@ -1,7 +1,7 @@
 """PCI passthrough for k3svirt: discovery, host-safety checks, VFIO binding and VM assignment.
 
-Pure functions over a sysfs root (``$K3SVIRT_SYSFS_ROOT``, default ``/sys``) and a procfs root
-(``$K3SVIRT_PROC_ROOT``, default ``/proc``). The kopf handlers call:
+Pure functions over a sysfs root (default ``/sys``) and a procfs root (default ``/proc``); the
+handlers pass the node's (config.Settings.pci: K3SVIRT_SYSFS_ROOT, K3SVIRT_PROC_ROOT). They call:
 
 * ``node_inventory_status()``  -> NodePCIInventory.status
 * ``reconcile_passthrough()`` / ``release_passthrough()`` -> PCIPassthrough.status (binds / restores)
@@ -30,6 +30,7 @@ from .assignment import (
 from .binding import BindError, BindPlan, Refusal, bind, modprobe, plan_bind, restore, select_device
 from .claims import Claims
 from .discovery import PCIDevice, inventory, iommu_enabled, list_devices, read_device
+from .pciids import load_pci_ids
 from .phases import PHASE_ASSIGNED, PHASE_AVAILABLE, PHASE_BOUND, PHASE_FAILED, PHASE_PENDING
 from .reconcile import node_inventory_status, reconcile_passthrough, release_passthrough
 from .safety import HostFacts, gather_host_facts, load_denylist
@@ -61,6 +62,7 @@ __all__ = [
     "iommu_enabled",
     "list_devices",
     "load_denylist",
+    "load_pci_ids",
     "modprobe",
     "node_inventory_status",
     "normalize_address",

@@ -200,9 +200,9 @@ def list_devices(root: Path | str | None = None, ids: PciIds | None = None) -> l
     return out
 
 
-def inventory(root: Path | str | None = None) -> list[dict[str, Any]]:
+def inventory(root: Path | str | None = None, ids: PciIds | None = None) -> list[dict[str, Any]]:
     """The node's PCI devices in the shape published to ``NodePCIInventory.status.devices``."""
-    return [d.to_dict() for d in list_devices(root)]
+    return [d.to_dict() for d in list_devices(root, ids)]
 
 
 # Host-level facts ------------------------------------------------------------------------------

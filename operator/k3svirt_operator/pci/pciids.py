@@ -7,12 +7,10 @@ the small built-in table below (the PCI class codes are fixed by the PCI-SIG).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-PCI_IDS_ENV = "K3SVIRT_PCI_IDS"
 DEFAULT_PATHS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids")
 
 # Base classes and the subclasses that matter on a router/virtualization host.
@@ -122,8 +120,8 @@ def parse_pci_ids(text: str) -> PciIds:
     return ids
 
 
-def find_pci_ids_file() -> Path | None:
-    candidates = [os.environ[PCI_IDS_ENV]] if os.environ.get(PCI_IDS_ENV) else []
+def find_pci_ids_file(configured: str | None = None) -> Path | None:
+    candidates = [configured] if configured else []
     candidates += list(DEFAULT_PATHS)
     for c in candidates:
         p = Path(c)
@@ -142,7 +140,8 @@ def _load(path: str | None) -> PciIds:
         return PciIds()
 
 
-def load_pci_ids() -> PciIds:
-    """The (cached) database; empty when no pci.ids file is installed."""
-    p = find_pci_ids_file()
+def load_pci_ids(configured: str | None = None) -> PciIds:
+    """The (cached) database; empty when no pci.ids file is installed. ``configured``: the node's
+    K3SVIRT_PCI_IDS (Settings.pci.ids_file), looked up first."""
+    p = find_pci_ids_file(configured)
     return _load(str(p) if p else None)

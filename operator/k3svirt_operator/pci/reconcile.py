@@ -14,6 +14,7 @@ from typing import Any
 
 from . import binding, discovery, safety, sysfs
 from .conditions import COND_READY, set_condition
+from .pciids import PciIds
 from .phases import PHASE_ASSIGNED, PHASE_AVAILABLE, PHASE_BOUND, PHASE_FAILED
 
 COND_IOMMU_READY = "IOMMUReady"
@@ -31,12 +32,13 @@ def node_inventory_status(
     denylist: Iterable[str] | None = None,
     now: str | None = None,
     facts: safety.HostFacts | None = None,
+    ids: PciIds | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` of this node's ``NodePCIInventory``."""
     now = now or discovery.utcnow()
-    denylist = safety.load_denylist() if denylist is None else tuple(denylist)
+    denylist = tuple(denylist or ())
     facts = facts or safety.gather_host_facts(sys_root, proc_root)
-    devices = discovery.inventory(sys_root)
+    devices = discovery.inventory(sys_root, ids)
     for d in devices:
         d["hostUse"] = safety.host_use(d["address"], d, facts, denylist)
     problem = safety.iommu_problem(facts)
@@ -103,6 +105,7 @@ def reconcile_passthrough(
     now: str | None = None,
     write: sysfs.Writer = sysfs.write_attr,
     facts: safety.HostFacts | None = None,
+    ids: PciIds | None = None,
 ) -> dict[str, Any]:
     """Resolve ``spec`` on this node, check safety, bind the IOMMU group to the driver; return the new status.
 
@@ -115,10 +118,10 @@ def reconcile_passthrough(
     if generation is not None:
         status["observedGeneration"] = generation
     driver = spec.get("driver") or binding.VFIO_PCI
-    denylist = safety.load_denylist() if denylist is None else tuple(denylist)
+    denylist = tuple(denylist or ())
     with BIND_LOCK:
         facts = facts or safety.gather_host_facts(sys_root, proc_root)
-        inv = discovery.inventory(sys_root)
+        inv = discovery.inventory(sys_root, ids)
         dev = binding.select_device(spec, inv)
         new_addr = None if isinstance(dev, binding.Refusal) else dev["address"]
         prev_addr = status.get("address")

@@ -196,9 +196,9 @@ def parse_denylist(text: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def load_denylist(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """The operator's denylist from ``$K3SVIRT_PCI_DENYLIST`` and the file ``$K3SVIRT_PCI_DENYLIST_FILE``."""
-    env = os.environ if env is None else env
+def load_denylist(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The operator's denylist from ``$K3SVIRT_PCI_DENYLIST`` and the file ``$K3SVIRT_PCI_DENYLIST_FILE``
+    (config.Settings reads it once, at start-up)."""
     entries = list(parse_denylist(env.get(DENYLIST_ENV, "")))
     path = env.get(DENYLIST_FILE_ENV)
     if path:

@@ -1,9 +1,9 @@
 """Low-level access to a sysfs-shaped tree and a procfs-shaped tree.
 
 Everything here takes an explicit root so that the same code reads the real ``/sys`` and
-``/proc`` of a node and the fixture trees the tests build. The roots default to the
-environment variables ``K3SVIRT_SYSFS_ROOT`` (default ``/sys``) and ``K3SVIRT_PROC_ROOT``
-(default ``/proc``); in the operator DaemonSet the host's trees are mounted and these point at them.
+``/proc`` of a node and the fixture trees the tests build. The roots default to ``/sys`` and
+``/proc``; the operator passes its settings' (``K3SVIRT_SYSFS_ROOT``, ``K3SVIRT_PROC_ROOT``: in the
+DaemonSet the host's trees are mounted and these point at them).
 
 Writes go through one function, :func:`write_attr`, whose signature is the ``Writer`` protocol:
 the binding executor takes a writer argument so tests can observe (and react to) the exact
@@ -17,9 +17,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-SYSFS_ROOT_ENV = "K3SVIRT_SYSFS_ROOT"
-PROC_ROOT_ENV = "K3SVIRT_PROC_ROOT"
-
 # "0000:03:00.0" (domain:bus:slot.function); the domain may be omitted on input.
 _ADDR_RE = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 _FULL_ADDR_RE = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
@@ -28,13 +25,13 @@ Writer = Callable[[Path, str], None]
 
 
 def sysfs_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The sysfs root to use: ``root`` if given, else ``$K3SVIRT_SYSFS_ROOT``, else ``/sys``."""
-    return Path(root if root is not None else os.environ.get(SYSFS_ROOT_ENV, "/sys"))
+    """The sysfs root to use: ``root`` if given, else ``/sys``."""
+    return Path(root if root is not None else "/sys")
 
 
 def proc_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The procfs root to use: ``root`` if given, else ``$K3SVIRT_PROC_ROOT``, else ``/proc``."""
-    return Path(root if root is not None else os.environ.get(PROC_ROOT_ENV, "/proc"))
+    """The procfs root to use: ``root`` if given, else ``/proc``."""
+    return Path(root if root is not None else "/proc")
 
 
 def normalize_address(address: str) -> str:

@@ -3,7 +3,7 @@
 Wiring (operator startup)::
 
     from k3svirt_operator.stats import start_monitoring
-    collector, server = start_monitoring(get_conn, node_name=node)   # env-driven interval/port
+    collector, server = start_monitoring(get_conn, node_name=node, interval=2.0, port=9470, host=node_ip)
     ...
     summarize(collector.get(ns, name))      # -> dict for status.monitoring, every ~30 s
     server.stats_url(ns, name, host=node_ip) # -> status.monitoring.endpoint

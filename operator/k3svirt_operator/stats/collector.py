@@ -1,6 +1,6 @@
 """Background sampling loop with a thread-safe latest snapshot.
 
-    collector = StatsCollector(conn_or_provider, node_name="node-a")   # interval from env
+    collector = StatsCollector(conn_or_provider, node_name="node-a", interval=2.0)
     collector.start()
     collector.get("default", "vm1")        # -> VMStats | None (None: unknown, not running or stale)
     collector.stop()
@@ -14,7 +14,6 @@ VMs simply disappear from /metrics and /stats instead of showing frozen rates.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -29,25 +28,8 @@ from .sampler import RoundInfo, Sampler
 
 log = logging.getLogger(__name__)
 
-ENV_INTERVAL = "K3SVIRT_STATS_INTERVAL"
-DEFAULT_INTERVAL = 2.0
+DEFAULT_INTERVAL = 2.0  # Settings.stats_interval (K3SVIRT_STATS_INTERVAL) sets it in the operator
 DEFAULT_STALE_AFTER = 5.0
-
-
-def interval_from_env(default: float = DEFAULT_INTERVAL) -> float:
-    raw = os.environ.get(ENV_INTERVAL, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("ignoring invalid %s", ENV_INTERVAL, extra={"value": raw})
-        return default
-    return value if value > 0 else default
-
-
-def node_name_from_env() -> str:
-    return os.environ.get("NODE_NAME") or os.environ.get("K3SVIRT_NODE_NAME") or socket.gethostname()
 
 
 _EMPTY: Mapping[tuple[str, str], VMStats] = MappingProxyType({})
@@ -71,7 +53,7 @@ class StatsCollector:
 
     ``conn``: a libvirt connection or a zero-argument callable returning the current connection
     (the libvirt_conn layer owns opening/reconnecting; the collector never opens one).
-    ``interval``: seconds between rounds, default env ``K3SVIRT_STATS_INTERVAL`` or 2.
+    ``interval``: seconds between rounds (default 2). ``node_name``: default the host name.
     ``stale_after``: max age of served figures, default max(5 s, 2.5 x interval).
     """
 
@@ -85,8 +67,8 @@ class StatsCollector:
         include_unmanaged: bool = False,
         sampler: Sampler | None = None,
     ) -> None:
-        self.node_name = node_name or node_name_from_env()
-        self.interval = interval if interval and interval > 0 else interval_from_env()
+        self.node_name = node_name or socket.gethostname()
+        self.interval = interval if interval and interval > 0 else DEFAULT_INTERVAL
         self.stale_after = stale_after if stale_after else max(DEFAULT_STALE_AFTER, 2.5 * self.interval)
         self.sampler = sampler or Sampler(conn, include_unmanaged=include_unmanaged)
         self._lock = threading.Lock()  # guards _snapshot swap and the counters

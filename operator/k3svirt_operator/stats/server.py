@@ -1,6 +1,6 @@
 """Tiny stdlib HTTP server: /metrics (Prometheus text), /stats/<namespace>/<name> (JSON), /healthz.
 
-    server = MetricsServer(collector)          # port from env K3SVIRT_METRICS_PORT or 9470
+    server = MetricsServer(collector, port=9470, host=node_ip)   # Settings.metrics_port / metrics_addr
     server.start()                             # serves from a daemon thread
     server.stats_url("default", "vm1", host=node_ip)   # what goes into status.monitoring.endpoint
     server.stop()
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,18 +24,7 @@ from .metrics import make_registry
 
 log = logging.getLogger(__name__)
 
-ENV_PORT = "K3SVIRT_METRICS_PORT"
-ENV_ADDR = "K3SVIRT_METRICS_ADDR"
 DEFAULT_PORT = 9470
-
-
-def port_from_env(default: int = DEFAULT_PORT) -> int:
-    raw = os.environ.get(ENV_PORT, "").strip()
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        log.warning("ignoring invalid %s", ENV_PORT, extra={"value": raw})
-        return default
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -130,12 +118,13 @@ class _Server(ThreadingHTTPServer):
 
 
 class MetricsServer:
-    """HTTP endpoint over a StatsCollector. ``port=0`` picks a free port (tests); see ``.port``."""
+    """HTTP endpoint over a StatsCollector. ``port=0`` picks a free port (tests); see ``.port``.
+    ``host``: the address to listen on (the operator passes its node address; default: all)."""
 
     def __init__(self, collector: StatsCollector, *, port: int | None = None, host: str | None = None) -> None:
         self.collector = collector
-        self.host = host if host is not None else os.environ.get(ENV_ADDR, "")
-        self._requested_port = port_from_env() if port is None else port
+        self.host = host if host is not None else ""
+        self._requested_port = DEFAULT_PORT if port is None else port
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
