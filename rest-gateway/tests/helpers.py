@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
+
+from tests.polling import wait_until
 
 # The test application the node test bed imports (tests/harness/images.sh builds it from Debian's
 # busybox: httpd on $PORT answering "http-echo host=<pod> message=$MESSAGE"); override to try another.
@@ -51,12 +52,5 @@ def import_template(client, headers, ns: str, name: str, text: str | None = None
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 120.0, interval: float = 1.0) -> Any:
-    """fn()'s first truthy answer within `timeout` seconds; else fail naming `what` and the last answer."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+    """tests.polling.wait_until with the gateway tests' argument order (what is awaited first)."""
+    return wait_until(fn, timeout, f"waiting for {what}", interval)

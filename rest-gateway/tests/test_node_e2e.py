@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import APP_IMAGE, wait_for
+from helpers import APP_IMAGE
 from k3svirt_gateway.k8s import core_path
 
 from tests.polling import wait_until
