@@ -363,6 +363,7 @@ CASES = [
             "presets": [{"name": "p"}],
             "nodeSelector": {"a": "b"},
             "deletionPolicy": "Retain",
+            "terminationGracePeriodSeconds": 5,
             "cloudInit": {"userData": "#cloud-config", "sshAuthorizedKeys": ["ssh-ed25519 AAAA"]},
         },
         {"seed_iso": "/tmp/seed.iso", "emulator": "/usr/bin/qemu-system-x86_64"},

@@ -88,7 +88,9 @@ PARAMS: dict[str, dict[str, Any]] = {
         "in": "query",
         "required": False,
         "description": "Kubernetes label selector (e.g. app=web)",
-        "schema": {"type": "string", "maxLength": 1024},
+        # Printable ASCII (label keys and values are ASCII): the longest selector, percent-encoded,
+        # still fits the HTTP server's 8190-byte request line beside the other parameters.
+        "schema": {"type": "string", "maxLength": 1024, "pattern": "^[ -~]*$"},
     },
 }
 
@@ -197,6 +199,19 @@ def query_int(name: str) -> int | None:
     if not re.fullmatch(r"[0-9]{1,12}", raw) or int(raw) < lo or (hi is not None and int(raw) > hi):
         raise bad_query(name, f"must be an integer from {lo} to {hi}, got {raw[:40]!r}")
     return int(raw)
+
+
+def query_str(name: str) -> str | None:
+    """A string query parameter held to its PARAMS schema (maxLength, pattern); 400 naming it."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    schema = PARAMS[name]["schema"]
+    if len(raw) > schema.get("maxLength", len(raw)):
+        raise bad_query(name, f"longer than {schema['maxLength']} characters")
+    if "pattern" in schema and not re.search(schema["pattern"], raw):
+        raise bad_query(name, f"must match {schema['pattern']}, got {raw[:40]!r}")
+    return raw
 
 
 def query_bool(name: str) -> bool:

@@ -158,7 +158,7 @@ PAGE_PARAMS: dict[str, dict[str, Any]] = {
         "required": False,
         "description": "the `continue` token of the previous page (opaque; valid only for the same route, "
         "namespace and labelSelector; 410 gone once expired: list again from the start)",
-        "schema": {"type": "string", "maxLength": 4096},
+        "schema": {"type": "string", "maxLength": 2048, "pattern": "^[A-Za-z0-9_.-]*$"},
     },
 }
 LINK_HEADER = {
@@ -177,8 +177,11 @@ def _bad(name: str, message: str) -> Problem:
     return Problem(400, f"query parameter {name}: {message}", errors=[{"field": name, "message": message}])
 
 
-def _scope(ns: str, selector: str | None) -> list[str]:
-    return [request.path, ns, selector or ""]
+def _scope(ns: str, selector: str | None) -> str:
+    """What a token is bound to (route, namespace, selector), hashed: tokens stay short whatever the
+    selector's length."""
+    digest = hashlib.sha256(json.dumps([request.path, ns, selector or ""]).encode()).digest()[:12]
+    return base64.urlsafe_b64encode(digest).decode()
 
 
 def continue_key(configured: str | None) -> bytes:
@@ -190,12 +193,12 @@ def _sign(payload: bytes) -> str:
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
-def _encode(scope: list[str], k8s_token: str) -> str:
+def _encode(scope: str, k8s_token: str) -> str:
     raw = json.dumps({"v": 1, "s": scope, "k": k8s_token}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=") + "." + _sign(raw)
 
 
-def _decode(token: str, scope: list[str]) -> str:
+def _decode(token: str, scope: str) -> str:
     if len(token) > PAGE_PARAMS["continue"]["schema"]["maxLength"]:
         raise _bad("continue", "token too long")
     body, _, mac = token.partition(".")

@@ -339,3 +339,22 @@ def test_every_problem_type_is_documented(app, client, admin, documented_types):
         assert r.mimetype == "application/problem+json" and r.status_code < 500
         seen.add(r.json["type"])
     assert len(seen) == 5 and seen <= documented_types
+
+
+@pytest.mark.parametrize("selector", ["app=w\u00e9b", "a=b\nc=d", "x" * 1025, "a=\x00"])
+def test_hostile_label_selector_is_400_naming_it(client, admin, namespace, problem, selector):
+    """Held to its documented schema (printable ASCII, <= 1024) by the gateway, never passed on."""
+    from urllib.parse import quote
+
+    for route in ("vms", "templates", "deployments", "services", "pods"):
+        r = client.get(f"/api/v1/{route}?namespace={namespace}&labelSelector={quote(selector)}", headers=admin)
+        problem(r, 400, "bad-request", "labelSelector")
+
+
+def test_continue_tokens_stay_short_whatever_the_selector(client, admin, namespace):
+    _templates(client, admin, namespace, ["t1", "t2"])
+    selector = "k3svirt.io/" + "x" * 50 + " notin (" + ",".join("v" * 60 for _ in range(14)) + ")"
+    assert len(selector) <= 1024
+    r = client.get(f"/api/v1/templates?namespace={namespace}&limit=1&labelSelector={selector}", headers=admin)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert 0 < len(r.json["continue"]) < 1024, r.json

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app
 
-from ..api import namespace
+from ..api import namespace, query_str
 from ..cache import Cache, Resource
 from ..conventions import page_request, paged
 from ..k8s import Kube
@@ -33,7 +33,7 @@ def list_items(
     one page comes from the API server (conventions.paged); without, the whole list, from the watch
     cache when the route has one (`cached`) and it can answer."""
     ns = namespace() if namespaced else ""
-    selector = request.args.get("labelSelector") or None
+    selector = query_str("labelSelector") or None
     page = page_request(ns, selector)
     if page is not None:
         return paged(lambda query: list_fn(ns, query), project, ns, selector, page)

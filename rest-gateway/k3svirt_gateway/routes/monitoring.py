@@ -10,11 +10,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 from k3svirt_common import schema as crd_schema
 from k3svirt_common import templates as tmod
 
-from ..api import check_name, namespace, op
+from ..api import check_name, namespace, op, query_str
 from ..errors import Problem
 from ..k8s import core_path
 from ..nodeview import node_usage, node_view, resources
@@ -116,7 +116,7 @@ def namespace_pod_stats():
     measured, kubelet unreachable) are listed with `available: false` and the reason; totals sum the
     pods that have figures."""
     ns = namespace()
-    listed = kube().get(core_path("pods", ns), query={"labelSelector": request.args.get("labelSelector") or None})
+    listed = kube().get(core_path("pods", ns), query={"labelSelector": query_str("labelSelector") or None})
     by_node: dict[str, list[dict[str, Any]]] = {}
     items: list[dict[str, Any]] = []
     for pod in listed.get("items", []):
@@ -197,7 +197,7 @@ def _with_usage(node: dict[str, Any], vms: list[tuple[dict[str, Any], Any]], pod
     query=("labelSelector",),
 )
 def list_nodes():
-    listed = kube().get(core_path("nodes"), query={"labelSelector": request.args.get("labelSelector") or None})
+    listed = kube().get(core_path("nodes"), query={"labelSelector": query_str("labelSelector") or None})
     vms = _merged_specs(kube().get(vm_path(None)).get("items", []))
     pods = kube().get(core_path("pods")).get("items", [])
     return {"items": [_with_usage(n, vms, pods) for n in listed.get("items", [])]}
