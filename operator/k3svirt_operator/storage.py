@@ -277,19 +277,24 @@ def _plan_one(
     prealloc = q.get("preallocation")
     if prealloc is None:  # an explicit qcow2.preallocation wins over provisioning (CRD contract)
         prealloc = THICK_PREALLOCATION if prov == "thick" else "off"
-    # Not a CRD rule (yet): the shipped presets preset-secure/-desktop set qcow2.preallocation in
-    # diskDefaults, which the CRD would then refuse for every template with an overlay root disk.
-    if clone == "overlay" and prealloc != "off":
+    # An overlay can keep metadata preallocation (the shipped presets preset-secure/-desktop ask for
+    # it in diskDefaults) only with qcow2 subclusters (extended_l2, clusters >= 16 KiB): qemu-img
+    # refuses a backing file with preallocation otherwise. Data preallocation (thick) stays refused:
+    # it would reserve the whole disk while reads still come from the image.
+    extended_l2 = clone == "overlay" and prealloc == "metadata" and cluster >= 16384
+    if clone == "overlay" and prealloc != "off" and not extended_l2:
         field_name = "qcow2.preallocation" if q.get("preallocation") is not None else "provisioning"
         raise StorageSpecError(
-            f"{fp}.{field_name}: preallocation is not possible for an overlay on a backing image "
-            f"(use source.image.clone: copy for a thick disk)"
+            f"{fp}.{field_name}: preallocation {prealloc} is not possible for an overlay on a backing image "
+            f"(metadata needs qcow2.clusterSize >= 16Ki; use source.image.clone: copy for a thick disk)"
         )
 
     ext = fmt
     path = vdir / f"{dname}.{ext}"
     tmp = vdir / f".{dname}.{ext}.tmp"
     opts = _qcow2_opts(cluster, prealloc, lazy) if fmt == "qcow2" else f"preallocation={prealloc}"
+    if extended_l2:
+        opts += ",extended_l2=on"
     plan = DiskPlan(
         index=i,
         name=dname,

@@ -168,11 +168,19 @@ def test_plan_trusts_the_crd_and_checks_what_is_node_local(tmp_path: Path) -> No
     [
         (
             {"name": "a", "provisioning": "thick", "source": {"image": {"url": "http://h/i"}}},
-            "spec.disks[0].provisioning: preallocation is not possible for an overlay",
+            "spec.disks[0].provisioning: preallocation full is not possible for an overlay",
         ),
         (
-            {"name": "a", "qcow2": {"preallocation": "metadata"}, "source": {"image": {"url": "http://h/i"}}},
-            "spec.disks[0].qcow2.preallocation: preallocation is not possible for an overlay",
+            {"name": "a", "qcow2": {"preallocation": "falloc"}, "source": {"image": {"url": "http://h/i"}}},
+            "spec.disks[0].qcow2.preallocation: preallocation falloc is not possible for an overlay",
+        ),
+        (
+            {
+                "name": "a",
+                "qcow2": {"preallocation": "metadata", "clusterSize": "8Ki"},
+                "source": {"image": {"url": "http://h/i"}},
+            },
+            "metadata needs qcow2.clusterSize >= 16Ki",
         ),
     ],
 )
@@ -237,6 +245,26 @@ def test_raw_thin_is_sparse_thick_is_allocated(tmp_path: Path) -> None:
     assert ki["virtual-size"] == 64 * MiB
     assert thick.path.stat().st_blocks * 512 >= 64 * MiB * 0.99  # actual ~ virtual
     assert ki["format"] == "raw" and ki["virtual-size"] == 64 * MiB and ki["actual-size"] >= 64 * MiB * 0.99
+
+
+def test_overlay_with_metadata_preallocation_uses_subclusters(tmp_path: Path) -> None:
+    """What preset-secure/-desktop give an image root disk: a real overlay, metadata preallocated."""
+    base = make_base(tmp_path, "qcow2", "8M", marker=b"BASEDATA")
+    url = "http://h/base.qcow2"
+    disk = {
+        "name": "root",
+        "source": {"image": {"url": url}},
+        "qcow2": {"preallocation": "metadata", "clusterSize": "2Mi"},
+    }
+    (root,) = ensure_disks(plan_disks("ns1", "vm1", [disk], tmp_path, {url: base}), tmp_path)
+    ri = info(root.path)
+    assert ri["format"] == "qcow2" and ri["format-specific"]["data"]["extended-l2"] is True
+    assert ri["backing-filename"] == str(base.path)
+    out = tmp_path / "first-block.raw"
+    subprocess.run(
+        ["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"if={root.path}", f"of={out}", "bs=4096", "count=1"], check=True
+    )
+    assert out.read_bytes().startswith(b"BASEDATA")  # reads fall through to the image
 
 
 def test_overlay_on_base(tmp_path: Path) -> None:
