@@ -28,6 +28,9 @@ class Settings:
     space: SpaceRules = SpaceRules()
     image_cache_gc_seconds: float = 3600.0
     image_cache_idle_seconds: float = 86400.0
+    # Reservation pods hold each VM's CPU and memory in kube-scheduler's and the kubelet's books
+    # (docs/accounting.md). Off only for operators on machines without a kubelet (development).
+    reservations: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,4 +58,5 @@ class Settings:
             # Cached base images that no overlay uses and nobody asked for in a day are removed.
             image_cache_gc_seconds=float(env("K3SVIRT_IMAGE_CACHE_GC_SECONDS", "3600")),
             image_cache_idle_seconds=float(env("K3SVIRT_IMAGE_CACHE_IDLE_SECONDS", "86400")),
+            reservations=env("K3SVIRT_RESERVATIONS", "on").strip().lower() not in ("off", "false", "0", "no"),
         )
