@@ -33,7 +33,7 @@ PRIORITY_CLASS = "k3svirt-vm-reservation"
 # running VM's share; below system-cluster-critical (2e9). preemptionPolicy Never: a VM that does not
 # fit waits for room, it never evicts a tenant's pods.
 PRIORITY_VALUE = 1_000_000
-PAUSE_IMAGE = "localhost/k3svirt/pause:3.10"
+PAUSE_IMAGE = "localhost/k3svirt/pause:3.10"  # the test bed's sandbox image; nodes set their own
 
 # The overhead formula (docs/accounting.md, "Overhead"): what the node spends on a VM besides its
 # guest RAM. KubeVirt's GetMemoryOverhead charges ~220 MiB of platform processes per VM (virt-launcher,
@@ -118,7 +118,9 @@ def pod_name(vm: str) -> str:
     return f"k3svirt-vm-{vm}"
 
 
-def pod_body(namespace: str, vm: str, uid: str, node: str, res: Mapping[str, str]) -> dict[str, Any]:
+def pod_body(
+    namespace: str, vm: str, uid: str, node: str, res: Mapping[str, str], image: str = PAUSE_IMAGE
+) -> dict[str, Any]:
     """The reservation pod of VM namespace/vm (uid) on `node`, holding `res`.
 
     Placed by the scheduler (node affinity on the node's name, not spec.nodeName, so an unfit pod is
@@ -175,7 +177,7 @@ def pod_body(namespace: str, vm: str, uid: str, node: str, res: Mapping[str, str
             "containers": [
                 {
                     "name": "reserve",
-                    "image": PAUSE_IMAGE,
+                    "image": image,
                     "imagePullPolicy": "Never",
                     "resources": {"requests": dict(res), "limits": limits},
                     "securityContext": {

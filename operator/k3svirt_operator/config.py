@@ -31,6 +31,8 @@ class Settings:
     # Reservation pods hold each VM's CPU and memory in kube-scheduler's and the kubelet's books
     # (docs/accounting.md). Off only for operators on machines without a kubelet (development).
     reservations: bool = True
+    # The reservation's one container: a pause image the node has (pulled never), e.g. its sandbox image.
+    reservation_image: str = "localhost/k3svirt/pause:3.10"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,4 +61,5 @@ class Settings:
             image_cache_gc_seconds=float(env("K3SVIRT_IMAGE_CACHE_GC_SECONDS", "3600")),
             image_cache_idle_seconds=float(env("K3SVIRT_IMAGE_CACHE_IDLE_SECONDS", "86400")),
             reservations=env("K3SVIRT_RESERVATIONS", "on").strip().lower() not in ("off", "false", "0", "no"),
+            reservation_image=env("K3SVIRT_RESERVATION_IMAGE") or "localhost/k3svirt/pause:3.10",
         )

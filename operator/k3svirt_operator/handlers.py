@@ -169,8 +169,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     api = Client(_kube_config(), timeout=30.0, user_agent=f"k3svirt-operator/{SETTINGS.node_name}")
     RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
-    reservations = Reservations(api, SETTINGS.node_name, emulated=acc.domain_type != "kvm") \
-        if SETTINGS.reservations else None  # fmt: skip
+    reservations = Reservations(api, SETTINGS.node_name, emulated=acc.domain_type != "kvm",
+                                image=SETTINGS.reservation_image) if SETTINGS.reservations else None  # fmt: skip
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)

@@ -36,6 +36,7 @@ class Reservations:
     api: Client
     node: str
     emulated: bool
+    image: str = rsv.PAUSE_IMAGE
 
     def want(self, spec: Mapping[str, Any]) -> dict[str, str]:
         return rsv.resources(spec, emulated=self.emulated)
@@ -67,7 +68,7 @@ class Reservations:
         try:
             if intent == rsv.Intent.CREATE:
                 assert want is not None
-                created = api_rsv.create(self.api, rsv.pod_body(ns, vm, uid, self.node, want))
+                created = api_rsv.create(self.api, rsv.pod_body(ns, vm, uid, self.node, want, self.image))
                 # An existing pod (409: the watch had not shown it yet) is judged like any other.
                 return rsv.read(created, uid=uid, node=self.node, want=want)
             if intent == rsv.Intent.DELETE:
