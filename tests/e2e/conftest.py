@@ -83,6 +83,11 @@ def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         "K3SVIRT_STATUS_SUMMARY_SECONDS": "5",
         "PYTHONUNBUFFERED": "1",
     }
+    if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":
+        # No kubelet in this test bed: nothing could place reservation pods, so this operator runs as
+        # one of a machine without a kubelet (development). With the node (CI, scripts/test.sh) the
+        # operator uses the default: reservations on.
+        env["K3SVIRT_RESERVATIONS"] = "off"
     op = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op

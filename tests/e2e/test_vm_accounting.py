@@ -21,6 +21,13 @@ from .conftest import get_json, kubectl, tiny_vm, virsh, wait_until
 PAUSE = rsv.PAUSE_IMAGE
 
 
+@pytest.fixture(autouse=True)
+def _node_runs(kubeconfig):
+    """These tests need the test bed's node: K3SVIRT_TESTBED_NODE=0 leaves it out (they fail, clearly)."""
+    if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":
+        pytest.fail("needs the test bed's node (kubelet): unset K3SVIRT_TESTBED_NODE=0", pytrace=False)
+
+
 def _node() -> str:
     return os.environ["K3SVIRT_NODE_NAME"]
 
