@@ -435,7 +435,7 @@ def test_table_covers_every_spec_field():
         "template.version",
         "presets[].version",
     }
-    # ^ storage/cloud-init/placement/reservation inputs: they do not reach the domain XML (pinned in test_no_xml_effect).
+    # ^ storage/cloud-init/placement/reservation inputs: not in the domain XML (pinned in test_no_xml_effect).
     missing = sorted(
         p
         for p in leaves(openapi_schema("VirtualMachine")["properties"]["spec"], "")
