@@ -59,8 +59,11 @@ class Reservations:
         return self._carry_out(ns, vm, uid, view, pod, self.want(spec) if running else None, hold=running)
 
     def release(self, ns: str, vm: str) -> None:
-        """Deletes the VM's reservation (whatever the watch says: a deleted VM must give it back)."""
-        api_rsv.delete(self.api, ns, rsv.pod_name(vm))
+        """Deletes the VM's reservation, read fresh (a deleted VM must give it back whatever the watch
+        says); a pod of that name that is not a reservation is left alone."""
+        pod = api_rsv.get(self.api, ns, rsv.pod_name(vm))
+        if pod is not None and rsv.LABEL_VM in (pod["metadata"].get("labels") or {}):
+            api_rsv.delete(self.api, ns, rsv.pod_name(vm), pod_uid=pod["metadata"].get("uid"))
 
     def _carry_out(self, ns: str, vm: str, uid: str, view: rsv.View, pod: Mapping | None,
                    want: Mapping[str, str] | None, *, hold: bool) -> rsv.View:  # fmt: skip

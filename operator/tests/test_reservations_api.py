@@ -110,6 +110,7 @@ def test_a_pod_of_that_name_that_is_not_a_reservation_is_never_touched(api, res,
     assert view.state == rsv.State.FOREIGN
     assert res.settle(namespace, "clash", vm["metadata"]["uid"], SPEC, _pod(api, namespace, "clash"),
                       running=False).state == rsv.State.FOREIGN  # fmt: skip
+    res.release(namespace, "clash")  # the VM's deletion
     assert _pod(api, namespace, "clash") is not None
 
 
