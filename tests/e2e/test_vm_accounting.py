@@ -180,6 +180,7 @@ def test_a_vm_that_does_not_fit_waits_unschedulable_and_starts_when_room_frees(
     assert ready["status"] == "False" and "Insufficient cpu" in ready["message"], ready
     assert st["printableStatus"] == "ErrorUnschedulable"
     assert _cond({"status": st}, "ResourcesReserved")["reason"] == "Unschedulable"
+
     def warned() -> bool:  # kopf posts events in the background: a moment after the status
         events = get_json(kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=late")
         return any(e["reason"] == "Unschedulable" and e["type"] == "Warning" for e in events["items"])
