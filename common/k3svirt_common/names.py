@@ -87,6 +87,7 @@ class ConditionType(StrEnum):
     RESTART_REQUIRED = "RestartRequired"
     TEMPLATE_RESOLVED = "TemplateResolved"
     HOST_DEVICES_READY = "HostDevicesReady"
+    RESOURCES_RESERVED = "ResourcesReserved"  # the VM's reservation pod holds its share of the node
 
 
 COND_READY = ConditionType.READY
@@ -94,6 +95,7 @@ COND_PROVISIONED = ConditionType.PROVISIONED
 COND_RESTART_REQUIRED = ConditionType.RESTART_REQUIRED
 COND_TEMPLATE_RESOLVED = ConditionType.TEMPLATE_RESOLVED
 COND_HOST_DEVICES_READY = ConditionType.HOST_DEVICES_READY
+COND_RESOURCES_RESERVED = ConditionType.RESOURCES_RESERVED
 
 FINALIZER_PREFIX = f"{GROUP}/node-"
 _QUALIFIED_NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")

@@ -57,6 +57,11 @@ class Settings:
     probe_kernel: str = ""  # K3SVIRT_PROBE_KERNEL: a kernel to probe KVM with, before the host's own
     log_level: str = "INFO"
     liveness_endpoint: str | None = None
+    # Reservation pods hold each VM's CPU and memory in kube-scheduler's and the kubelet's books
+    # (docs/accounting.md). Off only for operators on machines without a kubelet (development).
+    reservations: bool = True
+    # The reservation's one container: a pause image the node has (pulled never), e.g. its sandbox image.
+    reservation_image: str = "localhost/k3svirt/pause:3.10"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +100,8 @@ class Settings:
             probe_kernel=env("K3SVIRT_PROBE_KERNEL", ""),
             log_level=env("K3SVIRT_LOG_LEVEL", "INFO").upper(),
             liveness_endpoint=env("K3SVIRT_LIVENESS") or None,
+            reservations=env("K3SVIRT_RESERVATIONS", "on").strip().lower() not in ("off", "false", "0", "no"),
+            reservation_image=env("K3SVIRT_RESERVATION_IMAGE") or "localhost/k3svirt/pause:3.10",
         )
 
 

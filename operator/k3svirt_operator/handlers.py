@@ -17,12 +17,14 @@ from typing import Any
 
 import kopf
 from k3svirt_common import names, templates
+from k3svirt_common import reservation as rsv
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
 from . import accel as accel_mod
 from . import image_cache, pci, shutdown, stats, vmstate, vmstatus
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
+from .reservations import Reservations
 from .runtime import Runtime
 from .vm_reconciler import Event, Result, VMReconciler
 
@@ -80,6 +82,21 @@ async def _prune_image_cache() -> None:
                                     SETTINGS.image_cache_idle_seconds)  # fmt: skip
         except Exception as exc:  # retried at the next round; VM work must not suffer
             log.warning("pruning the image cache failed", extra={"error": str(exc)})
+
+
+async def _keep_reservations(reservations: Reservations) -> None:
+    """The reservations' PriorityClass exists, and reservations whose VM is gone are removed (at start,
+    then every resync): what a crash between a VM's deletion and its reservation's left behind."""
+    while True:
+        try:
+            await asyncio.to_thread(reservations.ensure_priority_class)
+            removed = await asyncio.to_thread(reservations.sweep)
+            if removed:
+                log.info("orphaned reservations removed", extra={"count": removed})
+        except ApiError as exc:
+            log.warning("reservation upkeep failed", extra={"error": str(exc)})
+        if not await shutdown.pause(SETTINGS.resync_seconds * 2):
+            return
 
 
 async def _refresh_node_labels() -> None:
@@ -154,7 +171,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     api = Client(_kube_config(), timeout=30.0, user_agent=f"k3svirt-operator/{SETTINGS.node_name}")
     RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
-    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims)
+    reservations = Reservations(api, SETTINGS.node_name, emulated=acc.domain_type != "kvm",
+                                image=SETTINGS.reservation_image) if SETTINGS.reservations else None  # fmt: skip
+    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)
     MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
@@ -163,6 +182,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     asyncio.get_running_loop().create_task(_refresh_node_labels())
     asyncio.get_running_loop().create_task(_trim_heap())
     asyncio.get_running_loop().create_task(_prune_image_cache())
+    if reservations is not None:
+        asyncio.get_running_loop().create_task(_keep_reservations(reservations))
 
 
 @kopf.on.cleanup()
@@ -245,9 +266,31 @@ async def _refresh_template_status(template: Mapping[str, Any], vms_by_namespace
         await asyncio.to_thread(_rt().patch_status, names.VMTEMPLATE_PLURAL, meta["namespace"], meta["name"], status)
 
 
+@kopf.index("", "v1", "pods", labels={rsv.LABEL_NODE: SETTINGS.node_name})
+def reservation_pods(body: kopf.Body, namespace: str, name: str, labels: kopf.Labels,
+                     **_: Any) -> dict[tuple[str, str], dict[str, Any]]:  # fmt: skip
+    """This node's reservation pods by (namespace, VM): what each VM pass reads instead of a GET."""
+    vm = labels.get(rsv.LABEL_VM)
+    if not vm or name != rsv.pod_name(vm):
+        return {}
+    return {(namespace, vm): {k: copy.deepcopy(dict(body.get(k) or {})) for k in ("metadata", "spec", "status")}}
+
+
+@kopf.on.event("", "v1", "pods", labels={rsv.LABEL_NODE: SETTINGS.node_name})
+def reservation_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """Placed, admitted, failed or gone: the VM's loop decides again (a VM waiting for room starts)."""
+    vm = labels.get(rsv.LABEL_VM)
+    if vm and RT is not None:
+        RT.loops.poke_threadsafe((namespace, vm))
+
+
+def _reservation_of(index: kopf.Index, namespace: str, name: str) -> dict[str, Any] | None:
+    return next(iter(index.get((namespace, name), ())), None)
+
+
 @kopf.daemon(names.GROUP, names.VERSION, names.VM_PLURAL, when=owned, cancellation_timeout=30)
 async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, passthroughs: kopf.Index,
-                  **_: Any) -> None:  # fmt: skip
+                  reservation_pods: kopf.Index, **_: Any) -> None:  # fmt: skip
     rt, reconciler, state = _rt(), RECONCILER, vmstate.of(memo)
     assert reconciler is not None
     if not await _claimed(body, namespace, name):
@@ -259,7 +302,8 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, p
             state.wake.clear()  # before the pass: an event that arrives during it wakes the next one
             snapshot, devices = state.view(body), [o for store in passthroughs.values() for o in store]
             try:
-                result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices)
+                pod = _reservation_of(reservation_pods, namespace, name)
+                result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices, pod)
                 await _write_claims(result.claims)
                 status = _with_monitoring(result.status, _user_status(snapshot), state, namespace, name)
                 if status != _user_status(snapshot):

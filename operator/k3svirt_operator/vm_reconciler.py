@@ -16,6 +16,7 @@ from typing import Any
 
 import libvirt
 from k3svirt_common import names, templates
+from k3svirt_common import reservation as rsv
 from k3svirt_common.names import PrintableStatus
 
 from . import cloudinit, domains, hostpaths, image_cache, shutdown, storage
@@ -23,14 +24,17 @@ from .accel import Acceleration
 from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
 from .libvirt_conn import LibvirtConnection
-from .lifecycle import Power, Step, decide
+from .lifecycle import Decision, Power, Step, decide
 from .pci.assignment import StatusPatch
 from .pci.claims import Claims
+from .reservations import Refused, Reservations
 from .vmstate import StartFailure, Stopping, VMState
 from .vmstatus import condition, merge_conditions, printable_status, ready_condition
 
 log = logging.getLogger(__name__)
 FAILED, ERROR_PROVISIONING = PrintableStatus.FAILED, PrintableStatus.ERROR_PROVISIONING
+RESERVED = names.COND_RESOURCES_RESERVED
+RESERVE_BACKOFF_MAX = 60.0  # seconds between attempts to create a reservation the API server refused
 
 ADDRESS_POLLS = 20  # quick re-checks (every 3 s) for a DHCP lease after a start
 
@@ -62,11 +66,14 @@ class Result:
 class SpecProblem(Exception):
     """The VM cannot be realised as specified: becomes printableStatus `status` and a condition."""
 
-    def __init__(self, status: PrintableStatus, cond_type: str, reason: str, message: str) -> None:
+    def __init__(self, status: PrintableStatus, cond_type: str, reason: str, message: str, *,
+                 requeue: float | None = None, warning: bool = True) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.cond_type, self.reason, self.message = status, cond_type, reason, message
+        self.requeue, self.warning = requeue, warning
 
 
+_UP = (Power.RUNNING, Power.PAUSED, Power.STOPPING)
 START_BACKOFF_MAX = 300.0  # seconds between start attempts of a VM whose domain keeps failing to start
 
 
@@ -78,19 +85,26 @@ class VMReconciler:
         accel: Acceleration,
         get_template: TemplateGetter,
         claims: Claims | None = None,
+        reservations: Reservations | None = None,
     ) -> None:
         self.settings = settings
         self.conn = conn
         self.accel = accel
         self.get_template = get_template
         self.claims = claims  # None: PCI passthrough disabled on this node
+        self.reservations = reservations  # None: no reservation pods (a node without a kubelet)
         self._libvirt_version_cache: int | None = None
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(
-        self, body: Mapping[str, Any], state: VMState, passthroughs: Sequence[Mapping[str, Any]] = ()
+        self,
+        body: Mapping[str, Any],
+        state: VMState,
+        passthroughs: Sequence[Mapping[str, Any]] = (),
+        reservation: Mapping[str, Any] | None = None,
     ) -> Result:
-        """One pass over a copy of the VM; `passthroughs`: every PCIPassthrough (kopf's index)."""
+        """One pass over a copy of the VM; `passthroughs`: every PCIPassthrough (kopf's index);
+        `reservation`: the VM's reservation pod as last seen (kopf's index), None if none was."""
         meta, spec = body["metadata"], body.get("spec") or {}
         status = dict(body.get("status") or {})
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -147,17 +161,25 @@ class VMReconciler:
                 state.start_failure = None  # a new spec or an explicit request: try again at once
             grace = stop_grace_seconds(expanded.spec, self.settings.stop_grace_seconds)
             requeue = self._apply_power(
-                names.run_strategy(spec), observed, action, events, state, meta.get("generation") or 0, grace
+                names.run_strategy(spec),
+                observed,
+                action,
+                events,
+                state,
+                meta.get("generation") or 0,
+                grace,
+                admit=lambda: self._admit(ns, name, uid, expanded.spec, state, reservation),
             )
             if action_value is not None:
                 status["lastActionRequest"] = action_value
             observed = self._observe(conn, ns, name, uid)
+            self._settle(ns, name, uid, expanded.spec, reservation, observed.power, state, conds)
         except SpecProblem as problem:
             conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
             conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
-            events.append(Event("Warning", problem.reason, problem.message))
+            events.append(Event("Warning" if problem.warning else "Normal", problem.reason, problem.message))
             new_status = _status(status, base, printable_status(failed=problem.status), conds)
-            return Result(new_status, _dedupe(events, status, problem.status), claims=claims)
+            return Result(new_status, _dedupe(events, status, problem.status), requeue=problem.requeue, claims=claims)
         except libvirt.libvirtError as exc:
             msg = f"libvirt: {exc.get_error_message()}"
             conds.append(condition(names.COND_READY, False, "LibvirtError", msg))
@@ -308,6 +330,56 @@ class VMReconciler:
         except domains.DomainConflict as exc:
             raise SpecProblem(FAILED, names.COND_READY, "DomainConflict", str(exc)) from exc
 
+    # ------------------------------------------------------------------ reservation
+    def _admit(
+        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], state: VMState, pod: Mapping[str, Any] | None
+    ) -> None:
+        """Returns once the VM's reservation is admitted on this node; otherwise raises the condition
+        that says what it waits for (the pod's watch events wake the loop when that changes)."""
+        if self.reservations is None:
+            return
+        try:
+            view = self.reservations.admit(ns, name, uid, spec, pod)
+        except rsv.ReservationError as exc:
+            raise SpecProblem(FAILED, RESERVED, "InvalidSpec", str(exc)) from exc
+        except Refused as exc:
+            state.reserve_failures += 1
+            delay = min(5.0 * 2 ** (state.reserve_failures - 1), RESERVE_BACKOFF_MAX)
+            message = f"the reservation pod {rsv.pod_name(name)} was refused (retried with back-off): {exc.message}"
+            raise SpecProblem(FAILED, RESERVED, exc.reason, message, requeue=delay) from exc
+        state.reserve_failures = 0
+        if view.state == rsv.State.ADMITTED:
+            return
+        if view.state == rsv.State.UNSCHEDULABLE:
+            message = f"no room on node {self.settings.node_name} for the VM's share: {view.message}"
+            raise SpecProblem(PrintableStatus.ERROR_UNSCHEDULABLE, RESERVED, "Unschedulable", message, requeue=30.0)
+        if view.state == rsv.State.FOREIGN:
+            raise SpecProblem(FAILED, RESERVED, "ReservationConflict", view.message, requeue=30.0)
+        raise SpecProblem(PrintableStatus.STARTING, RESERVED, "WaitingForReservation", view.message,
+                          requeue=5.0, warning=False)  # fmt: skip
+
+    def _settle(self, ns: str, name: str, uid: str, spec: Mapping[str, Any], pod: Mapping[str, Any] | None,
+                power: Power, state: VMState, conds: list[dict[str, Any]]) -> None:  # fmt: skip
+        """A running domain keeps its reservation (one lost is created again); a stopped one's goes."""
+        if self.reservations is None:
+            return
+        running = power in (Power.RUNNING, Power.PAUSED, Power.STOPPING) or state.stopping is not None
+        if state.pending_start and not running:
+            return  # the restart's start is waiting for exactly this reservation
+        try:
+            view = self.reservations.settle(ns, name, uid, spec, pod, running=running)
+        except (Refused, rsv.ReservationError) as exc:
+            reason = exc.reason if isinstance(exc, Refused) else "InvalidSpec"
+            conds.append(condition(RESERVED, False, reason, f"the running VM holds no reservation: {exc}"))
+            return
+        if not running:
+            conds.append(condition(RESERVED, False, "Released", "a stopped VM holds no share of the node"))
+        elif view.state == rsv.State.ADMITTED:
+            conds.append(condition(RESERVED, True, "Held", f"pod {rsv.pod_name(name)} holds the VM's share"))
+        else:
+            conds.append(condition(RESERVED, False, view.state.value, view.message or "the reservation is missing"))
+
+    # ------------------------------------------------------------------ power
     def _apply_power(
         self,
         run_strategy: str,
@@ -317,12 +389,18 @@ class VMReconciler:
         state: VMState,
         generation: int,
         grace: float,
+        admit: Callable[[], None] = lambda: None,
     ) -> float | None:
         dom = observed.domain
         assert dom is not None
         if state.stopping is not None:
-            return self._continue_stop(dom, observed, events, state)
+            return self._continue_stop(dom, observed, events, state, admit)
         decision = decide(run_strategy, observed.power, observed.reason, action)
+        if state.pending_start and decision.step == Step.NOTHING and observed.power not in _UP:
+            if run_strategy == names.RunStrategy.HALTED:
+                state.pending_start = False
+            else:
+                decision = Decision(Step.START, "restart: starting with its new reservation")
         if decision.warning:
             events.append(Event("Warning", "ActionRefused", decision.warning))
         if decision.step == Step.START:
@@ -330,6 +408,7 @@ class VMReconciler:
             failure = state.start_failure
             if failure is not None and time.monotonic() < failure.not_before:
                 raise SpecProblem(FAILED, names.COND_READY, "StartFailed", failure.message)
+            admit()  # never a start the node's books do not hold: raises while it waits
             try:
                 domains.start(dom)
             except libvirt.libvirtError as exc:
@@ -342,6 +421,7 @@ class VMReconciler:
                 state.start_failure = StartFailure(generation, count, time.monotonic() + delay, message)
                 raise SpecProblem(FAILED, names.COND_READY, "StartFailed", message) from exc
             state.start_failure = None
+            state.pending_start = False
             events.append(Event("Normal", "Started", decision.reason))
         elif decision.step in (Step.STOP, Step.RESTART):
             state.stopping = Stopping(time.monotonic(), decision.step == Step.RESTART, grace)
@@ -351,7 +431,12 @@ class VMReconciler:
         return None
 
     def _continue_stop(
-        self, dom: libvirt.virDomain, observed: domains.Observed, events: list[Event], state: VMState
+        self,
+        dom: libvirt.virDomain,
+        observed: domains.Observed,
+        events: list[Event],
+        state: VMState,
+        admit: Callable[[], None],
     ) -> float | None:
         pending = state.stopping
         assert pending is not None
@@ -364,7 +449,10 @@ class VMReconciler:
         state.stopping = None
         events.append(Event("Normal", "Stopped", "the domain is shut off"))
         if pending.then_start:
+            state.pending_start = True  # kept until the start happens (the reservation may be re-sized)
+            admit()
             domains.start(dom)
+            state.pending_start = False
             events.append(Event("Normal", "Started", "restarted"))
         return None
 
@@ -385,6 +473,8 @@ class VMReconciler:
                 domains.undefine(dom)
                 how = "after a clean shutdown" if clean else f"destroyed after {grace:g} s"
                 events.append(Event("Normal", "Undefined", f"libvirt domain {dom.name()} removed ({how})"))
+        if self.reservations is not None:
+            self.reservations.release(ns, name)  # raises (kopf retries, the finalizer stays) when it cannot
         keep = spec.get("deletionPolicy") == "Retain"
         storage.remove_vm_storage(ns, name, self.settings.storage_root, keep=keep)
         events.append(

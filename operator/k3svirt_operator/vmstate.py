@@ -43,6 +43,8 @@ class VMState:
     stopping: Stopping | None = None
     start_failure: StartFailure | None = None
     address_polls: int = 0  # quick re-checks made while waiting for a DHCP lease
+    reserve_failures: int = 0  # reservations the API server refused in a row (back-off)
+    pending_start: bool = False  # a restart's start waits for its (re-sized) reservation
 
     def view(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """A plain copy of the VM for one pass, with our last write laid over a status the watch

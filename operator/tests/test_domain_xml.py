@@ -443,10 +443,11 @@ def test_table_covers_every_spec_field():
         "cloudInit.networkData",
         "cloudInit.metaData",
         "nodeName",
+        "cpu.request",
         "template.version",
         "presets[].version",
     }
-    # ^ storage/cloud-init/placement inputs: they do not reach the domain XML (pinned in test_no_xml_effect).
+    # ^ storage/cloud-init/placement/reservation inputs: not in the domain XML (pinned in test_no_xml_effect).
     missing = sorted(
         p
         for p in leaves(openapi_schema("VirtualMachine")["properties"]["spec"], "")
@@ -461,6 +462,7 @@ def test_no_xml_effect():
     other = {
         **MEM,
         "nodeName": "n2",
+        "cpu": {"request": "500m"},  # the reservation pod's, not the domain's
         "template": {"name": "t", "version": "2"},
         "presets": [{"name": "p", "version": "1"}],
         "cloudInit": {"networkData": "version: 2", "metaData": "a: b"},

@@ -46,6 +46,8 @@ def problem_for(exc: ApiError, method: str, path: str) -> Problem:
         return Problem(422, message, title="Validation failed", errors=errors)
     if status == 400:
         return Problem(400, message)
+    if status == 403 and "exceeded quota" in message:  # the tenant's ResourceQuota (docs/accounting.md)
+        return Problem(403, message, title="Quota exceeded", reason="QuotaExceeded")
     log.warning("API server error", extra={"method": method, "path": path, "status": status, "reason": reason})
     return Problem(503, f"Kubernetes API server answered {status} {reason}: {message}", headers=RETRY_LATER)
 

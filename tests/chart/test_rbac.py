@@ -54,6 +54,16 @@ RUNTIME_VERBS = {  # operator/k3svirt_operator/runtime.py: method -> (verb, subr
 }
 
 
+# k3svirt_common.kube.reservations: function -> permission (create reads a pod that exists: get).
+RESERVATION_CALLS: dict[str, Perm] = {
+    "get": ("", "pods", "get"),
+    "create": ("", "pods", "create"),
+    "delete": ("", "pods", "delete"),
+    "list_on_node": ("", "pods", "list"),
+    "ensure_priority_class": ("scheduling.k8s.io", "priorityclasses", "create"),
+}
+
+
 def plural(const: str) -> str:
     return getattr(names, const)
 
@@ -75,6 +85,18 @@ def operator_needs() -> set[Perm]:
         need.add((G, plural(const) + sub, verb))
     if "kopf.event(" in code:
         need.add(("", "events", "create"))
+    # Reservation pods (operator/k3svirt_operator/reservations.py -> k3svirt_common.kube.reservations):
+    # kopf's index and event handler on pods, then the calls of the layer it uses.
+    if re.search(r'@kopf\.(index|on\.event)\("", "v1", "pods"', code):
+        need |= {("", "pods", "list"), ("", "pods", "watch")}
+    layer = (REPO / "common" / "k3svirt_common" / "kube" / "reservations.py").read_text()
+    if "api_rsv." in code:
+        for fn, perm in RESERVATION_CALLS.items():
+            assert f"def {fn}(" in layer, f"k3svirt_common.kube.reservations.{fn} is gone: update this test"
+            if f"api_rsv.{fn}(" in code or (fn == "get" and "api_rsv.create(" in code):
+                need.add(perm)
+        if "group_path(names.GROUP, names.VERSION, names.VM_PLURAL" in code:  # the sweep reads VMs
+            need.add((G, names.VM_PLURAL, "get"))
     # Any other Kubernetes client use would need a rule the test does not know about.
     assert not re.search(r"client\.(CoreV1Api|AppsV1Api|RbacAuthorizationV1Api)\(", code), "update this test"
     return need

@@ -66,13 +66,19 @@ def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     env = {
         **os.environ,
         **testbed,
-        "K3SVIRT_NODE_NAME": "e2e-node",
+        # The test bed's node: the VMs' reservation pods are placed on it (docs/accounting.md).
+        "K3SVIRT_NODE_NAME": testbed["K3SVIRT_NODE_NAME"],
         "K3SVIRT_STOP_GRACE_SECONDS": "3",
         "K3SVIRT_METRICS_PORT": str(free_port()),
         "K3SVIRT_STATS_INTERVAL": "1",
         "K3SVIRT_STATUS_SUMMARY_SECONDS": "5",
         "PYTHONUNBUFFERED": "1",
     }
+    if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":
+        # No kubelet in this test bed: nothing could place reservation pods, so this operator runs as
+        # one of a machine without a kubelet (development). With the node (CI, scripts/test.sh) the
+        # operator uses the default: reservations on.
+        env["K3SVIRT_RESERVATIONS"] = "off"
     op = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op
@@ -103,8 +109,9 @@ def virsh(*args: str, check: bool = True) -> str:
 def tiny_vm(name: str, guest, **spec_overrides: object) -> dict:
     spec: dict = {
         "runStrategy": "Always",
-        "nodeName": "e2e-node",
-        "cpu": {"cores": 1},
+        "nodeName": os.environ["K3SVIRT_NODE_NAME"],
+        # A tenth of a CPU in the node's books: several test VMs fit on the 2-core test node.
+        "cpu": {"cores": 1, "request": "100m"},
         "memory": {"size": "128Mi"},
         "boot": {
             "kernel": {

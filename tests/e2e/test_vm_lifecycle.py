@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_apply_ready_console_stop_start_restart_drift_delete(kubeconfig, namespa
     kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", f"vm/{name}", "--timeout=120s")
     vm = _vm(kubeconfig, namespace, name)
     assert vm["status"]["printableStatus"] == "Running"
-    assert vm["status"]["node"] == "e2e-node"
+    assert vm["status"]["node"] == os.environ["K3SVIRT_NODE_NAME"]
     assert vm["status"]["domainUUID"] == vm["metadata"]["uid"]
     assert vm["status"]["acceleration"] in ("kvm", "emulation")
     assert _domstate(domain) == "running"
@@ -154,7 +155,7 @@ def test_unknown_template_becomes_a_failed_condition(kubeconfig, namespace, oper
         "apiVersion": "k3svirt.io/v1alpha1",
         "kind": "VirtualMachine",
         "metadata": {"name": "orphan"},
-        "spec": {"nodeName": "e2e-node", "template": {"name": "no-such-template"}},
+        "spec": {"nodeName": os.environ["K3SVIRT_NODE_NAME"], "template": {"name": "no-such-template"}},
     }
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
 
