@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 import types
 from pathlib import Path
 
@@ -288,6 +289,40 @@ def test_oci_archive_is_read_by_a_real_image_tool(pause_archive: tuple[Path, dic
         assert oci["config"]["Entrypoint"] == ["/pause"] and oci["config"]["User"] == "65535:65535"
     finally:
         subprocess.run([buildah, *store, "rmi", "--all", "--force"], capture_output=True)
+        shutil.rmtree(tmp_path / "root", ignore_errors=True)
+
+
+def test_oci_archive_is_imported_and_unpacked_by_containerd(
+    pause_archive: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """K3s imports agent/images with containerd's own importer: a private containerd imports the
+    archive under its reference (io.containerd.image.name) and unpacks the layer (diff_id checked)."""
+    containerd = require_tool("containerd", "containerd (tests/harness/deps.sh)")
+    ctr = require_tool("ctr", "containerd (tests/harness/deps.sh)")
+    archive, values = pause_archive
+    sock = tmp_path / "ctd.sock"
+    (tmp_path / "config.toml").write_text(
+        f'version = 2\nroot = "{tmp_path}/root"\nstate = "{tmp_path}/state"\n'
+        f'[grpc]\n  address = "{sock}"\n'
+        '[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n'
+    )
+    log = (tmp_path / "containerd.log").open("w")
+    daemon = subprocess.Popen([containerd, "--config", str(tmp_path / "config.toml")], stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        base = [ctr, "--address", str(sock), "-n", "k8s.io", "images"]
+        imp = subprocess.run([*base, "import", "--snapshotter", "native", str(archive)], capture_output=True, text=True)
+        assert imp.returncode == 0, imp.stderr + (tmp_path / "containerd.log").read_text()[-2000:]
+        assert f"unpacking {values['K3SVIRT_OCI_REF']}" in imp.stdout and "done" in imp.stdout
+        refs = subprocess.run([*base, "ls", "-q"], capture_output=True, text=True, check=True).stdout.split()
+        assert values["K3SVIRT_OCI_REF"] in refs
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        log.close()
         shutil.rmtree(tmp_path / "root", ignore_errors=True)
 
 
