@@ -412,3 +412,18 @@ def test_gateway_tls_refuses_broken_pairs(tmp_path: Path) -> None:
     (tmp_path / "tls" / "gateway.key").write_text("not a key\n")
     junk = _tls(tmp_path)
     assert junk.returncode != 0 and "is not a PEM certificate" in junk.stderr
+
+
+def test_update_is_confirmed_only_when_the_built_images_run() -> None:
+    """RAUC's mark-good waits for the cluster DNS from the image's own CoreDNS archive, within
+    the unit's start timeout (wait-api 600 s + the rollout's own timeout)."""
+    good = (
+        LAYER / "dynamic-layers" / "rauc" / "recipes-k3svirt" / "k3svirt-rauc" / "files" / "k3svirt-mark-good.service"
+    )
+    starts = [ln.removeprefix("ExecStart=") for ln in good.read_text().splitlines() if ln.startswith("ExecStart=")]
+    assert starts[-1] == "/usr/bin/rauc status mark-good"
+    rollout = next(s for s in starts if "rollout status deployment/coredns" in s)
+    assert starts.index(rollout) < len(starts) - 1 and "-n kube-system" in rollout
+    budget = int(re.search(r"--timeout=(\d+)s", rollout).group(1)) + 600
+    assert int(re.search(r"^TimeoutStartSec=(\d+)$", good.read_text(), re.M).group(1)) > budget
+    assert "Environment=KUBECONFIG=/etc/rancher/k3s/k3s.yaml" in good.read_text()
