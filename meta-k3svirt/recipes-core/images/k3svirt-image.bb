@@ -50,7 +50,7 @@ IMAGE_INSTALL = " \
 # slot of 1.5 GiB leaves room for two releases' growth.
 IMAGE_ROOTFS_EXTRA_SPACE = "0"
 # The size budget (docs/yocto.md, "Size"): do_image fails when the rootfs
-# (/ and the build-time content of /var: manifests, air-gap images) grows
+# (/ and the build-time content of /var: manifests, node image archives) grows
 # past 600 MB (the value is in KiB).
 IMAGE_ROOTFS_MAXSIZE = "614400"
 K3SVIRT_ROOT_SLOT_SIZE ?= "1536M"

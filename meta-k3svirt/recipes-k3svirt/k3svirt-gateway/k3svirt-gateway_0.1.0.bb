@@ -10,6 +10,7 @@ require recipes-k3svirt/k3svirt-source.inc
 SRC_URI += "file://k3svirt-gateway.service \
     file://k3svirt-gateway.default \
     file://k3svirt-gateway-credentials \
+    file://k3svirt-gateway-tls \
 "
 
 inherit python_setuptools_build_meta systemd useradd
@@ -28,19 +29,23 @@ do_install:append() {
     install -D -m 0644 ${UNPACKDIR}/k3svirt-gateway.service ${D}${systemd_system_unitdir}/k3svirt-gateway.service
     install -D -m 0644 ${UNPACKDIR}/k3svirt-gateway.default ${D}${sysconfdir}/default/k3svirt-gateway
     install -D -m 0755 ${UNPACKDIR}/k3svirt-gateway-credentials ${D}${libexecdir}/k3svirt/k3svirt-gateway-credentials
+    install -D -m 0755 ${UNPACKDIR}/k3svirt-gateway-tls ${D}${libexecdir}/k3svirt/k3svirt-gateway-tls
     sed -i -e 's#@LIBEXECDIR@#${libexecdir}#g' -e 's#@BINDIR@#${bindir}#g' \
         ${D}${systemd_system_unitdir}/k3svirt-gateway.service
 }
 
 CONFFILES:${PN} += "${sysconfdir}/default/k3svirt-gateway"
-FILES:${PN} += "${libexecdir}/k3svirt/k3svirt-gateway-credentials"
+FILES:${PN} += "${libexecdir}/k3svirt/k3svirt-gateway-credentials ${libexecdir}/k3svirt/k3svirt-gateway-tls"
 
 # rest-gateway/pyproject.toml runtime deps. flask, gunicorn (meta-python)
 # and jsonschema, pyyaml, urllib3 (oe-core) exist upstream.
-# coreutils: base64/install for k3svirt-gateway-credentials.
+# coreutils: base64/install for k3svirt-gateway-credentials and -tls.
+# openssl-bin: the openssl CLI k3svirt-gateway-tls creates the device's key
+# and certificate with (on the box, at the first boot; never at build time).
 RDEPENDS:${PN} += "\
     coreutils \
     k3svirt-k3s-config \
+    openssl-bin \
     python3-flask \
     python3-gunicorn \
     python3-jsonschema \

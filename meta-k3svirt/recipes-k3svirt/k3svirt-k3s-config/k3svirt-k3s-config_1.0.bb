@@ -20,6 +20,9 @@ SRC_URI += "file://config.yaml.in \
 # strict-cpu-reservation keeps every pod, whatever its QoS class, off them.
 K3SVIRT_CPUS_VM ??= "3-7"
 
+# The sandbox image k3svirt-pause-image builds (its K3SVIRT_OCI_REF).
+K3SVIRT_PAUSE_IMAGE ??= "localhost/k3svirt/pause:3.10"
+
 K3S_SERVER_DIR = "${localstatedir}/lib/rancher/k3s/server"
 
 do_configure[noexec] = "1"
@@ -29,7 +32,8 @@ do_install() {
     # meta-virtualization's k3s package owns /etc/rancher/k3s/config.yaml;
     # K3s merges config.yaml.d/*.yaml over it in lexical order.
     install -d ${D}${sysconfdir}/rancher/k3s/config.yaml.d
-    sed -e 's#@K3SVIRT_CPUS_VM@#${K3SVIRT_CPUS_VM}#g' ${UNPACKDIR}/config.yaml.in \
+    sed -e 's#@K3SVIRT_CPUS_VM@#${K3SVIRT_CPUS_VM}#g' -e 's#@K3SVIRT_PAUSE_IMAGE@#${K3SVIRT_PAUSE_IMAGE}#g' \
+        ${UNPACKDIR}/config.yaml.in \
         > ${D}${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml
     chmod 0600 ${D}${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml
     install -D -m 0755 ${UNPACKDIR}/k3svirt-wait-api ${D}${libexecdir}/k3svirt/k3svirt-wait-api
@@ -61,6 +65,6 @@ FILES:${PN} += "\
 "
 CONFFILES:${PN} += "${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml"
 
-# k3s-airgap-images: the pause, coredns and local-path-provisioner images
-# K3s needs on an offline first boot.
-RDEPENDS:${PN} += "k3s-airgap-images k3s-server"
+# The only images the node needs at first boot, built here and imported by
+# K3s from agent/images (config.yaml.in says why each add-on is off).
+RDEPENDS:${PN} += "k3s-server k3svirt-coredns-image k3svirt-pause-image"
