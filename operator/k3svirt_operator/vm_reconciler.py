@@ -119,10 +119,9 @@ class VMReconciler:
             dom = observed.domain
             spec_hash = _hash_of(built.xml)
             if dom is None or observed.defined_spec_hash != spec_hash:
-                shared = domains.clashes(conn, uid, built.xml)
-                if shared:
+                dom, shared = domains.define_unless_clashing(conn, uid, built.xml)
+                if dom is None:
                     raise SpecProblem(FAILED, names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
-                dom = domains.define(conn, built.xml)
                 events.append(
                     Event(
                         "Normal",
