@@ -140,7 +140,10 @@ class VMReconciler:
             requeue = self._apply_power(
                 names.run_strategy(spec), observed, action, events, state, meta.get("generation") or 0
             )
-            if action_value is not None:
+            if action_value is not None and state.stopping is None:
+                # Recorded once performed: a stop or restart under way lives in this process only, and
+                # an operator killed before it finishes must find the request still pending (the
+                # restart was otherwise marked done while the guest kept its old definition).
                 status["lastActionRequest"] = action_value
             observed = self._observe(conn, ns, name, uid)
         except SpecProblem as problem:
