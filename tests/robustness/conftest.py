@@ -182,3 +182,25 @@ def start_operator(env: dict[str, str], log: Path) -> Operator:
 
 def conditions(vm: dict) -> dict[str, dict]:
     return {c["type"]: c for c in (vm.get("status") or {}).get("conditions") or []}
+
+
+class LiveConnection:
+    """A libvirt connection that opens itself again when the daemon was restarted under it (others
+    restart the shared libvirtd; a suite must not fail on their restart)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn = None
+
+    def __getattr__(self, name: str):
+        import libvirt
+
+        if self._conn is None or not self._conn.isAlive():
+            libvirt.registerErrorHandler(lambda *_: None, None)
+            self._conn = libvirt.open(self.uri)
+        return getattr(self._conn, name)
+
+
+@pytest.fixture(scope="session")
+def libvirt_conn(libvirt_uri: str) -> LiveConnection:
+    return LiveConnection(libvirt_uri)
