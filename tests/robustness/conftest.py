@@ -192,13 +192,31 @@ class LiveConnection:
         self.uri = uri
         self._conn = None
 
-    def __getattr__(self, name: str):
+    def _live(self):
         import libvirt
 
         if self._conn is None or not self._conn.isAlive():
             libvirt.registerErrorHandler(lambda *_: None, None)
             self._conn = libvirt.open(self.uri)
-        return getattr(self._conn, name)
+        return self._conn
+
+    def __getattr__(self, name: str):
+        import libvirt
+
+        attr = getattr(self._live(), name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kw):
+            try:
+                return attr(*args, **kw)
+            except libvirt.libvirtError:
+                if self._conn is not None and self._conn.isAlive():
+                    raise
+                self._conn = None  # the daemon went away during the call: once more on a new connection
+                return getattr(self._live(), name)(*args, **kw)
+
+        return call
 
 
 @pytest.fixture(scope="session")
