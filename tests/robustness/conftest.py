@@ -52,7 +52,8 @@ class ApiServer:
 
     def request(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"):
         headers = {"Content-Type": ctype} if body is not None else {}
-        return self.session.request(method, self.base + path, data=body, headers=headers, timeout=30)
+        # generous: on a machine shared by many test beds the API server can take tens of seconds
+        return self.session.request(method, self.base + path, data=body, headers=headers, timeout=120)
 
     def vms(self, ns: str, name: str = "") -> str:
         return f"{GROUP_PATH}/namespaces/{ns}/virtualmachines" + (f"/{name}" if name else "")
@@ -111,7 +112,7 @@ class Gateway:
     session: requests.Session = field(default_factory=lambda: _plain_session())
 
     def request(self, method: str, path: str, **kw):
-        kw.setdefault("timeout", 60)
+        kw.setdefault("timeout", 120)
         return self.session.request(method, self.url + path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
 
 
