@@ -28,6 +28,7 @@ class Settings:
     space: SpaceRules = SpaceRules()
     image_cache_gc_seconds: float = 3600.0
     image_cache_idle_seconds: float = 86400.0
+    worker_threads: int = 32
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,4 +56,6 @@ class Settings:
             # Cached base images that no overlay uses and nobody asked for in a day are removed.
             image_cache_gc_seconds=float(env("K3SVIRT_IMAGE_CACHE_GC_SECONDS", "3600")),
             image_cache_idle_seconds=float(env("K3SVIRT_IMAGE_CACHE_IDLE_SECONDS", "86400")),
+            # Threads for VM passes and Kubernetes writes (they mostly wait on libvirt and the API server).
+            worker_threads=int(env("K3SVIRT_WORKER_THREADS", "32")),
         )
