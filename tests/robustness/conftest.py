@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -77,8 +78,11 @@ def make_namespace(api: ApiServer, prefix: str) -> str:
     return ns
 
 
-def drop_namespace(api: ApiServer, ns: str) -> None:
-    """Delete a namespace, first clearing finalizers of VMs no operator will finalize any more."""
+def drop_namespace(api: ApiServer, ns: str, storage_root: Path | None = None) -> None:
+    """Delete a namespace, first clearing finalizers of VMs no operator will finalize any more, and
+    (after a failed test) what the operator left of them in `storage_root`."""
+    if storage_root is not None:
+        shutil.rmtree(storage_root / "vms" / ns, ignore_errors=True)
     r = api.request("GET", api.vms(ns))
     for vm in r.json().get("items", []) if r.ok else []:
         if vm["metadata"].get("finalizers"):

@@ -97,7 +97,7 @@ def test_libvirtd_restart_under_running_vms(testbed, apiserver: ApiServer, priva
         assert [d.name() for d in conn.listAllDomains(0) if d.name().startswith(ns + "_")] == []
     finally:
         op.stop()
-        drop_namespace(apiserver, ns)
+        drop_namespace(apiserver, ns, Path(testbed["K3SVIRT_STORAGE_ROOT"]))
         try:
             for d in conn.listAllDomains(0):
                 if d.isActive():

@@ -148,5 +148,5 @@ def test_operator_sigkilled_during_create_update_delete(testbed, apiserver: ApiS
                 if dom.isActive():
                     dom.destroy()
                 dom.undefine()
-        drop_namespace(apiserver, ns)
+        drop_namespace(apiserver, ns, storage_root)
         Path(tmp_path / "seed").write_text(str(seed))

@@ -284,7 +284,7 @@ def test_a_batch_of_hostile_vms_meets_a_real_operator(
         assert not any((storage_root / "vms" / ns).glob("*")), "VM directories left"
     finally:
         op.stop()
-        drop_namespace(apiserver, ns)
+        drop_namespace(apiserver, ns, storage_root)
         for n in names:
             dom = _domain(libvirt_conn, ns, n)
             if dom is not None:

@@ -158,7 +158,7 @@ def test_vms_created_at_10_per_second_through_the_gateway(
                 if d.isActive():
                     d.destroy()
                 d.undefine()
-        drop_namespace(apiserver, ns)
+        drop_namespace(apiserver, ns, storage_root)
 
 
 def _rss_mib(domains) -> float:
