@@ -29,10 +29,11 @@ prepare() {
     mkdir -p "$DIR/etc/qemu"
     # its own log (inside the namespace: $DIR/log/libvirtd.log), warnings and errors
     printf 'log_outputs="3:file:/var/log/libvirt/libvirtd.log"\n' >>"$DIR/etc/libvirtd.conf"
-    # No cgroups for its guests: on this hybrid cgroup-v1 machine libvirt 9.0, reconnecting after a
-    # restart, reads cgroup.threads from the v1 cpuset hierarchy, fails and kills every guest
-    # (reason=daemon). The restart under test is the operator's concern, not libvirt's cgroup code.
-    printf 'cgroup_controllers = [ ]\n' >>"$DIR/etc/qemu.conf"
+    # No cpuset controller for its guests: on this hybrid cgroup-v1 machine libvirt 9.0, reconnecting
+    # after a restart, reads cgroup.threads from the v1 cpuset hierarchy, fails and kills the guest
+    # (reason=daemon); with no controller at all its reconnect fails likewise ("At least one cgroup
+    # controller is required"). The restart under test is the operator's concern, not libvirt's.
+    printf 'cgroup_controllers = [ "cpu", "cpuacct", "memory", "devices", "blkio" ]\n' >>"$DIR/etc/qemu.conf"
   fi
 }
 
