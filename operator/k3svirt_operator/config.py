@@ -29,6 +29,7 @@ class Settings:
     image_cache_gc_seconds: float = 3600.0
     image_cache_idle_seconds: float = 86400.0
     worker_threads: int = 32
+    aio_max_nr: int = 1 << 20
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -58,4 +59,6 @@ class Settings:
             image_cache_idle_seconds=float(env("K3SVIRT_IMAGE_CACHE_IDLE_SECONDS", "86400")),
             # Threads for VM passes and Kubernetes writes (they mostly wait on libvirt and the API server).
             worker_threads=int(env("K3SVIRT_WORKER_THREADS", "32")),
+            # fs.aio-max-nr the node is raised to (nodelimits.py); 0 leaves it alone.
+            aio_max_nr=int(env("K3SVIRT_AIO_MAX_NR", str(1 << 20))),
         )

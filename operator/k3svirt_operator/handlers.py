@@ -20,7 +20,7 @@ from k3svirt_common import names, templates
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
 from . import accel as accel_mod
-from . import image_cache, pci, shutdown, stats, vmstate, vmstatus
+from . import image_cache, nodelimits, pci, shutdown, stats, vmstate, vmstatus
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .runtime import Runtime
@@ -152,6 +152,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=SETTINGS.worker_threads, thread_name_prefix="k3svirt")
     )
+    if SETTINGS.aio_max_nr:
+        await asyncio.to_thread(nodelimits.raise_aio_max_nr, SETTINGS.aio_max_nr)
     conn = LibvirtConnection(SETTINGS.libvirt_uri)
     raw = await asyncio.to_thread(conn.wait_connected, 60.0)
     acc = await asyncio.to_thread(accel_mod.detect, raw, SETTINGS.storage_root)
