@@ -26,6 +26,7 @@ from tests.e2e.conftest import Operator, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FULL = os.environ.get("K3SVIRT_ROBUSTNESS", "") == "full"
+FULL_TIMEOUT = 3600 if FULL else 600  # pytest-timeout per test: the full forms run longer than 10 min
 GROUP_PATH = "/apis/k3svirt.io/v1alpha1"
 
 # Counted by the tests, printed at the end of the session (the issue asks for the case count).

@@ -19,7 +19,17 @@ import pytest
 
 from tests.e2e.conftest import tiny_vm, wait_until
 
-from .conftest import FULL, ApiServer, conditions, count, drop_namespace, make_namespace, operator_env, start_operator
+from .conftest import (
+    FULL,
+    FULL_TIMEOUT,
+    ApiServer,
+    conditions,
+    count,
+    drop_namespace,
+    make_namespace,
+    operator_env,
+    start_operator,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 N_VMS = 20 if FULL else 3
@@ -44,6 +54,7 @@ def private_libvirt(testbed, tmp_path_factory) -> Iterator[tuple[str, str]]:
         _plv("stop", d)
 
 
+@pytest.mark.timeout(FULL_TIMEOUT)
 def test_libvirtd_restart_under_running_vms(testbed, apiserver: ApiServer, private_libvirt, tiny_guest, tmp_path):
     import libvirt
 

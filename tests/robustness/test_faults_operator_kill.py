@@ -17,9 +17,11 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Operator, tiny_vm, wait_until
 
-from .conftest import FULL, ApiServer, conditions, count, drop_namespace, make_namespace, operator_env
+from .conftest import FULL, FULL_TIMEOUT, ApiServer, conditions, count, drop_namespace, make_namespace, operator_env
 
 ROUNDS = 10 if FULL else 1
 MAX_DELAY = 3.0  # kill points are drawn from [0, MAX_DELAY) s after the request (covers provisioning)
@@ -49,6 +51,7 @@ def _kill_after(op: Operator, delay: float) -> None:
     op.proc.wait(30)
 
 
+@pytest.mark.timeout(FULL_TIMEOUT)
 def test_operator_sigkilled_during_create_update_delete(testbed, apiserver: ApiServer, libvirt_conn, storage_root,
                                                         tiny_guest, tmp_path):  # fmt: skip
     seed = int(os.environ.get("K3SVIRT_KILL_SEED") or time.time())

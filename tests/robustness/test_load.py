@@ -14,9 +14,21 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import wait_until
 
-from .conftest import FULL, ApiServer, Gateway, conditions, count, drop_namespace, make_namespace, operator_env
+from .conftest import (
+    FULL,
+    FULL_TIMEOUT,
+    ApiServer,
+    Gateway,
+    conditions,
+    count,
+    drop_namespace,
+    make_namespace,
+    operator_env,
+)
 from .conftest import start_operator as start_op
 
 N_VMS = int(os.environ.get("K3SVIRT_LOAD_VMS") or (100 if FULL else 10))
@@ -61,6 +73,7 @@ def _leases(conn, macs: set[str]) -> list[dict]:
     return out
 
 
+@pytest.mark.timeout(FULL_TIMEOUT)
 def test_vms_created_at_10_per_second_through_the_gateway(
     testbed, gateway: Gateway, apiserver: ApiServer, libvirt_conn, storage_root: Path, tiny_guest, tmp_path
 ):
