@@ -62,6 +62,8 @@ class Settings:
     reservations: bool = True
     # The reservation's one container: a pause image the node has (pulled never), e.g. its sandbox image.
     reservation_image: str = "localhost/k3svirt/pause:3.10"
+    worker_threads: int = 32
+    aio_max_nr: int = 1 << 20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +104,10 @@ class Settings:
             liveness_endpoint=env("K3SVIRT_LIVENESS") or None,
             reservations=env("K3SVIRT_RESERVATIONS", "on").strip().lower() not in ("off", "false", "0", "no"),
             reservation_image=env("K3SVIRT_RESERVATION_IMAGE") or "localhost/k3svirt/pause:3.10",
+            # Threads for VM passes and Kubernetes writes (they mostly wait on libvirt and the API server).
+            worker_threads=int(env("K3SVIRT_WORKER_THREADS", "32")),
+            # fs.aio-max-nr the node is raised to (nodelimits.py); 0 leaves it alone.
+            aio_max_nr=int(env("K3SVIRT_AIO_MAX_NR", str(1 << 20))),
         )
 
 

@@ -114,14 +114,22 @@ class DomainBuildError(ValueError):
 # --- helpers -------------------------------------------------------------------------------------
 
 
+MAX_CPU_ID = 8191  # Linux's largest NR_CPUS (MAXSMP); libvirt's cpumaps are no wider
+
+
 def parse_cpuset(value: str, field_path: str = "cpuset") -> list[int]:
-    """ "2-5,7" -> [2, 3, 4, 5, 7] (order kept, duplicates refused)."""
+    """ "2-5,7" -> [2, 3, 4, 5, 7] (order kept, duplicates refused).
+
+    CPU numbers are capped before a range is expanded: "0-4294967296" fits the CRD's pattern and
+    would otherwise build a list of 4 billion numbers in the operator."""
     out: list[int] = []
     for part in str(value).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m:
             raise DomainBuildError(field_path, f"invalid cpuset {value!r}")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi > MAX_CPU_ID:
+            raise DomainBuildError(field_path, f"CPU {hi} in {value!r} is beyond the largest CPU number {MAX_CPU_ID}")
         if hi < lo:
             raise DomainBuildError(field_path, f"invalid range {part.strip()!r} in {value!r}")
         out.extend(range(lo, hi + 1))

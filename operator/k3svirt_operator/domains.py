@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -113,6 +114,20 @@ def clashes(conn: libvirt.virConnect, uid: str, xml: str) -> list[str]:
 
 def define(conn: libvirt.virConnect, xml: str) -> libvirt.virDomain:
     return conn.defineXML(xml)
+
+
+# kopf reconciles VMs in parallel threads: without one lock around check and define, two VMs naming
+# the same MAC or read-write volume both passed clashes() before either was defined, and both were.
+_DEFINE_LOCK = threading.Lock()
+
+
+def define_unless_clashing(conn: libvirt.virConnect, uid: str, xml: str) -> tuple[libvirt.virDomain | None, list[str]]:
+    """(domain, []) once defined, or (None, clashes) when the definition would share a host resource."""
+    with _DEFINE_LOCK:
+        shared = clashes(conn, uid, xml)
+        if shared:
+            return None, shared
+        return define(conn, xml), []
 
 
 def start(dom: libvirt.virDomain) -> None:

@@ -140,10 +140,9 @@ class VMReconciler:
             dom = observed.domain
             spec_hash = _hash_of(built.xml)
             if dom is None or observed.defined_spec_hash != spec_hash:
-                shared = domains.clashes(conn, uid, built.xml)
-                if shared:
+                dom, shared = domains.define_unless_clashing(conn, uid, built.xml)
+                if dom is None:
                     raise SpecProblem(FAILED, names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
-                dom = domains.define(conn, built.xml)
                 events.append(
                     Event(
                         "Normal",
@@ -170,7 +169,10 @@ class VMReconciler:
                 grace,
                 admit=lambda: self._admit(ns, name, uid, expanded.spec, state, reservation),
             )
-            if action_value is not None:
+            if action_value is not None and state.stopping is None:
+                # Recorded once performed: a stop or restart under way lives in this process only, and
+                # an operator killed before it finishes must find the request still pending (the
+                # restart was otherwise marked done while the guest kept its old definition).
                 status["lastActionRequest"] = action_value
             observed = self._observe(conn, ns, name, uid)
             self._settle(ns, name, uid, expanded.spec, reservation, observed.power, state, conds)

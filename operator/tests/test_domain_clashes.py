@@ -40,3 +40,32 @@ def test_a_mac_or_a_writable_volume_held_by_another_domain_is_reported(libvirt_c
     assert readonly == []  # a read-only attachment of the same file is fine
     # the domain itself (same uid) never clashes with its own earlier definition
     assert domains.clashes(libvirt_conn, dom.UUIDString(), dom.XMLDesc(0)) == []
+
+
+def test_two_vms_defined_at_once_cannot_both_take_one_mac(libvirt_conn, tmp_path: Path):
+    """kopf reconciles VMs in parallel threads: check and define happen under one lock, or both VMs
+    pass the check before either is defined (the hostile batch of tests/robustness saw it)."""
+    import threading
+
+    mac = "52:54:00:" + uuid.uuid4().bytes[:3].hex(":")
+    uids = [str(uuid.uuid4()) for _ in range(6)]
+    results: dict[str, object] = {}
+
+    def define(uid: str) -> None:
+        disk = tmp_path / f"{uid}.raw"
+        disk.write_bytes(b"\0" * 4096)
+        results[uid] = domains.define_unless_clashing(libvirt_conn, uid, domain_xml(f"race-{uid[:8]}", uid, mac, disk))
+
+    threads = [threading.Thread(target=define, args=(u,)) for u in uids]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        defined = [dom for dom, _ in results.values() if dom is not None]
+        assert len(defined) == 1, f"{len(defined)} domains took MAC {mac}"
+        assert all(any(mac in s for s in shared) for dom, shared in results.values() if dom is None)
+    finally:
+        for dom, _ in results.values():
+            if dom is not None:
+                dom.undefine()

@@ -601,3 +601,11 @@ def test_define_on_libvirt(case, tmp_path):
             flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_TPM", 0)
             dom.undefineFlags(flags)
         conn.close()
+
+
+@pytest.mark.parametrize("cpuset", ["0-4294967296", "99999999999999999999", "1,0-8192"])
+def test_a_huge_cpu_number_is_refused_before_any_range_is_expanded(cpuset: str):
+    """The CRD pattern admits any digits: a range up to 2**32 used to build a 4-billion-item list."""
+    with pytest.raises(DomainBuildError, match="beyond the largest CPU number"):
+        parse_cpuset(cpuset, "spec.cpu.dedicatedCpuSet")
+    assert len(parse_cpuset("0-8191")) == 8192

@@ -245,29 +245,42 @@ def json_body() -> Any:
         raise Problem(415, f"expected Content-Type application/json, got {request.mimetype or 'none'}")
     raw = request.get_data(cache=True)
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except ValueError as exc:
         raise Problem(400, f"malformed JSON body: {exc}") from exc
     except RecursionError:
         raise Problem(400, f"malformed JSON body: nested deeper than {MAX_BODY_DEPTH} levels") from None
-    if _depth(body) > MAX_BODY_DEPTH:
-        raise Problem(400, f"malformed JSON body: nested deeper than {MAX_BODY_DEPTH} levels")
+    problem = _shape_problem(body)
+    if problem:
+        raise Problem(400, f"malformed JSON body: {problem}")
     return body
 
 
 MAX_BODY_DEPTH = 64  # as for YAML bodies (k3svirt_common.safeyaml); no resource of ours nests half as deep
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _depth(value: Any) -> int:
-    """How deeply a decoded JSON value nests (iterative: a hostile body cannot exhaust the stack)."""
-    deepest, stack = 0, [(value, 1)]
+def _not_json(constant: str) -> Any:
+    # Python's json reads NaN/Infinity; JSON has no such numbers and the API server refuses them.
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _shape_problem(value: Any) -> str | None:
+    """Why a decoded body is not acceptable JSON text, walked iteratively (a hostile body cannot
+    exhaust the stack): nested too deep, or a string with an unpaired UTF-16 surrogate ("\\ud800"
+    is valid JSON syntax but no Unicode text; the API server would silently store U+FFFD instead)."""
+    stack = [(value, 1)]
     while stack:
         v, d = stack.pop()
-        if isinstance(v, dict | list):
-            deepest = max(deepest, d)
-            if d <= MAX_BODY_DEPTH:
-                stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return deepest
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return f"the string {v[:40]!r} holds an unpaired UTF-16 surrogate (not Unicode text)"
+        elif isinstance(v, dict | list):
+            if d > MAX_BODY_DEPTH:
+                return f"nested deeper than {MAX_BODY_DEPTH} levels"
+            items = [*v.keys(), *v.values()] if isinstance(v, dict) else v
+            stack.extend((c, d + 1) for c in items)
+    return None
 
 
 def json_or_yaml_body() -> Any:

@@ -45,3 +45,21 @@ def test_a_yaml_alias_bomb_is_refused_fast(client, admin, namespace):
                     headers={**admin, "Content-Type": "application/yaml"})  # fmt: skip
     assert 400 <= r.status_code < 500 and r.mimetype == "application/problem+json", r.get_data(as_text=True)
     assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ('{"name": "n", "spec": {"cpu": {"cores": NaN}}}', "NaN is not a JSON number"),
+        ('{"name": "n", "spec": {"cpu": {"cores": -Infinity}}}', "-Infinity is not a JSON number"),
+        ('{"name": "n", "spec": {"cloudInit": {"userData": "a\\ud800"}}}', "unpaired UTF-16 surrogate"),
+        ('{"name": "n", "spec": {"nodeSelector": {"\\udfff": "x"}}}', "unpaired UTF-16 surrogate"),
+    ],
+)
+def test_json_that_is_not_json_text_is_a_400(client, admin, namespace, body, detail):
+    """Python's json reads NaN/Infinity and unpaired surrogate escapes; neither is JSON text (the
+    API server refuses the first and silently stores U+FFFD for the second)."""
+    r = client.post(f"/api/v1/vms?namespace={namespace}", data=body,
+                    headers={**admin, "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and r.mimetype == "application/problem+json", r.get_data(as_text=True)
+    assert detail in r.json["detail"]
