@@ -27,7 +27,6 @@ GATEWAY = Path(__file__).resolve().parents[1]
 DOCUMENT = GATEWAY / "openapi.json"
 CONFIG = GATEWAY / "openapi-python-client.yaml"
 PACKAGE = "k3svirt_gateway_client"
-NODE = "e2e-node"  # the operator fixture's K3SVIRT_NODE_NAME
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +132,7 @@ def test_vm_from_template_lifecycle_and_template_export(api, ns, operator, tiny_
     assert isinstance(get_template.sync("tiny", client=api, namespace=ns), VMTemplate)
 
     # VM from the template -> Ready
-    overrides = VMCreateFromTemplateOverrides.from_dict({"nodeName": NODE})
+    overrides = VMCreateFromTemplateOverrides.from_dict({"nodeName": operator.env["K3SVIRT_NODE_NAME"]})
     body = VMCreateFromTemplate(name="guest", template=VMTemplateReference(name="tiny"), overrides=overrides)
     vm = create_vm.sync(client=api, namespace=ns, body=body)
     assert isinstance(vm, VirtualMachine) and vm.metadata.name == "guest"
@@ -147,7 +146,11 @@ def test_vm_from_template_lifecycle_and_template_export(api, ns, operator, tiny_
         return s if (s.printable_status == state and s.ready == ready) else None
 
     running = wait_for("the VM Ready", lambda: in_state("Running", True), timeout=180)
-    assert running.template == "tiny" and running.template_version == "1.0.0" and running.node == NODE
+    assert (
+        running.template == "tiny"
+        and running.template_version == "1.0.0"
+        and running.node == operator.env["K3SVIRT_NODE_NAME"]
+    )
     detail = get_vm.sync_detailed("guest", client=api, namespace=ns)
     assert detail.headers["etag"] == f'"{detail.parsed.metadata.resource_version}"'
 

@@ -169,10 +169,14 @@ def gateway(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 
 
 def operator_env(testbed: dict[str, str], node: str, **extra: str) -> dict[str, str]:
+    """A private operator under a node name of its own (it never claims another suite's VMs). No
+    kubelet registers that name, so it runs as an operator of a machine without a kubelet:
+    reservations off (the accounting is tests/e2e/test_vm_accounting.py's, on the real node)."""
     return {
         **os.environ,
         **testbed,
         "K3SVIRT_NODE_NAME": node,
+        "K3SVIRT_RESERVATIONS": "off",
         "K3SVIRT_STOP_GRACE_SECONDS": "2",
         "K3SVIRT_METRICS_PORT": str(free_port()),
         "K3SVIRT_STATS_INTERVAL": "5",
