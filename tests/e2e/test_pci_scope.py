@@ -7,6 +7,7 @@ first (scope before phase)."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -21,7 +22,7 @@ def _pcip(kubeconfig: str, name: str, **spec: object) -> None:
         "apiVersion": "k3svirt.io/v1alpha1",
         "kind": "PCIPassthrough",
         "metadata": {"name": name},
-        "spec": {"nodeName": "e2e-node", "address": ADDRESS, **spec},
+        "spec": {"nodeName": os.environ["K3SVIRT_NODE_NAME"], "address": ADDRESS, **spec},
     }
     kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(body))
 
