@@ -142,6 +142,7 @@ class Operator:
                 if r.status == 200:
                     return
             time.sleep(0.2)
+        self.stop()
         raise RuntimeError(f"operator did not come up; log: {self.log_path}")
 
     def stop(self) -> None:
@@ -194,7 +195,7 @@ def timing_run(bed: Bed, env: dict[str, str], mode: str, vms: int, tmp: Path) ->
     ns = f"bench-rsv-{mode}-{uuid.uuid4().hex[:6]}"
     kubectl(env, "create", "namespace", ns)
     op_env = {**os.environ, **env, "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2",
-              "K3SVIRT_RESERVATIONS": mode}  # fmt: skip
+              "K3SVIRT_STATS_INTERVAL": "1", "K3SVIRT_RESERVATIONS": mode}  # fmt: skip
     op = Operator(op_env, tmp / f"operator-{mode}.log")
     op.start()
     ready, admitted = [], []
@@ -230,7 +231,8 @@ def timing_run(bed: Bed, env: dict[str, str], mode: str, vms: int, tmp: Path) ->
 def memory_run(bed: Bed, env: dict[str, str], running: int, idle: float, tmp: Path) -> dict[str, Any]:
     ns = f"bench-rsv-mem-{uuid.uuid4().hex[:6]}"
     kubectl(env, "create", "namespace", ns)
-    op_env = {**os.environ, **env, "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2"}
+    op_env = {**os.environ, **env, "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2",
+              "K3SVIRT_STATS_INTERVAL": "1"}  # fmt: skip
     op = Operator(op_env, tmp / "operator-mem.log")
     op.start()
     try:
