@@ -142,6 +142,7 @@ class Operator:
                 if r.status == 200:
                     return
             time.sleep(0.2)
+        self.stop()
         raise RuntimeError(f"operator did not come up; log: {self.log_path}")
 
     def stop(self) -> None:
@@ -194,7 +195,7 @@ def timing_run(bed: Bed, env: dict[str, str], mode: str, vms: int, tmp: Path) ->
     ns = f"bench-rsv-{mode}-{uuid.uuid4().hex[:6]}"
     kubectl(env, "create", "namespace", ns)
     op_env = {**os.environ, **env, "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2",
-              "K3SVIRT_RESERVATIONS": mode}  # fmt: skip
+              "K3SVIRT_STATS_INTERVAL": "1", "K3SVIRT_RESERVATIONS": mode}  # fmt: skip
     op = Operator(op_env, tmp / f"operator-{mode}.log")
     op.start()
     ready, admitted = [], []
@@ -230,7 +231,8 @@ def timing_run(bed: Bed, env: dict[str, str], mode: str, vms: int, tmp: Path) ->
 def memory_run(bed: Bed, env: dict[str, str], running: int, idle: float, tmp: Path) -> dict[str, Any]:
     ns = f"bench-rsv-mem-{uuid.uuid4().hex[:6]}"
     kubectl(env, "create", "namespace", ns)
-    op_env = {**os.environ, **env, "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2"}
+    op_env = {**os.environ, **env, "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2",
+              "K3SVIRT_STATS_INTERVAL": "1"}  # fmt: skip
     op = Operator(op_env, tmp / "operator-mem.log")
     op.start()
     try:
@@ -262,6 +264,12 @@ def memory_run(bed: Bed, env: dict[str, str], running: int, idle: float, tmp: Pa
                 "cpu_percent": 100.0 * ticks / CLK_TCK / took,
             })  # fmt: skip
     finally:
+        # The VMs go while the operator runs (it holds their finalizers and their domains).
+        for i in range(running):
+            with contextlib.suppress(ApiError):
+                bed.api.delete(bed.vm_path(ns, f"m{i}"))
+        for i in range(running):
+            bed.wait("deleted", lambda i=i: bed.gone(ns, f"m{i}"), timeout=120, every=0.2)
         op.stop()
         kubectl(env, "delete", "namespace", ns, "--wait=false")
 

@@ -44,9 +44,9 @@ PER_IOTHREAD = 8 * MI
 GRAPHICS = 16 * MI  # video RAM and the VNC/SPICE server
 EMULATION = 128 * MI  # TCG's translation cache, when the node has no KVM (it grows with guest code)
 VFIO = 1024 * MI  # passthrough: IOMMU mappings and locked DMA memory (KubeVirt's figure)
-# The reservation pod itself: its containerd shim (Debian containerd 1.6.20's runc v2 shim, a Go
-# process: 13-14 MiB RSS alone, less PSS once several share its text) and two pause processes
-# (~0.7 MiB each). Measured: bench/bench_reservation.py.
+# The reservation pod itself, by RSS (the safe side): its containerd shim (Debian containerd 1.6.20's
+# runc v2 shim, a Go process) 13.9 MiB RSS / 5.7 MiB PSS and two pause processes 1.4 / 0.3 MiB
+# (bench/README.md).
 PLATFORM = 16 * MI
 PAGE_TABLE_DIVISOR = 512  # page tables for the guest RAM: 1/512 of it (KubeVirt's figure)
 
