@@ -22,9 +22,16 @@ def free_port() -> int:
 
 @contextmanager
 def gateway(
-    env: dict[str, str], log: Path, *, scheme: str = "http", verify: str | bool = True, args: tuple[str, ...] = ()
+    env: dict[str, str],
+    log: Path,
+    *,
+    scheme: str = "http",
+    verify: str | bool = True,
+    args: tuple[str, ...] = (),
+    start_timeout: float = 60.0,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Yield (base URL, process) once /healthz answers; the process is stopped afterwards."""
+    """Yield (base URL, process) once /healthz answers; the process is stopped afterwards. `env` is laid
+    over this process's environment (an empty value unsets a gateway setting)."""
     port = free_port()
     full_env = {**os.environ, "K3SVIRT_LOG_LEVEL": "WARNING", **env}
     exe = Path(sys.executable).with_name("k3svirt-gateway")
@@ -35,7 +42,7 @@ def gateway(
         )
     url = f"{scheme}://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 if requests.get(url + "/healthz", timeout=1, verify=verify).status_code == 200:

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# The appliance image and the build container install their own tools (recipes, Containerfile).
-NOT_ON_THIS_MACHINE = ("meta-k3svirt/", "devenv/")
+# The appliance image, the build container and our container images install their own tools
+# (recipes, Containerfiles; common/container/ runs inside the image builds).
+NOT_ON_THIS_MACHINE = ("meta-k3svirt/", "devenv/", "common/container/")
 WRAPPERS = {"nohup", "exec", "env", "timeout", "nice", "ionice", "xargs", "time", "setsid", "stdbuf", "flock"}
 # Options of those wrappers that take a value as the next word (`xargs -d '\n' sha256sum`).
 WRAPPER_VALUE_OPTIONS = {

@@ -208,7 +208,7 @@ def test_invalid(patch, path, needle):
         ([{"name": "a", "source": {"blank": {}}}], "spec.disks[0]", "size is required for a blank disk"),
         ([{"name": "a"}], "spec", "a disk without source is blank"),
         ([{"name": "a", "size": "lots"}], "spec.disks[0].size", ""),
-        ([{"name": "a", "size": "0"}], "spec.disks[0]", "size must be positive"),
+        ([{"name": "a", "size": "0"}], "spec.disks[0].size", "size must be positive"),
         ([{"name": "a", "size": "1Gi"}, {"name": "a", "size": "1Gi"}], "spec.disks[1]", "Duplicate value"),
         ([{"name": "Root", "size": "1Gi"}], "spec.disks[0].name", ""),
         (

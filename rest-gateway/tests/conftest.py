@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+
+from tests import gateway_proc
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_KUBECONFIG = Path.home() / ".local/state/k3svirt/kubeconfig"
@@ -121,46 +120,10 @@ def ready_node(app) -> str:
     pytest.skip(f"no Ready node (kubectl get nodes: {names}): this test bed runs no kubelet")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def live_gateway(gw_kubeconfig: str, keys: dict[str, str], tmp_path_factory) -> Iterator[str]:
     """The production entry point (`k3svirt-gateway`, gunicorn) on 127.0.0.1:<free port>."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": gw_kubeconfig,
-        "K3SVIRT_API_KEYS_FILE": keys["file"],
-        "K3SVIRT_LOG_LEVEL": "WARNING",
-    }
-    env.pop("K3SVIRT_API_KEYS_SECRET", None)
+    env = {"KUBECONFIG": gw_kubeconfig, "K3SVIRT_API_KEYS_FILE": keys["file"], "K3SVIRT_API_KEYS_SECRET": ""}
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
-    exe = Path(sys.executable).with_name("k3svirt-gateway")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "k3svirt_gateway.wsgi"]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [*cmd, "--bind", f"127.0.0.1:{port}", "--threads", "8"], env=env, stdout=fh, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start:\n{log.read_text()}")
-            time.sleep(0.2)
+    with gateway_proc.gateway(env, log, args=("--threads", "8")) as (url, _proc):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pytest
 import requests
 import yaml
 
+from tests import gateway_proc
 from tests.e2e.conftest import Operator, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,36 +134,10 @@ def gateway(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         capture_output=True,
         text=True,
     ).stdout.strip()
-    port = free_port()
-    env = {**os.environ, "K3SVIRT_API_KEYS_FILE": str(keys), "K3SVIRT_LOG_LEVEL": "WARNING"}
-    env.pop("K3SVIRT_API_KEYS_SECRET", None)
     log = d / "gateway.log"
-    exe = REPO / ".venv/bin/k3svirt-gateway"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(exe), "--bind", f"127.0.0.1:{port}", "--threads", "16"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"gateway did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    try:
+    env = {"K3SVIRT_API_KEYS_FILE": str(keys), "K3SVIRT_API_KEYS_SECRET": ""}
+    with gateway_proc.gateway(env, log, args=("--threads", "16")) as (url, _proc):
         yield Gateway(url, {"Authorization": f"Bearer {key}"}, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     errors = [ln for ln in log.read_text(errors="replace").splitlines() if "Traceback" in ln or " 500 " in ln]
     assert not errors, f"the gateway logged errors: {errors[:5]}"
 
