@@ -81,6 +81,19 @@ def make_namespace(api: ApiServer, prefix: str) -> str:
     return ns
 
 
+def namespace_domains(conn, ns: str) -> list:
+    """The libvirt domains of a namespace's VMs (domain names are "<namespace>_<name>")."""
+    return [d for d in conn.listAllDomains(0) if d.name().startswith(ns + "_")]
+
+
+def remove_domains(conn, ns: str) -> None:
+    """After a test: destroy and undefine what its operator left of the namespace's VMs."""
+    for dom in namespace_domains(conn, ns):
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+
+
 def drop_namespace(api: ApiServer, ns: str, storage_root: Path | None = None) -> None:
     """Delete a namespace, first clearing finalizers of VMs no operator will finalize any more, and
     (after a failed test) what the operator left of them in `storage_root`."""

@@ -21,7 +21,18 @@ import pytest
 
 from tests.e2e.conftest import Operator, tiny_vm, wait_until
 
-from .conftest import FULL, FULL_TIMEOUT, ApiServer, conditions, count, drop_namespace, make_namespace, operator_env
+from .conftest import (
+    FULL,
+    FULL_TIMEOUT,
+    ApiServer,
+    conditions,
+    count,
+    drop_namespace,
+    make_namespace,
+    namespace_domains,
+    operator_env,
+    remove_domains,
+)
 
 ROUNDS = 10 if FULL else 1
 MAX_DELAY = 3.0  # kill points are drawn from [0, MAX_DELAY) s after the request (covers provisioning)
@@ -138,7 +149,7 @@ def test_operator_sigkilled_during_create_update_delete(testbed, apiserver: ApiS
             assert _domains_of(libvirt_conn, ns, name) == [], f"{name}: domain left after delete"
             assert not (storage_root / "vms" / ns / name).exists(), f"{name}: disks/seed left after delete"
         # nothing of the namespace is left anywhere
-        assert [d.name() for d in libvirt_conn.listAllDomains(0) if d.name().startswith(ns + "_")] == []
+        assert [d.name() for d in namespace_domains(libvirt_conn, ns)] == []
         left = list((storage_root / "vms" / ns).glob("*")) if (storage_root / "vms" / ns).exists() else []
         assert left == [], f"orphaned VM directories: {left}"
         assert list((storage_root / "images").glob("*.part")) == [], "partial downloads left"
@@ -146,10 +157,6 @@ def test_operator_sigkilled_during_create_update_delete(testbed, apiserver: ApiS
               f"{min(restarts):.1f}-{max(restarts):.1f} s")  # fmt: skip
     finally:
         op.stop()
-        for dom in libvirt_conn.listAllDomains(0):
-            if dom.name().startswith(ns + "_"):
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
+        remove_domains(libvirt_conn, ns)
         drop_namespace(apiserver, ns, storage_root)
         Path(tmp_path / "seed").write_text(str(seed))

@@ -17,7 +17,16 @@ import pytest
 
 from tests.e2e.conftest import tiny_vm, wait_until
 
-from .conftest import ApiServer, conditions, count, drop_namespace, make_namespace, operator_env, start_operator
+from .conftest import (
+    ApiServer,
+    conditions,
+    count,
+    drop_namespace,
+    make_namespace,
+    operator_env,
+    remove_domains,
+    start_operator,
+)
 
 MiB = 1 << 20
 SIZE_MIB = 128
@@ -116,9 +125,5 @@ def test_storage_full_gives_a_condition_and_recovers(testbed, apiserver: ApiServ
         assert not any((small_root / "vms" / ns).glob("*")), "VM directories left"
     finally:
         op.stop()
-        for d in libvirt_conn.listAllDomains(0):
-            if d.name().startswith(ns + "_"):
-                if d.isActive():
-                    d.destroy()
-                d.undefine()
+        remove_domains(libvirt_conn, ns)
         drop_namespace(apiserver, ns)

@@ -27,7 +27,9 @@ from .conftest import (
     count,
     drop_namespace,
     make_namespace,
+    namespace_domains,
     operator_env,
+    remove_domains,
 )
 from .conftest import start_operator as start_op
 
@@ -139,7 +141,7 @@ def test_vms_created_at_10_per_second_through_the_gateway(
             i["macAddress"].lower() for v in items for i in v["status"].get("interfaces") or [] if "macAddress" in i
         }
         uids = {v["metadata"]["uid"] for v in items}
-        domains = [d for d in libvirt_conn.listAllDomains(0) if d.name().startswith(ns + "_")]
+        domains = namespace_domains(libvirt_conn, ns)
         assert len(domains) == N_VMS and {d.UUIDString() for d in domains} == uids
         rss = _rss_mib(domains)
         print(f"all {N_VMS} Ready {ready_after:.1f} s after the last POST; QEMU RSS per VM {rss:.0f} MiB")
@@ -151,7 +153,7 @@ def test_vms_created_at_10_per_second_through_the_gateway(
                    f"not all VMs were finalized; log:\n{op.tail(30)}", 2)  # fmt: skip
         print(f"{N_VMS} VMs deleted and finalized {time.monotonic() - t_posted - ready_after:.1f} s after Ready")
         leaks = {
-            "domains": [d.name() for d in libvirt_conn.listAllDomains(0) if d.name().startswith(ns + "_")],
+            "domains": [d.name() for d in namespace_domains(libvirt_conn, ns)],
             "vm dirs (disks, seeds)": [str(p) for p in (storage_root / "vms" / ns).glob("*")]
             if (storage_root / "vms" / ns).exists()
             else [],
@@ -166,11 +168,7 @@ def test_vms_created_at_10_per_second_through_the_gateway(
         assert all(not v for v in leaks.values()), f"left behind: { {k: v for k, v in leaks.items() if v} }"
     finally:
         op.stop()
-        for d in libvirt_conn.listAllDomains(0):
-            if d.name().startswith(ns + "_"):
-                if d.isActive():
-                    d.destroy()
-                d.undefine()
+        remove_domains(libvirt_conn, ns)
         drop_namespace(apiserver, ns, storage_root)
 
 
