@@ -96,10 +96,12 @@ def cpu_request(spec: Mapping[str, Any]) -> str:
     return str(int(millis // 1000)) if millis % 1000 == 0 else f"{millis}m"
 
 
-def resources(spec: Mapping[str, Any], *, emulated: bool) -> dict[str, str]:
+def resources(spec: Mapping[str, Any], *, emulated: bool, devices: Mapping[str, int] | None = None) -> dict[str, str]:
     """The reservation's requests (= limits) for a VM's expanded, defaulted spec.
 
     Hugepage-backed guest RAM is requested as hugepages-<size>; the overhead stays ordinary memory.
+    `devices`: the extended resources of its passthrough devices (k3svirt_common.pci_resources), so
+    the scheduler counts them like CPU and memory.
     """
     mem = spec.get("memory") or {}
     try:
@@ -114,6 +116,7 @@ def resources(spec: Mapping[str, Any], *, emulated: bool) -> dict[str, str]:
         out[f"hugepages-{page}"] = _mebibytes(guest)
     else:
         out["memory"] = _mebibytes(guest + overhead)
+    out.update({res: str(units) for res, units in sorted((devices or {}).items())})
     return out
 
 

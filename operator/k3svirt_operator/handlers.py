@@ -419,8 +419,26 @@ async def _publish_pci_inventory() -> None:
             await asyncio.to_thread(_rt().patch_status, names.NODEPCIINVENTORY_PLURAL, None, SETTINGS.node_name, status)
         except Exception as exc:  # keep publishing later; the VM work must not suffer
             log.warning("publishing the PCI inventory failed", extra={"error": str(exc)})
+        try:
+            # Also from a fresh list: a kubelet that re-registered may have zeroed the capacity.
+            pcips = await asyncio.to_thread(_rt().list_objects, names.PCIPASSTHROUGH_PLURAL)
+            await asyncio.to_thread(_rt().publish_device_capacity, pcips)
+        except Exception as exc:
+            log.warning("publishing the device capacity failed", extra={"error": str(exc)})
         if not await shutdown.pause(SETTINGS.pci_inventory_seconds):
             return
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL)
+async def passthrough_seen(passthroughs: kopf.Index, **_: Any) -> None:
+    """Bound, assigned, released, failed or gone: the Node's device capacity follows at once."""
+    if RT is None:
+        return
+    pcips = [obj for store in passthroughs.values() for obj in store]
+    try:
+        await asyncio.to_thread(_rt().publish_device_capacity, pcips)
+    except ApiError as exc:  # the periodic publication repairs it
+        log.warning("publishing the device capacity failed", extra={"error": str(exc)})
 
 
 def on_this_node(spec: Mapping[str, Any], **_: Any) -> bool:

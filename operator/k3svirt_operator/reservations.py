@@ -38,25 +38,26 @@ class Reservations:
     emulated: bool
     image: str = rsv.PAUSE_IMAGE
 
-    def want(self, spec: Mapping[str, Any]) -> dict[str, str]:
-        return rsv.resources(spec, emulated=self.emulated)
+    def want(self, spec: Mapping[str, Any], devices: Mapping[str, int] | None = None) -> dict[str, str]:
+        return rsv.resources(spec, emulated=self.emulated, devices=devices)
 
     # `pod`: the VM's reservation pod as the watch (kopf's index) last showed it, None if not seen;
     # it may lag behind our own writes: a create answered 409 reads the pod, a delete answered 404
     # was done already.
-    def admit(self, ns: str, vm: str, uid: str, spec: Mapping[str, Any], pod: Mapping | None) -> rsv.View:
-        """Makes sure a reservation sized for `spec` exists; its state (ADMITTED: the domain may start).
-        Raises Refused when the API server will not create it."""
-        want = self.want(spec)
+    def admit(self, ns: str, vm: str, uid: str, spec: Mapping[str, Any], pod: Mapping | None,
+              devices: Mapping[str, int] | None = None) -> rsv.View:  # fmt: skip
+        """Makes sure a reservation sized for `spec` (and its passthrough `devices`) exists; its state
+        (ADMITTED: the domain may start). Raises Refused when the API server will not create it."""
+        want = self.want(spec, devices)
         view = rsv.read(pod, uid=uid, node=self.node, want=want)
         return self._carry_out(ns, vm, uid, view, pod, want, hold=True)
 
     def settle(self, ns: str, vm: str, uid: str, spec: Mapping[str, Any], pod: Mapping | None, *,
-               running: bool) -> rsv.View:  # fmt: skip
+               running: bool, devices: Mapping[str, int] | None = None) -> rsv.View:  # fmt: skip
         """After a pass: a running domain keeps (or gets back) a reservation, whatever size it was
         started with; a stopped one gives its share back."""
         view = rsv.read(pod, uid=uid, node=self.node, want=None)
-        return self._carry_out(ns, vm, uid, view, pod, self.want(spec) if running else None, hold=running)
+        return self._carry_out(ns, vm, uid, view, pod, self.want(spec, devices) if running else None, hold=running)
 
     def release(self, ns: str, vm: str) -> None:
         """Deletes the VM's reservation, read fresh (a deleted VM must give it back whatever the watch

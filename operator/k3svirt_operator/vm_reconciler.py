@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import libvirt
-from k3svirt_common import names, templates
+from k3svirt_common import names, pci_resources, templates
 from k3svirt_common import reservation as rsv
 from k3svirt_common.names import PrintableStatus
 
@@ -159,6 +159,7 @@ class VMReconciler:
             if failure is not None and (failure.generation != meta.get("generation") or action_value is not None):
                 state.start_failure = None  # a new spec or an explicit request: try again at once
             grace = stop_grace_seconds(expanded.spec, self.settings.stop_grace_seconds)
+            devices = pci_resources.device_requests(expanded.spec, passthroughs)
             requeue = self._apply_power(
                 names.run_strategy(spec),
                 observed,
@@ -167,7 +168,7 @@ class VMReconciler:
                 state,
                 meta.get("generation") or 0,
                 grace,
-                admit=lambda: self._admit(ns, name, uid, expanded.spec, state, reservation),
+                admit=lambda: self._admit(ns, name, uid, expanded.spec, state, reservation, devices),
             )
             if action_value is not None and state.stopping is None:
                 # Recorded once performed: a stop or restart under way lives in this process only, and
@@ -175,7 +176,7 @@ class VMReconciler:
                 # restart was otherwise marked done while the guest kept its old definition).
                 status["lastActionRequest"] = action_value
             observed = self._observe(conn, ns, name, uid)
-            self._settle(ns, name, uid, expanded.spec, reservation, observed.power, state, conds)
+            self._settle(ns, name, uid, expanded.spec, reservation, observed.power, state, conds, devices)
         except SpecProblem as problem:
             conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
             conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
@@ -334,14 +335,21 @@ class VMReconciler:
 
     # ------------------------------------------------------------------ reservation
     def _admit(
-        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], state: VMState, pod: Mapping[str, Any] | None
+        self,
+        ns: str,
+        name: str,
+        uid: str,
+        spec: Mapping[str, Any],
+        state: VMState,
+        pod: Mapping[str, Any] | None,
+        devices: Mapping[str, int] | None = None,
     ) -> None:
         """Returns once the VM's reservation is admitted on this node; otherwise raises the condition
         that says what it waits for (the pod's watch events wake the loop when that changes)."""
         if self.reservations is None:
             return
         try:
-            view = self.reservations.admit(ns, name, uid, spec, pod)
+            view = self.reservations.admit(ns, name, uid, spec, pod, devices)
         except rsv.ReservationError as exc:
             raise SpecProblem(FAILED, RESERVED, "InvalidSpec", str(exc)) from exc
         except Refused as exc:
@@ -361,7 +369,8 @@ class VMReconciler:
                           requeue=5.0, warning=False)  # fmt: skip
 
     def _settle(self, ns: str, name: str, uid: str, spec: Mapping[str, Any], pod: Mapping[str, Any] | None,
-                power: Power, state: VMState, conds: list[dict[str, Any]]) -> None:  # fmt: skip
+                power: Power, state: VMState, conds: list[dict[str, Any]],
+                devices: Mapping[str, int] | None = None) -> None:  # fmt: skip
         """A running domain keeps its reservation (one lost is created again); a stopped one's goes."""
         if self.reservations is None:
             return
@@ -369,7 +378,7 @@ class VMReconciler:
         if state.pending_start and not running:
             return  # the restart's start is waiting for exactly this reservation
         try:
-            view = self.reservations.settle(ns, name, uid, spec, pod, running=running)
+            view = self.reservations.settle(ns, name, uid, spec, pod, running=running, devices=devices)
         except (Refused, rsv.ReservationError) as exc:
             reason = exc.reason if isinstance(exc, Refused) else "InvalidSpec"
             conds.append(condition(RESERVED, False, reason, f"the running VM holds no reservation: {exc}"))

@@ -277,7 +277,18 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             },
             "assignedTo": {
                 "type": "object",
+                "description": "the VM holding the device, else the VM it is reserved for (spec.assignTo)",
                 "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+            },
+            "heldBy": {
+                "type": "object",
+                "description": "the VM that holds the device now (the PCIPassthrough's status.assignedTo)",
+                "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+            },
+            "resourceName": {
+                "type": "string",
+                "description": "the extended resource the device counts toward on its node once Bound "
+                "(k3svirt.io/pci-<vendor>-<device>): what the scheduler and ResourceQuota count",
             },
         },
     },

@@ -49,6 +49,8 @@ def test_list_assign_unassign(app, client, admin, namespace, node):
     items = client.get(f"/api/v1/pci-devices?node={node}", headers=admin).json["items"]
     assert [(i["node"], i["address"]) for i in items] == [(node, ADDR), (node, "0000:04:00.0")]
     assert "passthrough" not in items[0]
+    # What the scheduler counts each device as (k3svirt_common.pci_resources).
+    assert [i["resourceName"] for i in items] == ["k3svirt.io/pci-8086-10fb", "k3svirt.io/pci-10de-1eb8"]
 
     r = client.post(
         f"/api/v1/pci-devices/{ADDR}/assign", headers=admin, json={"vm": "gpu-vm", "namespace": namespace, "node": node}
@@ -78,6 +80,13 @@ def test_list_assign_unassign(app, client, admin, namespace, node):
     items = client.get(f"/api/v1/pci-devices?node={node}", headers=admin).json["items"]
     assert items[0]["passthrough"]["name"] == pname
     assert items[0]["assignedTo"] == {"name": "gpu-vm", "namespace": namespace}
+    assert "heldBy" not in items[0]  # reserved for gpu-vm, held by nobody until its operator claims it
+    kube.patch(
+        pcip_path(pname) + "/status",
+        {"status": {"phase": "Assigned", "assignedTo": {"namespace": namespace, "name": "gpu-vm"}}},
+    )
+    held = client.get(f"/api/v1/pci-devices?node={node}", headers=admin).json["items"][0]
+    assert held["heldBy"] == {"name": "gpu-vm", "namespace": namespace}
 
     r = client.post(f"/api/v1/pci-devices/{ADDR}/unassign", headers=admin, json={"node": node})
     assert r.status_code == 200, r.json

@@ -34,6 +34,7 @@ KOPF_CLUSTERWIDE: set[Perm] = {
 # Granted on purpose beyond the calls found in the code (each with its reason).
 OPERATOR_EXTRAS: set[Perm] = {
     ("", "nodes", "get"),  # its own Node's labels (nodeSelector matching)
+    ("", "nodes/status", "patch"),  # its Node's k3svirt.io/pci-* extended resources (runtime.publish_device_capacity)
     ("", "events", "patch"),  # kopf aggregates repeated events
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from flask import Blueprint, request
+from k3svirt_common import pci_resources
 
 from .. import contract as c
 from ..api import check_name, json_body, op
@@ -114,9 +115,15 @@ def list_devices():
             except Problem:
                 address = dev["address"]
             entry: dict[str, Any] = {"node": node, "address": address, "device": dev}
+            resource = pci_resources.resource_name(dev.get("vendorId"), dev.get("deviceId"))
+            if resource is not None:
+                entry["resourceName"] = resource
             p = _find_pcip(node, address, pcips)
             if p is not None:
                 entry["passthrough"] = _pcip_view(p)
+                holder = (p.get("status") or {}).get("assignedTo")
+                if holder:
+                    entry["heldBy"] = {"name": holder.get("name", ""), "namespace": holder.get("namespace", "")}
                 assigned = (p.get("status") or {}).get("assignedTo") or (p.get("spec") or {}).get("assignTo")
                 if assigned:
                     entry["assignedTo"] = {

@@ -1,0 +1,163 @@
+"""Passthrough devices in the scheduler's books, on the test bed's real node (docs/pci-passthrough.md).
+
+The operator runs against a fixture sysfs (operator/tests/fixtures/sysfs) whose two 82599 ports are
+already on vfio-pci: their PCIPassthroughs become Bound without a real device, and the real
+kube-scheduler and kubelet then count `k3svirt.io/pci-8086-10fb` like CPU. No domain with those
+devices is started (there is no such device on this machine): the VM here waits for its reservation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from k3svirt_common import reservation as rsv
+
+from .conftest import Operator, free_port, get_json, kubectl, tiny_vm, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "operator" / "tests"))
+from fixtures.sysfs import pci_fakesys  # noqa: E402
+
+RESOURCE = "k3svirt.io/pci-8086-10fb"
+PORTS = ("0000:03:00.0", "0000:03:00.1")
+
+
+@pytest.fixture(autouse=True)
+def _node_runs():
+    if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":
+        pytest.fail("needs the test bed's node (kubelet): unset K3SVIRT_TESTBED_NODE=0", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def pci_operator(testbed, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fakehost")
+    host = pci_fakesys.build_n305(root)
+    for address in PORTS:  # what a node admin's earlier bind left: both ports (group 2) on vfio-pci
+        host.detach(address)
+        host.attach(address, "vfio-pci")
+    (root / "pci.ids").write_text(pci_fakesys.PCI_IDS_SNIPPET)
+    env = {
+        **os.environ,
+        **testbed,
+        "K3SVIRT_NODE_NAME": testbed["K3SVIRT_NODE_NAME"],
+        "K3SVIRT_SYSFS_ROOT": str(host.sys),
+        "K3SVIRT_PROC_ROOT": str(host.proc),
+        "K3SVIRT_PCI_IDS": str(root / "pci.ids"),
+        "K3SVIRT_PCI_INVENTORY_SECONDS": "5",
+        "K3SVIRT_METRICS_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    op = Operator(env, tmp_path_factory.mktemp("pci-operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    sys.stdout.write(f"\n--- operator log tail ---\n{op.tail()}\n")
+
+
+def _node(kubeconfig: str) -> dict:
+    return get_json(kubeconfig, "node", os.environ["K3SVIRT_NODE_NAME"])
+
+
+def _units(kubeconfig: str) -> tuple[str | None, str | None]:
+    status = _node(kubeconfig)["status"]
+    return status.get("capacity", {}).get(RESOURCE), status.get("allocatable", {}).get(RESOURCE)
+
+
+def _pcip(kubeconfig: str, name: str, address: str, ns: str) -> None:
+    body = {
+        "apiVersion": "k3svirt.io/v1alpha1",
+        "kind": "PCIPassthrough",
+        "metadata": {"name": name},
+        "spec": {"nodeName": os.environ["K3SVIRT_NODE_NAME"], "address": address, "namespaces": [ns]},
+    }
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(body))
+
+
+def _pod(kubeconfig: str, ns: str, name: str, units: int) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": False,
+            "nodeSelector": {"kubernetes.io/hostname": os.environ["K3SVIRT_NODE_NAME"]},
+            "containers": [
+                {
+                    "name": "c",
+                    "image": rsv.PAUSE_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "resources": {
+                        "requests": {"cpu": "10m", "memory": "8Mi", RESOURCE: str(units)},
+                        "limits": {RESOURCE: str(units)},
+                    },
+                }
+            ],
+        },
+    }
+    kubectl(kubeconfig, "apply", "-n", ns, "-f", "-", stdin=json.dumps(pod))
+
+
+def _unschedulable(kubeconfig: str, ns: str, pod: str) -> str | None:
+    found = get_json(kubeconfig, "pod", pod, "-n", ns)
+    cond = next((c for c in found["status"].get("conditions") or [] if c["type"] == "PodScheduled"), {})
+    return cond.get("message") if cond.get("reason") == "Unschedulable" else None
+
+
+def test_bound_devices_are_counted_by_the_scheduler_and_kubelet(kubeconfig, namespace, pci_operator, tiny_guest):
+    ns, tag = namespace, uuid.uuid4().hex[:6]
+    names = [f"t-cap-{tag}-{i}" for i in range(len(PORTS))]
+    try:
+        for name, address in zip(names, PORTS, strict=True):
+            _pcip(kubeconfig, name, address, ns)
+        wait_until(
+            lambda: all((get_json(kubeconfig, "pcip", n).get("status") or {}).get("phase") == "Bound" for n in names),
+            90,
+            f"PCIPassthroughs not Bound; {pci_operator.tail()}",
+        )
+        # The node offers both ports, in capacity and allocatable.
+        wait_until(lambda: _units(kubeconfig) == ("2", "2"), 60, f"node shows {_units(kubeconfig)}")
+
+        # Three units asked where two exist: the scheduler says so; one unit fits and the kubelet runs it.
+        _pod(kubeconfig, ns, "wants-three", 3)
+        msg = wait_until(lambda: _unschedulable(kubeconfig, ns, "wants-three"), 60, "not reported Unschedulable")
+        assert f"Insufficient {RESOURCE}" in msg, msg
+        _pod(kubeconfig, ns, "wants-one", 1)
+        wait_until(
+            lambda: get_json(kubeconfig, "pod", "wants-one", "-n", ns)["status"].get("phase") == "Running",
+            90,
+            "a pod asking for one free unit did not run",
+        )
+
+        # One unit is left: a VM needing both ports waits for its reservation with the scheduler's reason.
+        vm = tiny_vm("router", tiny_guest, hostDevices=[{"name": f"p{i}", "pciPassthrough": n}
+                                                        for i, n in enumerate(names)])  # fmt: skip
+        kubectl(kubeconfig, "apply", "-n", ns, "-f", "-", stdin=json.dumps(vm))
+        pod = rsv.pod_name("router")
+        wait_until(
+            lambda: _unschedulable(kubeconfig, ns, pod), 90, f"no unschedulable reservation; {pci_operator.tail()}"
+        )
+        requests = get_json(kubeconfig, "pod", pod, "-n", ns)["spec"]["containers"][0]["resources"]["requests"]
+        assert requests[RESOURCE] == "2", requests
+
+        def reserved_condition():
+            conds = (get_json(kubeconfig, "vm", "router", "-n", ns).get("status") or {}).get("conditions") or []
+            c = next((c for c in conds if c["type"] == "ResourcesReserved" and c["status"] == "False"), None)
+            return c if c and c.get("reason") == "Unschedulable" else None
+
+        cond = wait_until(reserved_condition, 60, "the VM does not say it is unschedulable")
+        assert f"Insufficient {RESOURCE}" in cond["message"], cond
+        kubectl(kubeconfig, "delete", "-n", ns, "vm/router", "--wait=true", "--timeout=120s")
+
+        # A device going away is taken out of the books at once.
+        kubectl(kubeconfig, "delete", "pcip", names[1], "--wait=true", "--timeout=60s")
+        wait_until(lambda: _units(kubeconfig) == ("1", "1"), 60, f"node shows {_units(kubeconfig)}")
+    finally:
+        kubectl(kubeconfig, "delete", "-n", ns, "pod", "wants-three", "wants-one", "--wait=false", check=False)
+        for n in names:
+            kubectl(kubeconfig, "delete", "pcip", n, "--wait=true", "--timeout=60s", check=False)
+        wait_until(lambda: _units(kubeconfig)[0] in (None, "0"), 60, f"node still shows {_units(kubeconfig)}")
