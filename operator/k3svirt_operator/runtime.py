@@ -9,9 +9,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from k3svirt_common import names, pci_resources
+from k3svirt_common import names
 from k3svirt_common.kube import ApiError, Client, core_path, group_path
 
+from . import device_capacity
 from .accel import Acceleration
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
@@ -85,21 +86,7 @@ class Runtime:
         return dict((node.get("metadata") or {}).get("labels") or {})
 
     def publish_device_capacity(self, passthroughs: Iterable[Mapping[str, Any]]) -> dict[str, int] | None:
-        """Makes this node's `k3svirt.io/pci-*` capacity and allocatable count its Bound/Assigned
-        PCIPassthroughs (k3svirt_common.pci_resources); what it published, None without a Node object
-        (a control plane without kubelets has nothing to schedule against)."""
-        want = pci_resources.node_capacity(passthroughs, self.settings.node_name)
-        try:
-            node = self.api.get(core_path("nodes", name=self.settings.node_name))
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        patch = pci_resources.capacity_patch(node.get("status") or {}, want)
-        if patch is not None:
-            self.api.patch(core_path("nodes", name=self.settings.node_name, sub="status"), patch)
-            log.info("device capacity published", extra={"node": self.settings.node_name, "capacity": want})
-        return want
+        return device_capacity.publish(self.api, self.settings.node_name, passthroughs)
 
     def ensure_cluster_object(self, plural: str, kind: str, name: str) -> None:
         """Creates an empty cluster-scoped object of ours if it does not exist yet."""
