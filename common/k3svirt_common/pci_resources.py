@@ -77,12 +77,16 @@ def capacity_patch(node_status: Mapping[str, Any], want: Mapping[str, int]) -> d
 
 
 def device_requests(spec: Mapping[str, Any], pcips: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """{resource: units} a VM's reservation requests for its spec.hostDevices: one per named
-    PCIPassthrough whose device kind is known (an unknown or unresolved one is refused by the claim
-    itself, with its own reason, before any reservation is made)."""
+    """{resource: units} a VM's reservation requests for its spec.hostDevices: one per entry asking
+    for a kind (`resource`) and one per named PCIPassthrough whose device kind is known (an unknown
+    or unresolved one is refused by the claim itself, with its own reason, before any reservation)."""
     by_name = {(p.get("metadata") or {}).get("name"): p for p in pcips}
     out: dict[str, int] = {}
     for item in spec.get("hostDevices") or []:
+        if item.get("resource"):  # any free device of that kind
+            res = item["resource"]
+            out[res] = out.get(res, 0) + 1
+            continue
         p = by_name.get(item.get("pciPassthrough"))
         res = resource_of(p) if p is not None else None
         if res is not None:

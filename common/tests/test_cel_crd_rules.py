@@ -21,6 +21,10 @@ CRDS = Path(__file__).resolve().parents[2] / "crds"
 # rule -> (an object the rule accepts, an object it refuses)
 PINNED: dict[str, tuple[Any, Any]] = {
     "has(self.address) != has(self.selector)": ({"address": "0000:03:00.0"}, {}),
+    "has(self.pciPassthrough) != has(self.resource)": (
+        {"name": "wan", "resource": "k3svirt.io/pci-8086-10fb"},
+        {"name": "wan", "pciPassthrough": "p0", "resource": "k3svirt.io/pci-8086-10fb"},
+    ),
     "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63": (
         {"metadata": {"name": "vm-1"}},
         {"metadata": {"name": "a" * 64}},

@@ -156,6 +156,33 @@ def test_bound_devices_are_counted_by_the_scheduler_and_kubelet(kubeconfig, name
         # A device going away is taken out of the books at once.
         kubectl(kubeconfig, "delete", "pcip", names[1], "--wait=true", "--timeout=60s")
         wait_until(lambda: _units(kubeconfig) == ("1", "1"), 60, f"node shows {_units(kubeconfig)}")
+
+        # Two VMs asking for any device of the kind, at once, for the last one: exactly one gets it.
+        for vm_name in ("k1", "k2"):
+            vm = tiny_vm(vm_name, tiny_guest, hostDevices=[{"name": "nic", "resource": RESOURCE}])
+            kubectl(kubeconfig, "apply", "-n", ns, "-f", "-", stdin=json.dumps(vm))
+
+        def verdicts():
+            holder = (get_json(kubeconfig, "pcip", names[0]).get("status") or {}).get("assignedTo") or {}
+            refused = {}
+            for vm_name in ("k1", "k2"):
+                conds = (get_json(kubeconfig, "vm", vm_name, "-n", ns).get("status") or {}).get("conditions") or []
+                c = next((c for c in conds if c["type"] == "HostDevicesReady" and c["status"] == "False"), None)
+                if c:
+                    refused[vm_name] = c
+            return (holder.get("name"), refused) if holder.get("name") and refused else None
+
+        winner, refused = wait_until(verdicts, 90, f"no verdict on the race; {pci_operator.tail()}")
+        (loser,) = refused
+        assert {winner, loser} == {"k1", "k2"}, (winner, refused)
+        assert f"no free {RESOURCE} on node" in refused[loser]["message"], refused
+        assert f"{names[0]} ({ns}/{winner})" in refused[loser]["message"], refused
+        kubectl(kubeconfig, "delete", "-n", ns, "vm/k1", "vm/k2", "--wait=true", "--timeout=120s")
+        wait_until(
+            lambda: not (get_json(kubeconfig, "pcip", names[0]).get("status") or {}).get("assignedTo"),
+            60,
+            "the device was not released when its VM was deleted",
+        )
     finally:
         kubectl(kubeconfig, "delete", "-n", ns, "pod", "wants-three", "wants-one", "--wait=false", check=False)
         for n in names:

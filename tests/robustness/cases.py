@@ -87,6 +87,7 @@ NAME_FIELDS: dict[str, tuple[str, set[str]]] = {
     "spec.networks[0].nat.network": ('{"networks": [{"name": "n", "nat": {"network": V}}]}', set()),
     "spec.networks[0].bridge.name": ('{"networks": [{"name": "n", "bridge": {"name": V}}]}', set()),
     "spec.hostDevices[0].pciPassthrough": ('{"hostDevices": [{"name": "h", "pciPassthrough": V}]}', set()),
+    "spec.hostDevices[0].resource": ('{"hostDevices": [{"name": "h", "resource": V}]}', set()),
     "spec.template.name": ('{"template": {"name": V}}', set()),
     "spec.presets[0].version": ('{"presets": [{"name": "p", "version": V}]}', set()),
 }
@@ -207,6 +208,14 @@ def _number_cases() -> list[Case]:
     }
     for field, spec in counts.items():
         out.append(Case(f"{field}=too-many", field, spec, REFUSE))
+    kind = "k3svirt.io/pci-8086-10fb"
+    for vid, entry in {
+        "both": {"name": "h", "pciPassthrough": "p", "resource": kind},  # one device or any of a kind, not both
+        "neither": {"name": "h"},
+        "upper-hex": {"name": "h", "resource": "k3svirt.io/pci-8086-10FB"},
+        "other-group": {"name": "h", "resource": "nvidia.com/gpu"},
+    }.items():
+        out.append(Case(f"spec.hostDevices[0]={vid}", "spec.hostDevices[0]", {"hostDevices": [entry]}, REFUSE))
     return out
 
 
