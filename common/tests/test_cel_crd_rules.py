@@ -21,6 +21,7 @@ CRDS = Path(__file__).resolve().parents[2] / "crds"
 # rule -> (an object the rule accepts, an object it refuses)
 PINNED: dict[str, tuple[Any, Any]] = {
     "has(self.address) != has(self.selector)": ({"address": "0000:03:00.0"}, {}),
+    "size(self.metadata.name) <= 56": ({"metadata": {"name": "uplink"}}, {"metadata": {"name": "a" * 57}}),
     "has(self.pciPassthrough) != has(self.resource)": (
         {"name": "wan", "resource": "k3svirt.io/pci-8086-10fb"},
         {"name": "wan", "pciPassthrough": "p0", "resource": "k3svirt.io/pci-8086-10fb"},

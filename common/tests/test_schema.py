@@ -177,7 +177,7 @@ def test_valid_minimal_and_full():
             "onPoweroff restart",
         ),
         ({"nodeName": "n", "nodeSelector": {"a": "b"}}, "spec", "at most one of nodeName"),
-        ({"hostDevices": [{"name": "x"}]}, "spec.hostDevices[0].pciPassthrough", "Required"),
+        ({"hostDevices": [{"name": "x"}]}, "spec.hostDevices[0]", "set exactly one of pciPassthrough"),
         ({"deletionPolicy": "Orphan"}, "spec.deletionPolicy", ""),
         ({"runStategy": "Always"}, "spec.runStategy", "unknown field"),
     ],

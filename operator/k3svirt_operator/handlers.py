@@ -490,3 +490,67 @@ async def passthrough_deleted(body: kopf.Body, name: str, claimed_addresses: kop
         if exc.reason == "StillAssigned":
             raise kopf.TemporaryError(str(exc), delay=10) from exc
         raise kopf.PermanentError(str(exc)) from exc
+
+
+# ---------------------------------------------------------------------- SR-IOV virtual functions
+def _vf_children(index: kopf.Index, policy: str) -> list[dict[str, Any]]:
+    label = f"{names.GROUP}/vf-policy"
+    return [o for store in index.values() for o in store if (o["metadata"].get("labels") or {}).get(label) == policy]
+
+
+def _held(children: list[dict[str, Any]]) -> list[str]:
+    return [o["metadata"]["name"] for o in children if (o.get("status") or {}).get("assignedTo")]
+
+
+def _reconcile_vf_policy(body: Mapping[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
+    """Gives the PF the VFs the policy asks for and offers each through its own PCIPassthrough."""
+    meta, spec, host = body["metadata"], body.get("spec") or {}, SETTINGS.pci
+    address = spec.get("physicalFunction", "")
+    pf = pci.read_device(host.sys_root, address)
+    result = pci.sriov.plan(spec, pf, held=_held(children))
+    if not isinstance(result, pci.sriov.Refusal):
+        result = pci.sriov.apply(host.sys_root, address, result)
+    if not isinstance(result, pci.sriov.Refusal):
+        wanted = {k["metadata"]["name"]: k for k in pci.sriov.children(body, result)}
+        for child in wanted.values():
+            _rt().create_object(names.PCIPASSTHROUGH_PLURAL, None, child)
+        for child in children:
+            if child["metadata"]["name"] not in wanted:  # VFs that no longer exist
+                _rt().delete_object(names.PCIPASSTHROUGH_PLURAL, None, child["metadata"]["name"])
+        pf = pci.read_device(host.sys_root, address)
+    return pci.sriov.status(body.get("status") or {}, meta.get("generation"), pf, result, meta["name"])
+
+
+@kopf.on.resume(names.GROUP, names.VERSION, names.PCIVF_POLICY_PLURAL, when=on_this_node)
+@kopf.on.create(names.GROUP, names.VERSION, names.PCIVF_POLICY_PLURAL, when=on_this_node)
+@kopf.on.update(names.GROUP, names.VERSION, names.PCIVF_POLICY_PLURAL, when=on_this_node, field="spec")
+@kopf.timer(names.GROUP, names.VERSION, names.PCIVF_POLICY_PLURAL, when=on_this_node, interval=60, idle=10)
+async def vf_policy_changed(body: kopf.Body, name: str, passthroughs: kopf.Index, **_: Any) -> None:
+    children = _vf_children(passthroughs, name)
+    status = await asyncio.to_thread(_reconcile_vf_policy, copy.deepcopy(dict(body)), children)
+    old = _user_status(body)
+    if status != old:
+        await asyncio.to_thread(_rt().patch_status, names.PCIVF_POLICY_PLURAL, None, name, status)
+        if status.get("phase") != old.get("phase"):
+            ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+            kind = "Warning" if status["phase"] == "Failed" else "Normal"
+            reason, message = ready.get("reason") or status["phase"], (ready.get("message") or "")[:1000]
+            kopf.event(body, type=kind, reason=reason, message=message)
+
+
+@kopf.on.delete(names.GROUP, names.VERSION, names.PCIVF_POLICY_PLURAL, when=on_this_node)
+async def vf_policy_deleted(body: kopf.Body, name: str, passthroughs: kopf.Index, **_: Any) -> None:
+    """VFs go back only once no VM holds one: their PCIPassthroughs are deleted (each gives its VF
+    back to the host driver), then the PF's sriov_numvfs is set to 0."""
+    children = _vf_children(passthroughs, name)
+    held = _held(children)
+    if held:
+        raise kopf.TemporaryError(f"VMs hold {', '.join(held)}: stop them or remove the devices first", delay=10)
+    for child in children:
+        await asyncio.to_thread(_rt().delete_object, names.PCIPASSTHROUGH_PLURAL, None, child["metadata"]["name"])
+    if children:
+        raise kopf.TemporaryError("waiting for the VFs' PCIPassthroughs to give them back", delay=2)
+    address = (body.get("spec") or {}).get("physicalFunction", "")
+    result = await asyncio.to_thread(pci.sriov.apply, SETTINGS.pci.sys_root, address, pci.sriov.VFPlan([0]))
+    if isinstance(result, pci.sriov.Refusal):  # said, not retried forever: the policy's VFs are offered no more
+        kopf.event(body, type="Warning", reason=result.reason, message=result.message[:1000])

@@ -97,6 +97,22 @@ class Runtime:
             if exc.status != 409:
                 raise
 
+    def create_object(self, plural: str, namespace: str | None, body: Mapping[str, Any]) -> None:
+        """Creates an object of ours; one that exists already (409) is left as it is."""
+        try:
+            self.api.create(_path(plural, namespace), body)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+
+    def delete_object(self, plural: str, namespace: str | None, name: str) -> None:
+        """Deletes an object of ours; one that is gone already (404) is fine."""
+        try:
+            self.api.delete(_path(plural, namespace, name))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
     def patch_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
         try:
             self.api.patch(_path(plural, namespace, name, "status"), {"status": dict(status)})

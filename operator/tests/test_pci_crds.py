@@ -33,6 +33,7 @@ def _walk(node, path):
     [
         (names.PCIPASSTHROUGH_KIND, names.PCIPASSTHROUGH_PLURAL, "pcip"),
         (names.NODEPCIINVENTORY_KIND, names.NODEPCIINVENTORY_PLURAL, "npi"),
+        (names.PCIVF_POLICY_KIND, names.PCIVF_POLICY_PLURAL, "pcivf"),
     ],
 )
 def test_crd_is_structural_and_documented(kind, plural, short):

@@ -40,11 +40,18 @@ OPERATOR_EXTRAS: set[Perm] = {
     ("events.k8s.io", "events", "patch"),
     *{
         (G, f"{p}/status", "get")
-        for p in (names.VM_PLURAL, names.VMTEMPLATE_PLURAL, names.PCIPASSTHROUGH_PLURAL, names.NODEPCIINVENTORY_PLURAL)
+        for p in (
+            names.VM_PLURAL,
+            names.VMTEMPLATE_PLURAL,
+            names.PCIPASSTHROUGH_PLURAL,
+            names.NODEPCIINVENTORY_PLURAL,
+            names.PCIVF_POLICY_PLURAL,
+        )
     },
     (G, names.NODEPCIINVENTORY_PLURAL, "get"),
     (G, names.PCIPASSTHROUGH_PLURAL, "get"),
     (G, names.VM_PLURAL, "get"),
+    (G, names.PCIVF_POLICY_PLURAL, "get"),
 }
 
 RUNTIME_VERBS = {  # operator/k3svirt_operator/runtime.py: method -> (verb, subresource)
@@ -52,6 +59,8 @@ RUNTIME_VERBS = {  # operator/k3svirt_operator/runtime.py: method -> (verb, subr
     "list_objects": ("list", ""),
     "ensure_cluster_object": ("create", ""),
     "patch_status": ("patch", "/status"),
+    "create_object": ("create", ""),
+    "delete_object": ("delete", ""),
 }
 
 
@@ -79,7 +88,10 @@ def operator_needs() -> set[Perm]:
     for const in handled:
         p = plural(const)
         need |= {(G, p, "list"), (G, p, "watch"), (G, p, "patch"), (G, f"{p}/status", "patch")}
-    calls = re.findall(r"\b(get_object|list_objects|ensure_cluster_object|patch_status)\b,?\(?\s*names\.(\w+)", code)
+    calls = re.findall(
+        r"\b(get_object|list_objects|ensure_cluster_object|patch_status|create_object|delete_object)\b,?\(?\s*names\.(\w+)",
+        code,
+    )
     assert {m for m, _ in calls} == set(RUNTIME_VERBS), calls
     for method, const in calls:
         verb, sub = RUNTIME_VERBS[method]

@@ -4,6 +4,8 @@ The operator runs against a fixture sysfs (operator/tests/fixtures/sysfs) whose 
 already on vfio-pci: their PCIPassthroughs become Bound without a real device, and the real
 kube-scheduler and kubelet then count `k3svirt.io/pci-8086-10fb` like CPU. No domain with those
 devices is started (there is no such device on this machine): the VM here waits for its reservation.
+The fixture's X710 PF has two SR-IOV VFs already (no kernel creates more here: writing sriov_numvfs
+changes a plain file), which is what a PCIVirtualFunctionPolicy for two finds and offers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ RESOURCE = "k3svirt.io/pci-8086-10fb"
 PORTS = ("0000:03:00.0", "0000:03:00.1")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture()
 def _node_runs():
     if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":
         pytest.fail("needs the test bed's node (kubelet): unset K3SVIRT_TESTBED_NODE=0", pytrace=False)
@@ -51,6 +53,8 @@ def pci_operator(testbed, tmp_path_factory):
         "K3SVIRT_METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
+    if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":
+        env["K3SVIRT_RESERVATIONS"] = "off"  # no kubelet: the SR-IOV test runs, the capacity test fails
     op = Operator(env, tmp_path_factory.mktemp("pci-operator") / "operator.log")
     op.start()
     yield op
@@ -108,7 +112,9 @@ def _unschedulable(kubeconfig: str, ns: str, pod: str) -> str | None:
     return cond.get("message") if cond.get("reason") == "Unschedulable" else None
 
 
-def test_bound_devices_are_counted_by_the_scheduler_and_kubelet(kubeconfig, namespace, pci_operator, tiny_guest):
+def test_bound_devices_are_counted_by_the_scheduler_and_kubelet(
+    _node_runs, kubeconfig, namespace, pci_operator, tiny_guest
+):
     ns, tag = namespace, uuid.uuid4().hex[:6]
     names = [f"t-cap-{tag}-{i}" for i in range(len(PORTS))]
     try:
@@ -188,3 +194,49 @@ def test_bound_devices_are_counted_by_the_scheduler_and_kubelet(kubeconfig, name
         for n in names:
             kubectl(kubeconfig, "delete", "pcip", n, "--wait=true", "--timeout=60s", check=False)
         wait_until(lambda: _units(kubeconfig)[0] in (None, "0"), 60, f"node still shows {_units(kubeconfig)}")
+
+
+def test_a_vf_policy_offers_each_vf_as_its_own_passthrough(kubeconfig, pci_operator):
+    policy = f"t-vf-{uuid.uuid4().hex[:6]}"
+    body = {
+        "apiVersion": "k3svirt.io/v1alpha1",
+        "kind": "PCIVirtualFunctionPolicy",
+        "metadata": {"name": policy},
+        "spec": {"nodeName": os.environ["K3SVIRT_NODE_NAME"], "physicalFunction": "0000:05:00.0", "numVfs": 2,
+                 "namespaces": ["lab"]},
+    }  # fmt: skip
+    try:
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(body))
+
+        def ready():
+            st = get_json(kubeconfig, "pcivf", policy).get("status") or {}
+            return st if st.get("phase") == "Ready" else None
+
+        st = wait_until(ready, 60, f"policy not Ready; {pci_operator.tail()}")
+        assert st["totalVfs"] == 64 and st["numVfs"] == 2, st
+        assert [v["address"] for v in st["virtualFunctions"]] == ["0000:05:02.0", "0000:05:02.1"], st
+        uid = get_json(kubeconfig, "pcivf", policy)["metadata"]["uid"]
+        for i, address in enumerate(("0000:05:02.0", "0000:05:02.1")):
+            child = get_json(kubeconfig, "pcip", f"{policy}-vf{i}")
+            assert child["spec"] == {**child["spec"], "address": address, "namespaces": ["lab"]}, child
+            assert child["metadata"]["ownerReferences"][0]["uid"] == uid, child
+
+        # More VFs than the PF has: its driver would re-create them; here none appear, and it says so.
+        body["spec"]["numVfs"] = 3
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(body))
+
+        def failed():
+            st = get_json(kubeconfig, "pcivf", policy).get("status") or {}
+            cond = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+            return cond if st.get("phase") == "Failed" else None
+
+        cond = wait_until(failed, 60, f"no failure reported; {pci_operator.tail()}")
+        assert cond["reason"] == "VFsDidNotAppear" and "0000:05:00.0" in cond["message"], cond
+        # A hostile spec is refused by the API server with the field named.
+        bad = {**body, "spec": {**body["spec"], "physicalFunction": "../../0000:05:00.0"}}
+        proc = kubectl(kubeconfig, "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(bad), check=False)
+        assert proc.returncode != 0 and "spec.physicalFunction" in proc.stderr, proc.stderr
+    finally:
+        kubectl(kubeconfig, "delete", "pcivf", policy, "--wait=true", "--timeout=90s", check=False)
+    assert kubectl(kubeconfig, "get", "pcivf", policy, check=False).returncode != 0, "policy not deleted"
+    assert kubectl(kubeconfig, "get", "pcip", f"{policy}-vf0", check=False).returncode != 0, "VF passthrough left"

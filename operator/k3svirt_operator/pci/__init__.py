@@ -13,6 +13,7 @@ handlers pass the node's (config.Settings.pci: K3SVIRT_SYSFS_ROOT, K3SVIRT_PROC_
 See docs/pci-passthrough.md.
 """
 
+from . import sriov
 from .assignment import (
     Assignment,
     HostDeviceError,
@@ -76,5 +77,6 @@ __all__ = [
     "resolve_host_devices",
     "restore",
     "select_device",
+    "sriov",
     "unassigned_status",
 ]
