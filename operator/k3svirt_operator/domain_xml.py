@@ -424,7 +424,12 @@ def _hostdevs(devs: ET.Element, spec: Mapping[str, Any], ctx: DomainContext) -> 
         fp = f"spec.hostDevices[{i}]"
         addr = ctx.host_devices.get(h["name"])
         if not addr:
-            raise DomainBuildError(fp, f"PCIPassthrough {h.get('pciPassthrough')!r} has no resolved host address")
+            what = (
+                f"PCIPassthrough {h['pciPassthrough']!r}"
+                if h.get("pciPassthrough")
+                else f"a {h.get('resource')} device"
+            )
+            raise DomainBuildError(fp, f"{what} has no resolved host address")
         hd = _sub(devs, "hostdev", mode="subsystem", type="pci", managed="no")
         _sub(hd, "driver", name="vfio")
         _sub(_sub(hd, "source"), "address", **_pci_address(addr, fp))

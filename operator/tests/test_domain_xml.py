@@ -279,6 +279,15 @@ CASES = [
         ],
     ),
     (
+        "hostdev-by-kind",  # the node picked a device of the kind: the domain only sees its address
+        {**MEM, "hostDevices": [{"name": "wan", "resource": "k3svirt.io/pci-8086-10fb"}]},
+        {"host_devices": {"wan": "0000:03:00.1"}},
+        [
+            ("./devices/hostdev/source/address", {"bus": "0x03", "slot": "0x00", "function": "0x1"}),
+            ("./devices/hostdev/alias", {"name": "ua-hostdev-wan"}),
+        ],
+    ),
+    (
         "devices",
         {
             **MEM,
