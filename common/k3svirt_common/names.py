@@ -17,18 +17,21 @@ VM_KIND, VM_PLURAL = "VirtualMachine", "virtualmachines"
 VMTEMPLATE_KIND, VMTEMPLATE_PLURAL = "VMTemplate", "vmtemplates"
 PCIPASSTHROUGH_KIND, PCIPASSTHROUGH_PLURAL = "PCIPassthrough", "pcipassthroughs"
 NODEPCIINVENTORY_KIND, NODEPCIINVENTORY_PLURAL = "NodePCIInventory", "nodepciinventories"
+NODETUNING_KIND, NODETUNING_PLURAL = "NodeTuning", "nodetunings"
 
 PLURALS: dict[str, str] = {
     VM_KIND: VM_PLURAL,
     VMTEMPLATE_KIND: VMTEMPLATE_PLURAL,
     PCIPASSTHROUGH_KIND: PCIPASSTHROUGH_PLURAL,
     NODEPCIINVENTORY_KIND: NODEPCIINVENTORY_PLURAL,
+    NODETUNING_KIND: NODETUNING_PLURAL,
 }
 NAMESPACED: dict[str, bool] = {
     VM_KIND: True,
     VMTEMPLATE_KIND: True,
     PCIPASSTHROUGH_KIND: False,
     NODEPCIINVENTORY_KIND: False,
+    NODETUNING_KIND: False,
 }
 
 # "<start|stop|restart>/<unique id>": performed once; the value is copied to status.lastActionRequest.

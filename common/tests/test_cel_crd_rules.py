@@ -102,6 +102,10 @@ PINNED: dict[str, tuple[Any, Any]] = {
         {"size": "2Gi", "hugepages": {"pageSize": "1Gi"}},
         {"size": "2049M", "hugepages": {"pageSize": "2Mi"}},
     ),
+    "has(self.ksm) || has(self.transparentHugepages) || has(self.swappiness) || has(self.ioSchedulers)": (
+        {"swappiness": 10},
+        {"nodeSelector": {"role": "vm"}},
+    ),
     "!has(self.onPoweroff) || !has(self.onReboot) || self.onPoweroff != 'restart' || self.onReboot != 'destroy'": (
         {"onPoweroff": "restart", "onReboot": "restart"},
         {"onPoweroff": "restart", "onReboot": "destroy"},

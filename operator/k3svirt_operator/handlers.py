@@ -12,6 +12,7 @@ import asyncio
 import copy
 import functools
 import logging
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,6 +48,7 @@ def _rt() -> Runtime:
 
 # This node's labels for spec.nodeSelector: K3SVIRT_NODE_LABELS plus the Node object's, refreshed.
 NODE_LABELS: dict[str, str] = dict(SETTINGS.node_labels)
+LABELS_READ = threading.Event()  # set once the Node's labels were read (NodeTuning waits for it)
 
 
 def owned(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
@@ -109,6 +111,7 @@ async def _refresh_node_labels() -> None:
         else:
             NODE_LABELS.clear()
             NODE_LABELS.update({**labels, **SETTINGS.node_labels})
+            LABELS_READ.set()
         if not await shutdown.pause(60):
             return
 
@@ -472,3 +475,6 @@ async def passthrough_deleted(body: kopf.Body, name: str, claimed_addresses: kop
         if exc.reason == "StillAssigned":
             raise kopf.TemporaryError(str(exc), delay=10) from exc
         raise kopf.PermanentError(str(exc)) from exc
+
+
+from . import tuning_handlers  # noqa: E402,F401 (registers the NodeTuning handlers; it reads this module)
