@@ -106,6 +106,7 @@ PINNED: dict[str, tuple[Any, Any]] = {
         {"swappiness": 10},
         {"nodeSelector": {"role": "vm"}},
     ),
+    "!isQuantity(self) || quantity(self).isGreaterThan(quantity('0'))": ("0.0001", "0m"),
     "!has(self.onPoweroff) || !has(self.onReboot) || self.onPoweroff != 'restart' || self.onReboot != 'destroy'": (
         {"onPoweroff": "restart", "onReboot": "restart"},
         {"onPoweroff": "restart", "onReboot": "destroy"},

@@ -251,6 +251,8 @@ def _cpuset_mac_enum_cases() -> list[Case]:
             out.append(Case(f"{field}={vid}", field, {"cpu": {key: v}}, REFUSE))
         # CPUs this node may lack: stored; the node decides
         out.append(Case(f"{field}=high-cpu", field, {"cpu": {key: "8191"}}, EITHER))
+    for vid, request in {"zero": "0", "zero-milli": "0m", "zero-fraction": "0.000"}.items():
+        out.append(Case(f"spec.cpu.request={vid}", "spec.cpu.request", {"cpu": {"request": request}}, REFUSE))
     for vid, cpu in {
         "too-few-for-vcpus": {"cores": 4, "dedicatedCpuSet": "0-2"},
         "too-few-for-threads": {"cores": 2, "threads": 2, "dedicatedCpuSet": "0,2,4"},
