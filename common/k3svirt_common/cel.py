@@ -4,8 +4,17 @@ The API server is the authority on these rules; this module lets the gateway and
 (which validates merged template results that never reach the API server) give the same answers
 without a CEL dependency. Supported: literals (int, double, string, bool, null, lists), `self`
 member access and indexing, `has()`, `! - * / % + - == != < <= > >= in && || ?:`, `size()`,
-`.size()`, `.matches()`, `.startsWith()`, `.endsWith()`, `.contains()`, and the macros `.all()`,
-`.exists()`, `.exists_one()`.
+`.size()`, `.matches()`, `.startsWith()`, `.endsWith()`, `.contains()`, `.split()` (CEL's strings
+extension), `int()`/`string()` conversions, the macros `.all()`, `.exists()`, `.exists_one()`,
+`.map()`, `.filter()` (also in their two-variable form `list.all(i, v, ...)`), the lists extension's
+`.flatten()` and `.sort()`, Kubernetes' list functions `.sum()`, `.min()`, `.max()` and Kubernetes'
+quantity library (`quantity()`, `isQuantity()`, `.compareTo()`, `.isLessThan()`,
+`.isGreaterThan()`, `.add()`, `.sub()`, `.isInteger()`, `.asInteger()`, `.sign()`).
+
+Kept rather than a PyPI CEL package: the rules need Kubernetes' own libraries (quantity, the list
+functions), which a generic CEL implementation does not ship and would need as custom functions
+here anyway; every CRD rule is pinned against this evaluator (common/tests/test_cel_crd_rules.py)
+and the hostile-input suite checks that the API server and the gateway agree.
 
 Anything else raises CelUnsupported; a runtime error (missing field, wrong type) raises CelError.
 Callers treat both as "cannot decide here" and skip the rule: the API server still enforces it.
@@ -15,7 +24,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from .quantity import quantity_value
 
 __all__ = ["CelError", "CelUnsupported", "compile_rule"]
 
@@ -79,6 +92,81 @@ def _size(v: Any) -> int:
 def _num(v: Any) -> Any:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise CelError(f"expected a number, got {type(v).__name__}")
+    return v
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A Kubernetes quantity as CEL's quantity library sees it: an exact value."""
+
+    value: Decimal
+
+    def compare(self, other: Any) -> int:
+        if not isinstance(other, Quantity):
+            raise CelError("compareTo() needs a quantity")
+        return (self.value > other.value) - (self.value < other.value)
+
+
+# CEL's quantity() parses Kubernetes' grammar: digits with an optional fraction, then a binary or
+# decimal suffix, milli "m" or an exponent; a leading sign is allowed.
+_QUANTITY = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
+
+
+def _is_quantity(s: Any) -> bool:
+    return isinstance(s, str) and _QUANTITY.match(s) is not None
+
+
+def _quantity(s: Any) -> Quantity:
+    if not _is_quantity(s):
+        raise CelError(f"quantity(): {s!r} is not a quantity")
+    sign = -1 if s.startswith("-") else 1
+    return Quantity(sign * quantity_value(s.lstrip("+-")))
+
+
+def _as_integer(q: Quantity) -> int:
+    if q.value != q.value.to_integral_value() or not INT64_MIN <= q.value <= INT64_MAX:
+        raise CelError(f"cannot convert quantity {q.value} to an integer")
+    return int(q.value)
+
+
+def _is_integer(q: Quantity) -> bool:
+    return q.value == q.value.to_integral_value() and INT64_MIN <= q.value <= INT64_MAX
+
+
+_QUANTITY_METHODS: dict[str, Callable[..., Any]] = {
+    "compareTo": lambda q, o: q.compare(o),
+    "isLessThan": lambda q, o: q.compare(o) < 0,
+    "isGreaterThan": lambda q, o: q.compare(o) > 0,
+    "add": lambda q, o: Quantity(q.value + (o.value if isinstance(o, Quantity) else Decimal(_int(o)))),
+    "sub": lambda q, o: Quantity(q.value - (o.value if isinstance(o, Quantity) else Decimal(_int(o)))),
+    "isInteger": _is_integer,
+    "asInteger": _as_integer,
+    "sign": lambda q: (q.value > 0) - (q.value < 0),
+}
+
+
+def _int(v: Any) -> int:
+    """CEL's int(): ints pass, strings must be base-10 digits with an optional sign (no spaces,
+    underscores or other Unicode digits, which Python's int() would accept) and fit int64."""
+    if isinstance(v, bool):
+        raise CelError("int() of a bool")
+    if isinstance(v, int):
+        out = v
+    elif isinstance(v, float) or isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+", v, re.ASCII):
+        out = int(v)
+    else:
+        raise CelError(f"int(): cannot convert {v!r}")
+    if not INT64_MIN <= out <= INT64_MAX:
+        raise CelError(f"int(): {v!r} overflows int64")
+    return out
+
+
+def _numbers(v: Any, name: str) -> list[Any]:
+    if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int | float) for x in v):
+        raise CelError(f"{name}() needs a list of numbers")
     return v
 
 
@@ -224,18 +312,55 @@ class _Parser:
         return node, last
 
     def method(self, target: Node, name: str) -> Node:
-        if name in ("all", "exists", "exists_one"):
+        if name in ("all", "exists", "exists_one", "map", "filter"):
             self.take("(")
             kind, var = self.take()
             if kind != "id":
                 raise CelUnsupported("macro variable expected")
             self.take(",")
+            index_var = None
+            # two-variable form (CEL's comprehensions extension): list.all(i, v, ...) binds the index too
+            if self.peek()[0] == "id" and self.toks[self.i + 1][1] == ",":
+                index_var, var = var, self.take()[1]
+                self.take(",")
             body = self.cond()
             self.take(")")
-            return _macro(target, name, var, body)
+            return _macro(target, name, var, body, index_var)
         args = self.args()
         if name == "size" and not args:
             return lambda env: _size(target(env))
+        if name in _QUANTITY_METHODS:
+            fn_q = _QUANTITY_METHODS[name]
+
+            def call_q(env: Env) -> Any:
+                q = target(env)
+                if not isinstance(q, Quantity):
+                    raise CelError(f"{name}() needs a quantity")
+                return fn_q(q, *(a(env) for a in args))
+
+            return call_q
+        if name in ("sum", "min", "max") and not args:
+            agg: Callable[[list[Any]], Any] = {"sum": sum, "min": min, "max": max}[name]
+
+            def call_agg(env: Env) -> Any:
+                items = _numbers(target(env), name)
+                if not items and name != "sum":
+                    raise CelError(f"{name}() of an empty list")
+                return agg(items)
+
+            return call_agg
+        if name in ("flatten", "sort") and not args:
+            return _list_function(target, name)
+        if name == "split" and len(args) == 1:
+            sep = args[0]
+
+            def call_split(env: Env) -> Any:
+                s, a = target(env), sep(env)
+                if not isinstance(s, str) or not isinstance(a, str):
+                    raise CelError("split() needs strings")
+                return list(s) if a == "" else s.split(a)
+
+            return call_split
         one = {
             "matches": lambda s, a: re.search(a, s) is not None,
             "startsWith": lambda s, a: s.startswith(a),
@@ -312,10 +437,30 @@ class _Parser:
         if name == "size" and len(args) == 1:
             return lambda env: _size(args[0](env))
         if name == "int" and len(args) == 1:
-            return lambda env: int(args[0](env))
+            return lambda env: _int(args[0](env))
+        if name == "quantity" and len(args) == 1:
+            return lambda env: _quantity(args[0](env))
+        if name == "isQuantity" and len(args) == 1:
+            return lambda env: _is_quantity(args[0](env))
         if name == "string" and len(args) == 1:
             return lambda env: str(args[0](env))
         raise CelUnsupported(f"function {name}()")
+
+
+def _list_function(target: Node, name: str) -> Node:
+    """CEL's lists extension: flatten() one level, sort() of numbers or of strings."""
+
+    def run(env: Env) -> list[Any]:
+        items = target(env)
+        if not isinstance(items, list):
+            raise CelError(f"{name}() needs a list")
+        if name == "flatten":
+            return [x for it in items for x in (it if isinstance(it, list) else [it])]
+        if not (all(isinstance(x, str) for x in items) or _numbers(items, "sort")):
+            raise CelError("sort() needs numbers or strings")
+        return sorted(items)
+
+    return run
 
 
 def _index(obj: Any, idx: Any) -> Any:
@@ -325,13 +470,22 @@ def _index(obj: Any, idx: Any) -> Any:
         raise CelError(f"index {idx!r}: {e}") from e
 
 
-def _macro(target: Node, name: str, var: str, body: Node) -> Node:
-    def run(env: Env) -> bool:
+def _macro(target: Node, name: str, var: str, body: Node, index_var: str | None = None) -> Node:
+    def scope(env: Env, i: int, it: Any) -> Env:
+        return {**env, var: it, index_var: i} if index_var else {**env, var: it}
+
+    def run(env: Env) -> Any:
         coll = target(env)
+        if index_var is not None and not isinstance(coll, list):
+            raise CelUnsupported("two-variable macros over maps")
         items = list(coll.keys()) if isinstance(coll, dict) else coll
         if not isinstance(items, list):
             raise CelError(f"{name}() on {type(coll).__name__}")
-        results = (_bool(body({**env, var: it})) for it in items)
+        if name == "map":
+            return [body(scope(env, i, it)) for i, it in enumerate(items)]
+        if name == "filter":
+            return [it for i, it in enumerate(items) if _bool(body(scope(env, i, it)))]
+        results = (_bool(body(scope(env, i, it))) for i, it in enumerate(items))
         if name == "all":
             return all(results)
         if name == "exists":

@@ -18,6 +18,7 @@ VMTEMPLATE_KIND, VMTEMPLATE_PLURAL = "VMTemplate", "vmtemplates"
 PCIPASSTHROUGH_KIND, PCIPASSTHROUGH_PLURAL = "PCIPassthrough", "pcipassthroughs"
 NODEPCIINVENTORY_KIND, NODEPCIINVENTORY_PLURAL = "NodePCIInventory", "nodepciinventories"
 PCIVF_POLICY_KIND, PCIVF_POLICY_PLURAL = "PCIVirtualFunctionPolicy", "pcivirtualfunctionpolicies"
+NODETUNING_KIND, NODETUNING_PLURAL = "NodeTuning", "nodetunings"
 
 PLURALS: dict[str, str] = {
     VM_KIND: VM_PLURAL,
@@ -25,6 +26,7 @@ PLURALS: dict[str, str] = {
     PCIPASSTHROUGH_KIND: PCIPASSTHROUGH_PLURAL,
     NODEPCIINVENTORY_KIND: NODEPCIINVENTORY_PLURAL,
     PCIVF_POLICY_KIND: PCIVF_POLICY_PLURAL,
+    NODETUNING_KIND: NODETUNING_PLURAL,
 }
 NAMESPACED: dict[str, bool] = {
     VM_KIND: True,
@@ -32,6 +34,7 @@ NAMESPACED: dict[str, bool] = {
     PCIPASSTHROUGH_KIND: False,
     NODEPCIINVENTORY_KIND: False,
     PCIVF_POLICY_KIND: False,
+    NODETUNING_KIND: False,
 }
 
 # "<start|stop|restart>/<unique id>": performed once; the value is copied to status.lastActionRequest.

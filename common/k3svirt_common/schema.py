@@ -18,9 +18,11 @@ Kubernetes extensions are translated for jsonschema:
                                            unknown fields are errors, like kubectl's strict field
                                            validation)
   * x-kubernetes-list-type: map / set   -> keys / items must be unique
-  * x-kubernetes-validations (CEL)      -> evaluated with k3svirt_common.cel when the rule is in the
-                                           supported subset; others (and oldSelf transition rules)
-                                           are skipped - the API server still enforces them.
+  * x-kubernetes-validations (CEL)      -> evaluated with k3svirt_common.cel (every CRD rule is pinned
+                                           against it in common/tests/test_cel_crd_rules.py; a rule
+                                           that fails to evaluate refuses, as in the API server);
+                                           oldSelf transition rules need the stored object and are
+                                           left to the API server.
 """
 
 from __future__ import annotations
@@ -158,12 +160,21 @@ def _kube_validations(validator: Any, rules: list[dict[str, Any]], instance: Any
         fn = _compiled(rule.get("rule", ""))
         if fn is None:
             continue
+        message = rule.get("message") or f"failed rule: {rule.get('rule')}"
         try:
             ok = fn(instance)
-        except (cel.CelError, cel.CelUnsupported, TypeError, ValueError, ZeroDivisionError):
-            continue
+        except cel.CelUnsupported:
+            continue  # compiled rules never reach this; the API server decides
+        except (cel.CelError, TypeError, ValueError, ZeroDivisionError) as e:
+            # The API server refuses an object whose rule fails to evaluate (no such key, a bad
+            # conversion): so does this path, or a value the rule guards would reach the operator.
+            # A value that already breaks its schema (a string where a number belongs) is refused
+            # there, naming the exact field; the rule's error would only repeat it.
+            rest = {k: v for k, v in schema.items() if k != "x-kubernetes-validations"}
+            if not validator.evolve(schema=rest).is_valid(instance):
+                continue
+            ok, message = False, f"{message} (the rule could not be evaluated: {e})"
         if not ok:
-            message = rule.get("message") or f"failed rule: {rule.get('rule')}"
             err = jsonschema.ValidationError(message, validator="x-kubernetes-validations")
             err._k3svirt_field_path = rule.get("fieldPath", "")  # type: ignore[attr-defined]
             yield err

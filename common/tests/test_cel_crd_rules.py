@@ -85,6 +85,33 @@ PINNED: dict[str, tuple[Any, Any]] = {
         {"bus": "usb", "type": "tablet"},
         {"bus": "ps2", "type": "tablet"},
     ),
+    "!has(self.dedicatedCpuSet) || self.dedicatedCpuSet.split(',').map(p, int(p.split('-')[p.contains('-') ? 1 : 0]) - int(p.split('-')[0]) + 1).sum() >= (has(self.sockets) ? self.sockets : 1) * (has(self.cores) ? self.cores : 1) * (has(self.threads) ? self.threads : 1)": (  # noqa: E501 (the rule as the CRD has it)
+        {"sockets": 2, "cores": 2, "dedicatedCpuSet": "0,2-3,7"},
+        {"cores": 2, "threads": 2, "dedicatedCpuSet": "4-6"},
+    ),
+    "self.split(',').all(p, int(p.split('-')[p.contains('-') ? 1 : 0]) <= 8191)": ("0-8191", "0-3,8192"),
+    "self.split(',').all(p, !p.contains('-') || int(p.split('-')[0]) <= int(p.split('-')[1]))": (
+        "2,4-4,5-9",
+        "0-1,3-2",
+    ),
+    "self.split(',').map(p, [2 * int(p.split('-')[0]), 2 * int(p.split('-')[p.contains('-') ? 1 : 0]) + 1]).flatten().sort().all(i, e, e % 2 == i % 2)": (  # noqa: E501 (the rule as the CRD has it)
+        "7,0-1,2,4-6",
+        "0-3,3-5",
+    ),
+    "!isQuantity(self.size) || quantity(self.size).isInteger()": ({"size": "1.5Ki"}, {"size": "16777216.5"}),
+    "!isQuantity(self.size) || quantity(self.size).compareTo(quantity('16Mi')) >= 0": (
+        {"size": "16777216"},
+        {"size": "16777215"},
+    ),
+    "!has(self.hugepages) || !isQuantity(self.size) || !quantity(self.size).isInteger() || quantity(self.size).asInteger() % quantity(self.hugepages.pageSize).asInteger() == 0": (  # noqa: E501 (the rule as the CRD has it)
+        {"size": "2Gi", "hugepages": {"pageSize": "1Gi"}},
+        {"size": "2049M", "hugepages": {"pageSize": "2Mi"}},
+    ),
+    "has(self.ksm) || has(self.transparentHugepages) || has(self.swappiness) || has(self.ioSchedulers)": (
+        {"swappiness": 10},
+        {"nodeSelector": {"role": "vm"}},
+    ),
+    "!isQuantity(self) || quantity(self).isGreaterThan(quantity('0'))": ("0.0001", "0m"),
     "!has(self.onPoweroff) || !has(self.onReboot) || self.onPoweroff != 'restart' || self.onReboot != 'destroy'": (
         {"onPoweroff": "restart", "onReboot": "restart"},
         {"onPoweroff": "restart", "onReboot": "destroy"},

@@ -377,3 +377,25 @@ def test_merged_spec_is_held_to_the_crd_rules_without_its_references():
     merged = {"template": {"name": "t", "version": "1.0.0"}, "cpu": {"cores": 1}}
     assert [e.field for e in t.validate_merged(merged)] == ["spec.memory.size"]
     assert t.validate_merged({**merged, "memory": {"size": "1Gi"}}) == []
+
+
+def test_cpu_and_memory_rules_hold_across_layers():
+    """A template's topology and RAM meet the VM's pinning and hugepages only in the merged spec: the
+    CRD's CEL rules refuse the combination there (the operator no longer checks it itself)."""
+    effective = [
+        ("template t@1.0.0", {"cpu": {"cores": 4}, "memory": {"size": "3Gi"}}),
+        ("spec", {"cpu": {"dedicatedCpuSet": "0-1"}, "memory": {"hugepages": {"pageSize": "2Mi"}}}),
+    ]
+    merged = {
+        "cpu": {"cores": 4, "dedicatedCpuSet": "0-1"},
+        "memory": {"size": "3Gi", "hugepages": {"pageSize": "2Mi"}},
+    }
+    errors = t.validate_merged(merged, effective)
+    assert [(e.field, "pinning is 1:1" in e.message) for e in errors] == [("spec.cpu.dedicatedCpuSet", True)]
+    merged["memory"]["hugepages"] = {"pageSize": "1Gi"}
+    merged["memory"]["size"] = "1536Mi"
+    fields = {e.field for e in t.validate_merged(merged, effective)}
+    assert "spec.memory.size" in fields or "template t@1.0.0.memory.size" in fields, fields
+    merged["cpu"]["dedicatedCpuSet"] = "4-7"
+    merged["memory"]["size"] = "3Gi"
+    assert t.validate_merged(merged, effective) == []

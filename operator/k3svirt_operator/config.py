@@ -33,6 +33,16 @@ class PciHost:
 
 
 @dataclass(frozen=True)
+class NodeRoots:
+    """Where the node's own counters and tunables are read and written: free hugepages before a start
+    (hugepages.py), NodeTuning's KSM/THP/swappiness/IO-scheduler settings (tuning/). Fixture trees in
+    tests; apart from PciHost's roots, which tests point at PCI fixtures."""
+
+    sys_root: Path = Path("/sys")  # K3SVIRT_NODE_SYSFS_ROOT
+    proc_root: Path = Path("/proc")  # K3SVIRT_NODE_PROC_ROOT
+
+
+@dataclass(frozen=True)
 class Settings:
     node_name: str
     node_ip: str
@@ -50,6 +60,7 @@ class Settings:
     host_paths: HostPaths = HostPaths()
     qemu_owner: QemuOwner = QemuOwner()
     pci: PciHost = PciHost()
+    node_roots: NodeRoots = NodeRoots()
     image_cache_gc_seconds: float = 3600.0
     image_cache_idle_seconds: float = 86400.0
     stats_interval: float = 2.0
@@ -94,6 +105,10 @@ class Settings:
             host_paths=host_paths,
             qemu_owner=QemuOwner(env("K3SVIRT_QEMU_USER", "libvirt-qemu"), env("K3SVIRT_QEMU_GROUP", "kvm")),
             pci=_pci_host(source),
+            node_roots=NodeRoots(
+                sys_root=Path(env("K3SVIRT_NODE_SYSFS_ROOT", "") or "/sys"),
+                proc_root=Path(env("K3SVIRT_NODE_PROC_ROOT", "") or "/proc"),
+            ),
             # Cached base images that no overlay uses and nobody asked for in a day are removed.
             image_cache_gc_seconds=float(env("K3SVIRT_IMAGE_CACHE_GC_SECONDS", "3600")),
             image_cache_idle_seconds=float(env("K3SVIRT_IMAGE_CACHE_IDLE_SECONDS", "86400")),

@@ -29,16 +29,16 @@ class Cpu:
 def read(sys_root: Path = Path("/sys")) -> list[Cpu]:
     """The online CPUs of the host whose sysfs is at `sys_root` (a fixture tree in tests)."""
     base = sys_root / "devices/system/cpu"
-    online = parse_cpuset((base / "online").read_text().strip(), "online")
+    online = parse_cpuset((base / "online").read_text().strip())
     kinds: dict[int, str] = {}
     for kind, dev in (("P", "cpu_core"), ("E", "cpu_atom")):
         f = sys_root / "devices" / dev / "cpus"
         if f.exists():
-            kinds.update(dict.fromkeys(parse_cpuset(f.read_text().strip(), str(f)), kind))
+            kinds.update(dict.fromkeys(parse_cpuset(f.read_text().strip()), kind))
     out = []
     for cpu in sorted(online):
         l2_file = base / f"cpu{cpu}/cache/index2/shared_cpu_list"
-        l2 = parse_cpuset(l2_file.read_text().strip(), str(l2_file)) if l2_file.exists() else [cpu]
+        l2 = parse_cpuset(l2_file.read_text().strip()) if l2_file.exists() else [cpu]
         out.append(Cpu(cpu, frozenset(l2), kinds.get(cpu, "")))
     return out
 

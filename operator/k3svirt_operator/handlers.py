@@ -12,6 +12,7 @@ import asyncio
 import copy
 import functools
 import logging
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,6 +48,7 @@ def _rt() -> Runtime:
 
 # This node's labels for spec.nodeSelector: K3SVIRT_NODE_LABELS plus the Node object's, refreshed.
 NODE_LABELS: dict[str, str] = dict(SETTINGS.node_labels)
+LABELS_READ = threading.Event()  # set once the Node's labels were read (NodeTuning waits for it)
 
 
 def owned(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
@@ -109,6 +111,7 @@ async def _refresh_node_labels() -> None:
         else:
             NODE_LABELS.clear()
             NODE_LABELS.update({**labels, **SETTINGS.node_labels})
+            LABELS_READ.set()
         if not await shutdown.pause(60):
             return
 
@@ -554,3 +557,6 @@ async def vf_policy_deleted(body: kopf.Body, name: str, passthroughs: kopf.Index
     result = await asyncio.to_thread(pci.sriov.apply, SETTINGS.pci.sys_root, address, pci.sriov.VFPlan([0]))
     if isinstance(result, pci.sriov.Refusal):  # said, not retried forever: the policy's VFs are offered no more
         kopf.event(body, type="Warning", reason=result.reason, message=result.message[:1000])
+
+
+from . import tuning_handlers  # noqa: E402,F401 (registers the NodeTuning handlers; it reads this module)

@@ -19,7 +19,7 @@ from k3svirt_common import names, pci_resources, templates
 from k3svirt_common import reservation as rsv
 from k3svirt_common.names import PrintableStatus
 
-from . import cloudinit, domains, hostpaths, image_cache, shutdown, storage
+from . import cloudinit, domains, hostpaths, hugepages, image_cache, shutdown, storage
 from .accel import Acceleration
 from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
@@ -168,7 +168,7 @@ class VMReconciler:
                 state,
                 meta.get("generation") or 0,
                 grace,
-                admit=lambda: self._admit(ns, name, uid, expanded.spec, state, reservation, devices),
+                admit=lambda: self._before_start(ns, name, uid, expanded.spec, state, reservation, devices),
             )
             if action_value is not None and state.stopping is None:
                 # Recorded once performed: a stop or restart under way lives in this process only, and
@@ -334,6 +334,26 @@ class VMReconciler:
             raise SpecProblem(FAILED, names.COND_READY, "DomainConflict", str(exc)) from exc
 
     # ------------------------------------------------------------------ reservation
+    def _before_start(
+        self,
+        ns: str,
+        name: str,
+        uid: str,
+        spec: Mapping[str, Any],
+        state: VMState,
+        pod: Mapping[str, Any] | None,
+        devices: Mapping[str, int] | None = None,
+    ) -> None:
+        """What must hold before a start: the node's free hugepages (its real counters), then the
+        reservation in Kubernetes' books. Raises the condition that says what is missing."""
+        huge = (spec.get("memory") or {}).get("hugepages")
+        pools = hugepages.read_pools(self.settings.node_roots.sys_root) if huge else {}
+        short = hugepages.shortage(spec, pools, self.settings.node_name)
+        if short is not None:
+            raise SpecProblem(PrintableStatus.ERROR_UNSCHEDULABLE, names.COND_READY, "InsufficientHugepages",
+                              f"{short.field}: {short.message}", requeue=30.0)  # fmt: skip
+        self._admit(ns, name, uid, spec, state, pod, devices)
+
     def _admit(
         self,
         ns: str,

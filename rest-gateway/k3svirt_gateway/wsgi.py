@@ -7,7 +7,8 @@ Defaults suit a small box: one worker process (~46 MiB RSS with 200 VMs cached, 
 bench/bench_gateway.py), four threads (the work is I/O to the API server). Environment: K3SVIRT_BIND, K3SVIRT_WORKERS,
 K3SVIRT_THREADS, plus the gateway settings in k3svirt_gateway.config. HTTPS: set
 K3SVIRT_GATEWAY_TLS_CERT and K3SVIRT_GATEWAY_TLS_KEY to PEM files (certificate chain, private key);
-with plain gunicorn pass --certfile/--keyfile instead.
+with plain gunicorn pass --certfile/--keyfile instead, and `-c python:k3svirt_gateway.gunicorn_hooks`
+(a 413 answer closes its connection and says so).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from . import config
 from .app import create_app
+from .gunicorn_hooks import make_pre_request
 
 logging.basicConfig(
     level=os.environ.get("K3SVIRT_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "k3svirt-gateway",
+        # a body the app will not read closes its connection, and the 413 says so (gunicorn_hooks.py)
+        "pre_request": make_pre_request(int(app.config["MAX_CONTENT_LENGTH"])),
     }
     if tls is not None:
         options["certfile"], options["keyfile"] = tls

@@ -4,6 +4,7 @@
 # for every path a system libvirtd keeps state in (/run/libvirt, /var/lib/libvirt, /var/cache/libvirt,
 # /var/log/libvirt, /etc/libvirt: a copy without networks or domains), so the two daemons never see
 # each other's domains, sockets or pid files. No networks: VMs of a private libvirtd have no NICs.
+# A hugetlbfs (2 MiB pages) is mounted inside the namespace, so its guests may use hugepages.
 #
 # usage: private-libvirt.sh start DIR        -> prints the libvirt URI (qemu:///system?socket=...)
 #        private-libvirt.sh restart DIR      -> stops libvirtd (guests keep running) and starts it again
@@ -35,6 +36,11 @@ prepare() {
     # controller is required"). The restart under test is the operator's concern, not libvirt's.
     printf 'cgroup_controllers = [ "cpu", "cpuacct", "memory", "devices", "blkio" ]\n' >>"$DIR/etc/qemu.conf"
   fi
+  # A 2 MiB hugetlbfs of its own, mounted inside the namespace only (the host keeps no mount): guests
+  # of this libvirtd can be backed by hugepages (the shared libvirtd found no hugetlbfs at its start).
+  mkdir -p "$DIR/hugepages2M"
+  grep -q '^hugetlbfs_mount' "$DIR/etc/qemu.conf" ||
+    printf 'hugetlbfs_mount = "%s"\n' "$DIR/hugepages2M" >>"$DIR/etc/qemu.conf"
 }
 
 # in_ns CMD...: run CMD inside the namespace (entered through virtlogd, which outlives libvirtd restarts)
@@ -61,6 +67,7 @@ start() {
   if ! pid_alive "$DIR/virtlogd.pid"; then
     local binds="" m
     for m in "${MOUNTS[@]}"; do binds+="mount --bind '$DIR/${m%%:*}' '${m#*:}'; "; done
+    binds+="mount -t hugetlbfs -o pagesize=2M k3svirt-hugepages '$DIR/hugepages2M'; "
     # the namespace lives as long as virtlogd does
     unshare --mount --propagation private -- bash -c "$binds virtlogd -d -p '$DIR/virtlogd.pid'"
     wait_for 30 "private virtlogd" test -S "$DIR/run/virtlogd-sock" || die "the private virtlogd in $DIR did not start"

@@ -193,10 +193,21 @@ def _number_cases() -> list[Case]:
         "huge": ("99999999999999999999Ti", EITHER),
         "too-long": ("9" * 40, REFUSE),
     }
+    # memory: below 16Mi, fractions of a byte and beyond int64 are CRD (CEL quantity) rules
+    memory_refused = {"fraction", "zero", "huge"}
     for vid, (v, expect) in sizes.items():
-        out.append(Case(f"spec.memory.size={vid}", "spec.memory.size", {"memory": {"size": v}}, expect))
+        mem_expect = REFUSE if vid in memory_refused else expect
+        out.append(Case(f"spec.memory.size={vid}", "spec.memory.size", {"memory": {"size": v}}, mem_expect))
         disk = {"name": "d", "source": {"blank": {}}, "size": v}
         out.append(Case(f"spec.disks[0].size={vid}", "spec.disks[0].size", {"disks": [disk]}, expect))
+    for vid, mem in {
+        "16Mi-less-a-byte": {"size": "16777215"},
+        "half-byte": {"size": "16777216.5"},
+        "not-whole-2Mi-pages": {"size": "65M", "hugepages": {"pageSize": "2Mi"}},
+        "not-whole-1Gi-pages": {"size": "1536Mi", "hugepages": {"pageSize": "1Gi"}},
+    }.items():
+        out.append(Case(f"spec.memory.size={vid}", "spec.memory.size", {"memory": mem}, REFUSE))
+    out.append(Case("spec.memory.size=16Mi-exactly", "spec.memory.size", {"memory": {"size": "16Mi"}}, EITHER))
     counts = {
         "spec.disks": {"disks": [{"name": f"d{i}", "source": {"blank": {}}, "size": "1Mi"} for i in range(33)]},
         "spec.networks": {"networks": [{"name": f"n{i}", "nat": {}} for i in range(17)]},
@@ -238,9 +249,24 @@ def _cpuset_mac_enum_cases() -> list[Case]:
         key = field.rsplit(".", 1)[1]
         for vid, v in cpusets.items():
             out.append(Case(f"{field}={vid}", field, {"cpu": {key: v}}, REFUSE))
-        # well-formed but odd: stored; the node decides (reversed range, CPUs it lacks)
-        for vid, v in {"reversed": "3-1", "huge-cpu": "0-4294967296"}.items():
-            out.append(Case(f"{field}={vid}", field, {"cpu": {key: v}}, EITHER))
+        # well-formed but wrong: CRD (CEL) rules, so both doors refuse them
+        for vid, v in {
+            "reversed": "3-1",
+            "huge-cpu": "0-4294967296",
+            "beyond-8191": "0,8192",
+            "repeated": "1,1",
+            "overlap": "0-3,2-5",
+        }.items():
+            out.append(Case(f"{field}={vid}", field, {"cpu": {key: v}}, REFUSE))
+        # CPUs this node may lack: stored; the node decides
+        out.append(Case(f"{field}=high-cpu", field, {"cpu": {key: "8191"}}, EITHER))
+    for vid, request in {"zero": "0", "zero-milli": "0m", "zero-fraction": "0.000"}.items():
+        out.append(Case(f"spec.cpu.request={vid}", "spec.cpu.request", {"cpu": {"request": request}}, REFUSE))
+    for vid, cpu in {
+        "too-few-for-vcpus": {"cores": 4, "dedicatedCpuSet": "0-2"},
+        "too-few-for-threads": {"cores": 2, "threads": 2, "dedicatedCpuSet": "0,2,4"},
+    }.items():
+        out.append(Case(f"spec.cpu.dedicatedCpuSet={vid}", "spec.cpu.dedicatedCpuSet", {"cpu": cpu}, REFUSE))
     macs = {
         "multicast": "01:00:5e:00:00:01",
         "broadcast": "ff:ff:ff:ff:ff:ff",
