@@ -60,6 +60,13 @@ def rss(pid: int) -> str:
     return text.split("VmRSS:")[1].split("\n")[0].strip()
 
 
+def rss_kib(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def workers(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -127,16 +134,30 @@ def main() -> int:
         total, lat, codes = run(post, args.vms, args.concurrency)
         report(f"POST /vms ({args.vms} VMs)", total, lat, codes)
 
-        def get(_: int) -> int:
+        def check(_: int) -> int:
             r = s.get(f"{url}/api/v1/vms", params={"namespace": ns})
             assert len(r.json()["items"]) == args.vms
             return r.status_code
 
-        run(get, 10, 2)  # warm-up (the first list starts the cache's informer)
+        def get(_: int) -> int:  # timed: no JSON decoding here, it would measure this client
+            r = s.get(f"{url}/api/v1/vms", params={"namespace": ns})
+            sizes.append(len(r.content))
+            return r.status_code
+
+        sizes: list[int] = []
+        before = {w: rss_kib(w) for w in workers(proc.pid)}  # no informer yet: the first list starts it
+        run(check, 10, 2)  # warm-up, and every item is there
         time.sleep(1.0)
-        run(get, 10, 2)
+        run(check, 10, 2)
+        after = {w: rss_kib(w) for w in workers(proc.pid)}
         total, lat, codes = run(get, args.requests, args.concurrency)
         report(f"GET /vms ({args.vms} VMs, cache {args.list_cache})", total, lat, codes)
+        grown = [after[w] - before[w] for w in before if w in after]
+        if grown and args.list_cache == "on":
+            print(
+                f"list cache: worker RSS +{grown[0] / 1024:.1f} MiB after the first list of {args.vms} VMs "
+                f"({grown[0] / args.vms:.2f} KiB per VM, informer + encoded answer of {sizes[0] / 1024:.0f} KiB)"
+            )
         worker = ", ".join(f"worker {rss(w)}" for w in workers(proc.pid)) or "worker ?"
         print(
             f"gateway RSS ({args.client}{', ' + args.gateway_src if args.gateway_src else ''}): "
