@@ -109,3 +109,22 @@ def test_fixed_interval_when_not_adaptive() -> None:
     coll = StatsCollector(lambda: conn, interval=2.0, sampler=make_sampler(conn, clock), adaptive=False)
     coll.sample_once()
     assert coll.interval == 2.0
+
+
+def test_first_round_identity_lookups_do_not_stretch() -> None:
+    """A first round looks up every domain's identity once (metadata, XMLDesc): not a round's cost."""
+    clock = Clock()
+
+    class SlowLookup(FakeDomain):
+        def metadata(self, kind: int, uri: str) -> str:
+            clock.t += 1.0
+            return super().metadata(kind, uri)
+
+    conn = FakeConn()
+    for i in range(5):
+        d = SlowLookup(f"u{i}", f"ns1_vm{i}", i + 1, f'<vm namespace="ns1" name="vm{i}" uid="x{i}" generation="1"/>')
+        conn.domains[d.uuid] = (d, record(1.0))
+    coll = StatsCollector(lambda: conn, interval=2.0, sampler=make_sampler(conn, clock))
+    coll.sample_once()
+    assert coll.sampler.last_round is not None and coll.sampler.last_round.duration_seconds >= 5.0
+    assert coll.interval == 2.0 and coll.pacing_status()["statsDegraded"] is None

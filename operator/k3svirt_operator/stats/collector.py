@@ -156,7 +156,7 @@ class StatsCollector:
             rnd = self.sampler.last_round
             if rnd is not None and self.adaptive:
                 before = self.pace
-                self.pace = pacing.next_pace(before, rnd.duration_seconds, rnd.cpu_seconds)
+                self.pace = pacing.next_pace(before, rnd.call_seconds, rnd.cpu_seconds)
                 if self.pace.stretched != before.stretched:
                     log.warning("stats interval %s", "stretched" if self.pace.stretched else "back to normal",
                                 extra={"intervalSeconds": self.pace.interval, "roundSeconds": round(self.pace.cost, 3),

@@ -7,9 +7,11 @@ node it measures. The interval then stretches to round cost / budget (capped at 
 and says so: ``Pace.degraded`` is the reason shown in ``status.monitoring`` and
 ``k3svirt_stats_interval_*`` in /metrics. It shrinks back once rounds are cheap again.
 
-The cost of a round is max(wall time, operator CPU time): wall time stands in for libvirtd's share,
-which the operator cannot see. It rises at once and decays slowly (``decay``), so one cheap round
-after an expensive one does not flip the rate back and forth. Pure: no clock, no libvirt.
+The cost of a round is max(wall time of the libvirt call, operator CPU time): the call's wall time
+stands in for libvirtd's share, which the operator cannot see; the once-per-domain identity lookups
+of a first round are left out (they are not paid again). It rises at once and decays by half a
+step per round (``decay``), so one cheap round after an expensive one does not flip the rate back
+and forth. Pure: no clock, no libvirt.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 BUDGET = 0.10  # share of the interval a round may take
 MAX_INTERVAL = 60.0  # a stretched interval never exceeds this (seconds)
-DECAY = 0.3  # weight of a cheaper round in the smoothed cost
+DECAY = 0.5  # weight of a cheaper round in the smoothed cost
 STEP = 0.5  # stretched intervals are rounded up to this many seconds (no jitter in status)
 
 
