@@ -191,7 +191,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations, STARTS)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)
-    MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
+    # The sampler has its own connection: its round must not wait behind the VM passes' calls (libvirtd
+    # serves a few calls per connection at once), nor they behind a slow round.
+    stats_conn = LibvirtConnection(SETTINGS.libvirt_uri, events=False)
+    MONITOR = stats.start_monitoring(stats_conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
                                      port=SETTINGS.metrics_port, host=SETTINGS.metrics_addr,
                                      extra=[StartQueueMetrics(STARTS)])  # fmt: skip
     asyncio.get_running_loop().create_task(_publish_pci_inventory())

@@ -426,7 +426,7 @@ class VMReconciler:
             admit()  # never a start the node's books do not hold: raises while it waits
             self._take_start_slot(key)
             try:
-                domains.start(dom)
+                self._start(dom)
             except libvirt.libvirtError as exc:
                 count = failure.count + 1 if failure else 1
                 delay = min(10.0 * 2 ** (count - 1), START_BACKOFF_MAX)
@@ -450,6 +450,16 @@ class VMReconciler:
             events.append(Event("Normal", "Stopping", decision.reason))
             return 0.5
         return None
+
+    def _start(self, dom: libvirt.virDomain) -> None:
+        """Starts the domain on a connection of its own (LibvirtConnection.dedicated): a start under
+        load takes seconds, and the shared connection's few concurrent calls are everybody's."""
+        dedicated = getattr(self.conn, "dedicated", None)
+        if dedicated is None:  # a bare virConnect (tests)
+            domains.start(dom)
+            return
+        with dedicated() as side:
+            domains.start(side.lookupByUUIDString(dom.UUIDString()))
 
     def _leave_start_queue(self, ns: str, name: str) -> None:
         if self.starts is not None:
