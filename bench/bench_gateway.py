@@ -60,6 +60,13 @@ def rss(pid: int) -> str:
     return text.split("VmRSS:")[1].split("\n")[0].strip()
 
 
+def rss_kib(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def workers(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -67,11 +74,46 @@ def workers(pid: int) -> list[int]:
         return []
 
 
+def bare_baseline(
+    s: requests.Session, url: str, kubeconfig: str, ns: str, spec: dict, args: argparse.Namespace
+) -> None:
+    """The same POSTs and list straight to the API server (the project's own client, kept-alive
+    connections, same concurrency, no decoding of the list): what the gateway adds is the ratio."""
+    from k3svirt_common.kube import Client, load_config
+
+    api = Client(load_config(kubeconfig), timeout=60.0, user_agent="bench-bare")
+    bare_ns = ns + "-bare"
+    s.post(f"{url}/api/v1/namespaces", json={"name": bare_ns}).raise_for_status()
+    path = f"/apis/k3svirt.io/v1alpha1/namespaces/{bare_ns}/virtualmachines"
+    try:
+
+        def post(i: int) -> int:
+            body = {"apiVersion": "k3svirt.io/v1alpha1", "kind": "VirtualMachine",
+                    "metadata": {"name": f"vm-{i}", "namespace": bare_ns}, "spec": spec}  # fmt: skip
+            api.create(path, body)
+            return 201
+
+        total, lat, codes = run(post, args.vms, args.concurrency)
+        report(f"bare POST to API server ({args.vms})", total, lat, codes)
+
+        def get(_: int) -> int:
+            api.request("GET", path, raw=True)
+            return 200
+
+        run(get, 5, 2)
+        total, lat, codes = run(get, args.requests, args.concurrency)
+        report(f"bare LIST from API server ({args.vms})", total, lat, codes)
+    finally:
+        s.delete(f"{url}/api/v1/namespaces/{bare_ns}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--vms", type=int, default=200)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--bare", action=argparse.BooleanOptionalAction, default=True,
+                    help="also POST and list the same VMs straight to the API server (the bare baseline)")  # fmt: skip
     ap.add_argument("--list-cache", choices=("on", "off"), default="on", help="K3SVIRT_LIST_CACHE for the gateway")
     add_client_args(ap, "gateway")
     ap.add_argument(
@@ -127,16 +169,32 @@ def main() -> int:
         total, lat, codes = run(post, args.vms, args.concurrency)
         report(f"POST /vms ({args.vms} VMs)", total, lat, codes)
 
-        def get(_: int) -> int:
+        def check(_: int) -> int:
             r = s.get(f"{url}/api/v1/vms", params={"namespace": ns})
             assert len(r.json()["items"]) == args.vms
             return r.status_code
 
-        run(get, 10, 2)  # warm-up (the first list starts the cache's informer)
+        def get(_: int) -> int:  # timed: no JSON decoding here, it would measure this client
+            r = s.get(f"{url}/api/v1/vms", params={"namespace": ns})
+            sizes.append(len(r.content))
+            return r.status_code
+
+        sizes: list[int] = []
+        before = {w: rss_kib(w) for w in workers(proc.pid)}  # no informer yet: the first list starts it
+        run(check, 10, 2)  # warm-up, and every item is there
         time.sleep(1.0)
-        run(get, 10, 2)
+        run(check, 10, 2)
+        after = {w: rss_kib(w) for w in workers(proc.pid)}
         total, lat, codes = run(get, args.requests, args.concurrency)
         report(f"GET /vms ({args.vms} VMs, cache {args.list_cache})", total, lat, codes)
+        grown = [after[w] - before[w] for w in before if w in after]
+        if grown and args.list_cache == "on":
+            print(
+                f"list cache: worker RSS +{grown[0] / 1024:.1f} MiB after the first list of {args.vms} VMs "
+                f"({grown[0] / args.vms:.2f} KiB per VM, informer + encoded answer of {sizes[0] / 1024:.0f} KiB)"
+            )
+        if args.bare:
+            bare_baseline(s, url, kubeconfig, ns, spec, args)
         worker = ", ".join(f"worker {rss(w)}" for w in workers(proc.pid)) or "worker ?"
         print(
             f"gateway RSS ({args.client}{', ' + args.gateway_src if args.gateway_src else ''}): "

@@ -75,6 +75,10 @@ class Settings:
     reservation_image: str = "localhost/k3svirt/pause:3.10"
     worker_threads: int = 32
     aio_max_nr: int = 1 << 20
+    # Domain starts at once (startqueue.py); the others wait in line with their position in status.
+    max_parallel_starts: int = 4
+    # Under emulation, QEMU's translation cache per guest (MiB); 0 = QEMU's default (1 GiB, mostly resident).
+    tcg_tb_cache_mib: int = 32
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +127,8 @@ class Settings:
             worker_threads=int(env("K3SVIRT_WORKER_THREADS", "32")),
             # fs.aio-max-nr the node is raised to (nodelimits.py); 0 leaves it alone.
             aio_max_nr=int(env("K3SVIRT_AIO_MAX_NR", str(1 << 20))),
+            max_parallel_starts=_positive_int(source, "K3SVIRT_MAX_PARALLEL_STARTS", 2 * (os.cpu_count() or 1)),
+            tcg_tb_cache_mib=int(env("K3SVIRT_TCG_TB_CACHE_MIB", "32")),
         )
 
 
@@ -137,6 +143,10 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         log.warning("ignoring invalid %s", name, extra={"value": raw})
         return default
     return value if value > 0 else default
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return max(1, int(_positive_float(env, name, float(default))))
 
 
 def _colon_list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:

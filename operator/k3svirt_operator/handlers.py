@@ -28,6 +28,7 @@ from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .reservations import Reservations
 from .runtime import Runtime
+from .startqueue import StartQueue, StartQueueMetrics
 from .vm_reconciler import Event, Result, VMReconciler
 
 # A plain registry: kopf's default one imports the `kubernetes` package (~28 MiB) just to offer a
@@ -39,6 +40,7 @@ KUBE_CONFIG: KubeConfig | None = None
 RT: Runtime | None = None
 RECONCILER: VMReconciler | None = None
 MONITOR: tuple[Any, Any] | None = None
+STARTS: StartQueue | None = None
 
 
 def _rt() -> Runtime:
@@ -157,7 +159,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global RT, RECONCILER, MONITOR
+    global RT, RECONCILER, MONITOR, STARTS
     settings.persistence.finalizer = names.finalizer_for(SETTINGS.node_name)
     # Keep kopf's bookkeeping out of the user's metadata (GitOps tools would see drift there).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
@@ -186,11 +188,18 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
     reservations = Reservations(api, SETTINGS.node_name, emulated=acc.domain_type != "kvm",
                                 image=SETTINGS.reservation_image) if SETTINGS.reservations else None  # fmt: skip
-    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations)
+    # A burst of creates starts at most max_parallel_starts domains at once; the rest wait in line and
+    # say so in status (startqueue.py). A freed slot wakes the next VMs' loops.
+    STARTS = StartQueue(SETTINGS.max_parallel_starts, wake=RT.loops.poke_threadsafe)
+    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations, STARTS)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)
-    MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
-                                     port=SETTINGS.metrics_port, host=SETTINGS.metrics_addr)  # fmt: skip
+    # The sampler has its own connection: its round must not wait behind the VM passes' calls (libvirtd
+    # serves a few calls per connection at once), nor they behind a slow round.
+    stats_conn = LibvirtConnection(SETTINGS.libvirt_uri, events=False)
+    MONITOR = stats.start_monitoring(stats_conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
+                                     port=SETTINGS.metrics_port, host=SETTINGS.metrics_addr,
+                                     extra=[StartQueueMetrics(STARTS)])  # fmt: skip
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
     asyncio.get_running_loop().create_task(_refresh_node_labels())
     asyncio.get_running_loop().create_task(_trim_heap())
@@ -311,30 +320,34 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, p
     state.last_summary = float("-inf")
     backoff = API_RETRY_MIN
     with rt.loops.running((namespace, name), state):
-        while not body.metadata.get("deletionTimestamp"):
-            state.wake.clear()  # before the pass: an event that arrives during it wakes the next one
-            snapshot, devices = state.view(body), [o for store in passthroughs.values() for o in store]
-            try:
-                pod = _reservation_of(reservation_pods, namespace, name)
-                result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices, pod)
-                await _write_claims(result.claims)
-                status = _with_monitoring(result.status, _user_status(snapshot), state, namespace, name)
-                if status != _user_status(snapshot):
-                    await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
-                    state.written = status
-            except ApiError as exc:
-                if not api_unavailable(exc):
-                    raise
-                # The API server is away (restart, outage): the pass is idempotent, so retry it soon
-                # rather than let kopf restart the daemon a minute later.
-                log.warning("API server unavailable; VM pass retried soon",
-                            extra={"vm": f"{namespace}/{name}", "retryIn": backoff, "error": str(exc)})  # fmt: skip
-                await state.sleep(backoff)
-                backoff = min(backoff * 2, API_RETRY_MAX)
-                continue
-            backoff = API_RETRY_MIN
-            _post(body, result.events)
-            await state.sleep(_next_pass(result))
+        try:
+            while not body.metadata.get("deletionTimestamp"):
+                state.wake.clear()  # before the pass: an event that arrives during it wakes the next one
+                snapshot, devices = state.view(body), [o for store in passthroughs.values() for o in store]
+                try:
+                    pod = _reservation_of(reservation_pods, namespace, name)
+                    result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices, pod)
+                    await _write_claims(result.claims)
+                    status = _with_monitoring(result.status, _user_status(snapshot), state, namespace, name)
+                    if status != _user_status(snapshot):
+                        await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
+                        state.written = status
+                except ApiError as exc:
+                    if not api_unavailable(exc):
+                        raise
+                    # The API server is away (restart, outage): the pass is idempotent, so retry it soon
+                    # rather than let kopf restart the daemon a minute later.
+                    log.warning("API server unavailable; VM pass retried soon",
+                                extra={"vm": f"{namespace}/{name}", "retryIn": backoff, "error": str(exc)})  # fmt: skip
+                    await state.sleep(backoff)
+                    backoff = min(backoff * 2, API_RETRY_MAX)
+                    continue
+                backoff = API_RETRY_MIN
+                _post(body, result.events)
+                await state.sleep(_next_pass(result))
+        finally:  # deleted, cancelled or failed while waiting to start: out of the start queue
+            if STARTS is not None:
+                STARTS.leave((namespace, name))
 
 
 API_RETRY_MIN, API_RETRY_MAX = 1.0, 10.0
@@ -361,8 +374,8 @@ def _with_monitoring(status: dict[str, Any], previous: Mapping[str, Any], state:
         figures = MONITOR[0].get(namespace, name)
         if state.summary_due(SETTINGS.status_summary_seconds, bool(shown), figures is not None):
             endpoint = MONITOR[1].stats_url(namespace, name, host=SETTINGS.node_ip)
-            status["monitoring"] = vmstatus.monitoring(previous.get("monitoring") or {}, stats.summarize(figures),
-                                                       endpoint)  # fmt: skip
+            summary = {**(stats.summarize(figures) or {}), **MONITOR[0].pacing_status()}
+            status["monitoring"] = vmstatus.monitoring(previous.get("monitoring") or {}, summary, endpoint)
             return status
     if "monitoring" in previous:
         status["monitoring"] = previous["monitoring"]

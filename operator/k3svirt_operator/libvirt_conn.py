@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import libvirt
 
@@ -44,8 +44,11 @@ def _silence_default_error_handler() -> None:
 
 
 class LibvirtConnection:
-    def __init__(self, uri: str) -> None:
+    """``events=False``: a connection that only makes calls (the stats sampler's own), no lifecycle events."""
+
+    def __init__(self, uri: str, *, events: bool = True) -> None:
         self.uri = uri
+        self.events = events
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.RLock()
         self._listeners: list[LifecycleListener] = []
@@ -86,7 +89,8 @@ class LibvirtConnection:
         conn = libvirt.open(self.uri)
         conn.setKeepAlive(5, 3)
         conn.registerCloseCallback(self._closed, None)
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+        if self.events:
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
         log.info("connected to libvirt", extra={"uri": self.uri})
         for fn in self._reconnect_listeners:
             fn()
@@ -123,6 +127,19 @@ class LibvirtConnection:
                 fn(name, event, detail)
             except Exception:  # a listener's bug must not kill libvirt's event thread
                 log.exception("lifecycle listener failed")
+
+    @contextlib.contextmanager
+    def dedicated(self) -> Iterator[libvirt.virConnect]:
+        """A connection of its own for one long call (a domain start). libvirtd serves at most
+        max_client_requests (default 5) calls of one connection at a time: 16 starts on the shared
+        connection would make every other call of this operator (defines, lookups, status) wait
+        behind them, and a burst would start 5 domains at a time where 50 `virsh create` run 20."""
+        conn = libvirt.open(self.uri)
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
 
     def close(self) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ from .lifecycle import Decision, Power, Step, decide
 from .pci.assignment import StatusPatch
 from .pci.claims import Claims
 from .reservations import Refused, Reservations
+from .startqueue import StartQueue
 from .vmstate import StartFailure, Stopping, VMState
 from .vmstatus import condition, merge_conditions, printable_status, ready_condition
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 FAILED, ERROR_PROVISIONING = PrintableStatus.FAILED, PrintableStatus.ERROR_PROVISIONING
 RESERVED = names.COND_RESOURCES_RESERVED
 RESERVE_BACKOFF_MAX = 60.0  # seconds between attempts to create a reservation the API server refused
+QUEUE_RECHECK = 10.0  # a VM waiting for a start slot re-checks (and re-reports) its place this often
 
 ADDRESS_POLLS = 20  # quick re-checks (every 3 s) for a DHCP lease after a start
 
@@ -67,10 +69,11 @@ class SpecProblem(Exception):
     """The VM cannot be realised as specified: becomes printableStatus `status` and a condition."""
 
     def __init__(self, status: PrintableStatus, cond_type: str, reason: str, message: str, *,
-                 requeue: float | None = None, warning: bool = True) -> None:  # fmt: skip
+                 requeue: float | None = None, warning: bool = True, once: bool = False) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.cond_type, self.reason, self.message = status, cond_type, reason, message
         self.requeue, self.warning = requeue, warning
+        self.once = once  # one Event while the reason lasts, whatever the message says (a queue position)
 
 
 _UP = (Power.RUNNING, Power.PAUSED, Power.STOPPING)
@@ -86,6 +89,7 @@ class VMReconciler:
         get_template: TemplateGetter,
         claims: Claims | None = None,
         reservations: Reservations | None = None,
+        starts: StartQueue | None = None,
     ) -> None:
         self.settings = settings
         self.conn = conn
@@ -93,6 +97,7 @@ class VMReconciler:
         self.get_template = get_template
         self.claims = claims  # None: PCI passthrough disabled on this node
         self.reservations = reservations  # None: no reservation pods (a node without a kubelet)
+        self.starts = starts  # None: no limit on domain starts at once
         self._libvirt_version_cache: int | None = None
 
     # ------------------------------------------------------------------ reconcile
@@ -169,6 +174,7 @@ class VMReconciler:
                 meta.get("generation") or 0,
                 grace,
                 admit=lambda: self._before_start(ns, name, uid, expanded.spec, state, reservation, devices),
+                key=(ns, name),
             )
             if action_value is not None and state.stopping is None:
                 # Recorded once performed: a stop or restart under way lives in this process only, and
@@ -178,12 +184,17 @@ class VMReconciler:
             observed = self._observe(conn, ns, name, uid)
             self._settle(ns, name, uid, expanded.spec, reservation, observed.power, state, conds, devices)
         except SpecProblem as problem:
+            if problem.reason != "Queued":
+                self._leave_start_queue(ns, name)
             conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
             conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
             events.append(Event("Warning" if problem.warning else "Normal", problem.reason, problem.message))
             new_status = _status(status, base, printable_status(failed=problem.status), conds)
+            if problem.once and _ready_reason(status) == problem.reason:
+                events = [e for e in events if e.reason != problem.reason]
             return Result(new_status, _dedupe(events, status, problem.status), requeue=problem.requeue, claims=claims)
         except libvirt.libvirtError as exc:
+            self._leave_start_queue(ns, name)
             msg = f"libvirt: {exc.get_error_message()}"
             conds.append(condition(names.COND_READY, False, "LibvirtError", msg))
             events.append(Event("Warning", "LibvirtError", msg))
@@ -311,6 +322,7 @@ class VMReconciler:
             host_devices=host_devices,
             uefi_nvram=str(storage.vm_dir(ns, name, root) / "nvram.fd"),
             libvirt_version=self._libvirt_version(),
+            tcg_tb_cache_mib=self.settings.tcg_tb_cache_mib,
         )
 
     def _libvirt_version(self) -> int | None:
@@ -421,6 +433,7 @@ class VMReconciler:
         generation: int,
         grace: float,
         admit: Callable[[], None] = lambda: None,
+        key: tuple[str, str] | None = None,
     ) -> float | None:
         dom = observed.domain
         assert dom is not None
@@ -440,8 +453,9 @@ class VMReconciler:
             if failure is not None and time.monotonic() < failure.not_before:
                 raise SpecProblem(FAILED, names.COND_READY, "StartFailed", failure.message)
             admit()  # never a start the node's books do not hold: raises while it waits
+            self._take_start_slot(key)
             try:
-                domains.start(dom)
+                self._start(dom)
             except libvirt.libvirtError as exc:
                 count = failure.count + 1 if failure else 1
                 delay = min(10.0 * 2 ** (count - 1), START_BACKOFF_MAX)
@@ -451,15 +465,43 @@ class VMReconciler:
                 )
                 state.start_failure = StartFailure(generation, count, time.monotonic() + delay, message)
                 raise SpecProblem(FAILED, names.COND_READY, "StartFailed", message) from exc
+            finally:
+                if self.starts is not None and key is not None:
+                    self.starts.release(key)
             state.start_failure = None
             state.pending_start = False
             events.append(Event("Normal", "Started", decision.reason))
-        elif decision.step in (Step.STOP, Step.RESTART):
+        elif key is not None:
+            self._leave_start_queue(*key)  # no start wanted (any more): out of the line
+        if decision.step in (Step.STOP, Step.RESTART):
             state.stopping = Stopping(time.monotonic(), decision.step == Step.RESTART, grace)
             domains.request_shutdown(dom)
             events.append(Event("Normal", "Stopping", decision.reason))
             return 0.5
         return None
+
+    def _start(self, dom: libvirt.virDomain) -> None:
+        """Starts the domain on a connection of its own (LibvirtConnection.dedicated): a start under
+        load takes seconds, and the shared connection's few concurrent calls are everybody's."""
+        dedicated = getattr(self.conn, "dedicated", None)
+        if dedicated is None:  # a bare virConnect (tests)
+            domains.start(dom)
+            return
+        with dedicated() as side:
+            domains.start(side.lookupByUUIDString(dom.UUIDString()))
+
+    def _leave_start_queue(self, ns: str, name: str) -> None:
+        if self.starts is not None:
+            self.starts.leave((ns, name))
+
+    def _take_start_slot(self, key: tuple[str, str] | None) -> None:
+        """Returns holding a start slot; raises Queued (with the VM's place in line) while it waits."""
+        if self.starts is None or key is None:
+            return
+        position = self.starts.try_acquire(key)
+        if position:
+            raise SpecProblem(PrintableStatus.STARTING, names.COND_READY, "Queued", self.starts.message(position),
+                              requeue=QUEUE_RECHECK, warning=False, once=True)  # fmt: skip
 
     def _continue_stop(
         self,
@@ -520,6 +562,10 @@ class VMReconciler:
 
 def _hash_of(xml: str) -> str | None:
     return domains._spec_hash(xml)
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or () if c.get("type") == names.COND_READY), None)
 
 
 def _pending_action(meta: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -511,6 +511,16 @@ def test_emulation_adjustments():
     assert one(named, "./cpu").get("check") == "none"
 
 
+def test_tcg_translation_cache_only_under_emulation():
+    emulated = ET.fromstring(build_domain(REF, MEM, replace(CTX, domain_type="qemu", tcg_tb_cache_mib=32)).xml)
+    cache = one(emulated, "./features/tcg/tb-cache")
+    assert (cache.text, cache.get("unit")) == ("32", "MiB")
+    default = ET.fromstring(build_domain(REF, MEM, replace(CTX, domain_type="qemu")).xml)
+    assert default.find("./features/tcg") is None  # 0: QEMU's own default
+    kvm = ET.fromstring(build_domain(REF, MEM, replace(CTX, tcg_tb_cache_mib=32)).xml)
+    assert kvm.find("./features/tcg") is None  # KVM translates nothing
+
+
 @pytest.mark.parametrize(
     ("spec", "ctx_changes", "field"),
     [
@@ -632,3 +642,22 @@ def test_a_pinned_cpuset_is_expanded_in_order():
     assert len(parse_cpuset("0-8191")) == 8192
     built = ET.fromstring(build_domain(REF, {**MEM, "cpu": {"cores": 3, "dedicatedCpuSet": "7,2-3"}}, CTX).xml)
     assert [p.get("cpuset") for p in built.findall("./cputune/vcpupin")] == ["7", "2", "3"]
+
+
+@pytest.mark.skipif(not any(os.path.exists(s) for s in SOCKETS), reason="libvirtd socket absent")
+def test_tcg_translation_cache_is_accepted_by_libvirt():
+    libvirt = pytest.importorskip("libvirt")
+    ref = VMRef("k3svirt", "unittest-tb-cache", str(uuid.uuid4()), 1)
+    xml = build_domain(ref, MEM, replace(CTX, domain_type="qemu", tcg_tb_cache_mib=32, disks={})).xml
+    xml = xml.replace("<name>k3svirt_", "<name>k3svirt-", 1)
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.open("qemu:///system")
+    try:
+        dom = conn.defineXML(xml)
+        try:
+            cache = ET.fromstring(dom.XMLDesc(0)).find("./features/tcg/tb-cache")
+            assert cache is not None and int(cache.text) * {"MiB": 1024, "KiB": 1}[cache.get("unit", "KiB")] == 32768
+        finally:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    finally:
+        conn.close()

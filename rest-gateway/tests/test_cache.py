@@ -86,6 +86,25 @@ def test_list_follows_kubectl_create_and_delete(app, client, admin, namespace, k
     assert poll(gone_or_deleting, 3.0, 0.05)
 
 
+def test_a_list_answer_is_encoded_once_until_something_changes(app, client, admin, namespace, kubectl, monkeypatch):
+    """GET /vms of an unchanged cache reuses the encoded body; any change (and only a change) re-encodes."""
+    import k3svirt_gateway.routes as routes
+
+    synced_informer(app)
+    kubectl_vm(kubectl, namespace, "first")
+    assert poll(lambda: names(client, admin, namespace) == ["first"], 3.0, 0.05)
+    calls: list[int] = []
+    real = routes._encode_items
+    monkeypatch.setattr(routes, "_encode_items", lambda items: calls.append(len(items)) or real(items))
+    bodies = {client.get("/api/v1/vms", query_string={"namespace": namespace}, headers=admin).data for _ in range(5)}
+    assert len(bodies) == 1 and len(calls) <= 1  # 0: encoded before the patch, at the poll above
+    assert json.loads(bodies.pop())["items"][0]["name"] == "first"
+    other = client.get("/api/v1/vms", query_string={"namespace": namespace, "labelSelector": "x=y"}, headers=admin)
+    assert other.json == {"items": []}  # another selector: its own answer
+    kubectl_vm(kubectl, namespace, "second")
+    assert poll(lambda: names(client, admin, namespace) == ["first", "second"], 3.0, 0.05)
+
+
 def test_read_your_writes_without_the_watch(own_app, admin, namespace, kubectl):
     """With the watch stopped (cache frozen but still 'fresh'), the gateway's own writes still show up
     in its lists at once, and a change made outside the gateway does not: the list is served from memory."""

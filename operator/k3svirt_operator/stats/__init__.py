@@ -13,9 +13,10 @@ Wiring (operator startup)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import libvirt
+from prometheus_client.registry import Collector
 
 from .collector import StatsCollector, StatsSnapshot
 from .metrics import VMMetricsCollector, make_registry
@@ -48,10 +49,12 @@ def start_monitoring(
     interval: float | None = None,
     port: int | None = None,
     host: str | None = None,
+    extra: Sequence[Collector] = (),
 ) -> tuple[StatsCollector, MetricsServer]:
-    """Start the sampling thread and the HTTP server (both daemon threads); return both."""
+    """Start the sampling thread and the HTTP server (both daemon threads); return both.
+    ``extra``: more Prometheus collectors for /metrics."""
     collector = StatsCollector(conn, node_name=node_name, interval=interval)
     collector.start()
-    server = MetricsServer(collector, port=port, host=host)
+    server = MetricsServer(collector, port=port, host=host, extra=extra)
     server.start()
     return collector, server

@@ -9,6 +9,9 @@ One sampling thread; each round is one ``getAllDomainStats`` call (see sampler.p
 immutable snapshot swapped in atomically, so they never block the sampler for long. Figures older
 than ``stale_after`` (default 5 s) are never served: if sampling stalls or libvirtd goes away the
 VMs simply disappear from /metrics and /stats instead of showing frozen rates.
+
+When rounds get expensive (many domains, an overloaded host) the interval stretches (pacing.py) and
+the collector says so: ``pace.degraded`` (status.monitoring) and k3svirt_stats_interval_* (/metrics).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from types import MappingProxyType
 
 import libvirt
 
+from . import pacing
 from .model import VMStats
 from .sampler import RoundInfo, Sampler
 
@@ -54,7 +58,8 @@ class StatsCollector:
     ``conn``: a libvirt connection or a zero-argument callable returning the current connection
     (the libvirt_conn layer owns opening/reconnecting; the collector never opens one).
     ``interval``: seconds between rounds (default 2). ``node_name``: default the host name.
-    ``stale_after``: max age of served figures, default max(5 s, 2.5 x interval).
+    ``stale_after``: max age of served figures, default max(5 s, 2.5 x interval); while the interval
+    is stretched, 2.5 stretched intervals. ``adaptive=False`` keeps the configured interval always.
     """
 
     def __init__(
@@ -66,10 +71,13 @@ class StatsCollector:
         stale_after: float | None = None,
         include_unmanaged: bool = False,
         sampler: Sampler | None = None,
+        adaptive: bool = True,
     ) -> None:
         self.node_name = node_name or socket.gethostname()
-        self.interval = interval if interval and interval > 0 else DEFAULT_INTERVAL
-        self.stale_after = stale_after if stale_after else max(DEFAULT_STALE_AFTER, 2.5 * self.interval)
+        self.configured_interval = interval if interval and interval > 0 else DEFAULT_INTERVAL
+        self._stale_floor = stale_after if stale_after else max(DEFAULT_STALE_AFTER, 2.5 * self.configured_interval)
+        self.adaptive = adaptive
+        self.pace = pacing.initial(self.configured_interval)
         self.sampler = sampler or Sampler(conn, include_unmanaged=include_unmanaged)
         self._lock = threading.Lock()  # guards _snapshot swap and the counters
         self._round_lock = threading.Lock()  # one round at a time (thread vs sample_once)
@@ -94,6 +102,23 @@ class StatsCollector:
         if self._thread:
             self._thread.join(timeout)
             self._thread = None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between rounds now: the configured interval, or stretched (see pacing.py)."""
+        return self.pace.interval
+
+    @property
+    def stale_after(self) -> float:
+        return pacing.stale_after(self.pace, self._stale_floor)
+
+    @stale_after.setter
+    def stale_after(self, seconds: float) -> None:
+        self._stale_floor = seconds
+
+    def pacing_status(self) -> dict[str, object]:
+        """What status.monitoring says about the sampling rate (a stretched interval, and why)."""
+        return {"statsIntervalSeconds": self.pace.interval, "statsDegraded": self.pace.degraded}
 
     @property
     def running(self) -> bool:
@@ -129,6 +154,13 @@ class StatsCollector:
                 log.exception("stats round crashed")
                 return None
             rnd = self.sampler.last_round
+            if rnd is not None and self.adaptive:
+                before = self.pace
+                self.pace = pacing.next_pace(before, rnd.call_seconds, rnd.cpu_seconds)
+                if self.pace.stretched != before.stretched:
+                    log.warning("stats interval %s", "stretched" if self.pace.stretched else "back to normal",
+                                extra={"intervalSeconds": self.pace.interval, "roundSeconds": round(self.pace.cost, 3),
+                                       "domains": rnd.domains})  # fmt: skip
             vms = {(s.namespace, s.name): s for s in by_uuid.values()}
             snap = StatsSnapshot(
                 monotonic=time.monotonic(),

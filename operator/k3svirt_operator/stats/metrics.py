@@ -7,7 +7,7 @@ series add ``drive`` / ``interface``, vCPU series add ``id``. Stopped or stale V
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -167,6 +167,23 @@ class VMMetricsCollector(Collector):
                 "Operator CPU time of the last sampling round.",
                 value=rnd.cpu_seconds,
             )
+        pace = self.stats.pace
+        yield GaugeMetricFamily(
+            "k3svirt_stats_interval_seconds", "Seconds between sampling rounds now.", value=pace.interval
+        )
+        yield GaugeMetricFamily(
+            "k3svirt_stats_interval_configured_seconds",
+            "Seconds between sampling rounds as configured (K3SVIRT_STATS_INTERVAL).",
+            value=pace.base,
+        )
+        yield GaugeMetricFamily(
+            "k3svirt_stats_interval_stretched",
+            "1 while rounds cost more than 10 % of the configured interval and the interval is stretched.",
+            value=1.0 if pace.stretched else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "k3svirt_stats_round_cost_seconds", "Smoothed cost of a round (what the interval follows).", value=pace.cost
+        )
         age = self.stats.last_success_age()
         if age is not None:
             yield GaugeMetricFamily(
@@ -176,8 +193,11 @@ class VMMetricsCollector(Collector):
             )
 
 
-def make_registry(stats: StatsCollector) -> CollectorRegistry:
-    """A private registry (not the global default) holding only the VM metrics collector."""
+def make_registry(stats: StatsCollector, extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    """A private registry (not the global default): the VM metrics collector, plus the operator's
+    own collectors (e.g. the start queue)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(VMMetricsCollector(stats))
+    for collector in extra:
+        registry.register(collector)
     return registry

@@ -359,6 +359,9 @@ class RoundInfo:
     cpu_seconds: float
     domains: int
     vms: int
+    # wall time of the one getAllDomainStats call: what the round costs libvirtd and QEMU, without the
+    # once-per-domain identity lookups (a first round after a start or reconnect has many)
+    call_seconds: float = 0.0
 
 
 class Sampler:
@@ -443,6 +446,7 @@ class Sampler:
             cpu_seconds=time.process_time() - cpu0,
             domains=len(records),
             vms=len(out),
+            call_seconds=mono - t0,
         )
         return out
 

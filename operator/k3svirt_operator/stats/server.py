@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from .collector import StatsCollector
 from .metrics import make_registry
@@ -65,6 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "status": "ok" if ok else "unhealthy",
                         "node": c.node_name,
                         "intervalSeconds": c.interval,
+                        "statsDegraded": c.pace.degraded,
                         "lastSampleAgeSeconds": None if age is None else round(age, 3),
                         "rounds": c.rounds_total,
                         "errors": c.errors_total,
@@ -111,18 +114,21 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], collector: StatsCollector) -> None:
+    def __init__(self, addr: tuple[str, int], collector: StatsCollector, extra: Sequence[Collector]) -> None:
         self.collector = collector
-        self.registry = make_registry(collector)
+        self.registry = make_registry(collector, extra)
         super().__init__(addr, _Handler)
 
 
 class MetricsServer:
     """HTTP endpoint over a StatsCollector. ``port=0`` picks a free port (tests); see ``.port``.
-    ``host``: the address to listen on (the operator passes its node address; default: all)."""
+    ``host``: the address to listen on (the operator passes its node address; default: all).
+    ``extra``: more Prometheus collectors served on /metrics (the operator's start queue)."""
 
-    def __init__(self, collector: StatsCollector, *, port: int | None = None, host: str | None = None) -> None:
+    def __init__(self, collector: StatsCollector, *, port: int | None = None, host: str | None = None,
+                 extra: Sequence[Collector] = ()) -> None:  # fmt: skip
         self.collector = collector
+        self.extra = tuple(extra)
         self.host = host if host is not None else ""
         self._requested_port = DEFAULT_PORT if port is None else port
         self._httpd: _Server | None = None
@@ -137,7 +143,7 @@ class MetricsServer:
     def start(self) -> None:
         if self._httpd is not None:
             return
-        self._httpd = _Server((self.host, self._requested_port), self.collector)
+        self._httpd = _Server((self.host, self._requested_port), self.collector, self.extra)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="k3svirt-metrics", daemon=True)
         self._thread.start()
         log.info("metrics server listening", extra={"host": self.host, "port": self.port})
