@@ -17,18 +17,24 @@ VM_KIND, VM_PLURAL = "VirtualMachine", "virtualmachines"
 VMTEMPLATE_KIND, VMTEMPLATE_PLURAL = "VMTemplate", "vmtemplates"
 PCIPASSTHROUGH_KIND, PCIPASSTHROUGH_PLURAL = "PCIPassthrough", "pcipassthroughs"
 NODEPCIINVENTORY_KIND, NODEPCIINVENTORY_PLURAL = "NodePCIInventory", "nodepciinventories"
+VMSNAPSHOT_KIND, VMSNAPSHOT_PLURAL = "VirtualMachineSnapshot", "virtualmachinesnapshots"
+VMRESTORE_KIND, VMRESTORE_PLURAL = "VirtualMachineRestore", "virtualmachinerestores"
 
 PLURALS: dict[str, str] = {
     VM_KIND: VM_PLURAL,
     VMTEMPLATE_KIND: VMTEMPLATE_PLURAL,
     PCIPASSTHROUGH_KIND: PCIPASSTHROUGH_PLURAL,
     NODEPCIINVENTORY_KIND: NODEPCIINVENTORY_PLURAL,
+    VMSNAPSHOT_KIND: VMSNAPSHOT_PLURAL,
+    VMRESTORE_KIND: VMRESTORE_PLURAL,
 }
 NAMESPACED: dict[str, bool] = {
     VM_KIND: True,
     VMTEMPLATE_KIND: True,
     PCIPASSTHROUGH_KIND: False,
     NODEPCIINVENTORY_KIND: False,
+    VMSNAPSHOT_KIND: True,
+    VMRESTORE_KIND: True,
 }
 
 # "<start|stop|restart>/<unique id>": performed once; the value is copied to status.lastActionRequest.
@@ -36,6 +42,10 @@ ANNOTATION_ACTION = f"{GROUP}/action-request"
 # Set to the uid of an earlier VM of the same name whose disks were retained, to take them over.
 ANNOTATION_ADOPT_STORAGE = f"{GROUP}/adopt-retained-storage"
 ACTIONS = ("start", "stop", "restart")
+# On a VM created by a restore (a clone): "<snapshot namespace>/<snapshot name>" it was made from.
+ANNOTATION_RESTORED_FROM = f"{GROUP}/restored-from"
+# On snapshots and restores: the VM they belong to (snapshot: spec.vmName), for label selectors.
+LABEL_VM = f"{GROUP}/vm"
 
 # XML namespace of the <k3svirt:vm .../> element in a domain's <metadata>.
 XML_NAMESPACE = "https://k3svirt.io/xmlns/domain/v1"

@@ -93,6 +93,17 @@ class Runtime:
             if exc.status != 409:
                 raise
 
+    def create_vm(self, body: Mapping[str, Any]) -> None:
+        """A restore's clone: the VM object, created once (ApiError 409 when the name is taken)."""
+        self.api.create(_path(names.VM_PLURAL, body["metadata"]["namespace"]), dict(body))
+
+    def delete_object(self, plural: str, namespace: str, name: str) -> None:
+        try:
+            self.api.delete(_path(plural, namespace, name))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
     def patch_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
         try:
             self.api.patch(_path(plural, namespace, name, "status"), {"status": dict(status)})
