@@ -51,6 +51,7 @@ RUNTIME_VERBS = {  # operator/k3svirt_operator/runtime.py: method -> (verb, subr
     "list_objects": ("list", ""),
     "ensure_cluster_object": ("create", ""),
     "patch_status": ("patch", "/status"),
+    "delete_object": ("delete", ""),
 }
 
 
@@ -78,11 +79,15 @@ def operator_needs() -> set[Perm]:
     for const in handled:
         p = plural(const)
         need |= {(G, p, "list"), (G, p, "watch"), (G, p, "patch"), (G, f"{p}/status", "patch")}
-    calls = re.findall(r"\b(get_object|list_objects|ensure_cluster_object|patch_status)\b,?\(?\s*names\.(\w+)", code)
+    calls = re.findall(
+        r"\b(get_object|list_objects|ensure_cluster_object|patch_status|delete_object)\b,?\(?\s*names\.(\w+)", code
+    )
     assert {m for m, _ in calls} == set(RUNTIME_VERBS), calls
     for method, const in calls:
         verb, sub = RUNTIME_VERBS[method]
         need.add((G, plural(const) + sub, verb))
+    if "RT.create_vm" in code:  # a restore into a new VM creates it (snapshot_worker.py)
+        need.add((G, names.VM_PLURAL, "create"))
     if "kopf.event(" in code:
         need.add(("", "events", "create"))
     # Reservation pods (operator/k3svirt_operator/reservations.py -> k3svirt_common.kube.reservations):
@@ -134,6 +139,8 @@ HELPERS = {  # path helper -> (apiGroup, resource, index of the name argument, i
     "pcip_path": (G, names.PCIPASSTHROUGH_PLURAL, 0, None),
     "inventory_path": (G, names.NODEPCIINVENTORY_PLURAL, 0, None),
     "dep_path": ("apps", "deployments", 1, 2),
+    "snapshot_path": (G, names.VMSNAPSHOT_PLURAL, 1, None),
+    "restore_path": (G, names.VMRESTORE_PLURAL, 1, None),
 }
 METHOD_VERB = {"post": "create", "put": "update", "patch": "patch", "delete": "delete"}
 

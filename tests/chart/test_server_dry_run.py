@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from .conftest import CHART, run
+from .conftest import CHART, REPO, run
 
 PSA_WARNING = "would violate PodSecurity"
 
@@ -30,7 +30,7 @@ def dump(objs) -> str:
 @pytest.fixture(scope="module")
 def crds_installed(kubeconfig: str, render) -> None:
     crds = [o for o in render(include_crds=True) if o["kind"] == "CustomResourceDefinition"]
-    assert len(crds) == 4
+    assert len(crds) == len(list((REPO / "crds").glob("*.yaml"))) == 6
     kubectl(
         kubeconfig,
         "apply",

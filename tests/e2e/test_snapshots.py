@@ -25,7 +25,10 @@ echo "K3SVIRT-DISK-READ ${v:-EMPTY}"
 n=${v#GEN-}; case "$n" in ''|*[!0-9]*) n=0;; esac; n=$((n+1))
 printf 'GEN-%s\n' "$n" | dd of=/dev/vda bs=16 count=1 conv=notrunc 2>/dev/null; sync
 echo "K3SVIRT-DISK-WROTE GEN-$n"
-last=; while true; do s=$(cat /sys/block/vda/size); [ "$s" != "$last" ] && echo "K3SVIRT-DISK-SIZE $s"; last=$s; sleep 1; done
+last=
+while true; do
+  s=$(cat /sys/block/vda/size); [ "$s" != "$last" ] && echo "K3SVIRT-DISK-SIZE $s"; last=$s; sleep 1
+done
 """
 
 
@@ -83,7 +86,7 @@ def _restore(name: str, snapshot: str, target: str | None = None) -> dict:
             "spec": spec}  # fmt: skip
 
 
-def _phase(kubeconfig: str, kind: str, name: str, namespace: str, want: str, timeout: float = 180) -> dict:
+def _phase(kubeconfig: str, kind: str, name: str, namespace: str, want: str, timeout: float = 300) -> dict:
     def done() -> dict | None:
         obj = get_json(kubeconfig, kind, name, "-n", namespace)
         phase = (obj.get("status") or {}).get("phase")
@@ -101,11 +104,12 @@ def _console(kubeconfig: str, namespace: str, vm: str) -> Path:
 
 
 def _lines(console: Path, prefix: str) -> list[str]:
+    """The values after `prefix` on the console, in order (the shell's prompt may share the line)."""
     text = console.read_text(errors="replace") if console.exists() else ""
-    return [ln.strip("\r").removeprefix(prefix).strip() for ln in text.splitlines() if ln.startswith(prefix)]
+    return [ln[ln.index(prefix) + len(prefix) :].strip() for ln in text.splitlines() if prefix in ln]
 
 
-def _wait_line(console: Path, prefix: str, value: str, count: int = 1, timeout: float = 120) -> None:
+def _wait_line(console: Path, prefix: str, value: str, count: int = 1, timeout: float = 300) -> None:
     try:
         wait_until(lambda: _lines(console, prefix).count(value) >= count, timeout, "")
     except AssertionError:
@@ -159,7 +163,9 @@ def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, oper
     assert clone["metadata"]["uid"] != get_json(kubeconfig, "vm", name, "-n", namespace)["metadata"]["uid"]
 
     # A stopped VM: no pause, consistency Stopped.
-    kubectl(kubeconfig, "patch", "-n", namespace, f"vm/{name}", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+    kubectl(
+        kubeconfig, "patch", "-n", namespace, f"vm/{name}", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}'
+    )
     wait_until(lambda: get_json(kubeconfig, "vm", name, "-n", namespace)["status"]["printableStatus"] == "Stopped",
                90, "the VM did not stop")  # fmt: skip
     _apply(kubeconfig, namespace, _snapshot("stopped", name))
