@@ -437,6 +437,7 @@ def test_table_covers_every_spec_field():
         "disks[].qcow2.clusterSize",
         "disks[].qcow2.preallocation",
         "disks[].qcow2.lazyRefcounts",
+        "disks[].qcow2.compression",
         "disks[].source.image.url",
         "disks[].source.image.checksum",
         "disks[].source.image.clone",
@@ -609,3 +610,13 @@ def test_a_huge_cpu_number_is_refused_before_any_range_is_expanded(cpuset: str):
     with pytest.raises(DomainBuildError, match="beyond the largest CPU number"):
         parse_cpuset(cpuset, "spec.cpu.dedicatedCpuSet")
     assert len(parse_cpuset("0-8191")) == 8192
+
+
+def test_a_disk_size_change_is_no_restart_other_disk_changes_are():
+    """Sizes are grown in place (live through libvirt): they stay out of the restart decision."""
+    from k3svirt_operator.domain_xml import domain_spec_hash
+
+    disk = {"name": "d", "source": {"blank": {}}, "size": "1Gi"}
+    base = domain_spec_hash({"memory": {"size": "64Mi"}, "disks": [disk]})
+    assert domain_spec_hash({"memory": {"size": "64Mi"}, "disks": [{**disk, "size": "2Gi"}]}) == base
+    assert domain_spec_hash({"memory": {"size": "64Mi"}, "disks": [{**disk, "cache": "writeback"}]}) != base

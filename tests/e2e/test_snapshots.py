@@ -86,7 +86,7 @@ def _restore(name: str, snapshot: str, target: str | None = None) -> dict:
             "spec": spec}  # fmt: skip
 
 
-def _phase(kubeconfig: str, kind: str, name: str, namespace: str, want: str, timeout: float = 300) -> dict:
+def _phase(kubeconfig: str, kind: str, name: str, namespace: str, want: str, timeout: float = 600) -> dict:
     def done() -> dict | None:
         obj = get_json(kubeconfig, kind, name, "-n", namespace)
         phase = (obj.get("status") or {}).get("phase")
@@ -94,7 +94,7 @@ def _phase(kubeconfig: str, kind: str, name: str, namespace: str, want: str, tim
             raise AssertionError(f"{kind}/{name} failed: {obj['status']}")
         return obj if phase == want else None
 
-    return wait_until(done, timeout, f"{kind}/{name} never reached {want}")
+    return wait_until(done, timeout, f"{kind}/{name} never reached {want}", interval=2)
 
 
 def _console(kubeconfig: str, namespace: str, vm: str) -> Path:
@@ -109,16 +109,20 @@ def _lines(console: Path, prefix: str) -> list[str]:
     return [ln[ln.index(prefix) + len(prefix) :].strip() for ln in text.splitlines() if prefix in ln]
 
 
-def _wait_line(console: Path, prefix: str, value: str, count: int = 1, timeout: float = 300) -> None:
+def _wait_line(console: Path, prefix: str, value: str, count: int = 1, timeout: float = 600) -> None:
     try:
-        wait_until(lambda: _lines(console, prefix).count(value) >= count, timeout, "")
+        wait_until(lambda: _lines(console, prefix).count(value) >= count, timeout, "", interval=1)
     except AssertionError:
         text = console.read_text(errors="replace")[-2000:] if console.exists() else "(no console log)"
         raise AssertionError(f"never saw {count} x {prefix}{value}; console:\n{text}") from None
 
 
 def _ready_vm(kubeconfig: str, namespace: str, name: str) -> None:
-    kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", f"vm/{name}", "--timeout=180s")
+    def ready() -> bool:
+        conds = (get_json(kubeconfig, "vm", name, "-n", namespace).get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    wait_until(ready, 600, f"vm/{name} never became Ready", interval=2)
 
 
 def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, operator, tiny_guest, storage_root):
