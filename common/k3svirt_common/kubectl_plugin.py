@@ -6,6 +6,8 @@ with `kubectl_complete-k3svirt`, which kubectl runs for shell completion of plug
     kubectl k3svirt start|stop|restart NAME [--wait]     (stop/start like virtctl: runStrategy)
     kubectl k3svirt stats NAME                           (the VM's live figures)
     kubectl k3svirt ssh [USER@]NAME [-- SSH ARGS...]     (ssh to the VM's first IP address)
+    kubectl k3svirt snapshot NAME [--name SNAP] [--wait] (a VirtualMachineSnapshot of the VM's disks)
+    kubectl k3svirt restore NAME SNAP [--target NEW] [--wait]   (in place, or into a new VM NEW)
     kubectl k3svirt completion bash|zsh
 
 It never opens libvirt: every command reads or patches VirtualMachine objects, so it works with
@@ -30,7 +32,7 @@ from .kube import ApiError, Client, load_config
 from .kube.paths import group_path
 
 PROG = "kubectl k3svirt"
-COMMANDS = ("start", "stop", "restart", "stats", "ssh", "completion")
+COMMANDS = ("start", "stop", "restart", "stats", "ssh", "snapshot", "restore", "completion")
 STATS_TIMEOUT = 5.0
 # stop/start on a Manual VM cannot change runStrategy (the operator never acts on it by itself):
 # they become one-shot action requests, as restart always is.
@@ -43,6 +45,50 @@ class PluginError(Exception):
 
 def vm_path(namespace: str, name: str | None = None) -> str:
     return group_path(names.GROUP, names.VERSION, names.VM_PLURAL, namespace, name)
+
+
+def snapshot_path(namespace: str, name: str | None = None) -> str:
+    return group_path(names.GROUP, names.VERSION, names.VMSNAPSHOT_PLURAL, namespace, name)
+
+
+def restore_path(namespace: str, name: str | None = None) -> str:
+    return group_path(names.GROUP, names.VERSION, names.VMRESTORE_PLURAL, namespace, name)
+
+
+def stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+def snapshot_object(ns: str, vm: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.VMSNAPSHOT_KIND,
+        "metadata": {"name": name, "namespace": ns, "labels": {names.LABEL_VM: vm}},
+        "spec": {"vmName": vm},
+    }
+
+
+def restore_object(ns: str, vm: str, snapshot: str, name: str, target: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"snapshotName": snapshot}
+    if target and target != vm:
+        spec["target"] = {"name": target}
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.VMRESTORE_KIND,
+        "metadata": {"name": name, "namespace": ns, "labels": {names.LABEL_VM: vm}},
+        "spec": spec,
+    }
+
+
+def finished(obj: dict[str, Any], done: str) -> bool:
+    """A snapshot (done = Ready) or restore (done = Succeeded) is finished; Failed raises with its reason."""
+    status = obj.get("status") or {}
+    if status.get("phase") == "Failed":
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        raise PluginError(
+            f"{obj['kind']} {obj['metadata']['name']!r} failed: {ready.get('reason')}: {ready.get('message')}"
+        )
+    return status.get("phase") == done
 
 
 def power_patch(vm: dict[str, Any], action: str, request_id: str) -> dict[str, Any]:
@@ -139,6 +185,26 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("ssh", help="ssh to the VM's first IP address (status.interfaces)")
     c.add_argument("target", help="[USER@]NAME")
     c.add_argument("ssh_args", nargs=argparse.REMAINDER, help="after --: arguments for ssh itself")
+    c = sub.add_parser(
+        "snapshot",
+        help="snapshot the VM's disks (a running guest is paused briefly)",
+        description="Creates a VirtualMachineSnapshot; the VM's node copies its disks (docs/snapshots.md).",
+    )
+    c.add_argument("name", help="VirtualMachine name")
+    c.add_argument("--name", dest="snapshot", help="snapshot name (default <vm>-<UTC time>)")
+    c.add_argument("--wait", action="store_true", help="wait until the snapshot is Ready")
+    c.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
+    c = sub.add_parser(
+        "restore",
+        help="restore a snapshot into the VM (stopped for it) or into a new VM",
+        description="Creates a VirtualMachineRestore. Without --target the VM's disks are replaced "
+        "(a running VM is shut down and started again); with --target a new VM is created.",
+    )
+    c.add_argument("name", help="VirtualMachine the snapshot was taken of")
+    c.add_argument("snapshot", help="VirtualMachineSnapshot name")
+    c.add_argument("--target", help="create a new VM of this name from the snapshot (a clone)")
+    c.add_argument("--wait", action="store_true", help="wait until the restore Succeeded")
+    c.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
     c = sub.add_parser("completion", help="print a shell completion script")
     c.add_argument("shell", choices=("bash", "zsh"))
     return p
@@ -200,6 +266,55 @@ def run_stats(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 0
 
 
+def _wait_object(client: Client, path: str, done: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = client.get(path)
+        if finished(obj, done):
+            return obj
+        if time.monotonic() > deadline:
+            raise PluginError(f"not done after {timeout:g} s (phase {(obj.get('status') or {}).get('phase')})")
+        time.sleep(0.5)
+
+
+def run_snapshot(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client, ns = _client(args)
+    _get_vm(client, ns, args.name)
+    name = args.snapshot or f"{args.name[:46]}-{stamp()}"
+    client.create(snapshot_path(ns), snapshot_object(ns, args.name, name))
+    if not args.wait:
+        out(f"virtualmachinesnapshot.k3svirt.io/{name} created")
+        return 0
+    snap = _wait_object(client, snapshot_path(ns, name), "Ready", args.timeout)
+    status = snap.get("status") or {}
+    out(f"virtualmachinesnapshot.k3svirt.io/{name} ready ({status.get('size')}, {status.get('consistency')})")
+    return 0
+
+
+def run_restore(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client, ns = _client(args)
+    vm = _get_vm(client, ns, args.name)
+    try:
+        snap = client.get(snapshot_path(ns, args.snapshot))
+    except ApiError as exc:
+        if exc.status == 404:
+            raise PluginError(f'VirtualMachineSnapshot "{args.snapshot}" not found in namespace "{ns}"') from exc
+        raise
+    if (snap.get("spec") or {}).get("vmName") != vm["metadata"]["name"]:
+        raise PluginError(f"snapshot {args.snapshot!r} is not a snapshot of {args.name!r}")
+    if (snap.get("status") or {}).get("phase") != "Ready":
+        raise PluginError(
+            f"snapshot {args.snapshot!r} is {(snap.get('status') or {}).get('phase') or 'Pending'}, not Ready"
+        )
+    name = f"{args.snapshot[:40]}-{stamp()}"
+    client.create(restore_path(ns), restore_object(ns, args.name, args.snapshot, name, args.target))
+    if args.wait:
+        _wait_object(client, restore_path(ns, name), "Succeeded", args.timeout)
+    target = args.target or args.name
+    out(f"virtualmachinerestore.k3svirt.io/{name} {'succeeded' if args.wait else 'created'} (target {target})")
+    return 0
+
+
 def run_ssh(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     client, ns = _client(args)
     name = args.target.rpartition("@")[2]
@@ -222,7 +337,7 @@ def complete(words: Sequence[str], list_vms: Callable[[], list[str]]) -> list[st
     prefix = words[-1] if words else ""
     if command == "completion":
         return [s for s in ("bash", "zsh") if s.startswith(prefix)]
-    if command in ("start", "stop", "restart", "stats", "ssh") and len(positional) == 1:
+    if command in ("start", "stop", "restart", "stats", "ssh", "snapshot", "restore") and len(positional) == 1:
         user, at, partial = prefix.rpartition("@")
         return [f"{user}{at}{n}" for n in list_vms() if n.startswith(partial)]
     return []
@@ -262,7 +377,15 @@ def complete_main(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    run = {"start": run_power, "stop": run_power, "restart": run_power, "stats": run_stats, "ssh": run_ssh}
+    run = {
+        "start": run_power,
+        "stop": run_power,
+        "restart": run_power,
+        "stats": run_stats,
+        "ssh": run_ssh,
+        "snapshot": run_snapshot,
+        "restore": run_restore,
+    }
     try:
         if args.command == "completion":
             print(BASH_COMPLETION if args.shell == "bash" else ZSH_COMPLETION, end="")

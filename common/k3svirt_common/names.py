@@ -19,6 +19,8 @@ PCIPASSTHROUGH_KIND, PCIPASSTHROUGH_PLURAL = "PCIPassthrough", "pcipassthroughs"
 NODEPCIINVENTORY_KIND, NODEPCIINVENTORY_PLURAL = "NodePCIInventory", "nodepciinventories"
 PCIVF_POLICY_KIND, PCIVF_POLICY_PLURAL = "PCIVirtualFunctionPolicy", "pcivirtualfunctionpolicies"
 NODETUNING_KIND, NODETUNING_PLURAL = "NodeTuning", "nodetunings"
+VMSNAPSHOT_KIND, VMSNAPSHOT_PLURAL = "VirtualMachineSnapshot", "virtualmachinesnapshots"
+VMRESTORE_KIND, VMRESTORE_PLURAL = "VirtualMachineRestore", "virtualmachinerestores"
 
 PLURALS: dict[str, str] = {
     VM_KIND: VM_PLURAL,
@@ -27,6 +29,8 @@ PLURALS: dict[str, str] = {
     NODEPCIINVENTORY_KIND: NODEPCIINVENTORY_PLURAL,
     PCIVF_POLICY_KIND: PCIVF_POLICY_PLURAL,
     NODETUNING_KIND: NODETUNING_PLURAL,
+    VMSNAPSHOT_KIND: VMSNAPSHOT_PLURAL,
+    VMRESTORE_KIND: VMRESTORE_PLURAL,
 }
 NAMESPACED: dict[str, bool] = {
     VM_KIND: True,
@@ -35,6 +39,8 @@ NAMESPACED: dict[str, bool] = {
     NODEPCIINVENTORY_KIND: False,
     PCIVF_POLICY_KIND: False,
     NODETUNING_KIND: False,
+    VMSNAPSHOT_KIND: True,
+    VMRESTORE_KIND: True,
 }
 
 # "<start|stop|restart>/<unique id>": performed once; the value is copied to status.lastActionRequest.
@@ -42,6 +48,10 @@ ANNOTATION_ACTION = f"{GROUP}/action-request"
 # Set to the uid of an earlier VM of the same name whose disks were retained, to take them over.
 ANNOTATION_ADOPT_STORAGE = f"{GROUP}/adopt-retained-storage"
 ACTIONS = ("start", "stop", "restart")
+# On a VM created by a restore (a clone): "<snapshot namespace>/<snapshot name>" it was made from.
+ANNOTATION_RESTORED_FROM = f"{GROUP}/restored-from"
+# On snapshots and restores: the VM they belong to (snapshot: spec.vmName), for label selectors.
+LABEL_VM = f"{GROUP}/vm"
 
 # XML namespace of the <k3svirt:vm .../> element in a domain's <metadata>.
 XML_NAMESPACE = "https://k3svirt.io/xmlns/domain/v1"

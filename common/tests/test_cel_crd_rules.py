@@ -38,6 +38,14 @@ PINNED: dict[str, tuple[Any, Any]] = {
         {"iothreads": 2, "disks": [{"iothread": 2}, {}]},
         {"iothreads": 1, "disks": [{"iothread": 2}]},
     ),
+    "!has(self.qcow2) || !has(self.qcow2.compression) || (has(self.source) && has(self.source.image) && has(self.source.image.clone) && self.source.image.clone == 'copy')": (  # noqa: E501 (the rule as the CRD has it)
+        {"qcow2": {"compression": "zstd"}, "source": {"image": {"url": "file:///i", "clone": "copy"}}},
+        {"qcow2": {"compression": "zstd"}, "source": {"image": {"url": "file:///i"}}},
+    ),
+    "!has(self.qcow2) || !has(self.qcow2.compression) || ((!has(self.qcow2.preallocation) || self.qcow2.preallocation == 'off') && (!has(self.provisioning) || self.provisioning == 'thin'))": (  # noqa: E501 (the rule as the CRD has it)
+        {"qcow2": {"compression": "zlib", "preallocation": "off"}},
+        {"qcow2": {"compression": "zlib"}, "provisioning": "thick"},
+    ),
     "!has(self.nodeName) || !has(self.nodeSelector)": ({"nodeName": "n"}, {"nodeName": "n", "nodeSelector": {}}),
     "(has(self.sockets) ? self.sockets : 1) * (has(self.cores) ? self.cores : 1) * (has(self.threads) ? self.threads : 1) <= 255": (  # noqa: E501 (the rule as the CRD has it)
         {"cores": 255},

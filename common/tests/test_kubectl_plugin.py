@@ -3,9 +3,12 @@ from k3svirt_common.kubectl_plugin import (
     PluginError,
     action_done,
     complete,
+    finished,
     flatten,
     namespace_flag,
     power_patch,
+    restore_object,
+    snapshot_object,
     ssh_argv,
 )
 
@@ -51,10 +54,29 @@ def test_ssh_argv_uses_the_first_address_and_user():
 
 def test_completion_candidates():
     vms = lambda: ["db", "web"]  # noqa: E731
-    assert complete(["re"], vms) == ["restart"]
+    assert complete(["re"], vms) == ["restart", "restore"]
+    assert complete(["snapshot", "w"], vms) == ["web"]
     assert complete(["ssh", "root@w"], vms) == ["root@web"]
     assert complete(["stats", ""], vms) == ["db", "web"]
     assert complete(["stats", "db", ""], vms) == []
     assert namespace_flag(["-n", "prod", "stop", ""]) == "prod"
     assert namespace_flag(["--namespace=dev", ""]) == "dev"
     assert namespace_flag(["stop", "-n"]) is None
+
+
+def test_snapshot_and_restore_objects():
+    snap = snapshot_object("ns", "web", "s1")
+    assert snap["kind"] == "VirtualMachineSnapshot" and snap["spec"] == {"vmName": "web"}
+    assert snap["metadata"] == {"name": "s1", "namespace": "ns", "labels": {"k3svirt.io/vm": "web"}}
+    assert restore_object("ns", "web", "s1", "r1", None)["spec"] == {"snapshotName": "s1"}
+    assert restore_object("ns", "web", "s1", "r1", "web")["spec"] == {"snapshotName": "s1"}  # in place
+    assert restore_object("ns", "web", "s1", "r1", "web2")["spec"] == {"snapshotName": "s1", "target": {"name": "web2"}}
+
+
+def test_finished_raises_the_failure_reason():
+    ok = {"kind": "VirtualMachineSnapshot", "metadata": {"name": "s"}, "status": {"phase": "Ready"}}
+    assert finished(ok, "Ready") and not finished({**ok, "status": {"phase": "InProgress"}}, "Ready")
+    cond = {"type": "Ready", "reason": "VolumeNotSnapshottable", "message": "spec.disks[0].source.volume: no"}
+    failed = {**ok, "status": {"phase": "Failed", "conditions": [cond]}}
+    with pytest.raises(PluginError, match="VolumeNotSnapshottable: spec.disks"):
+        finished(failed, "Ready")

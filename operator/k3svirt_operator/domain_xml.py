@@ -138,8 +138,13 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
 
 
 def domain_spec_hash(spec: Mapping[str, Any]) -> str:
-    """spec_hash() of the fields that shape the domain: a runStrategy change is no restart."""
-    return spec_hash({k: v for k, v in spec.items() if k not in NON_DOMAIN_FIELDS})
+    """spec_hash() of the fields that shape the domain: a runStrategy change is no restart, nor a
+    disk's size (the disk is grown in place, live while the domain runs: VMReconciler._grow_disks)."""
+    shaping = {k: v for k, v in spec.items() if k not in NON_DOMAIN_FIELDS}
+    if isinstance(shaping.get("disks"), list):
+        shaping["disks"] = [{k: v for k, v in d.items() if k != "size"} if isinstance(d, dict) else d
+                            for d in shaping["disks"]]  # fmt: skip
+    return spec_hash(shaping)
 
 
 def _dev_name(prefix: str, index: int) -> str:

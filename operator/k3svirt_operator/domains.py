@@ -160,6 +160,18 @@ def power_off(dom: libvirt.virDomain, grace_seconds: float, should_stop: Callabl
     return False
 
 
+def grow_disk(dom: libvirt.virDomain, path: str, size: int) -> None:
+    """Grows a running domain's disk (the one whose source is `path`) to `size` bytes: QEMU resizes
+    the image and the guest's virtio disk sees the new capacity at once."""
+    root = ET.fromstring(dom.XMLDesc(0))
+    for disk in root.iterfind("devices/disk"):
+        source, target = disk.find("source"), disk.find("target")
+        if source is not None and target is not None and source.get("file") == path:
+            dom.blockResize(target.get("dev"), size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            return
+    raise libvirt.libvirtError(f"no disk of the running domain has the source {path}")
+
+
 def destroy(dom: libvirt.virDomain) -> None:
     try:
         dom.destroy()

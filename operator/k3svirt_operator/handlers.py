@@ -28,6 +28,7 @@ from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .reservations import Reservations
 from .runtime import Runtime
+from .snapshot_worker import SnapshotWorker
 from .startqueue import StartQueue, StartQueueMetrics
 from .vm_reconciler import Event, Result, VMReconciler
 
@@ -39,6 +40,7 @@ SETTINGS = Settings.from_env()
 KUBE_CONFIG: KubeConfig | None = None
 RT: Runtime | None = None
 RECONCILER: VMReconciler | None = None
+SNAPSHOTS: SnapshotWorker | None = None
 MONITOR: tuple[Any, Any] | None = None
 STARTS: StartQueue | None = None
 
@@ -159,7 +161,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global RT, RECONCILER, MONITOR, STARTS
+    global RT, RECONCILER, MONITOR, STARTS, SNAPSHOTS
     settings.persistence.finalizer = names.finalizer_for(SETTINGS.node_name)
     # Keep kopf's bookkeeping out of the user's metadata (GitOps tools would see drift there).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
@@ -192,6 +194,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # say so in status (startqueue.py). A freed slot wakes the next VMs' loops.
     STARTS = StartQueue(SETTINGS.max_parallel_starts, wake=RT.loops.poke_threadsafe)
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations, STARTS)
+    SNAPSHOTS = SnapshotWorker(SETTINGS, conn, _get_template, RT.patch_status, _get_vm, RT.create_vm)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)
     # The sampler has its own connection: its round must not wait behind the VM passes' calls (libvirtd
@@ -218,6 +221,10 @@ async def cleanup(**_: Any) -> None:
 
 def _get_template(namespace: str, name: str) -> Mapping[str, Any] | None:
     return _rt().get_object(names.VMTEMPLATE_PLURAL, namespace, name)
+
+
+def _get_vm(namespace: str, name: str) -> Mapping[str, Any] | None:
+    return _rt().get_object(names.VM_PLURAL, namespace, name)
 
 
 def _on_domain_event(domain: str, _event: int, _detail: int) -> None:
@@ -310,9 +317,62 @@ def _reservation_of(index: kopf.Index, namespace: str, name: str) -> dict[str, A
     return next(iter(index.get((namespace, name), ())), None)
 
 
+# ---------------------------------------------------------------------- snapshots and restores
+def _kept(body: kopf.Body) -> dict[str, Any]:
+    """What the VM's loop needs of a snapshot or restore (and kopf.event needs to post on it)."""
+    keep = {k: copy.deepcopy(dict(body.get(k) or {})) for k in ("metadata", "spec", "status")}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), **keep}
+
+
+@kopf.index(names.GROUP, names.VERSION, names.VMSNAPSHOT_PLURAL)
+def snapshots_by_vm(body: kopf.Body, namespace: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], Any]:
+    """Every VirtualMachineSnapshot by (namespace, VM): the VM's loop takes them and sweeps deleted ones."""
+    return {(namespace, spec.get("vmName")): _kept(body)}
+
+
+@kopf.index(names.GROUP, names.VERSION, names.VMSNAPSHOT_PLURAL)
+def snapshot_vms(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    """The VM of each snapshot: which loop a restore wakes."""
+    return {(namespace, name): spec.get("vmName")}
+
+
+@kopf.index(names.GROUP, names.VERSION, names.VMRESTORE_PLURAL)
+def restores_by_snapshot(body: kopf.Body, namespace: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], Any]:
+    return {(namespace, spec.get("snapshotName")): _kept(body)}
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.VMSNAPSHOT_PLURAL)
+def snapshot_changed(namespace: str, spec: kopf.Spec, **_: Any) -> None:
+    """Created (take it), deleted (return its space): the VM's loop does the work."""
+    if RT is not None and spec.get("vmName"):
+        RT.loops.poke_threadsafe((namespace, spec["vmName"]))
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.VMRESTORE_PLURAL)
+def restore_changed(namespace: str, spec: kopf.Spec, snapshot_vms: kopf.Index, **_: Any) -> None:
+    vm = next(iter(snapshot_vms.get((namespace, spec.get("snapshotName")), ())), None)
+    if RT is not None and vm:
+        RT.loops.poke_threadsafe((namespace, vm))
+
+
+async def _snapshot_work(snapshot: dict[str, Any], state: vmstate.VMState, snaps_index: kopf.Index,
+                         restores_index: kopf.Index) -> None:  # fmt: skip
+    """Snapshots and restores of this VM, done before its reconcile pass (never during one)."""
+    worker = SNAPSHOTS
+    if worker is None:
+        return
+    ns, name = snapshot["metadata"]["namespace"], snapshot["metadata"]["name"]
+    snaps = list(snaps_index.get((ns, name), ()))
+    restores = [r for s in snaps for r in restores_index.get((ns, s["metadata"]["name"]), ())]
+    posted = await asyncio.to_thread(worker.process, snapshot, snaps, restores, state.stopping is not None)
+    for p in posted:
+        kopf.event(p.obj, type=p.event.type, reason=p.event.reason, message=p.event.message[:1000])
+
+
 @kopf.daemon(names.GROUP, names.VERSION, names.VM_PLURAL, when=owned, cancellation_timeout=30)
 async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, passthroughs: kopf.Index,
-                  reservation_pods: kopf.Index, **_: Any) -> None:  # fmt: skip
+                  reservation_pods: kopf.Index, snapshots_by_vm: kopf.Index, restores_by_snapshot: kopf.Index,
+                  **_: Any) -> None:  # fmt: skip
     rt, reconciler, state = _rt(), RECONCILER, vmstate.of(memo)
     assert reconciler is not None
     if not await _claimed(body, namespace, name):
@@ -325,6 +385,7 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, p
                 state.wake.clear()  # before the pass: an event that arrives during it wakes the next one
                 snapshot, devices = state.view(body), [o for store in passthroughs.values() for o in store]
                 try:
+                    await _snapshot_work(snapshot, state, snapshots_by_vm, restores_by_snapshot)
                     pod = _reservation_of(reservation_pods, namespace, name)
                     result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices, pod)
                     await _write_claims(result.claims)
@@ -388,10 +449,14 @@ def _next_pass(result: Result) -> float:
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.VM_PLURAL, when=owned)
-async def vm_deleted(body: kopf.Body, namespace: str, name: str, passthroughs: kopf.Index, **_: Any) -> None:
+async def vm_deleted(body: kopf.Body, namespace: str, name: str, passthroughs: kopf.Index,
+                     snapshots_by_vm: kopf.Index, **_: Any) -> None:  # fmt: skip
     reconciler = RECONCILER
     assert reconciler is not None
     events = await asyncio.to_thread(reconciler.delete, copy.deepcopy(dict(body)))
+    if body.spec.get("deletionPolicy") != "Retain":  # Retain keeps the snapshots with the disks
+        for snap in snapshots_by_vm.get((namespace, name), ()):
+            await asyncio.to_thread(_rt().delete_object, names.VMSNAPSHOT_PLURAL, namespace, snap["metadata"]["name"])
     devices = [o for store in passthroughs.values() for o in store]
     await _write_claims(_rt().claims.release(devices, {"namespace": namespace, "name": name}))
     _post(body, events)

@@ -277,12 +277,13 @@ def list_cached(root: Path) -> list[CachedImage]:
 
 
 def _overlay_backings(root: Path) -> set[Path]:
-    """Backing files referenced by the disks under <root>/vms (safety net for prune_unused)."""
+    """Backing files referenced by the disks and snapshots under <root>/vms (safety net for prune_unused)."""
     used: set[Path] = set()
     vms = root / "vms"
     if not vms.is_dir():
         return used
-    for disk in vms.glob("*/*/*.qcow2"):
+    # Snapshots of overlays are overlays on the same base (snapshot_store.py): they count as users.
+    for disk in [*vms.glob("*/*/*.qcow2"), *vms.glob("*/*/snapshots/*/*.qcow2")]:
         try:
             info = qemu_img_info(disk, "qcow2")
         except StorageError:

@@ -105,6 +105,10 @@ class Runtime:
             if exc.status != 409:
                 raise
 
+    def create_vm(self, body: Mapping[str, Any]) -> None:
+        """A restore's clone: the VM object, created once (ApiError 409 when the name is taken)."""
+        self.api.create(_path(names.VM_PLURAL, body["metadata"]["namespace"]), dict(body))
+
     def delete_object(self, plural: str, namespace: str | None, name: str) -> None:
         """Deletes an object of ours; one that is gone already (404) is fine."""
         try:

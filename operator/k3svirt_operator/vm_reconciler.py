@@ -157,6 +157,7 @@ class VMReconciler:
                     )
                 )
                 observed = self._observe(conn, ns, name, uid)
+            self._grow_disks(ctx, observed, events)
             for adj in built.adjustments:
                 events.append(Event("Warning", adj.reason, f"{adj.field}: {adj.message}"))
             action, action_value = _pending_action(meta, status)
@@ -324,6 +325,24 @@ class VMReconciler:
             libvirt_version=self._libvirt_version(),
             tcg_tb_cache_mib=self.settings.tcg_tb_cache_mib,
         )
+
+    def _grow_disks(self, ctx: DomainContext, observed: domains.Observed, events: list[Event]) -> None:
+        """spec.disks[].size raised: grow the disk, live through libvirt while the domain runs."""
+        for result in ctx.disks.values():
+            if result.grow_to is None:
+                continue
+            live = observed.domain is not None and observed.power in _UP
+            try:
+                if live:
+                    domains.grow_disk(observed.domain, str(result.path), result.grow_to)
+                else:
+                    storage.grow_offline(result, result.grow_to, result.extra.get("preallocation", "off"))
+            except (libvirt.libvirtError, storage.StorageError) as exc:
+                message = f"spec.disks[{result.index}].size: growing the disk failed: {exc}"
+                raise SpecProblem(ERROR_PROVISIONING, names.COND_PROVISIONED, "DiskGrowFailed", message) from exc
+            how = "live (the running guest sees it now)" if live else "offline"
+            events.append(Event("Normal", "DiskGrown", f"spec.disks[{result.index}] ({result.name}): grown to "
+                                                       f"{result.grow_to} bytes {how}"))  # fmt: skip
 
     def _libvirt_version(self) -> int | None:
         if self._libvirt_version_cache is None:  # fixed for the life of libvirtd; asked once

@@ -446,6 +446,7 @@ def test_table_covers_every_spec_field():
         "disks[].qcow2.clusterSize",
         "disks[].qcow2.preallocation",
         "disks[].qcow2.lazyRefcounts",
+        "disks[].qcow2.compression",
         "disks[].source.image.url",
         "disks[].source.image.checksum",
         "disks[].source.image.clone",
@@ -661,3 +662,13 @@ def test_tcg_translation_cache_is_accepted_by_libvirt():
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
     finally:
         conn.close()
+
+
+def test_a_disk_size_change_is_no_restart_other_disk_changes_are():
+    """Sizes are grown in place (live through libvirt): they stay out of the restart decision."""
+    from k3svirt_operator.domain_xml import domain_spec_hash
+
+    disk = {"name": "d", "source": {"blank": {}}, "size": "1Gi"}
+    base = domain_spec_hash({"memory": {"size": "64Mi"}, "disks": [disk]})
+    assert domain_spec_hash({"memory": {"size": "64Mi"}, "disks": [{**disk, "size": "2Gi"}]}) == base
+    assert domain_spec_hash({"memory": {"size": "64Mi"}, "disks": [{**disk, "cache": "writeback"}]}) != base

@@ -235,6 +235,24 @@ def test_prune_unused(server: Server, tmp_path: Path) -> None:
     assert [i.url for i in image_cache.list_cached(tmp_path)] == sorted([a.url, b.url], key=image_cache.cache_key)
 
 
+def test_prune_keeps_images_a_snapshot_overlay_uses(server: Server, tmp_path: Path) -> None:
+    """A snapshot of an overlay disk is an overlay on the same image (snapshot_store.py): the VM's own
+    disk may be gone (a restore will bring it back), the image must stay."""
+    import shutil
+
+    make_qcow2(server.docroot / "s.qcow2")
+    img = ensure_image(server.url("s.qcow2"), None, tmp_path)
+    (plan,) = plan_disks("ns", "vm", [{"name": "r", "source": {"image": {"url": img.url}}}], tmp_path)
+    (disk,) = ensure_disks([plan], tmp_path, fetch_image=ensure_image)
+    snap = tmp_path / "vms" / "ns" / "vm" / "snapshots" / "s1"
+    snap.mkdir(parents=True)
+    shutil.copy(disk.path, snap / disk.path.name)
+    disk.path.unlink()
+    assert prune_unused(tmp_path) == [] and img.path.exists()
+    shutil.rmtree(snap)
+    assert prune_unused(tmp_path) == [img.path]
+
+
 def test_prune_keeps_recently_used_images(server: Server, tmp_path: Path) -> None:
     """LRU by last use: an image asked for within idle_seconds stays, an idle one goes."""
     import os

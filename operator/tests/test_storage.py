@@ -488,3 +488,60 @@ def test_retained_disks_are_never_reused_silently(tmp_path: Path) -> None:
     assert ensure_vm_dir("ns1", "web", tmp_path, uid="uid-new", adopt="uid-old") == d
     assert (d / ".owner-uid").read_text().strip() == "uid-new"
     assert ensure_vm_dir("ns1", "web", tmp_path, uid="uid-new") == d  # adopted for good
+
+
+# ----------------------------------------------------------------------------------------- compression, grow
+@pytest.mark.parametrize("algo", ["zlib", "zstd"])
+def test_compressed_copy_of_an_image(tmp_path: Path, algo: str) -> None:
+    base = make_base(tmp_path, "raw", "32M", marker=b"BASEDATA" * 4096)
+    url = "http://h/base.raw"
+    disk = {"name": "root", "source": {"image": {"url": url, "clone": "copy"}}, "qcow2": {"compression": algo}}
+    plan = one(disk, tmp_path, {url: base})
+    assert plan.commands[0][:4] == ("qemu-img", "convert", "-q", "-c")
+    assert f"compression_type={algo}" in plan.options
+    (res,) = ensure_disks([plan], tmp_path)
+    got = info(res.path)
+    assert got["format-specific"]["data"]["compression-type"] == algo
+    assert got["actual-size"] < 1 * MiB  # 32 KiB of a repeated pattern + zeros, compressed
+    out = tmp_path / "flat.raw"
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(res.path), str(out)], check=True)
+    assert out.read_bytes()[:32768] == b"BASEDATA" * 4096
+
+
+@pytest.mark.parametrize(
+    "disk",
+    [
+        {"name": "d", "size": "1Mi", "source": {"blank": {}}, "qcow2": {"compression": "zstd"}},
+        {"name": "d", "source": {"image": {"url": "http://h/i"}}, "qcow2": {"compression": "zstd"}},
+        {
+            "name": "d",
+            "provisioning": "thick",
+            "source": {"image": {"url": "http://h/i", "clone": "copy"}},
+            "qcow2": {"compression": "zlib"},
+        },
+    ],
+)
+def test_compression_only_for_thin_image_copies(tmp_path: Path, disk: dict) -> None:
+    with pytest.raises(StorageSpecError, match=r"spec.disks\[0\].qcow2.compression"):
+        one(disk, tmp_path)
+
+
+def test_a_bigger_size_grows_the_disk_and_a_smaller_one_is_refused(tmp_path: Path) -> None:
+    (plan,) = plan_disks("ns1", "vm1", [{"name": "d", "size": "8Mi", "source": {"blank": {}}}], tmp_path)
+    (res,) = ensure_disks([plan], tmp_path)
+    assert res.grow_to is None and storage.virtual_size(res.path, "qcow2") == 8 * MiB
+    (bigger,) = plan_disks("ns1", "vm1", [{"name": "d", "size": "16Mi", "source": {"blank": {}}}], tmp_path)
+    (res,) = ensure_disks([bigger], tmp_path)
+    assert res.grow_to == 16 * MiB and not res.created
+    storage.grow_offline(res, res.grow_to)
+    assert info(res.path)["virtual-size"] == 16 * MiB == storage.virtual_size(res.path, "qcow2")
+    (smaller,) = plan_disks("ns1", "vm1", [{"name": "d", "size": "4Mi", "source": {"blank": {}}}], tmp_path)
+    with pytest.raises(StorageSpecError, match=r"spec.disks\[0\].size: .* smaller than the disk's current"):
+        ensure_disks([smaller], tmp_path)
+
+
+def test_virtual_size_never_probes_a_raw_disk(tmp_path: Path) -> None:
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(b"QFI\xfb" + b"\0" * 20 + (1 << 40).to_bytes(8, "big") + b"\0" * 4064)  # a guest-written header
+    assert storage.virtual_size(raw, "raw") == 4096
+    assert storage.virtual_size(tmp_path / "missing", "qcow2") is None

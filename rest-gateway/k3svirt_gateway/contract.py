@@ -18,11 +18,15 @@ VM_KIND: str = getattr(_names, "VM_KIND", "VirtualMachine")
 TEMPLATE_KIND: str = getattr(_names, "VMTEMPLATE_KIND", "VMTemplate")
 PCIP_KIND: str = getattr(_names, "PCIPASSTHROUGH_KIND", "PCIPassthrough")
 INVENTORY_KIND: str = getattr(_names, "NODEPCIINVENTORY_KIND", "NodePCIInventory")
+SNAPSHOT_KIND: str = _names.VMSNAPSHOT_KIND
+RESTORE_KIND: str = _names.VMRESTORE_KIND
 
 VM_PLURAL: str = getattr(_names, "VM_PLURAL", "virtualmachines")
 TEMPLATE_PLURAL: str = getattr(_names, "VMTEMPLATE_PLURAL", "vmtemplates")
 PCIP_PLURAL: str = getattr(_names, "PCIPASSTHROUGH_PLURAL", "pcipassthroughs")
 INVENTORY_PLURAL: str = getattr(_names, "NODEPCIINVENTORY_PLURAL", "nodepciinventories")
+SNAPSHOT_PLURAL: str = _names.VMSNAPSHOT_PLURAL
+RESTORE_PLURAL: str = _names.VMRESTORE_PLURAL
 
 ACTION_ANNOTATION: str = getattr(_names, "ANNOTATION_ACTION", f"{GROUP}/action-request")
 

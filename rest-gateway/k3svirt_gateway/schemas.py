@@ -75,6 +75,9 @@ def crd_parts() -> dict[str, dict[str, Any]]:
         "VMTemplateSpec": c.crd_schema(c.TEMPLATE_KIND)["properties"]["spec"],
         "VMTemplateReference": vm["spec"]["properties"]["template"],
         "VMPresetReference": vm["spec"]["properties"]["presets"]["items"],
+        "VirtualMachineSnapshotStatus": c.crd_schema(c.SNAPSHOT_KIND)["properties"]["status"],
+        "VirtualMachineRestoreSpec": c.crd_schema(c.RESTORE_KIND)["properties"]["spec"],
+        "VirtualMachineRestoreStatus": c.crd_schema(c.RESTORE_KIND)["properties"]["status"],
     }
 
 
@@ -189,6 +192,59 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         },
     },
     "VMList": list_of("VMSummary"),
+    "SnapshotCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "A snapshot of the VM's disks (docs/snapshots.md); name defaults to <vm>-<UTC time>",
+        "properties": {"name": NAME},
+    },
+    "VirtualMachineSnapshot": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": ref("ObjectMeta"),
+            "spec": {"type": "object", "properties": {"vmName": {"type": "string"}}},
+            "status": ref("VirtualMachineSnapshotStatus"),
+        },
+    },
+    "SnapshotSummary": {
+        "type": "object",
+        "required": ["name", "namespace", "vm", "phase"],
+        "properties": {
+            "name": {"type": "string"},
+            "namespace": {"type": "string"},
+            "vm": {"type": "string"},
+            "phase": {"type": "string", "enum": ["Pending", "InProgress", "Ready", "Failed"]},
+            "consistency": {"type": "string"},
+            "sizeBytes": {"type": "integer"},
+            "size": {"type": "string"},
+            "creationTime": {"type": "string"},
+            "reason": {"type": "string", "description": "the Ready condition's reason"},
+            "message": {"type": "string"},
+            "deleting": {"type": "boolean"},
+        },
+    },
+    "SnapshotList": list_of("SnapshotSummary"),
+    "RestoreRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Restore the snapshot into its VM (no target; the VM is stopped for it and comes back as it "
+        "was) or into a new VM (target: a name no VM has; a clone is created)",
+        "properties": {"name": NAME, "target": NAME},
+    },
+    "VirtualMachineRestore": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": ref("ObjectMeta"),
+            "spec": ref("VirtualMachineRestoreSpec"),
+            "status": ref("VirtualMachineRestoreStatus"),
+        },
+    },
     "VMAction": {
         "type": "object",
         "required": ["name", "namespace", "action"],
@@ -681,6 +737,9 @@ def _validation_parts() -> dict[str, Any]:
         "VMTemplateSpec": OBJ,
         "VMTemplateReference": {**parts["VMTemplateReference"], "additionalProperties": False},
         "VMPresetReference": {**parts["VMPresetReference"], "additionalProperties": False},
+        "VirtualMachineSnapshotStatus": OBJ,
+        "VirtualMachineRestoreSpec": OBJ,
+        "VirtualMachineRestoreStatus": OBJ,
     }
 
 

@@ -48,6 +48,8 @@ def _objects(client, admin, ns: str) -> dict[str, str]:
     assert (
         client.post(f"/api/v1/vms?namespace={ns}", json={"name": "vm1", "spec": SPEC}, headers=admin).status_code == 201
     )
+    snap = client.post(f"/api/v1/vms/vm1/snapshots?namespace={ns}", json={"name": "s1"}, headers=admin)
+    assert snap.status_code == 201
     import_template(client, admin, ns, "tmpl")
     dep = {"name": "web", "image": APP_IMAGE, "replicas": 0}
     assert client.post(f"/api/v1/deployments?namespace={ns}", json=dep, headers=admin).status_code == 201
@@ -55,6 +57,7 @@ def _objects(client, admin, ns: str) -> dict[str, str]:
     assert client.post(f"/api/v1/services?namespace={ns}", json=svc, headers=admin).status_code == 201
     return {
         "/api/v1/vms/<name>": f"/api/v1/vms/vm1?namespace={ns}",
+        "/api/v1/vms/<name>/snapshots/<snap>": f"/api/v1/vms/vm1/snapshots/s1?namespace={ns}",
         "/api/v1/templates/<name>": f"/api/v1/templates/tmpl?namespace={ns}",
         "/api/v1/deployments/<name>": f"/api/v1/deployments/web?namespace={ns}",
         "/api/v1/services/<name>": f"/api/v1/services/web?namespace={ns}",
@@ -98,6 +101,7 @@ def _writes(urls: dict[str, str]) -> dict[tuple[str, str], tuple[str, dict]]:
         ("/api/v1/vms/<name>/stop", "POST"): (vm.replace("/vm1?", "/vm1/stop?"), {}),
         ("/api/v1/vms/<name>/start", "POST"): (vm.replace("/vm1?", "/vm1/start?"), {}),
         ("/api/v1/deployments/<name>/scale", "POST"): (scale, {"json": {"replicas": 0}}),
+        ("/api/v1/vms/<name>/snapshots/<snap>", "DELETE"): (urls["/api/v1/vms/<name>/snapshots/<snap>"], {}),
         ("/api/v1/vms/<name>", "DELETE"): (vm, {}),
         ("/api/v1/templates/<name>", "DELETE"): (urls["/api/v1/templates/<name>"], {}),
         ("/api/v1/deployments/<name>", "PATCH"): (dep, {"json": {"env": {"B": "2"}}}),

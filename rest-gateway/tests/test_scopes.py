@@ -20,6 +20,7 @@ OPERATE = {
     ("POST", "/api/v1/vms/<name>/start"),
     ("POST", "/api/v1/vms/<name>/stop"),
     ("POST", "/api/v1/vms/<name>/reboot"),
+    ("POST", "/api/v1/vms/<name>/snapshots"),  # taking a snapshot discards nothing; restore and delete do
     ("PATCH", "/api/v1/deployments/<name>/scale"),
     ("POST", "/api/v1/deployments/<name>/scale"),
 }
@@ -27,7 +28,7 @@ OPERATE = {
 NAMESPACED = {"vms", "templates", "deployments", "services", "pods", "stats"}
 # Cluster-wide: need a key for all namespaces. (GET /namespaces/<name> acts in the namespace it names.)
 CLUSTER = {"nodes", "pci-devices", "namespaces"}
-PATH_ARGS = {"name": "scope-probe-x", "address": "0000:ff:1f.7"}
+PATH_ARGS = {"name": "scope-probe-x", "address": "0000:ff:1f.7", "snap": "scope-probe-s"}
 
 
 def _add_key(path: Path, name: str, role: str, namespaces: str) -> str:

@@ -96,6 +96,8 @@ def operator_needs() -> set[Perm]:
     for method, const in calls:
         verb, sub = RUNTIME_VERBS[method]
         need.add((G, plural(const) + sub, verb))
+    if "RT.create_vm" in code:  # a restore into a new VM creates it (snapshot_worker.py)
+        need.add((G, names.VM_PLURAL, "create"))
     if "kopf.event(" in code:
         need.add(("", "events", "create"))
     # Reservation pods (operator/k3svirt_operator/reservations.py -> k3svirt_common.kube.reservations):
@@ -147,6 +149,8 @@ HELPERS = {  # path helper -> (apiGroup, resource, index of the name argument, i
     "pcip_path": (G, names.PCIPASSTHROUGH_PLURAL, 0, None),
     "inventory_path": (G, names.NODEPCIINVENTORY_PLURAL, 0, None),
     "dep_path": ("apps", "deployments", 1, 2),
+    "snapshot_path": (G, names.VMSNAPSHOT_PLURAL, 1, None),
+    "restore_path": (G, names.VMRESTORE_PLURAL, 1, None),
 }
 METHOD_VERB = {"post": "create", "put": "update", "patch": "patch", "delete": "delete"}
 

@@ -292,6 +292,7 @@ def _cpuset_mac_enum_cases() -> list[Case]:
         "spec.networks[0].model": [("other", "ne2k_pci")],
         "spec.devices.watchdog.action": [("xml", "<x/>")],
         "spec.disks[0].source.image.checksum": [("md5", "md5:abc"), ("short", "sha256:abc")],
+        "spec.disks[0].qcow2.compression": [("lz4", "lz4"), ("upper", "ZSTD"), ("xml", "zstd'/><x/>"), ("empty", "")],
     }
     for field, values in enums.items():
         for vid, v in values:
@@ -307,6 +308,21 @@ def _cpuset_mac_enum_cases() -> list[Case]:
     }
     for field, spec in shapes.items():
         out.append(Case(f"{field}=wrong-type", field, spec, REFUSE))
+    # Valid values in the wrong place: qcow2 compression only for a thin copy of an image.
+    zstd = {"compression": "zstd"}
+    misplaced = {
+        "blank": {"name": "d", "source": {"blank": {}}, "size": "1Mi", "qcow2": zstd},
+        "overlay": {"name": "d", "source": {"image": {"url": "https://example.invalid/a"}}, "qcow2": zstd},
+        "thick": {
+            "name": "d",
+            "provisioning": "thick",
+            "qcow2": zstd,
+            "source": {"image": {"url": "https://example.invalid/a", "clone": "copy"}},
+        },  # fmt: skip
+    }
+    for vid, disk in misplaced.items():
+        field = "spec.disks[0].qcow2.compression"
+        out.append(Case(f"{field}={vid}", field, {"disks": [disk]}, REFUSE))
     return out
 
 
@@ -320,6 +336,9 @@ def _enum_spec(field: str, v: str) -> dict[str, Any]:
         return {"networks": [{"name": "n", "nat": {}, "model": v}]}
     if field == "spec.devices.watchdog.action":
         return {"devices": {"watchdog": {"model": "i6300esb", "action": v}}}
+    if field == "spec.disks[0].qcow2.compression":
+        image = {"image": {"url": "https://example.invalid/a", "clone": "copy"}}
+        return {"disks": [{"name": "d", "source": image, "qcow2": {"compression": v}}]}
     if field == "spec.disks[0].source.image.checksum":
         return {"disks": [{"name": "d", "source": {"image": {"url": "https://example.invalid/a", "checksum": v}}}]}
     key = field.rsplit(".", 1)[1]

@@ -249,6 +249,13 @@ HOSTILE_PATHS = [
     "/api/v1/pci/0000:00%2f02.0",
     "/api/v1/templates/%2e%2e",
     "/api/v1/vms/x/stats?namespace=%00",
+    "/api/v1/vms/x/snapshots/..%2f..%2fetc",
+    "/api/v1/vms/x/snapshots/a%00b",
+    "/api/v1/vms/x/snapshots/.hidden",
+    "/api/v1/vms/x/snapshots/" + "s" * 5000,
+    "/api/v1/vms/%3Cx%3E/snapshots",
+    "/api/v1/vms/x/snapshots?namespace=%0aX",
+    "/api/v1/vms/x/snapshots?limit=-1",
 ]
 
 

@@ -92,6 +92,7 @@ FEATURES: dict[str, str] = {
     "vm-stats": "live VM figures from the node operator (GET /vms/{name}/stats)",
     "pod-stats": "container figures from the kubelet Summary API (GET /pods/{name}/stats, /stats/pods)",
     "pci-passthrough": "PCI devices of every node, assignable to VMs (/pci-devices)",
+    "snapshots": "VM disk snapshots, restore in place and into a new VM (/vms/{name}/snapshots)",
 }
 OPTIONAL_FEATURES: dict[str, tuple[str, str]] = {
     "list-cache": ("LIST_CACHE", "VM and template lists are answered from a watch cache (`Warning: 110` when stale)"),
