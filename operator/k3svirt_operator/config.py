@@ -64,6 +64,9 @@ class Settings:
     reservation_image: str = "localhost/k3svirt/pause:3.10"
     worker_threads: int = 32
     aio_max_nr: int = 1 << 20
+    # Serial consoles over WebSocket (console.py), on metrics_addr: off unless the key file is set.
+    console_key_file: str | None = None
+    console_port: int = 9471
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,7 +111,17 @@ class Settings:
             worker_threads=int(env("K3SVIRT_WORKER_THREADS", "32")),
             # fs.aio-max-nr the node is raised to (nodelimits.py); 0 leaves it alone.
             aio_max_nr=int(env("K3SVIRT_AIO_MAX_NR", str(1 << 20))),
+            # The console ticket key shared with the gateway (the mounted Secret k3svirt-console-key).
+            console_key_file=env("K3SVIRT_CONSOLE_KEY_FILE") or None,
+            console_port=int(env("K3SVIRT_CONSOLE_PORT", "9471")),
         )
+
+    def console_endpoint(self, namespace: str, name: str) -> str | None:
+        """The VM's console URL on this node (status.consoleEndpoint), None with consoles off."""
+        if not self.console_key_file:
+            return None
+        host = f"[{self.node_ip}]" if ":" in self.node_ip else self.node_ip
+        return f"ws://{host}:{self.console_port}/console/{namespace}/{name}"
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

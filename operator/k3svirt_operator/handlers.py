@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
-from k3svirt_common import names, templates
+from k3svirt_common import console_ticket, names, templates
 from k3svirt_common import reservation as rsv
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
@@ -38,6 +38,7 @@ KUBE_CONFIG: KubeConfig | None = None
 RT: Runtime | None = None
 RECONCILER: VMReconciler | None = None
 MONITOR: tuple[Any, Any] | None = None
+CONSOLE: Any = None  # console.ConsoleServer when K3SVIRT_CONSOLE_KEY_FILE is set
 
 
 def _rt() -> Runtime:
@@ -154,7 +155,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global RT, RECONCILER, MONITOR
+    global RT, RECONCILER, MONITOR, CONSOLE
     settings.persistence.finalizer = names.finalizer_for(SETTINGS.node_name)
     # Keep kopf's bookkeeping out of the user's metadata (GitOps tools would see drift there).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
@@ -188,6 +189,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)
     MONITOR = stats.start_monitoring(conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
                                      port=SETTINGS.metrics_port, host=SETTINGS.metrics_addr)  # fmt: skip
+    if SETTINGS.console_key_file:
+        from .console import ConsoleServer  # websockets is imported only by nodes that serve consoles
+
+        key = console_ticket.load_key(SETTINGS.console_key_file)
+        CONSOLE = ConsoleServer(key, conn.get, host=SETTINGS.metrics_addr, port=SETTINGS.console_port)
+        await asyncio.to_thread(CONSOLE.start)
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
     asyncio.get_running_loop().create_task(_refresh_node_labels())
     asyncio.get_running_loop().create_task(_trim_heap())
@@ -202,6 +209,8 @@ async def cleanup(**_: Any) -> None:
     if MONITOR is not None:
         MONITOR[1].stop()
         MONITOR[0].stop()
+    if CONSOLE is not None:
+        await asyncio.to_thread(CONSOLE.stop)
 
 
 def _get_template(namespace: str, name: str) -> Mapping[str, Any] | None:
