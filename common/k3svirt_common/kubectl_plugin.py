@@ -314,7 +314,7 @@ def _console_session(ws: Any, interactive: bool, quiet_exit: float, closed: type
                     return 0
                 continue
             except closed:
-                rcvd = ws.close_rcvd
+                rcvd = ws.protocol.close_rcvd
                 if rcvd is not None and rcvd.reason and rcvd.reason != "client left":
                     print(f"\r\n[console closed: {rcvd.reason}]", file=sys.stderr)
                 return 0

@@ -274,7 +274,9 @@ def test_oversized_frame_closes_the_session(setup):
     with pytest.raises(ConnectionClosed):
         for _ in range(100):
             con.ws.recv(timeout=10)
-    assert con.ws.close_rcvd is not None and con.ws.close_rcvd.code == 1009, con.ws.close_rcvd
+    assert con.ws.protocol.close_rcvd is not None and con.ws.protocol.close_rcvd.code == 1009, (
+        con.ws.protocol.close_rcvd
+    )
     wait_until(lambda: _can_open(setup), 15, "console not free again after an oversized frame")
 
 
@@ -305,8 +307,10 @@ def test_stopped_vm_closes_the_socket_and_refuses_with_409(setup, kubeconfig):
     with pytest.raises(ConnectionClosed):
         for _ in range(1000):
             con.ws.recv(timeout=60)
-    assert con.ws.close_rcvd is not None, "closed without a close frame"
-    assert (con.ws.close_rcvd.code, con.ws.close_rcvd.reason) == (1000, "VM stopped"), con.ws.close_rcvd
+    assert con.ws.protocol.close_rcvd is not None, "closed without a close frame"
+    assert (con.ws.protocol.close_rcvd.code, con.ws.protocol.close_rcvd.reason) == (1000, "VM stopped"), (
+        con.ws.protocol.close_rcvd
+    )
     wait_until(lambda: _vm(kubeconfig, setup["ns"]).get("printableStatus") == "Stopped", 60, "VM not stopped")
     status, body = refusal(setup)
     assert status == 409 and body["reason"] == "NotRunning", body

@@ -31,6 +31,7 @@ from k3svirt_common.names import PrintableStatus
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.connection import Connection
@@ -124,21 +125,23 @@ def _accept_client(max_size: int) -> Connection:
     headers = Headers()
     for key, value in request.headers.items():
         headers[key] = value
-    protocol = ServerProtocol(max_size=max_size)  # no extensions: no deflate of console bytes
-    response = protocol.accept(WsRequest(request.full_path, headers))
+    handshake = ServerProtocol()  # no extensions: no deflate of console bytes
+    response = handshake.accept(WsRequest(request.full_path, headers))
     if response.status_code != 101:
         raise Problem(400, f"WebSocket handshake refused: {response.body.decode(errors='replace').strip()[:200]}")
     response.headers["Server"] = "k3svirt-gateway"
-    protocol.send_response(response)
+    handshake.send_response(response)
     sock.settimeout(None)
-    sock.sendall(b"".join(protocol.data_to_send()))
+    sock.sendall(b"".join(handshake.data_to_send()))
+    # gunicorn parsed the request, so the connection's protocol starts OPEN (reading frames, not HTTP).
+    protocol = ServerProtocol(state=State.OPEN, max_size=max_size)
     conn = Connection(sock, protocol, ping_interval=PING_SECONDS, ping_timeout=PING_SECONDS, max_queue=4)
     conn.start_keepalive()
     return conn
 
 
 def _close_code(conn: Connection, fallback: str) -> tuple[int, str]:
-    rcvd = conn.close_rcvd
+    rcvd = conn.protocol.close_rcvd
     if rcvd is None:
         return 1011, fallback
     return (rcvd.code if rcvd.code in (1000, 1009, 1011, 4409) else 1011), rcvd.reason
