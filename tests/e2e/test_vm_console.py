@@ -289,7 +289,7 @@ def test_kubectl_plugin_console(setup, kubeconfig, operator):
             f"--from-literal=key={key}")  # fmt: skip
     plugin = REPO / ".venv/bin/kubectl-k3svirt"
     proc = subprocess.run(
-        [str(plugin), "--kubeconfig", kubeconfig, "-n", setup["ns"], "console", VM],
+        [str(plugin), "--kubeconfig", kubeconfig, "-n", setup["ns"], "console", VM, "--quiet-exit", "15"],
         input=b"\recho K3SVIRT-PLUGIN-$((40+2))\r",
         capture_output=True,
         timeout=60,
