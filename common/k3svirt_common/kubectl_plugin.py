@@ -8,10 +8,15 @@ with `kubectl_complete-k3svirt`, which kubectl runs for shell completion of plug
     kubectl k3svirt ssh [USER@]NAME [-- SSH ARGS...]     (ssh to the VM's first IP address)
     kubectl k3svirt snapshot NAME [--name SNAP] [--wait] (a VirtualMachineSnapshot of the VM's disks)
     kubectl k3svirt restore NAME SNAP [--target NEW] [--wait]   (in place, or into a new VM NEW)
+    kubectl k3svirt console NAME                         (serial console; Ctrl+] leaves)
     kubectl k3svirt completion bash|zsh
 
 It never opens libvirt: every command reads or patches VirtualMachine objects, so it works with
-the same RBAC as kubectl and from any machine that has the kubeconfig.
+the same RBAC as kubectl and from any machine that has the kubeconfig. `console` connects to the
+console endpoint of the VM's node (status.consoleEndpoint) with a ticket it signs with the console
+key, which it reads from the Secret k3svirt-system/k3svirt-console-key (so it needs `get` on that
+Secret: cluster operators; tenants use the REST gateway's /vms/{name}/console, held to their key's
+namespaces).
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import names
+from . import console_ticket, names
 from .kube import ApiError, Client, load_config
 from .kube.paths import group_path
 
 PROG = "kubectl k3svirt"
-COMMANDS = ("start", "stop", "restart", "stats", "ssh", "snapshot", "restore", "completion")
+COMMANDS = ("start", "stop", "restart", "stats", "ssh", "console", "snapshot", "restore", "completion")
+CONSOLE_KEY_SECRET = "k3svirt-system/k3svirt-console-key"
+ESCAPE = b"\x1d"  # Ctrl+], as virsh console
 STATS_TIMEOUT = 5.0
 # stop/start on a Manual VM cannot change runStrategy (the operator never acts on it by itself):
 # they become one-shot action requests, as restart always is.
@@ -205,6 +212,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target", help="create a new VM of this name from the snapshot (a clone)")
     c.add_argument("--wait", action="store_true", help="wait until the restore Succeeded")
     c.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
+    c = sub.add_parser("console", help="the VM's serial console (Ctrl+] leaves)")
+    c.add_argument("name", help="VirtualMachine name")
+    c.add_argument("--key-secret", default=CONSOLE_KEY_SECRET,
+                   help=f"NAMESPACE/NAME of the console key Secret (default {CONSOLE_KEY_SECRET})")  # fmt: skip
+    c.add_argument("--quiet-exit", type=float, default=2.0,
+                   help="stdin not a terminal: leave once stdin ended and output paused this long (s)")  # fmt: skip
     c = sub.add_parser("completion", help="print a shell completion script")
     c.add_argument("shell", choices=("bash", "zsh"))
     return p
@@ -327,6 +340,109 @@ def run_ssh(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 127  # not reached
 
 
+def console_key(client: Client, secret: str) -> bytes:
+    import base64
+
+    ns, _, name = secret.partition("/")
+    try:
+        obj = client.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
+    except ApiError as exc:
+        if exc.status in (401, 403, 404):
+            raise PluginError(
+                f"cannot read the console key Secret {secret} ({exc.status}): ask a cluster operator, or use the "
+                "REST gateway's /api/v1/vms/<name>/console with an API key"
+            ) from exc
+        raise
+    key = base64.b64decode((obj.get("data") or {}).get("key", "")).strip()
+    if len(key) < console_ticket.MIN_KEY_BYTES:
+        raise PluginError(f"the console key Secret {secret} holds no usable key")
+    return key
+
+
+def run_console(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    client, ns = _client(args)
+    vm = _get_vm(client, ns, args.name)
+    status = vm.get("status") or {}
+    if status.get("printableStatus") != "Running":
+        raise PluginError(f"VirtualMachine {args.name!r} is not running (status {status.get('printableStatus')})")
+    endpoint = status.get("consoleEndpoint")
+    if not isinstance(endpoint, str) or not endpoint.startswith("ws://"):
+        raise PluginError(f"VirtualMachine {args.name!r} has no console endpoint (the node serves no consoles)")
+    ticket = console_ticket.mint(console_key(client, args.key_secret), ns, args.name, vm["metadata"]["uid"])
+    try:
+        ws = connect(endpoint, additional_headers={"Authorization": f"Bearer {ticket}"}, compression=None,
+                     max_size=None, open_timeout=10, legacy=True)  # fmt: skip
+    except InvalidStatus as exc:
+        try:
+            detail = json.loads(exc.response.body or b"{}").get("detail")
+        except ValueError:
+            detail = None
+        raise PluginError(detail or f"the node refused the console (HTTP {exc.response.status_code})") from exc
+    except OSError as exc:
+        raise PluginError(f"the node's console endpoint {endpoint} is unreachable: {exc}") from exc
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"Connected to {ns}/{args.name}; Ctrl+] leaves", file=sys.stderr)
+    return _console_session(ws, interactive, args.quiet_exit, ConnectionClosed)
+
+
+def _console_session(ws: Any, interactive: bool, quiet_exit: float, closed: type[Exception]) -> int:
+    import threading
+
+    last_output = [time.monotonic()]
+    stdin_done = threading.Event()
+
+    def typed() -> None:
+        fd = sys.stdin.fileno()
+        try:
+            while True:
+                data = os.read(fd, 4096)
+                if not data or (interactive and ESCAPE in data):
+                    if interactive:
+                        ws.close(1000, "client left")
+                    return
+                ws.send(data)
+        except (closed, OSError):
+            return
+        finally:
+            stdin_done.set()
+
+    saved = None
+    if interactive:
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(sys.stdin.fileno())
+        tty.setraw(sys.stdin.fileno())
+    threading.Thread(target=typed, daemon=True).start()
+    out = sys.stdout.buffer
+    try:
+        while True:
+            try:
+                data = ws.recv(timeout=0.5)
+            except TimeoutError:
+                if stdin_done.is_set() and not interactive and time.monotonic() - last_output[0] > quiet_exit:
+                    ws.close(1000, "client left")
+                    return 0
+                continue
+            except closed:
+                rcvd = ws.protocol.close_rcvd
+                if rcvd is not None and rcvd.reason and rcvd.reason != "client left":
+                    print(f"\r\n[console closed: {rcvd.reason}]", file=sys.stderr)
+                return 0
+            out.write(data if isinstance(data, bytes) else data.encode())
+            out.flush()
+            last_output[0] = time.monotonic()
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+
+
 def complete(words: Sequence[str], list_vms: Callable[[], list[str]]) -> list[str]:
     """Candidates for the last word (kubectl_complete-k3svirt protocol: one per line, then a
     ':<directive>' line; 4 = no file completion)."""
@@ -337,7 +453,10 @@ def complete(words: Sequence[str], list_vms: Callable[[], list[str]]) -> list[st
     prefix = words[-1] if words else ""
     if command == "completion":
         return [s for s in ("bash", "zsh") if s.startswith(prefix)]
-    if command in ("start", "stop", "restart", "stats", "ssh", "snapshot", "restore") and len(positional) == 1:
+    if (
+        command in ("start", "stop", "restart", "stats", "ssh", "console", "snapshot", "restore")
+        and len(positional) == 1
+    ):
         user, at, partial = prefix.rpartition("@")
         return [f"{user}{at}{n}" for n in list_vms() if n.startswith(partial)]
     return []
@@ -383,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "restart": run_power,
         "stats": run_stats,
         "ssh": run_ssh,
+        "console": run_console,
         "snapshot": run_snapshot,
         "restore": run_restore,
     }

@@ -51,6 +51,14 @@ PINNED: dict[str, tuple[Any, Any]] = {
         {"cores": 255},
         {"sockets": 2, "cores": 128},
     ),
+    "!has(self.maxVcpus) || self.maxVcpus >= (has(self.sockets) ? self.sockets : 1) * (has(self.cores) ? self.cores : 1) * (has(self.threads) ? self.threads : 1)": (  # noqa: E501 (the rule as the CRD has it)
+        {"sockets": 2, "maxVcpus": 4},
+        {"sockets": 2, "cores": 2, "maxVcpus": 3},
+    ),
+    "!has(self.maxVcpus) || self.maxVcpus % ((has(self.cores) ? self.cores : 1) * (has(self.threads) ? self.threads : 1)) == 0": (  # noqa: E501 (the rule as the CRD has it)
+        {"cores": 2, "maxVcpus": 4},
+        {"cores": 2, "maxVcpus": 5},
+    ),
     "!has(self.source) || !has(self.source.blank) || has(self.size)": (
         {"source": {"blank": {}}, "size": "1Gi"},
         {"source": {"blank": {}}},

@@ -79,6 +79,9 @@ class Settings:
     max_parallel_starts: int = 4
     # Under emulation, QEMU's translation cache per guest (MiB); 0 = QEMU's default (1 GiB, mostly resident).
     tcg_tb_cache_mib: int = 32
+    # Serial consoles over WebSocket (console.py), on metrics_addr: off unless the key file is set.
+    console_key_file: str | None = None
+    console_port: int = 9471
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -129,7 +132,17 @@ class Settings:
             aio_max_nr=int(env("K3SVIRT_AIO_MAX_NR", str(1 << 20))),
             max_parallel_starts=_positive_int(source, "K3SVIRT_MAX_PARALLEL_STARTS", 2 * (os.cpu_count() or 1)),
             tcg_tb_cache_mib=int(env("K3SVIRT_TCG_TB_CACHE_MIB", "32")),
+            # The console ticket key shared with the gateway (the mounted Secret k3svirt-console-key).
+            console_key_file=env("K3SVIRT_CONSOLE_KEY_FILE") or None,
+            console_port=int(env("K3SVIRT_CONSOLE_PORT", "9471")),
         )
+
+    def console_endpoint(self, namespace: str, name: str) -> str | None:
+        """The VM's console URL on this node (status.consoleEndpoint), None with consoles off."""
+        if not self.console_key_file:
+            return None
+        host = f"[{self.node_ip}]" if ":" in self.node_ip else self.node_ip
+        return f"ws://{host}:{self.console_port}/console/{namespace}/{name}"
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

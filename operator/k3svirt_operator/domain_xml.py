@@ -21,6 +21,7 @@ VM's metadata.uid and the <metadata> holds <k3svirt:vm namespace= name= uid= gen
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import re
@@ -47,8 +48,11 @@ __all__ = [
     "default_mac",
     "device_aliases",
     "disk_targets",
+    "live_shape_hash",
+    "memory_kib",
     "parse_cpuset",
     "spec_hash",
+    "vcpu_counts",
 ]
 
 ITCO_MIN_LIBVIRT = 9_001_000  # <watchdog model='itco'/> appeared in libvirt 9.1.0
@@ -147,6 +151,38 @@ def domain_spec_hash(spec: Mapping[str, Any]) -> str:
     return spec_hash(shaping)
 
 
+def live_shape_hash(spec: Mapping[str, Any]) -> str:
+    """domain_spec_hash() without what a running guest can take live: memory.size when memory.maxSize
+    is set (the balloon moves below the maximum) and cpu.sockets when cpu.maxVcpus is set (vCPUs are
+    hot-plugged up to the maximum). Two specs with the same shape differ only in those."""
+    shape = {k: copy.deepcopy(v) for k, v in spec.items() if k not in NON_DOMAIN_FIELDS}
+    if (shape.get("memory") or {}).get("maxSize"):
+        shape["memory"].pop("size", None)
+    if (shape.get("cpu") or {}).get("maxVcpus"):
+        shape["cpu"].pop("sockets", None)
+    return spec_hash(shape)
+
+
+def vcpu_counts(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(vCPUs the guest runs with, the most it can be hot-plugged to)."""
+    cpu = spec["cpu"]
+    vcpus = int(cpu["sockets"]) * int(cpu["cores"]) * int(cpu["threads"])
+    return vcpus, max(vcpus, int(cpu.get("maxVcpus") or vcpus))
+
+
+def memory_kib(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(guest RAM now, the most the balloon may give it) in KiB."""
+    mem = spec["memory"]
+    try:
+        size = parse_quantity(mem["size"], field="spec.memory.size")
+        top = parse_quantity(mem["maxSize"], field="spec.memory.maxSize") if mem.get("maxSize") else size
+    except ValueError as e:
+        raise DomainBuildError("spec.memory", str(e)) from e
+    if top < size:
+        raise DomainBuildError("spec.memory.maxSize", f"{mem['maxSize']} is below memory.size {mem['size']}")
+    return -(-size // 1024), -(-top // 1024)
+
+
 def _dev_name(prefix: str, index: int) -> str:
     letters = ""
     n = index + 1
@@ -230,8 +266,17 @@ def _pci_address(value: str, field_path: str) -> dict[str, str]:
 def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list[Adjustment]) -> None:
     cpu = spec["cpu"]
     sockets, cores, threads = int(cpu["sockets"]), int(cpu["cores"]), int(cpu["threads"])
-    vcpus = sockets * cores * threads
-    _sub(dom, "vcpu", str(vcpus), placement="static")
+    vcpus, most = vcpu_counts(spec)
+    if most > vcpus:
+        # Hot-plug adds sockets: the topology describes the maximum, libvirt starts `current` of them.
+        if most % (cores * threads):
+            raise DomainBuildError(
+                "spec.cpu.maxVcpus", f"{most} is not a multiple of cores * threads ({cores * threads})"
+            )
+        sockets = most // (cores * threads)
+        _sub(dom, "vcpu", str(most), placement="static", current=vcpus)
+    else:
+        _sub(dom, "vcpu", str(vcpus), placement="static")
 
     iothreads = int(spec.get("iothreads") or 0)
     if iothreads:
@@ -289,9 +334,8 @@ def _memory(dom: ET.Element, spec: Mapping[str, Any]) -> None:
     """Guest RAM; the 16Mi minimum, whole bytes and the hugepage multiple are CRD rules (checked on
     the merged spec before this runs)."""
     mem = spec["memory"]
-    size = parse_quantity(mem["size"], field="spec.memory.size")
-    kib = -(-size // 1024)
-    _sub(dom, "memory", str(kib), unit="KiB")
+    kib, top = memory_kib(spec)
+    _sub(dom, "memory", str(top), unit="KiB")  # the balloon gives the guest at most this
     _sub(dom, "currentMemory", str(kib), unit="KiB")
     huge = mem.get("hugepages")
     if huge:
@@ -482,6 +526,7 @@ def build_domain(ref: VMRef, spec: Mapping[str, Any], ctx: DomainContext) -> Bui
         uid=ref.uid,
         generation=ref.generation or 0,
         specHash=domain_spec_hash(s),
+        liveShape=live_shape_hash(s),
     )
     _memory(dom, s)
     _cpu(dom, s, ctx, adj)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
-from k3svirt_common import names, templates
+from k3svirt_common import console_ticket, names, templates
 from k3svirt_common import reservation as rsv
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
@@ -43,6 +43,7 @@ RECONCILER: VMReconciler | None = None
 SNAPSHOTS: SnapshotWorker | None = None
 MONITOR: tuple[Any, Any] | None = None
 STARTS: StartQueue | None = None
+CONSOLE: Any = None  # console.ConsoleServer when K3SVIRT_CONSOLE_KEY_FILE is set
 
 
 def _rt() -> Runtime:
@@ -161,7 +162,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global RT, RECONCILER, MONITOR, STARTS, SNAPSHOTS
+    global RT, RECONCILER, MONITOR, STARTS, SNAPSHOTS, CONSOLE
     settings.persistence.finalizer = names.finalizer_for(SETTINGS.node_name)
     # Keep kopf's bookkeeping out of the user's metadata (GitOps tools would see drift there).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
@@ -203,6 +204,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     MONITOR = stats.start_monitoring(stats_conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
                                      port=SETTINGS.metrics_port, host=SETTINGS.metrics_addr,
                                      extra=[StartQueueMetrics(STARTS)])  # fmt: skip
+    if SETTINGS.console_key_file:
+        from .console import ConsoleServer  # websockets is imported only by nodes that serve consoles
+
+        key = console_ticket.load_key(SETTINGS.console_key_file)
+        CONSOLE = ConsoleServer(key, conn.get, host=SETTINGS.metrics_addr, port=SETTINGS.console_port)
+        await asyncio.to_thread(CONSOLE.start)
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
     asyncio.get_running_loop().create_task(_refresh_node_labels())
     asyncio.get_running_loop().create_task(_trim_heap())
@@ -217,6 +224,8 @@ async def cleanup(**_: Any) -> None:
     if MONITOR is not None:
         MONITOR[1].stop()
         MONITOR[0].stop()
+    if CONSOLE is not None:
+        await asyncio.to_thread(CONSOLE.stop)
 
 
 def _get_template(namespace: str, name: str) -> Mapping[str, Any] | None:

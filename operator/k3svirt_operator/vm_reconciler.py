@@ -19,7 +19,7 @@ from k3svirt_common import names, pci_resources, templates
 from k3svirt_common import reservation as rsv
 from k3svirt_common.names import PrintableStatus
 
-from . import cloudinit, domains, hostpaths, hugepages, image_cache, shutdown, storage
+from . import cloudinit, domains, hostpaths, hugepages, image_cache, live_update, shutdown, storage
 from .accel import Acceleration
 from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
@@ -123,6 +123,7 @@ class VMReconciler:
             "domainName": names.domain_name(ns, name),
             "domainUUID": uid,
         }
+        live_failure: str | None = None
         try:
             expanded = self._expand(ns, spec, status)
             if spec.get("template") or spec.get("presets"):
@@ -183,6 +184,9 @@ class VMReconciler:
                 # restart was otherwise marked done while the guest kept its old definition).
                 status["lastActionRequest"] = action_value
             observed = self._observe(conn, ns, name, uid)
+            if observed.power == Power.RUNNING and observed.running_spec_hash not in (None, spec_hash):
+                live_failure = self._apply_live(observed.domain, built.xml, events)
+                observed = self._observe(conn, ns, name, uid)
             self._settle(ns, name, uid, expanded.spec, reservation, observed.power, state, conds, devices)
         except SpecProblem as problem:
             if problem.reason != "Queued":
@@ -207,15 +211,18 @@ class VMReconciler:
             None,
             spec_hash,
         )
+        restart_message = (
+            "the spec changed in ways libvirt cannot apply to a running guest; restart the "
+            "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
+        )
+        if restart_needed and live_failure:
+            restart_message = f"the live change was refused ({live_failure}); restart the VM to apply it"
         conds.append(
             condition(
                 names.COND_RESTART_REQUIRED,
                 restart_needed,
-                "SpecChanged" if restart_needed else "UpToDate",
-                "the spec changed in ways libvirt cannot apply to a running guest; restart the "
-                "VM (annotation k3svirt.io/action-request: restart/<id>) to apply them"
-                if restart_needed
-                else "the running guest matches the spec",
+                ("LiveUpdateFailed" if live_failure else "SpecChanged") if restart_needed else "UpToDate",
+                restart_message if restart_needed else "the running guest matches the spec",
             )
         )
         printable = printable_status(power=observed.power, stopping=state.stopping is not None)
@@ -227,8 +234,12 @@ class VMReconciler:
             resolvedTemplate=expanded.template,
             resolvedPresets=expanded.presets or None,
             consoleLog=str(storage.console_log_path(ns, name, self.settings.storage_root)),
+            consoleEndpoint=self.settings.console_endpoint(ns, name),
+            liveResources=_live_resources(observed),
             interfaces=_interfaces(uid, expanded.spec, observed.domain),
         )
+        if new_status.get("liveResources") and observed.power not in (Power.RUNNING, Power.PAUSED):
+            new_status["liveResources"] = None  # null in the merge patch: a stopped guest has none
         waiting_for_lease = observed.power == Power.RUNNING and any(
             "ipAddress" not in i and n.get("bridge") is None
             for i, n in zip(new_status["interfaces"], expanded.spec.get("networks") or [], strict=False)
@@ -246,6 +257,22 @@ class VMReconciler:
         return Result(new_status, events, requeue, claims)
 
     # ------------------------------------------------------------------ steps
+    def _apply_live(self, dom: libvirt.virDomain | None, built_xml: str, events: list[Event]) -> str | None:
+        """Memory/vCPU changes the running guest can take now (live_update); the refusal, if any."""
+        if dom is None:
+            return None
+        plan = live_update.live_plan(dom.XMLDesc(0), built_xml)
+        if plan is None:
+            return None
+        try:
+            done = live_update.apply(dom, plan)
+        except live_update.LiveUpdateError as exc:
+            events.append(Event("Warning", "LiveUpdateFailed", str(exc)))
+            return str(exc)
+        applied = ", ".join(done) or "metadata"
+        events.append(Event("Normal", "LiveUpdated", f"applied to the running guest: {applied}"))
+        return None
+
     def _expand(self, ns: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> templates.Expanded:
         try:
             return templates.expand(
@@ -619,6 +646,15 @@ def _interfaces(uid: str, spec: Mapping[str, Any], dom: libvirt.virDomain | None
             entry["ipAddresses"] = [leases[mac]]
         out.append(entry)
     return out
+
+
+def _live_resources(observed: domains.Observed) -> dict[str, Any] | None:
+    if observed.domain is None or observed.power not in (Power.RUNNING, Power.PAUSED):
+        return None
+    try:
+        return live_update.live_resources(observed.domain, observed.domain.XMLDesc(0))
+    except libvirt.libvirtError:
+        return None
 
 
 def _status(

@@ -63,6 +63,17 @@ def one(root, xpath):
 # (id, spec, ctx changes, [(xpath, {attr: value} | text | None-for-absent)])
 CASES = [
     (
+        "live-maxima",
+        {"memory": {"size": "128Mi", "maxSize": "256Mi"}, "cpu": {"sockets": 1, "cores": 1, "maxVcpus": 4}},
+        {},
+        [
+            ("./memory", "262144"),
+            ("./currentMemory", "131072"),
+            ("./vcpu", {"current": "1"}),
+            ("./cpu/topology", {"sockets": "4", "cores": "1", "threads": "1"}),
+        ],
+    ),
+    (
         "minimal",
         {**MEM},
         {},

@@ -121,6 +121,7 @@ def op(
     paged: bool = False,
     conditional: bool | None = None,
     namespace_param: str | None = None,
+    websocket: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare one route (rule + method) with its documentation. `etag`: a single-object GET whose view
     calls conventions.versioned (ETag header); `paged`: a list answered by routes.list_items (limit,
@@ -160,7 +161,8 @@ def op(
         fn.k3s_any_scope = any_scope
         if role:
             fn.__dict__.setdefault("k3s_roles", {})[method] = role
-        bp.add_url_rule(rule, endpoint=fn.__name__, view_func=fn, methods=[method])
+        # websocket: the router matches the rule only for an Upgrade: websocket request (426 otherwise).
+        bp.add_url_rule(rule, endpoint=fn.__name__, view_func=fn, methods=[method], websocket=websocket)
         return fn
 
     return deco

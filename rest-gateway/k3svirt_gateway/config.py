@@ -37,6 +37,11 @@ DEFAULTS: dict[str, Any] = {
     # Signs list `continue` tokens (so a forged one never reaches the API server). Unset: a random key
     # per process; set the same value on every replica/worker that one client may page through.
     "CONTINUE_KEY": None,
+    # Serial consoles (routes/console.py): the ticket key shared with the operators (a file: the mounted
+    # Secret k3svirt-console-key; unset: the console route answers 503), and how many sessions one
+    # gateway process holds at once (each takes a thread of the worker: keep it below K3SVIRT_THREADS).
+    "CONSOLE_KEY_FILE": None,
+    "CONSOLE_MAX_SESSIONS": 2,
 }
 
 ENV_MAP = {
@@ -58,6 +63,8 @@ ENV_MAP = {
     "TLS_KEY": "K3SVIRT_GATEWAY_TLS_KEY",
     "LIST_CACHE_MAX_STALE": "K3SVIRT_LIST_CACHE_MAX_STALE",
     "CONTINUE_KEY": "K3SVIRT_CONTINUE_KEY",
+    "CONSOLE_KEY_FILE": "K3SVIRT_CONSOLE_KEY_FILE",
+    "CONSOLE_MAX_SESSIONS": "K3SVIRT_CONSOLE_MAX_SESSIONS",
 }
 
 

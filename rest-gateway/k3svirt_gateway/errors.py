@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, has_request_context, json, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing.exceptions import WebsocketMismatch
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
     "precondition-failed": (412, "Precondition Failed", "`If-Match` names another version than the object's"),
     "payload-too-large": (413, "Payload Too Large", "the request body exceeds the gateway's limit"),
     "unsupported-media-type": (415, "Unsupported Media Type", "the body's Content-Type is not accepted here"),
+    "upgrade-required": (426, "Upgrade Required", "a WebSocket route asked for without the WebSocket upgrade"),
     "validation-error": (422, "Validation failed", "the body or a name is invalid (see `errors[].field`)"),
     "internal-error": (500, "Internal Server Error", "a gateway bug; the gateway log has the details"),
     "bad-gateway": (502, "Bad Gateway", "an upstream answered nonsense"),
@@ -115,6 +117,13 @@ def register_error_handlers(app: Flask) -> None:
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             detail = f"request body exceeds the limit of {limit} bytes"
+        if isinstance(exc, WebsocketMismatch):  # the router: a WebSocket route without the upgrade, or back
+            upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+            if not upgrade:
+                headers.update({"Upgrade": "websocket", "Connection": "Upgrade"})
+                return problem_response(Problem(426, "this route is a WebSocket: send Connection: Upgrade and "
+                                                "Upgrade: websocket", headers=headers))  # fmt: skip
+            detail = "this route is no WebSocket: send the request without Upgrade: websocket"
         return problem_response(Problem(status, detail, headers=headers))
 
     @app.errorhandler(Exception)

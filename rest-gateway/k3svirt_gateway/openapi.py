@@ -89,7 +89,7 @@ def _path_param(name: str, kind: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": desc, "schema": schema}
 
 
-ERROR_CODES = (400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 503)
+ERROR_CODES = (400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 426, 502, 503)
 
 
 def _error_responses() -> dict[str, Any]:
@@ -139,6 +139,8 @@ def build(app: Flask) -> dict[str, Any]:
             else:
                 content[meta["response_type"]] = {"schema": {"type": "string"}}
             ok: dict[str, Any] = {"description": desc, "content": content}
+            if code == 101:  # a WebSocket upgrade: no body, the protocol switches
+                ok = {"description": desc}
             if code == 201:
                 ok["headers"] = {"Location": {"schema": {"type": "string"}, "description": "URL of the new object"}}
             if meta.get("response_headers"):

@@ -164,6 +164,21 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "properties": {"name": NAME, "spec": ref("VirtualMachineSpec"), "labels": LABELS},
     },
     "VMCreate": {"oneOf": [ref("VMCreateFromTemplate"), ref("VMCreateFromSpec")]},
+    "VMSpecPatch": {
+        "type": "object",
+        "required": ["spec"],
+        "additionalProperties": False,
+        "description": "a JSON merge patch (RFC 7386) of the VM's spec: members replace, `null` removes; the "
+        "merged spec is validated like a created one",
+        "properties": {"spec": {**OBJ, "description": "merged into the VM's spec"}},
+    },
+    "VMSpecReplace": {
+        "type": "object",
+        "required": ["spec"],
+        "additionalProperties": False,
+        "description": "the VM's new spec, replacing the whole old one",
+        "properties": {"spec": ref("VirtualMachineSpec")},
+    },
     "VirtualMachine": {
         "type": "object",
         "required": ["apiVersion", "kind", "metadata", "spec"],

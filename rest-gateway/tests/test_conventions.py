@@ -102,6 +102,8 @@ def _writes(urls: dict[str, str]) -> dict[tuple[str, str], tuple[str, dict]]:
         ("/api/v1/vms/<name>/start", "POST"): (vm.replace("/vm1?", "/vm1/start?"), {}),
         ("/api/v1/deployments/<name>/scale", "POST"): (scale, {"json": {"replicas": 0}}),
         ("/api/v1/vms/<name>/snapshots/<snap>", "DELETE"): (urls["/api/v1/vms/<name>/snapshots/<snap>"], {}),
+        ("/api/v1/vms/<name>", "PATCH"): (vm, {"json": {"spec": {"memory": {"size": "80Mi"}}}}),
+        ("/api/v1/vms/<name>", "PUT"): (vm, {"json": {"spec": {"memory": {"size": "96Mi"}}}}),
         ("/api/v1/vms/<name>", "DELETE"): (vm, {}),
         ("/api/v1/templates/<name>", "DELETE"): (urls["/api/v1/templates/<name>"], {}),
         ("/api/v1/deployments/<name>", "PATCH"): (dep, {"json": {"env": {"B": "2"}}}),

@@ -61,6 +61,17 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def console_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One console ticket key per test session (k3svirt_common.console_ticket), mode 0600."""
+    path = tmp_path_factory.getbasetemp() / "console-key"
+    if not path.exists():
+        from k3svirt_common.console_ticket import new_key
+
+        path.touch(0o600)
+        path.write_text(new_key() + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     env = {
@@ -72,6 +83,9 @@ def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         "K3SVIRT_METRICS_PORT": str(free_port()),
         "K3SVIRT_STATS_INTERVAL": "1",
         "K3SVIRT_STATUS_SUMMARY_SECONDS": "5",
+        # Serial consoles over WebSocket (test_vm_console.py): the key a gateway under test shares.
+        "K3SVIRT_CONSOLE_KEY_FILE": str(console_key_file(tmp_path_factory)),
+        "K3SVIRT_CONSOLE_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
     if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":

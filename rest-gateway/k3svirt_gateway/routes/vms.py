@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import urllib3
@@ -14,7 +15,7 @@ from k3svirt_common.names import ConditionType, PrintableStatus, RunStrategy, ru
 from .. import contract as c
 from ..api import check_name, created, json_body, namespace, op
 from ..cache import STALE_HEADER, Resource
-from ..conventions import check_version, delete_options, versioned, with_version
+from ..conventions import as_precondition_failure, check_version, delete_options, if_match, versioned, with_version
 from ..errors import Problem, validation_problem
 from ..k8s import group_path
 from ..schemas import require_object, validate
@@ -184,6 +185,97 @@ def list_vms():
 def get_vm(name: str):
     ns = namespace()
     return clean_metadata(versioned(kube().get(vm_path(ns, check_name(name, label=True)))))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge member by member, `null` removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+MERGE_PATCH_TYPES = ("application/merge-patch+json", "application/json")
+EDIT_RETRIES = 3
+
+
+def _edit(name: str, new_spec: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Read the VM, compute its new spec, validate it (the one validation path: check_spec) and write it
+    at the version read. With If-Match: 412 unless the VM is at that version, before and during the
+    write. Without: a write lost to a concurrent one is computed again on the fresh object."""
+    ns = namespace()
+    check_name(name, label=True)
+    for attempt in range(EDIT_RETRIES):
+        vm = kube().get(vm_path(ns, name))
+        check_version(vm)
+        md = vm.get("metadata") or {}
+        if md.get("deletionTimestamp"):
+            raise Problem(409, f"VirtualMachine {name!r} is being deleted", reason="Deleting")
+        spec = new_spec(vm.get("spec") or {})
+        check_spec(ns, spec, from_template=False)
+        obj = {"apiVersion": vm["apiVersion"], "kind": vm["kind"], "metadata": md, "spec": spec}
+        try:
+            out = kube().put(vm_path(ns, name), obj)
+        except Problem as exc:
+            stale = exc.status == 409 and exc.extra.get("reason") == "Conflict"
+            if stale and if_match() is None and attempt + 1 < EDIT_RETRIES:
+                continue
+            if stale and if_match() is None:
+                raise Problem(409, f"VirtualMachine {name!r} kept changing while it was edited; try again",
+                              reason="Conflict") from None  # fmt: skip
+            raise as_precondition_failure(exc) from None
+        return clean_metadata(versioned(out))
+    raise AssertionError("unreachable")
+
+
+def _spec_body(schema: str) -> dict[str, Any]:
+    body = require_object(json_body())
+    validate(schema, body)
+    return body["spec"]
+
+
+@op(
+    bp,
+    "/vms/<name>",
+    "PATCH",
+    summary="Edit a VirtualMachine: JSON merge patch of its spec",
+    description=(
+        'Body `{"spec": {...}}`, merged into the spec as RFC 7386 says (`null` removes a field); the result '
+        "is validated like a created VM (422 naming the field). `If-Match` with the VM's ETag: 412 when it "
+        "changed meanwhile. Changes a running guest cannot take are applied by the next restart (condition "
+        "RestartRequired); memory (up to memory.maxSize) and vCPUs (up to cpu.maxVcpus) are applied live "
+        "where the guest accepts them (status.liveResources says so)."
+    ),
+    body="VMSpecPatch",
+    body_types=MERGE_PATCH_TYPES,
+    response=(200, "VirtualMachine", "the VM as written"),
+    query=("namespace",),
+    names="label",
+)
+def patch_vm(name: str):
+    patch = _spec_body("VMSpecPatch")
+    return _edit(name, lambda spec: merge_patch(spec, patch))
+
+
+@op(
+    bp,
+    "/vms/<name>",
+    "PUT",
+    summary="Replace a VirtualMachine's spec",
+    description='Body `{"spec": {...}}`: the whole new spec (validated like a created VM). `If-Match` as for PATCH.',
+    body="VMSpecReplace",
+    response=(200, "VirtualMachine", "the VM as written"),
+    query=("namespace",),
+    names="label",
+)
+def replace_vm(name: str):
+    spec = _spec_body("VMSpecReplace")
+    return _edit(name, lambda _old: copy.deepcopy(spec))
 
 
 @op(
