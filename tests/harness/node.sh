@@ -26,7 +26,7 @@
 # stop ends the instance completely: processes, pod cgroups, mounts, the namespace, its routes and
 # its Node object (a node removed from the cluster).
 #
-# usage: [K3SVIRT_NODE_INSTANCE=i] node.sh start|stop|status|import-image OCI.tar
+# usage: [K3SVIRT_NODE_INSTANCE=i] node.sh start|stop|status|name|import-image OCI.tar
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -592,7 +592,7 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;; stop) stop ;; status) status ;;
+  start) start ;; stop) stop ;; status) status ;; name) echo "$NODE" ;;
   import-image) [ -n "${2:-}" ] || die "usage: $0 import-image OCI.tar"; import_image "$2" ;;
-  *) die "usage: $0 start|stop|status|import-image OCI.tar" ;;
+  *) die "usage: $0 start|stop|status|name|import-image OCI.tar" ;;
 esac
