@@ -8,6 +8,7 @@ field named, never exceptions that make kopf retry forever.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from k3svirt_common import names, templates
 from k3svirt_common import reservation as rsv
 from k3svirt_common.names import PrintableStatus
 
-from . import cloudinit, domains, hostpaths, image_cache, shutdown, storage
+from . import cloudinit, cpupin, cputopo, domains, hostpaths, image_cache, shutdown, storage
 from .accel import Acceleration
 from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
@@ -124,6 +125,7 @@ class VMReconciler:
                 conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved", _describe_resolution(expanded)))
             # The reservation as last read: the watch's, then what this pass created or read fresh.
             held = {"pod": self._reserve_early(ns, name, uid, meta, status, spec, expanded.spec, state, reservation)}
+            expanded, pinned = self._dedicated(expanded, held)
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
             ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
@@ -171,6 +173,8 @@ class VMReconciler:
                 grace,
                 admit=lambda: self._admit(ns, name, uid, expanded.spec, state, held),
             )
+            if pinned and any(e.reason == "Started" for e in events):
+                events.append(Event("Normal", "DedicatedCores", pinned))
             if action_value is not None and state.stopping is None:
                 # Recorded once performed: a stop or restart under way lives in this process only, and
                 # an operator killed before it finishes must find the request still pending (the
@@ -357,6 +361,31 @@ class VMReconciler:
         except rsv.ReservationError:
             return pod  # an invalid size: `_admit` reports it
 
+    def _dedicated(self, expanded: templates.Expanded, held: dict[str, Any]) -> tuple[templates.Expanded, str]:
+        """spec.cpu.dedicatedCores: the exclusive CPUs the kubelet gave the reservation become the
+        spec's pinning (cpupin.py); the expanded spec to build, and what was pinned where ("" if
+        nothing). Until the kubelet has assigned them, held["cpus"] says what the start waits for."""
+        wanted = (expanded.spec.get("cpu") or {}).get("dedicatedCores")
+        if not wanted:
+            return expanded, ""
+        if self.reservations is None:
+            raise SpecProblem(FAILED, RESERVED, "DedicatedCoresUnavailable",
+                              "spec.cpu.dedicatedCores: the kubelet's CPU manager assigns the cores to the VM's "
+                              "reservation, and this operator runs without reservations")  # fmt: skip
+        assignment = cpupin.read_assignment(held["pod"]) if held["pod"] else None
+        if assignment is None:
+            held["cpus"] = "waiting for the kubelet to run the reservation and assign its exclusive CPUs"
+            return expanded, ""
+        try:
+            cpus = cpupin.check(assignment, int(wanted))
+        except cpupin.NotExclusive as exc:
+            raise SpecProblem(FAILED, RESERVED, "DedicatedCoresUnavailable", str(exc), requeue=60.0) from exc
+        emulator = cpupin.emulator_cpus(assignment, self.settings.housekeeping_cpus)
+        note = cpupin.preference_note(cputopo.read(), assignment)
+        pinned = f"vCPUs pinned to the exclusive host CPUs {','.join(map(str, cpus))}, emulator threads to {emulator}"
+        spec = cpupin.with_pins(expanded.spec, cpus, emulator)
+        return dataclasses.replace(expanded, spec=spec), pinned + (f" ({note})" if note else "")
+
     def _admit(
         self, ns: str, name: str, uid: str, spec: Mapping[str, Any], state: VMState, held: dict[str, Any]
     ) -> None:
@@ -375,6 +404,9 @@ class VMReconciler:
             raise SpecProblem(FAILED, RESERVED, exc.reason, message, requeue=delay) from exc
         state.reserve_failures = 0
         if view.state == rsv.State.ADMITTED:
+            if held.get("cpus"):  # dedicated cores not assigned yet: the pod's events wake the next pass
+                raise SpecProblem(PrintableStatus.STARTING, RESERVED, "WaitingForCpus", held["cpus"], requeue=5.0,
+                                  warning=False)  # fmt: skip
             return
         if view.state == rsv.State.UNSCHEDULABLE:
             message = f"no room on node {self.settings.node_name} for the VM's share: {view.message}"

@@ -9,78 +9,36 @@ import ipaddress
 import json
 import os
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from k3svirt_common import names
 from k3svirt_common import reservation as rsv
 
-from tests.e2e.conftest import Operator, free_port, get_json, kubectl, tiny_vm, virsh
+from tests.e2e.conftest import Operator, get_json, kubectl, tiny_vm, virsh
+from tests.e2e.node_instance import NodeInstance, instance_operator, needs_instances, start_instance
 from tests.polling import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
-NODE_SH = REPO / "tests/harness/node.sh"
-
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("nsenter"), reason="node instances need root and nsenter"
-)
-
-
-@dataclass
-class SecondNode:
-    instance: int
-    name: str
-    env: dict[str, str]
-
-    @property
-    def pod_range(self) -> ipaddress.IPv4Network:
-        return ipaddress.ip_network(f"10.42.{self.instance}.0/24")
-
-    def node_sh(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(NODE_SH), *args], env=self.env, capture_output=True, text=True, timeout=300)
-
-
-def _free_instance() -> int:
-    """K3SVIRT_E2E_NODE_INSTANCE, else the first instance whose namespace nobody holds."""
-    if os.environ.get("K3SVIRT_E2E_NODE_INSTANCE"):
-        return int(os.environ["K3SVIRT_E2E_NODE_INSTANCE"])
-    taken = {os.environ.get("K3SVIRT_TESTBED_NODE_INSTANCE", "0")}
-    return next(i for i in range(1, 100) if str(i) not in taken and not Path(f"/run/netns/k3svirt-n{i}").exists())
+pytestmark = needs_instances
 
 
 @pytest.fixture(scope="module")
-def second_node(testbed: dict[str, str]) -> Iterator[SecondNode]:
-    i = _free_instance()
-    env = {**os.environ, "K3SVIRT_NODE_INSTANCE": str(i)}
-    node = SecondNode(i, "", env)
-    started = node.node_sh("start")
-    assert started.returncode == 0, f"node instance {i} did not start:\n{started.stderr[-3000:]}"
-    node.name = node.node_sh("name").stdout.strip()
+def second_node(testbed: dict[str, str]) -> Iterator[NodeInstance]:
+    node = start_instance()
     yield node
     node.node_sh("stop")  # idempotent: the removal test stops it already
 
 
-def _operator(testbed: dict[str, str], node: str, log: Path, **extra: str) -> Operator:
-    env = {**os.environ, **testbed, "K3SVIRT_NODE_NAME": node, "K3SVIRT_METRICS_PORT": str(free_port()),
-           "K3SVIRT_STOP_GRACE_SECONDS": "3", "K3SVIRT_RESYNC_SECONDS": "5", "PYTHONUNBUFFERED": "1",
-           **extra}  # fmt: skip
-    op = Operator(env, log)
-    op.start()
-    return op
-
-
 @pytest.fixture(scope="module")
-def operators(testbed: dict[str, str], second_node: SecondNode,
+def operators(testbed: dict[str, str], second_node: NodeInstance,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Operator]]:  # fmt: skip
     logs = tmp_path_factory.mktemp("operators")
     # The test bed's node's operator (reservations off when the test bed has no kubelet) and node 2's.
     first_extra = {"K3SVIRT_RESERVATIONS": "off"} if os.environ.get("K3SVIRT_TESTBED_NODE") == "0" else {}
-    ops = {"first": _operator(testbed, testbed["K3SVIRT_NODE_NAME"], logs / "first.log", **first_extra),
-           "second": _operator(testbed, second_node.name, logs / "second.log", K3SVIRT_RESERVATIONS="on")}  # fmt: skip
+    ops = {"first": instance_operator(testbed, testbed["K3SVIRT_NODE_NAME"], logs / "first.log", **first_extra)}
+    ops["second"] = instance_operator(testbed, second_node.name, logs / "second.log", K3SVIRT_RESERVATIONS="on")
     yield ops
     for op in ops.values():
         op.stop()

@@ -370,6 +370,9 @@ start_kubelet() {
     extra="cgroupRoot: $CGROUP_ROOT"
   fi
   mkdir -p "$N/kubelet" "$N/pod-logs"
+  # A stopped node runs no pods: the CPU and memory managers' checkpoints describe nothing, and one
+  # of another policy (K3SVIRT_NODE_KUBELET_CONFIG changed) would stop the kubelet from starting.
+  rm -f "$N/kubelet/cpu_manager_state" "$N/kubelet/memory_manager_state"
   # Pods inherit no upstream nameserver: names resolve inside cluster.local (CoreDNS) only.
   printf '# k3svirt test bed: no upstream DNS server for pods\noptions ndots:5\n' > "$N/resolv.conf"
   cat > "$N/kubelet.yaml" <<YAML
