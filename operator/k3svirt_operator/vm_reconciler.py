@@ -18,6 +18,7 @@ from typing import Any
 import libvirt
 from k3svirt_common import names, templates
 from k3svirt_common import reservation as rsv
+from k3svirt_common.kube import ApiError
 from k3svirt_common.names import PrintableStatus
 
 from . import cloudinit, cpupin, cputopo, domains, hostpaths, image_cache, shutdown, storage
@@ -125,7 +126,7 @@ class VMReconciler:
                 conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved", _describe_resolution(expanded)))
             # The reservation as last read: the watch's, then what this pass created or read fresh.
             held = {"pod": self._reserve_early(ns, name, uid, meta, status, spec, expanded.spec, state, reservation)}
-            expanded, pinned = self._dedicated(expanded, held)
+            expanded, pinned = self._dedicated(ns, name, expanded, held)
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
             ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
@@ -361,7 +362,8 @@ class VMReconciler:
         except rsv.ReservationError:
             return pod  # an invalid size: `_admit` reports it
 
-    def _dedicated(self, expanded: templates.Expanded, held: dict[str, Any]) -> tuple[templates.Expanded, str]:
+    def _dedicated(self, ns: str, name: str, expanded: templates.Expanded,
+                   held: dict[str, Any]) -> tuple[templates.Expanded, str]:  # fmt: skip
         """spec.cpu.dedicatedCores: the exclusive CPUs the kubelet gave the reservation become the
         spec's pinning (cpupin.py); the expanded spec to build, and what was pinned where ("" if
         nothing). Until the kubelet has assigned them, held["cpus"] says what the start waits for."""
@@ -379,6 +381,9 @@ class VMReconciler:
         try:
             cpus = cpupin.check(assignment, int(wanted))
         except cpupin.NotExclusive as exc:
+            # Whole CPUs held for nothing: given back until the next try.
+            with contextlib.suppress(ApiError):
+                self.reservations.release(ns, name)
             raise SpecProblem(FAILED, RESERVED, "DedicatedCoresUnavailable", str(exc), requeue=60.0) from exc
         emulator = cpupin.emulator_cpus(assignment, self.settings.housekeeping_cpus)
         note = cpupin.preference_note(cputopo.read(), assignment)
