@@ -346,8 +346,8 @@ class VMReconciler:
         """A pass that will start the domain asks for its reservation first: scheduling and admission
         then overlap provisioning instead of following it (docs/accounting.md). Only asks; the start
         still waits for `_admit`. The reservation as it is now."""
-        if self.reservations is None or state.stopping is not None:
-            return pod
+        if self.reservations is None or state.stopping is not None or pod is not None:
+            return pod  # one seen already (a running VM's, most passes) is for `_admit` to judge
         failure = state.start_failure
         if failure is not None and failure.generation == meta.get("generation") \
                 and time.monotonic() < failure.not_before:  # fmt: skip
