@@ -55,7 +55,8 @@ def _reservations(kubeconfig: str, ns: str | None = None) -> list[dict]:
 
 
 def _hog(kubeconfig: str, ns: str, name: str, millicpu: int, replicas: int = 1) -> None:
-    """A Deployment of pause pods requesting `millicpu` each (the node's real pods)."""
+    """A Deployment of pause pods requesting `millicpu` each (the node's real pods), on the test's node
+    (a cluster with more nodes, e.g. node instances, would place them elsewhere)."""
     dep = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -68,6 +69,7 @@ def _hog(kubeconfig: str, ns: str, name: str, millicpu: int, replicas: int = 1) 
                 "spec": {
                     "terminationGracePeriodSeconds": 0,
                     "automountServiceAccountToken": False,
+                    "nodeSelector": {"kubernetes.io/hostname": _node()},
                     "containers": [
                         {
                             "name": "hog",
