@@ -2,19 +2,21 @@
 """Benchmark: what a VM's reservation pod costs (docs/accounting.md) — memory, idle CPU, and the time
 it adds to create -> Ready, side by side with reservations off.
 
-Needs the test bed WITH its node (kubelet, containerd): `bash tests/harness/testbed.sh start`. Runs the
-real operator (as tests/e2e/conftest.py does: the test bed's node name, a free metrics port) twice,
-K3SVIRT_RESERVATIONS=on and =off, each in its own namespace, and removes what it created.
+Needs a kubelet node: the test bed's (`bash tests/harness/testbed.sh start`) or a node instance
+(`K3SVIRT_NODE_INSTANCE=1 tests/harness/node.sh start`, then --node <its name>). Runs the real
+operator (as tests/e2e/conftest.py does: a free metrics port) twice at once, K3SVIRT_RESERVATIONS=on
+for the node and =off as node <node>-off, and removes what it created.
 
-1. create -> Ready=True, --vms VMs one after the other (each deleted before the next), per mode; with
-   reservations also create -> reservation admitted. Polled every 20 ms on a kept-alive connection.
+1. create -> Ready=True, --vms VMs per mode one after the other (each deleted before the next),
+   interleaved on/off so the machine's load falls on both alike; with reservations also when the
+   pod was first seen created, bound and admitted. Polled every 20 ms on a kept-alive connection.
 2. With reservations on, --running VMs at once (cpu.request 100m): per reservation pod, RSS and PSS
    of its processes (the sandbox's and the container's pause, found in the pod's cgroup) and of the
    containerd shim that parents them (/proc/<pid>/smaps_rollup), and their CPU over --idle seconds.
 
 Prints a table and one JSON line (prefix BENCH_RESERVATION_JSON). Asserts nothing.
 
-    .venv/bin/python bench/bench_reservation.py [--vms 10] [--running 5] [--idle 30]
+    .venv/bin/python bench/bench_reservation.py [--vms 10] [--running 5] [--idle 30] [--node NAME]
 """
 
 from __future__ import annotations
@@ -116,6 +118,28 @@ class Bed:
             time.sleep(every)
         raise RuntimeError(f"timed out waiting for {what}")
 
+    def timeline(self, ns: str, name: str, *, reservation: bool, timeout: float = 180.0) -> dict[str, float]:
+        """Polls (every 20 ms) until the VM is Ready; when each step was first seen: the reservation
+        pod created, bound by the scheduler, admitted by the kubelet (status.startTime), the VM's
+        status naming the reservation as admitted, Ready."""
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if reservation and "admitted" not in seen:
+                p = self.pod(ns, rsv.pod_name(name))
+                now = time.time()
+                if p is not None:
+                    seen.setdefault("pod_created", now)
+                    if (p.get("spec") or {}).get("nodeName"):
+                        seen.setdefault("pod_bound", now)
+                    if (p.get("status") or {}).get("startTime"):
+                        seen.setdefault("admitted", now)
+            if self.ready(ns, name):
+                seen["ready"] = time.time()
+                return seen
+            time.sleep(0.02)
+        raise RuntimeError(f"timed out waiting for {ns}/{name} to be Ready ({sorted(seen)} seen)")
+
     def gone(self, ns: str, name: str) -> bool:
         try:
             self.api.get(self.vm_path(ns, name))
@@ -164,8 +188,10 @@ def kubectl(env: dict[str, str], *args: str) -> None:
 def pod_pids(pod_uid: str) -> list[int]:
     """The processes in the pod's cgroup (cgroup v1 pids controller, or v2)."""
     pids: set[int] = set()
-    for base in (Path("/sys/fs/cgroup/pids/kubepods"), Path("/sys/fs/cgroup/kubepods")):
-        for f in base.glob(f"**/pod{pod_uid}/**/cgroup.procs"):
+    # Below /kubepods, or below a node instance's cgroupRoot (tests/harness/node.sh).
+    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        for f in [*base.glob(f"kubepods/**/pod{pod_uid}/**/cgroup.procs"),
+                  *base.glob(f"k3svirt-*/kubepods/**/pod{pod_uid}/**/cgroup.procs")]:  # fmt: skip
             pids |= {int(x) for x in f.read_text().split()}
     return sorted(pids)
 
@@ -191,40 +217,49 @@ def cpu_ticks(pid: int) -> int:
 
 
 # ---------------------------------------------------------------------- the runs
-def timing_run(bed: Bed, env: dict[str, str], mode: str, vms: int, tmp: Path) -> dict[str, Any]:
-    ns = f"bench-rsv-{mode}-{uuid.uuid4().hex[:6]}"
+def timing_run(bed: Bed, env: dict[str, str], vms: int, tmp: Path) -> dict[str, Any]:
+    """Both modes side by side, interleaved (on, off, off, on, ...) so that the load of this shared
+    machine falls on both alike. The operator without reservations runs as node <node>-off (no
+    kubelet needed there), so each VM is run by exactly one of the two operators."""
+    ns = f"bench-rsv-{uuid.uuid4().hex[:6]}"
     kubectl(env, "create", "namespace", ns)
-    op_env = {**os.environ, **env, "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2",
-              "K3SVIRT_STATS_INTERVAL": "1", "K3SVIRT_RESERVATIONS": mode}  # fmt: skip
-    op = Operator(op_env, tmp / f"operator-{mode}.log")
-    op.start()
-    ready, admitted = [], []
+    nodes = {"on": bed.node, "off": f"{bed.node}-off"}
+    ops = {}
+    for mode in ("on", "off"):
+        op_env = {**os.environ, **env, "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_STOP_GRACE_SECONDS": "2",
+                  "K3SVIRT_STATS_INTERVAL": "1", "K3SVIRT_RESERVATIONS": mode,
+                  "K3SVIRT_NODE_NAME": nodes[mode]}  # fmt: skip
+        ops[mode] = Operator(op_env, tmp / f"operator-{mode}.log")
+        ops[mode].start()
+    ready: dict[str, list[float]] = {"on": [], "off": []}
+    phases: dict[str, list[float]] = {}
     try:
-        for i in range(vms + 1):  # the first one warms caches (image, templates): not counted
-            name = f"b{i}"
-            t0 = time.time()
-            bed.api.create(bed.vm_path(ns), vm_body(name, env, bed.node))
-            if mode == "on":
-
-                def is_admitted(name=name) -> bool:
-                    p = bed.pod(ns, rsv.pod_name(name))
-                    return p is not None and bool((p.get("status") or {}).get("startTime"))
-
-                t_adm = bed.wait("reservation admitted", is_admitted)
-            t_ready = bed.wait("Ready", lambda name=name: bed.ready(ns, name))
-            if i:
-                ready.append(t_ready - t0)
-                if mode == "on":
-                    admitted.append(t_adm - t0)
-            bed.api.delete(bed.vm_path(ns, name))
-            bed.wait("deleted", lambda name=name: bed.gone(ns, name), every=0.1)
-            log(f"{mode} {name}: create->Ready {t_ready - t0:.3f} s")
+        for i in range(vms + 1):  # the first pair warms caches (image, templates): not counted
+            for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                name = f"{mode}{i}"
+                t0 = time.time()
+                bed.api.create(bed.vm_path(ns), vm_body(name, env, nodes[mode]))
+                seen = bed.timeline(ns, name, reservation=mode == "on")
+                if i:
+                    ready[mode].append(seen["ready"] - t0)
+                    if mode == "on":
+                        for phase, t in seen.items():
+                            phases.setdefault(phase, []).append(t - t0)
+                bed.api.delete(bed.vm_path(ns, name))
+                bed.wait("deleted", lambda name=name: bed.gone(ns, name), every=0.1)
+                log(f"{name}: create->Ready {seen['ready'] - t0:.3f} s")
     finally:
-        op.stop()
+        for op in ops.values():
+            op.stop()
         kubectl(env, "delete", "namespace", ns, "--wait=false")
-    out: dict[str, Any] = {"ready_median_s": statistics.median(ready), "ready_all_s": [round(x, 3) for x in ready]}
-    if admitted:
-        out["admitted_median_s"] = statistics.median(admitted)
+    out: dict[str, Any] = {}
+    for mode in ("on", "off"):
+        all_s = [round(x, 3) for x in ready[mode]]
+        out[mode] = {"ready_median_s": statistics.median(ready[mode]), "ready_all_s": all_s}
+    # Paired: each on-VM against the off-VM run right next to it.
+    out["added_paired_median_s"] = statistics.median(a - b for a, b in zip(ready["on"], ready["off"], strict=True))
+    out["on"]["admitted_median_s"] = statistics.median(phases["admitted"])
+    out["on"]["phases_median_s"] = {k: round(statistics.median(v), 3) for k, v in phases.items()}
     return out
 
 
@@ -284,19 +319,21 @@ def main() -> None:
     ap.add_argument("--vms", type=int, default=10)
     ap.add_argument("--running", type=int, default=5)
     ap.add_argument("--idle", type=float, default=30.0)
+    ap.add_argument("--node", help="the node to run on (default: the test bed's; e.g. a node instance)")
     args = ap.parse_args()
     env = testbed_env()
+    if args.node:
+        env["K3SVIRT_NODE_NAME"] = args.node
     bed = Bed(env)
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-reservation-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
     result: dict[str, Any] = {}
-    for mode in ("off", "on"):
-        result[mode] = timing_run(bed, env, mode, args.vms, tmp)
+    result.update(timing_run(bed, env, args.vms, tmp))
     result["memory"] = memory_run(bed, env, args.running, args.idle, tmp)
     on, off, mem = result["on"], result["off"], result["memory"]
-    added = 1000 * (on["ready_median_s"] - off["ready_median_s"])
+    added = 1000 * result["added_paired_median_s"]
     print(f"create -> Ready, median of {args.vms}: reservations off {off['ready_median_s'] * 1000:.0f} ms, "
-          f"on {on['ready_median_s'] * 1000:.0f} ms (added {added:.0f} ms; "
+          f"on {on['ready_median_s'] * 1000:.0f} ms (added, median of the pairs {added:.0f} ms; "
           f"create -> reservation admitted {on['admitted_median_s'] * 1000:.0f} ms)")  # fmt: skip
     print(f"per reservation pod ({mem['pods']} pods): pause x{mem['pause_processes']:.0f} RSS "
           f"{mem['pause_rss_kib'] / 1024:.2f} MiB PSS {mem['pause_pss_kib'] / 1024:.2f} MiB; shim RSS "

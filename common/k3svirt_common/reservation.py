@@ -82,7 +82,11 @@ def _mebibytes(n: int) -> str:
 
 
 def cpu_request(spec: Mapping[str, Any]) -> str:
-    """spec.cpu.request, else one CPU per vCPU, as a canonical quantity ("2", "250m")."""
+    """spec.cpu.request, else one CPU per vCPU, as a canonical quantity ("2", "250m"). Dedicated
+    cores are whole CPUs: the kubelet's static CPU manager gives exclusive CPUs to integer requests."""
+    dedicated = (spec.get("cpu") or {}).get("dedicatedCores")
+    if dedicated:
+        return str(int(dedicated))
     given = (spec.get("cpu") or {}).get("request")
     if given is None:
         return str(vcpus(spec))

@@ -59,6 +59,15 @@ PINNED: dict[str, tuple[Any, Any]] = {
         {"cores": 2, "maxVcpus": 4},
         {"cores": 2, "maxVcpus": 5},
     ),
+    "!(has(self.dedicatedCpuSet) && has(self.dedicatedCores))": (
+        {"dedicatedCores": 2},
+        {"dedicatedCores": 2, "dedicatedCpuSet": "2-3"},
+    ),
+    "!has(self.dedicatedCores) || self.dedicatedCores >= (has(self.sockets) ? self.sockets : 1) * (has(self.cores) ? self.cores : 1) * (has(self.threads) ? self.threads : 1)": (  # noqa: E501 (the rule as the CRD has it)
+        {"cores": 2, "dedicatedCores": 2},
+        {"cores": 2, "threads": 2, "dedicatedCores": 2},
+    ),
+    "!has(self.dedicatedCores) || !has(self.request)": ({"dedicatedCores": 1}, {"dedicatedCores": 1, "request": "1"}),
     "!has(self.source) || !has(self.source.blank) || has(self.size)": (
         {"source": {"blank": {}}, "size": "1Gi"},
         {"source": {"blank": {}}},

@@ -68,6 +68,9 @@ class Settings:
     probe_kernel: str = ""  # K3SVIRT_PROBE_KERNEL: a kernel to probe KVM with, before the host's own
     log_level: str = "INFO"
     liveness_endpoint: str | None = None
+    # K3SVIRT_HOUSEKEEPING_CPUS: the node's housekeeping CPUs (the kubelet's reservedSystemCPUs), where
+    # the emulator threads of VMs with dedicated cores run; "" = the CPUs their reservation does not own.
+    housekeeping_cpus: str = ""
     # Reservation pods hold each VM's CPU and memory in kube-scheduler's and the kubelet's books
     # (docs/accounting.md). Off only for operators on machines without a kubelet (development).
     reservations: bool = True
@@ -124,6 +127,7 @@ class Settings:
             probe_kernel=env("K3SVIRT_PROBE_KERNEL", ""),
             log_level=env("K3SVIRT_LOG_LEVEL", "INFO").upper(),
             liveness_endpoint=env("K3SVIRT_LIVENESS") or None,
+            housekeeping_cpus=env("K3SVIRT_HOUSEKEEPING_CPUS", "").strip(),
             reservations=env("K3SVIRT_RESERVATIONS", "on").strip().lower() not in ("off", "false", "0", "no"),
             reservation_image=env("K3SVIRT_RESERVATION_IMAGE") or "localhost/k3svirt/pause:3.10",
             # Threads for VM passes and Kubernetes writes (they mostly wait on libvirt and the API server).

@@ -23,7 +23,7 @@ from k3svirt_common import reservation as rsv
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
 from . import accel as accel_mod
-from . import image_cache, nodelimits, pci, shutdown, stats, vmstate, vmstatus
+from . import image_cache, nodelimits, pci, shutdown, stats, vanished, vmstate, vmstatus
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .reservations import Reservations
@@ -105,6 +105,20 @@ async def _keep_reservations(reservations: Reservations) -> None:
             log.warning("reservation upkeep failed", extra={"error": str(exc)})
         if not await shutdown.pause(SETTINGS.resync_seconds * 2):
             return
+
+
+async def _release_vanished_nodes() -> None:
+    """Every resync: VMs being deleted on a node that left the cluster lose its finalizer (vanished.py)."""
+    rt = _rt()
+    while await shutdown.pause(SETTINGS.resync_seconds):
+        try:
+            vms = await asyncio.to_thread(rt.list_objects, names.VM_PLURAL)
+            released = await asyncio.to_thread(vanished.release, vms, SETTINGS.node_name, rt.node_vanished,
+                                               rt.patch_vm)  # fmt: skip
+            if released:
+                log.info("finalizers of vanished nodes released", extra={"vms": released})
+        except ApiError as exc:
+            log.warning("looking for VMs of vanished nodes failed", extra={"error": str(exc)})
 
 
 async def _refresh_node_labels() -> None:
@@ -212,6 +226,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         await asyncio.to_thread(CONSOLE.start)
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
     asyncio.get_running_loop().create_task(_refresh_node_labels())
+    asyncio.get_running_loop().create_task(_release_vanished_nodes())
     asyncio.get_running_loop().create_task(_trim_heap())
     asyncio.get_running_loop().create_task(_prune_image_cache())
     if reservations is not None:
@@ -500,12 +515,7 @@ async def _publish_pci_inventory() -> None:
             host = SETTINGS.pci
             status = await asyncio.to_thread(pci.node_inventory_status, host.sys_root, host.proc_root, host.denylist,
                                              ids=pci.load_pci_ids(host.ids_file))  # fmt: skip
-            await asyncio.to_thread(
-                _rt().ensure_cluster_object,
-                names.NODEPCIINVENTORY_PLURAL,
-                names.NODEPCIINVENTORY_KIND,
-                SETTINGS.node_name,
-            )
+            await asyncio.to_thread(_rt().ensure_node_inventory, SETTINGS.node_name)
             await asyncio.to_thread(_rt().patch_status, names.NODEPCIINVENTORY_PLURAL, None, SETTINGS.node_name, status)
         except Exception as exc:  # keep publishing later; the VM work must not suffer
             log.warning("publishing the PCI inventory failed", extra={"error": str(exc)})

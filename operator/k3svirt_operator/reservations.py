@@ -39,18 +39,45 @@ class Reservations:
     image: str = rsv.PAUSE_IMAGE
 
     def want(self, spec: Mapping[str, Any], devices: Mapping[str, int] | None = None) -> dict[str, str]:
+        """`devices`: the extended resources of the VM's passthrough devices (pci_resources)."""
         return rsv.resources(spec, emulated=self.emulated, devices=devices)
 
     # `pod`: the VM's reservation pod as the watch (kopf's index) last showed it, None if not seen;
     # it may lag behind our own writes: a create answered 409 reads the pod, a delete answered 404
     # was done already.
+    def prepare(self, ns: str, vm: str, uid: str, spec: Mapping[str, Any], pod: Mapping | None,
+                devices: Mapping[str, int] | None = None) -> Mapping | None:  # fmt: skip
+        """At the start of a pass that is to start the domain: creates a missing reservation at once,
+        so the scheduler and the kubelet admit it while the pass provisions disks and defines the
+        domain. The pod as it is now; a refusal is left to `admit`, which reports it."""
+        want = self.want(spec, devices)
+        if rsv.plan(rsv.read(pod, uid=uid, node=self.node, want=want), hold=True) != rsv.Intent.CREATE:
+            return pod
+        try:
+            return api_rsv.create(self.api, rsv.pod_body(ns, vm, uid, self.node, want, self.image))
+        except ApiError:
+            return pod
+
     def admit(self, ns: str, vm: str, uid: str, spec: Mapping[str, Any], pod: Mapping | None,
               devices: Mapping[str, int] | None = None) -> rsv.View:  # fmt: skip
-        """Makes sure a reservation sized for `spec` (and its passthrough `devices`) exists; its state
-        (ADMITTED: the domain may start). Raises Refused when the API server will not create it."""
+        """Makes sure a reservation sized for `spec` exists; its state (ADMITTED: the domain may start).
+        A reservation on its way (created earlier in this pass, or placed and not yet admitted) is read
+        fresh, so a pod admitted meanwhile starts the domain in this pass rather than the next one.
+        Raises Refused when the API server will not create it."""
+        return self.admit_fresh(ns, vm, uid, spec, pod, devices)[0]
+
+    def admit_fresh(self, ns: str, vm: str, uid: str, spec: Mapping[str, Any], pod: Mapping | None,
+                    devices: Mapping[str, int] | None = None) -> tuple[rsv.View, Mapping | None]:  # fmt: skip
+        """`admit`, and the pod as it was read for the verdict."""
         want = self.want(spec, devices)
         view = rsv.read(pod, uid=uid, node=self.node, want=want)
-        return self._carry_out(ns, vm, uid, view, pod, want, hold=True)
+        if view.state in (rsv.State.PENDING, rsv.State.BOUND):
+            try:
+                pod = api_rsv.get(self.api, ns, rsv.pod_name(vm))
+            except ApiError as exc:
+                raise refusal(exc) from exc
+            view = rsv.read(pod, uid=uid, node=self.node, want=want)
+        return self._carry_out(ns, vm, uid, view, pod, want, hold=True), pod
 
     def settle(self, ns: str, vm: str, uid: str, spec: Mapping[str, Any], pod: Mapping | None, *,
                running: bool, devices: Mapping[str, int] | None = None) -> rsv.View:  # fmt: skip

@@ -88,6 +88,44 @@ class Runtime:
     def publish_device_capacity(self, passthroughs: Iterable[Mapping[str, Any]]) -> dict[str, int] | None:
         return device_capacity.publish(self.api, self.settings.node_name, passthroughs)
 
+    def node_uid(self, node: str) -> str | None:
+        """The uid of Node `node`, None when there is no such Node."""
+        try:
+            return self.api.get(core_path("nodes", name=node))["metadata"]["uid"]
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def ensure_node_inventory(self, node: str) -> None:
+        """NodePCIInventory/<node> exists and is owned by the Node (when there is one): the garbage
+        collector removes it when the node leaves the cluster (vanished.py)."""
+        uid = self.node_uid(node)
+        owners = [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}] if uid else []
+        body = {"apiVersion": names.API_VERSION, "kind": names.NODEPCIINVENTORY_KIND,
+                "metadata": {"name": node, "ownerReferences": owners}}  # fmt: skip
+        try:
+            self.api.create(_path(names.NODEPCIINVENTORY_PLURAL, None), body)
+            return
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        current = self.get_object(names.NODEPCIINVENTORY_PLURAL, None, node)
+        if uid and current is not None and (current["metadata"].get("ownerReferences") or []) != owners:
+            self.api.patch(_path(names.NODEPCIINVENTORY_PLURAL, None, node), {"metadata": {"ownerReferences": owners}})
+
+    def node_vanished(self, node: str) -> bool:
+        """Node `node` left the cluster: neither its Node nor its NodePCIInventory exists."""
+        return self.node_uid(node) is None and self.get_object(names.NODEPCIINVENTORY_PLURAL, None, node) is None
+
+    def patch_vm(self, vm: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        meta = vm["metadata"]
+        try:
+            self.api.patch(_path(names.VM_PLURAL, meta["namespace"], meta["name"]), dict(body))
+        except ApiError as exc:
+            if exc.status not in (404, 409):  # gone, or changed since read: the next round looks again
+                raise
+
     def ensure_cluster_object(self, plural: str, kind: str, name: str) -> None:
         """Creates an empty cluster-scoped object of ours if it does not exist yet."""
         body = {"apiVersion": names.API_VERSION, "kind": kind, "metadata": {"name": name}}

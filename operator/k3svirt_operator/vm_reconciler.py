@@ -8,6 +8,7 @@ field named, never exceptions that make kopf retry forever.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,9 +18,10 @@ from typing import Any
 import libvirt
 from k3svirt_common import names, pci_resources, templates
 from k3svirt_common import reservation as rsv
+from k3svirt_common.kube import ApiError
 from k3svirt_common.names import PrintableStatus
 
-from . import cloudinit, domains, hostpaths, hugepages, image_cache, live_update, shutdown, storage
+from . import cloudinit, cpupin, cputopo, domains, hostpaths, hugepages, image_cache, live_update, shutdown, storage
 from .accel import Acceleration
 from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
@@ -128,6 +130,15 @@ class VMReconciler:
             expanded = self._expand(ns, spec, status)
             if spec.get("template") or spec.get("presets"):
                 conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved", _describe_resolution(expanded)))
+            # The reservation as last read: the watch's, then what this pass created or read fresh.
+            devices = pci_resources.device_requests(expanded.spec, passthroughs)  # units its reservation asks for
+            held = {
+                "pod": self._reserve_early(
+                    ns, name, uid, meta, status, spec, expanded.spec, state, reservation, devices
+                ),
+                "devices": devices,
+            }
+            expanded, pinned = self._dedicated(ns, name, expanded, held)
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
             ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
@@ -166,7 +177,6 @@ class VMReconciler:
             if failure is not None and (failure.generation != meta.get("generation") or action_value is not None):
                 state.start_failure = None  # a new spec or an explicit request: try again at once
             grace = stop_grace_seconds(expanded.spec, self.settings.stop_grace_seconds)
-            devices = pci_resources.device_requests(expanded.spec, passthroughs)
             requeue = self._apply_power(
                 names.run_strategy(spec),
                 observed,
@@ -175,9 +185,11 @@ class VMReconciler:
                 state,
                 meta.get("generation") or 0,
                 grace,
-                admit=lambda: self._before_start(ns, name, uid, expanded.spec, state, reservation, devices),
+                admit=lambda: self._before_start(ns, name, uid, expanded.spec, state, held),
                 key=(ns, name),
             )
+            if pinned and any(e.reason == "Started" for e in events):
+                events.append(Event("Normal", "DedicatedCores", pinned))
             if action_value is not None and state.stopping is None:
                 # Recorded once performed: a stop or restart under way lives in this process only, and
                 # an operator killed before it finishes must find the request still pending (the
@@ -187,7 +199,7 @@ class VMReconciler:
             if observed.power == Power.RUNNING and observed.running_spec_hash not in (None, spec_hash):
                 live_failure = self._apply_live(observed.domain, built.xml, events)
                 observed = self._observe(conn, ns, name, uid)
-            self._settle(ns, name, uid, expanded.spec, reservation, observed.power, state, conds, devices)
+            self._settle(ns, name, uid, expanded.spec, held["pod"], observed.power, state, conds, held.get("devices"))
         except SpecProblem as problem:
             if problem.reason != "Queued":
                 self._leave_start_queue(ns, name)
@@ -393,14 +405,7 @@ class VMReconciler:
 
     # ------------------------------------------------------------------ reservation
     def _before_start(
-        self,
-        ns: str,
-        name: str,
-        uid: str,
-        spec: Mapping[str, Any],
-        state: VMState,
-        pod: Mapping[str, Any] | None,
-        devices: Mapping[str, int] | None = None,
+        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], state: VMState, held: dict[str, Any]
     ) -> None:
         """What must hold before a start: the node's free hugepages (its real counters), then the
         reservation in Kubernetes' books. Raises the condition that says what is missing."""
@@ -410,24 +415,69 @@ class VMReconciler:
         if short is not None:
             raise SpecProblem(PrintableStatus.ERROR_UNSCHEDULABLE, names.COND_READY, "InsufficientHugepages",
                               f"{short.field}: {short.message}", requeue=30.0)  # fmt: skip
-        self._admit(ns, name, uid, spec, state, pod, devices)
+        self._admit(ns, name, uid, spec, state, held)
+
+    def _reserve_early(self, ns: str, name: str, uid: str, meta: Mapping[str, Any], status: Mapping[str, Any],
+                       spec: Mapping[str, Any], expanded: Mapping[str, Any], state: VMState,
+                       pod: Mapping[str, Any] | None,
+                       devices: Mapping[str, int] | None = None) -> Mapping[str, Any] | None:  # fmt: skip
+        """A pass that will start the domain asks for its reservation first: scheduling and admission
+        then overlap provisioning instead of following it (docs/accounting.md). Only asks; the start
+        still waits for `_admit`. The reservation as it is now."""
+        if self.reservations is None or state.stopping is not None or pod is not None:
+            return pod  # one seen already (a running VM's, most passes) is for `_admit` to judge
+        failure = state.start_failure
+        if failure is not None and failure.generation == meta.get("generation") \
+                and time.monotonic() < failure.not_before:  # fmt: skip
+            return pod  # no start before the back-off ends: no share to hold meanwhile
+        early = self._observe(self.conn.get(), ns, name, uid)
+        action, _ = _pending_action(meta, status)
+        starts = decide(names.run_strategy(spec), early.power, early.reason, action).step == Step.START
+        if not (starts or (state.pending_start and early.power not in _UP)):
+            return pod
+        try:
+            return self.reservations.prepare(ns, name, uid, expanded, pod, devices)
+        except rsv.ReservationError:
+            return pod  # an invalid size: `_admit` reports it
+
+    def _dedicated(self, ns: str, name: str, expanded: templates.Expanded,
+                   held: dict[str, Any]) -> tuple[templates.Expanded, str]:  # fmt: skip
+        """spec.cpu.dedicatedCores: the exclusive CPUs the kubelet gave the reservation become the
+        spec's pinning (cpupin.py); the expanded spec to build, and what was pinned where ("" if
+        nothing). Until the kubelet has assigned them, held["cpus"] says what the start waits for."""
+        wanted = (expanded.spec.get("cpu") or {}).get("dedicatedCores")
+        if not wanted:
+            return expanded, ""
+        if self.reservations is None:
+            raise SpecProblem(FAILED, RESERVED, "DedicatedCoresUnavailable",
+                              "spec.cpu.dedicatedCores: the kubelet's CPU manager assigns the cores to the VM's "
+                              "reservation, and this operator runs without reservations")  # fmt: skip
+        assignment = cpupin.read_assignment(held["pod"]) if held["pod"] else None
+        if assignment is None:
+            held["cpus"] = "waiting for the kubelet to run the reservation and assign its exclusive CPUs"
+            return expanded, ""
+        try:
+            cpus = cpupin.check(assignment, int(wanted))
+        except cpupin.NotExclusive as exc:
+            # Whole CPUs held for nothing: given back until the next try.
+            with contextlib.suppress(ApiError):
+                self.reservations.release(ns, name)
+            raise SpecProblem(FAILED, RESERVED, "DedicatedCoresUnavailable", str(exc), requeue=60.0) from exc
+        emulator = cpupin.emulator_cpus(assignment, self.settings.housekeeping_cpus)
+        note = cpupin.preference_note(cputopo.read(), assignment)
+        pinned = f"vCPUs pinned to the exclusive host CPUs {','.join(map(str, cpus))}, emulator threads to {emulator}"
+        spec = cpupin.with_pins(expanded.spec, cpus, emulator)
+        return dataclasses.replace(expanded, spec=spec), pinned + (f" ({note})" if note else "")
 
     def _admit(
-        self,
-        ns: str,
-        name: str,
-        uid: str,
-        spec: Mapping[str, Any],
-        state: VMState,
-        pod: Mapping[str, Any] | None,
-        devices: Mapping[str, int] | None = None,
+        self, ns: str, name: str, uid: str, spec: Mapping[str, Any], state: VMState, held: dict[str, Any]
     ) -> None:
         """Returns once the VM's reservation is admitted on this node; otherwise raises the condition
         that says what it waits for (the pod's watch events wake the loop when that changes)."""
         if self.reservations is None:
             return
         try:
-            view = self.reservations.admit(ns, name, uid, spec, pod, devices)
+            view, held["pod"] = self.reservations.admit_fresh(ns, name, uid, spec, held["pod"], held.get("devices"))
         except rsv.ReservationError as exc:
             raise SpecProblem(FAILED, RESERVED, "InvalidSpec", str(exc)) from exc
         except Refused as exc:
@@ -437,6 +487,9 @@ class VMReconciler:
             raise SpecProblem(FAILED, RESERVED, exc.reason, message, requeue=delay) from exc
         state.reserve_failures = 0
         if view.state == rsv.State.ADMITTED:
+            if held.get("cpus"):  # dedicated cores not assigned yet: the pod's events wake the next pass
+                raise SpecProblem(PrintableStatus.STARTING, RESERVED, "WaitingForCpus", held["cpus"], requeue=5.0,
+                                  warning=False)  # fmt: skip
             return
         if view.state == rsv.State.UNSCHEDULABLE:
             message = f"no room on node {self.settings.node_name} for the VM's share: {view.message}"

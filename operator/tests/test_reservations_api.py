@@ -138,3 +138,32 @@ def test_the_garbage_collector_removes_a_reservation_whose_vm_is_deleted(api, re
                    check=True, capture_output=True, timeout=60)  # fmt: skip
     _wait(lambda: _pod(api, namespace, "owned") is None, 60)
     assert json.dumps(api.get(core_path("pods", namespace))["items"]) == "[]"
+
+
+def test_prepare_creates_early_and_admit_reads_a_pending_reservation_fresh(api, res, namespace):
+    """The start pass creates the reservation first (prepare) and judges it at the start from a fresh
+    read, not from the pass's stale copy: the scheduler's verdict of meanwhile is what counts."""
+    vm = _vm(api, namespace, "early")
+    uid = vm["metadata"]["uid"]
+    created = res.prepare(namespace, "early", uid, SPEC, None)
+    assert created is not None and rsv.read(created, uid=uid, node=NODE, want=res.want(SPEC)).state == rsv.State.PENDING
+    assert res.prepare(namespace, "early", uid, SPEC, created) is created  # there already: nothing asked
+    _wait(lambda: ((_pod(api, namespace, "early") or {}).get("status") or {}).get("conditions"))
+    view, fresh = res.admit_fresh(namespace, "early", uid, SPEC, created)  # `created` is still Pending
+    assert view.state == rsv.State.UNSCHEDULABLE, view
+    assert fresh is not None and fresh["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]
+    assert [p["metadata"]["name"] for p in api.get(core_path("pods", namespace))["items"]] == ["k3svirt-vm-early"]
+
+
+def test_prepare_leaves_a_refusal_to_admit(api, res, namespace):
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "tight"},
+             "spec": {"hard": {"requests.cpu": "10m"}}}  # fmt: skip
+    api.create(core_path("resourcequotas", namespace), quota)
+    vm = _vm(api, namespace, "over")
+    uid = vm["metadata"]["uid"]
+    # The quota controller fills in status.used first; until then the API server refuses every pod.
+    _wait(lambda: (api.get(core_path("resourcequotas", namespace, "tight")).get("status") or {}).get("used"))
+    assert res.prepare(namespace, "over", uid, SPEC, None) is None  # asked, refused, nothing raised
+    with pytest.raises(Refused) as refused:
+        res.admit(namespace, "over", uid, SPEC, None)
+    assert refused.value.reason == "QuotaExceeded"

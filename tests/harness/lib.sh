@@ -114,15 +114,18 @@ issue_cert() {
   echo "$subj $san" > "$PKI/$name.req"
 }
 
-# write_kubeconfig OUT CERT: a kubeconfig for the local API server with the client certificate CERT.
+# write_kubeconfig OUT CERT [ADDRESS]: a kubeconfig for the local API server with the client
+# certificate CERT, at 127.0.0.1 or ADDRESS (another address of this machine: the server's
+# certificate is then checked for the name "kubernetes", which it carries).
 write_kubeconfig() {
-  local out=$1 cert=$2
+  local out=$1 cert=$2 server=127.0.0.1 sni=
+  [ -z "${3:-}" ] || { server=$3; sni=", tls-server-name: kubernetes"; }
   cat > "$out.tmp" <<KC
 apiVersion: v1
 kind: Config
 clusters:
 - name: k3svirt
-  cluster: {server: "https://127.0.0.1:$KUBE_API_PORT", certificate-authority: "$PKI/ca.crt"}
+  cluster: {server: "https://$server:$KUBE_API_PORT", certificate-authority: "$PKI/ca.crt"$sni}
 users:
 - name: $cert
   user: {client-certificate: "$PKI/$cert.crt", client-key: "$PKI/$cert.key"}

@@ -9,23 +9,62 @@
 # bridge cni0 in 10.42.0.0/24, never masqueraded or forwarded off the machine. Everything lives in
 # $K3SVIRT_STATE/node (containerd's root, state and socket too), so it clashes with nothing else.
 #
-# usage: node.sh start|stop|status|import-image OCI.tar
+# Extra node instances (K3SVIRT_NODE_INSTANCE=i, 1..99; 0 or unset = the one above): a second,
+# third ... kubelet node on the same machine that clashes with nothing machine-wide. Each one lives
+# in its own network namespace k3svirt-n<i> (its containerd and kubelet run there, entered with
+# nsenter --net only: mounts and cgroups stay the host's), joined to this machine by a veth pair
+# k3svn<i>h (10.41.<i>.1, this machine) <-> k3svn<i>n (10.41.<i>.2, the node IP). Inside the
+# namespace the kubelet's ports, its iptables chains, the pod bridge cni0 and the pods' net sysctls
+# are the instance's own; its pods get 10.42.<i>.0/24 (host-local IPAM, also written to the Node's
+# spec.podCIDR: the test bed's controller-manager runs without nodeipam), routed from this machine
+# into the namespace; its pod cgroups live under cgroupRoot /k3svirt-<node> (never /kubepods); its
+# state under $K3SVIRT_STATE/node-<i>; its name is $K3SVIRT_NODE_INSTANCE_NAME, default
+# <K3SVIRT_NODE_NAME>-n<i>. It talks to the API server at 10.41.<i>.1 (the API port's guard lets
+# exactly k3svn<i>h in). Limits: no kube-proxy and no CoreDNS there (Services and cluster DNS work
+# on the primary node only; pods reach each other, their node and this machine by IP); kubelet's
+# machine-wide sysctls (vm.*, kernel.*) are saved and restored only by the first and last kubelet.
+# stop ends the instance completely: processes, pod cgroups, mounts, the namespace, its routes and
+# its Node object (a node removed from the cluster).
+#
+# usage: [K3SVIRT_NODE_INSTANCE=i] node.sh start|stop|status|name|import-image OCI.tar
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-N="$K3SVIRT_STATE/node"
-NODE=$K3SVIRT_NODE_NAME
-NODE_IP=$K3SVIRT_TESTBED_NODE_IP
-NODE_IF=k3svirt0
+INSTANCE=${K3SVIRT_NODE_INSTANCE:-0}
+[[ $INSTANCE =~ ^(0|[1-9][0-9]?)$ ]] || die "K3SVIRT_NODE_INSTANCE must be 0..99, not '$INSTANCE'"
 POD_CIDR=10.42.0.0/16        # K3s's cluster CIDR
-POD_RANGE=10.42.0.0/24       # this node's pod addresses (host-local IPAM)
+POD_RANGE=10.42.$INSTANCE.0/24   # this node's pod addresses (host-local IPAM)
 SERVICE_CIDR=10.43.0.0/16
 CLUSTER_DNS=10.43.0.10
+if [ "$INSTANCE" = 0 ]; then
+  N="$K3SVIRT_STATE/node"
+  NODE=$K3SVIRT_NODE_NAME
+  NODE_IP=$K3SVIRT_TESTBED_NODE_IP
+  NODE_IF=k3svirt0
+  NETNS=
+  CGROUP_ROOT=/              # pods under /kubepods
+else
+  N="$K3SVIRT_STATE/node-$INSTANCE"
+  NODE=${K3SVIRT_NODE_INSTANCE_NAME:-$K3SVIRT_NODE_NAME-n$INSTANCE}
+  NETNS=k3svirt-n$INSTANCE
+  HOST_IF=k3svn${INSTANCE}h  # this machine's end of the veth pair
+  HOST_IP=10.41.$INSTANCE.1
+  NODE_IF=k3svn${INSTANCE}n  # the namespace's end
+  NODE_IP=10.41.$INSTANCE.2
+  CGROUP_ROOT=/k3svirt-$NODE
+fi
 SOCK="$N/containerd/containerd.sock"
 CNI_BIN=/usr/lib/cni         # Debian's containernetworking-plugins
 FORWARD_GUARD=K3SVIRT-NODE-FWD
 KUBECTL=(kubectl --kubeconfig "$K3SVIRT_STATE/kubeconfig")
+
+# in_node COMMAND...: runs COMMAND in the node's network namespace (the host's for the primary node).
+NS_EXEC=()
+[ -z "$NETNS" ] || NS_EXEC=(nsenter --net="/run/netns/$NETNS" --)
+in_node() { "${NS_EXEC[@]}" "$@"; }
+# The node's pod cgroups (kubelet's cgroupRoot + kubepods), in the v1 hierarchies.
+KUBEPODS=${CGROUP_ROOT%/}/kubepods
 
 ctr_() { ctr -a "$SOCK" -n k8s.io "$@"; }
 
@@ -66,6 +105,14 @@ preflight() {
     [ -d "/sys/fs/cgroup/$c" ] || [ -f /sys/fs/cgroup/cgroup.controllers ] \
       || die "cgroup controller '$c' is not mounted (/sys/fs/cgroup/$c): mount the cgroup v1 hierarchies or cgroup v2"
   done
+  if [ -n "$NETNS" ]; then
+    # An instance's ports live in its own namespace; the namespace and the veth are claimed by name.
+    if [ ! -f "$N/started" ] && { [ -e "/run/netns/$NETNS" ] || ip link show "$HOST_IF" >/dev/null 2>&1; }; then
+      die "node instance $INSTANCE (netns $NETNS, link $HOST_IF) belongs to another test bed: choose another K3SVIRT_NODE_INSTANCE"
+    fi
+    command -v nsenter >/dev/null || die "nsenter is missing (util-linux)"
+    return 0
+  fi
   # Ports of ours: kubelet (10250 on the node IP, healthz 10248), kube-proxy (metrics 10249, healthz 10256).
   pid_alive "$N/kubelet.pid" || for p in 10250 10248; do
     owner=$(port_owner "$p"); [ -z "$owner" ] || die "port $p (kubelet) is in use by '$owner': stop it"
@@ -80,7 +127,7 @@ preflight() {
 # The node IP lives on a bridge without ports: an address of this machine that no cable reaches
 # (kubelet refuses 127.0.0.1 as node IP). The pod and service CIDRs route into it, so a packet to a
 # cluster address that no pod or kube-proxy rule claims is dropped here instead of going to eth0.
-node_network() {
+primary_network() {
   ip link show "$NODE_IF" >/dev/null 2>&1 || ip link add "$NODE_IF" type bridge \
     || die "cannot create the bridge $NODE_IF for the node IP: is the bridge module available (ip link add x type bridge)?"
   ip link set "$NODE_IF" up
@@ -97,6 +144,43 @@ node_network() {
     && { "${ipt[@]}" -C FORWARD -j "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -I FORWARD 1 -j "$FORWARD_GUARD"; }; }; then
     die "cannot add the iptables chain $FORWARD_GUARD that keeps pod traffic on this machine"
   fi
+}
+
+# An instance's namespace: the veth pair, the node IP inside, no default route (only this machine
+# and the pods are reachable from there), the pod range routed in from this machine, and the same
+# forward guard as the primary node's, inside the namespace: pods talk to each other and to this
+# machine (the veth's far end), nothing else.
+instance_network() {
+  [ -e "/run/netns/$NETNS" ] || ip netns add "$NETNS" || die "cannot create the network namespace $NETNS"
+  ip link show "$HOST_IF" >/dev/null 2>&1 || ip link add "$HOST_IF" type veth peer name "$NODE_IF" netns "$NETNS" \
+    || die "cannot create the veth pair $HOST_IF/$NODE_IF"
+  ip addr replace "$HOST_IP/30" dev "$HOST_IF"
+  ip link set "$HOST_IF" up
+  ip -n "$NETNS" link set lo up
+  ip -n "$NETNS" addr replace "$NODE_IP/30" dev "$NODE_IF"
+  ip -n "$NETNS" link set "$NODE_IF" up
+  ip route replace "$POD_RANGE" via "$NODE_IP" dev "$HOST_IF" src "$HOST_IP"
+  in_node sysctl -qw net.ipv4.ip_forward=1
+  local ipt=(in_node iptables -w -t mangle)
+  if ! { { "${ipt[@]}" -N "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -F "$FORWARD_GUARD"; } \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -o cni0 -j RETURN \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -o "$NODE_IF" -d "$HOST_IP" -j RETURN \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i "$NODE_IF" -o cni0 -s "$HOST_IP" -j RETURN \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -j DROP \
+    && { "${ipt[@]}" -C FORWARD -j "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -I FORWARD 1 -j "$FORWARD_GUARD"; }; }; then
+    die "cannot add the iptables chain $FORWARD_GUARD in $NETNS"
+  fi
+  # The API port's guard (controlplane.sh) admits lo and cni0; this instance's kubelet and pods
+  # come in on its veth.
+  local api_guard="K3SVIRT-API-$KUBE_API_PORT"
+  if iptables -w -L "$api_guard" -n >/dev/null 2>&1; then
+    iptables -w -C "$api_guard" -i "$HOST_IF" -j RETURN 2>/dev/null || iptables -w -I "$api_guard" 1 -i "$HOST_IF" -j RETURN
+  fi
+}
+
+# node_network: the node's network, then its CNI configuration (bridge cni0 in the node's namespace).
+node_network() {
+  if [ -n "$NETNS" ]; then instance_network; else primary_network; fi
   mkdir -p "$N/cni/net.d" "$N/cni/ipam"
   cat > "$N/cni/net.d/10-k3svirt.conflist" <<JSON
 {
@@ -113,6 +197,14 @@ JSON
 }
 
 unnode_network() {
+  if [ -n "$NETNS" ]; then
+    # The namespace takes cni0, the veth pair, its iptables chains and the route with it.
+    iptables -w -D "K3SVIRT-API-$KUBE_API_PORT" -i "$HOST_IF" -j RETURN 2>/dev/null || true
+    [ ! -e "/run/netns/$NETNS" ] || ip netns del "$NETNS" || log "warning: cannot delete the network namespace $NETNS"
+    ip link del "$HOST_IF" 2>/dev/null || true
+    rm -rf "$N/cni/ipam"
+    return 0
+  fi
   local ipt=(iptables -w -t mangle)
   while "${ipt[@]}" -D FORWARD -j "$FORWARD_GUARD" 2>/dev/null; do :; done
   if "${ipt[@]}" -F "$FORWARD_GUARD" 2>/dev/null; then "${ipt[@]}" -X "$FORWARD_GUARD"; fi
@@ -178,7 +270,7 @@ TOML
   # Images come from import_image; localhost registries are never proxied.
   local closed=http://127.0.0.1:9
   env -u NO_PROXY -u no_proxy HTTPS_PROXY=$closed HTTP_PROXY=$closed https_proxy=$closed http_proxy=$closed \
-    nohup containerd --config "$c/config.toml" > "$N/containerd.log" 2>&1 &
+    nohup "${NS_EXEC[@]}" containerd --config "$c/config.toml" > "$N/containerd.log" 2>&1 &
   echo $! > "$N/containerd.pid"
   wait_for 30 containerd containerd_up || die "containerd did not start: see $N/containerd.log"
 }
@@ -206,13 +298,39 @@ stop_containerd() {
     [ -z "$(shim_pids)" ] || die "containerd-shims $(shim_pids) survive SIGKILL: see ps -o pid,stat,args"
   fi
   # Containers of a killed shim live on in kubelet's pod cgroups (kubelet is the only one here).
-  pids=$(cat /sys/fs/cgroup/pids/kubepods/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/cgroup.procs \
-    /sys/fs/cgroup/pids/kubepods/*/*/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/*/*/cgroup.procs 2>/dev/null || true)
+  pids=$(pod_cgroup_pids)
   if [ -n "$pids" ]; then
     log "killing processes left in the pod cgroups: ${pids//$'\n'/ }"
     # shellcheck disable=SC2086  # one pid per word
     kill -9 $pids 2>/dev/null || true
   fi
+}
+
+# pod_cgroup_pids: every process in this node's pod cgroups.
+pod_cgroup_pids() {
+  [ -d "/sys/fs/cgroup/pids$KUBEPODS" ] || return 0
+  find "/sys/fs/cgroup/pids$KUBEPODS" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+}
+
+# instance_cgroups make|remove: an instance's cgroupRoot in every v1 hierarchy (kubelet wants it to
+# exist; cpuset children start empty, so it inherits its parent's CPUs and memory nodes), removed
+# depth-first on stop once its processes are gone.
+instance_cgroups() {
+  local h
+  for h in /sys/fs/cgroup/*/; do
+    [ -f "$h/cgroup.procs" ] || continue
+    if [ "$1" = make ]; then
+      case "$h" in */unified/) continue ;; esac   # kubelet makes its part of the v2 tree itself
+      mkdir -p "$h${CGROUP_ROOT#/}"
+      if [ -f "$h/cpuset.cpus" ]; then
+        [ -n "$(cat "$h${CGROUP_ROOT#/}/cpuset.cpus")" ] || cat "$h/cpuset.cpus" > "$h${CGROUP_ROOT#/}/cpuset.cpus"
+        [ -n "$(cat "$h${CGROUP_ROOT#/}/cpuset.mems")" ] || cat "$h/cpuset.mems" > "$h${CGROUP_ROOT#/}/cpuset.mems"
+      fi
+    elif [ -d "$h${CGROUP_ROOT#/}" ]; then
+      find "$h${CGROUP_ROOT#/}" -depth -type d -exec rmdir {} + 2>/dev/null \
+        || log "warning: cgroup $h${CGROUP_ROOT#/} is still in use"
+    fi
+  done
 }
 
 # unmount_under DIR: unmounts what kubelet and containerd left mounted below DIR (volumes, rootfs).
@@ -228,9 +346,14 @@ unmount_under() {
 node_pki() {
   issue_cert "kubelet-$NODE" "/O=system:nodes/CN=system:node:$NODE"
   issue_cert "kubelet-serving-$NODE" "/CN=$NODE" "IP:$NODE_IP,DNS:$NODE"
-  issue_cert kube-proxy "/CN=system:kube-proxy"
-  write_kubeconfig "$N/kubelet.kubeconfig" "kubelet-$NODE"
-  write_kubeconfig "$N/kube-proxy.kubeconfig" kube-proxy
+  if [ -n "$NETNS" ]; then
+    # From its namespace the instance reaches the API server at this machine's end of the veth.
+    write_kubeconfig "$N/kubelet.kubeconfig" "kubelet-$NODE" "$HOST_IP"
+  else
+    write_kubeconfig "$N/kubelet.kubeconfig" "kubelet-$NODE"
+    issue_cert kube-proxy "/CN=system:kube-proxy"
+    write_kubeconfig "$N/kube-proxy.kubeconfig" kube-proxy
+  fi
 }
 
 # cgroups: these machines mount cgroup v1 (hybrid), there is no systemd, so cgroupfs it is, with
@@ -238,8 +361,18 @@ node_pki() {
 # libvirt's QEMU processes stay in libvirt's own /machine cgroups, which kubelet never touches.
 start_kubelet() {
   pid_alive "$N/kubelet.pid" && return 0
-  save_sysctls
+  # The first kubelet of the machine saves the host's values, the last one restores them.
+  [ -n "$(other_kubelets)" ] || save_sysctls
+  local extra=
+  if [ -n "$NETNS" ]; then
+    instance_cgroups make
+    # Two kubelets never share a pod cgroup tree.
+    extra="cgroupRoot: $CGROUP_ROOT"
+  fi
   mkdir -p "$N/kubelet" "$N/pod-logs"
+  # A stopped node runs no pods: the CPU and memory managers' checkpoints describe nothing, and one
+  # of another policy (K3SVIRT_NODE_KUBELET_CONFIG changed) would stop the kubelet from starting.
+  rm -f "$N/kubelet/cpu_manager_state" "$N/kubelet/memory_manager_state"
   # Pods inherit no upstream nameserver: names resolve inside cluster.local (CoreDNS) only.
   printf '# k3svirt test bed: no upstream DNS server for pods\noptions ndots:5\n' > "$N/resolv.conf"
   cat > "$N/kubelet.yaml" <<YAML
@@ -276,11 +409,17 @@ maxPods: 110
 serializeImagePulls: false
 containerLogMaxSize: 10Mi
 containerLogMaxFiles: 3
+$extra
 YAML
+  # K3SVIRT_NODE_KUBELET_CONFIG: a YAML fragment appended to the KubeletConfiguration (e.g. the
+  # static CPU manager of a node instance: cpuManagerPolicy, reservedSystemCPUs).
+  if [ -n "${K3SVIRT_NODE_KUBELET_CONFIG:-}" ]; then
+    cat "$K3SVIRT_NODE_KUBELET_CONFIG" >> "$N/kubelet.yaml" || die "cannot read K3SVIRT_NODE_KUBELET_CONFIG=$K3SVIRT_NODE_KUBELET_CONFIG"
+  fi
   # --containerd: kubelet's cAdvisor finds the pods' containers (and so their network figures in the
   # Summary API) only through containerd's socket; it defaults to /run/containerd, not ours (K3s
   # passes the same flag for its own socket).
-  nohup "$KUBE_BIN/kubelet" --config "$N/kubelet.yaml" --kubeconfig "$N/kubelet.kubeconfig" \
+  nohup "${NS_EXEC[@]}" "$KUBE_BIN/kubelet" --config "$N/kubelet.yaml" --kubeconfig "$N/kubelet.kubeconfig" \
     --root-dir "$N/kubelet" --node-ip "$NODE_IP" --hostname-override "$NODE" --containerd "$SOCK" \
     --v=0 > "$N/kubelet.log" 2>&1 &
   echo $! > "$N/kubelet.pid"
@@ -386,6 +525,11 @@ start() {
   start_kubelet
   wait_for 120 "node $NODE (kubelet)" node_ready "$since" \
     || die "node $NODE did not become Ready in 120 s: see $N/kubelet.log and $N/containerd.log"
+  if [ -n "$NETNS" ]; then
+    assign_pod_cidr
+    log "node instance $INSTANCE: $NODE ($NODE_IP, pods $POD_RANGE, netns $NETNS) ready in $((SECONDS - t0)) s"
+    return 0
+  fi
   start_kube_proxy
   wait_for 60 kube-proxy curl -fsS http://127.0.0.1:10256/healthz || die "kube-proxy did not start: see $N/kube-proxy.log"
   start_coredns
@@ -401,16 +545,45 @@ stop() {
   stop_pidfile "$N/kubelet.pid" 30     # first: nothing may restart the pods stopped below
   stop_pidfile "$N/kube-proxy.pid"
   stop_containerd
-  # kube-proxy's rules go with it: they would steer traffic to pods that no longer run.
-  if ! "$KUBE_BIN/kube-proxy" --cleanup > "$N/kube-proxy-cleanup.log" 2>&1; then
-    log "warning: kube-proxy --cleanup failed: see $N/kube-proxy-cleanup.log"
+  if [ -n "$NETNS" ]; then
+    # The instance leaves the cluster: its Node goes (the pod GC removes pods bound to it; operators
+    # release what they held for it). Its iptables chains go with the namespace.
+    "${KUBECTL[@]}" delete node "$NODE" --ignore-not-found --wait=false >/dev/null 2>&1 \
+      || log "warning: could not delete the Node $NODE (API server down?)"
+    instance_cgroups remove
+  else
+    # kube-proxy's rules go with it: they would steer traffic to pods that no longer run.
+    if ! "$KUBE_BIN/kube-proxy" --cleanup > "$N/kube-proxy-cleanup.log" 2>&1; then
+      log "warning: kube-proxy --cleanup failed: see $N/kube-proxy-cleanup.log"
+    fi
+    kubelet_iptables_cleanup
   fi
-  restore_sysctls
-  kubelet_iptables_cleanup
+  [ -n "$(other_kubelets)" ] || restore_sysctls
   unmount_under "$N"
   unnode_network
   rm -f "$N/started"
   log "node stopped in $((SECONDS - t0)) s"
+}
+
+# other_kubelets: kubelets of other nodes (of this or another test bed) running on this machine.
+other_kubelets() {
+  local mine p
+  mine=$(cat "$N/kubelet.pid" 2>/dev/null || true)
+  for p in $(pgrep -x kubelet || true); do [ "$p" = "$mine" ] || echo "$p"; done
+}
+
+# assign_pod_cidr: writes the instance's pod range into its Node (spec.podCIDR is set once; the
+# controller-manager's nodeipam is off in this test bed, so nobody else assigns it).
+assign_pod_cidr() {
+  local cur
+  cur=$("${KUBECTL[@]}" get node "$NODE" -o jsonpath='{.spec.podCIDR}')
+  if [ -z "$cur" ]; then
+    "${KUBECTL[@]}" patch node "$NODE" --type merge \
+      -p "{\"spec\":{\"podCIDR\":\"$POD_RANGE\",\"podCIDRs\":[\"$POD_RANGE\"]}}" >/dev/null \
+      || die "cannot set spec.podCIDR of node $NODE"
+  elif [ "$cur" != "$POD_RANGE" ]; then
+    die "node $NODE already has podCIDR $cur, not $POD_RANGE: delete the Node (kubectl delete node $NODE)"
+  fi
 }
 
 status() {
@@ -422,7 +595,7 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;; stop) stop ;; status) status ;;
+  start) start ;; stop) stop ;; status) status ;; name) echo "$NODE" ;;
   import-image) [ -n "${2:-}" ] || die "usage: $0 import-image OCI.tar"; import_image "$2" ;;
-  *) die "usage: $0 start|stop|status|import-image OCI.tar" ;;
+  *) die "usage: $0 start|stop|status|name|import-image OCI.tar" ;;
 esac

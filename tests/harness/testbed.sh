@@ -24,8 +24,16 @@ start() {
   # K3SVIRT_TESTBED_NODE=0 leaves the node out (no kubelet, containerd, kube-proxy, CoreDNS): for a
   # second checkout's test bed on a machine whose one node another test bed runs. Tests that need
   # the node then fail with its absence; CI and scripts/test.sh always run it.
+  # K3SVIRT_TESTBED_NODE_INSTANCE=i (1..99) makes node instance i (node.sh: own netns, no kube-proxy
+  # or CoreDNS) the test bed's node instead of the machine's primary one: a second checkout's test
+  # bed with a kubelet of its own, on a machine whose primary node another test bed runs.
+  local instance=${K3SVIRT_TESTBED_NODE_INSTANCE:-0} node_state="$K3SVIRT_STATE/node"
   if [ "${K3SVIRT_TESTBED_NODE:-1}" = 0 ]; then
     log "node left out (K3SVIRT_TESTBED_NODE=0)"
+  elif [ "$instance" != 0 ]; then
+    K3SVIRT_NODE_INSTANCE=$instance bash "$HARNESS_DIR/node.sh" start >&2
+    K3SVIRT_NODE_NAME=$(K3SVIRT_NODE_INSTANCE=$instance bash "$HARNESS_DIR/node.sh" name)
+    node_state="$K3SVIRT_STATE/node-$instance"
   else
     bash "$HARNESS_DIR/node.sh" start >&2
   fi
@@ -41,11 +49,12 @@ K3SVIRT_GUEST_KERNEL=$(sed -n 1p <<<"$guest")
 K3SVIRT_GUEST_INITRD=$(sed -n 2p <<<"$guest")
 K3SVIRT_NODE_NAME=$K3SVIRT_NODE_NAME
 K3SVIRT_TESTBED_NODE_IP=$K3SVIRT_TESTBED_NODE_IP
-K3SVIRT_CONTAINERD_ADDRESS=$K3SVIRT_STATE/node/containerd/containerd.sock
+K3SVIRT_CONTAINERD_ADDRESS=$node_state/containerd/containerd.sock
 ENV
 }
 
 stop() {
+  [ "${K3SVIRT_TESTBED_NODE_INSTANCE:-0}" = 0 ] || K3SVIRT_NODE_INSTANCE=$K3SVIRT_TESTBED_NODE_INSTANCE bash "$HARNESS_DIR/node.sh" stop
   bash "$HARNESS_DIR/node.sh" stop
   bash "$HARNESS_DIR/controlplane.sh" stop
   bash "$HARNESS_DIR/libvirt.sh" stop

@@ -1,0 +1,78 @@
+"""Dedicated cores: the kubelet's exclusive CPUs read from a pod's cpuset cgroup (fixture trees in
+the v1 and v2 layouts, below /kubepods and below a kubelet's cgroupRoot), the exclusivity check, the
+emulator's CPUs, the pinning, and the topology preference on the N305 fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from k3svirt_operator import cpupin, cputopo
+from test_cputopo import fake_sys  # the sysfs fixture writer (test modules sit on sys.path)
+
+UID = "3f1c5a9e-0000-4000-8000-000000000001"
+CID = "a" * 64
+
+
+def pod(running: bool = True) -> dict:
+    state = {"running": {"startedAt": "now"}} if running else {"waiting": {"reason": "ContainerCreating"}}
+    return {"metadata": {"uid": UID}, "status": {"containerStatuses": [
+        {"name": "reserve", "containerID": f"containerd://{CID}", "state": state}]}}  # fmt: skip
+
+
+def cgroup_tree(root: Path, parent: str, pod_cpus: str, container_cpus: str, v2: bool = False) -> Path:
+    base = root if v2 else root / "cpuset"
+    d = base / parent / f"pod{UID}" / CID
+    d.mkdir(parents=True)
+    name = "cpuset.cpus.effective" if v2 else "cpuset.cpus"
+    (d.parent / name).write_text(pod_cpus + "\n")
+    (d / name).write_text(container_cpus + "\n")
+    return root
+
+
+@pytest.mark.parametrize(("parent", "v2"), [("kubepods", False), ("k3svirt-n1/kubepods", False), ("kubepods", True)])
+def test_the_containers_cpuset_is_read_below_kubepods_or_a_cgroup_root(tmp_path, parent, v2):
+    root = cgroup_tree(tmp_path, parent, "0-7", "4-7", v2=v2)
+    got = cpupin.read_assignment(pod(), root)
+    assert got == cpupin.Assignment([4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7])
+    assert cpupin.check(got, 4) == [4, 5, 6, 7]
+
+
+def test_nothing_is_read_before_the_container_runs(tmp_path):
+    root = cgroup_tree(tmp_path, "kubepods", "0-1", "1")
+    assert cpupin.read_assignment(pod(running=False), root) is None
+    assert cpupin.read_assignment({"metadata": {"uid": UID}}, root) is None
+
+
+def test_a_kubelet_without_the_static_policy_gives_no_exclusive_cpus():
+    # The container may use the whole pod set: shared CPUs, however many there are.
+    with pytest.raises(cpupin.NotExclusive, match="cpuManagerPolicy: static"):
+        cpupin.check(cpupin.Assignment([0, 1], [0, 1]), 2)
+    with pytest.raises(cpupin.NotExclusive):
+        cpupin.check(cpupin.Assignment([1], [0, 1]), 2)  # fewer than asked
+
+
+def test_emulator_threads_go_to_the_housekeeping_cpus_else_to_the_rest():
+    a = cpupin.Assignment([1], [0, 1])
+    assert cpupin.emulator_cpus(a, "0") == "0"
+    assert cpupin.emulator_cpus(a, "") == "0"
+    assert cpupin.emulator_cpus(cpupin.Assignment([0, 1], [0, 1]), "") == "0,1"
+
+
+def test_the_assignment_becomes_the_specs_pinning():
+    spec = {"cpu": {"cores": 2, "dedicatedCores": 2}, "memory": {"size": "1Gi"}}
+    pinned = cpupin.with_pins(spec, [5, 4], "0")
+    assert pinned["cpu"] == {"cores": 2, "dedicatedCpuSet": "4,5", "emulatorCpuSet": "0"}
+    assert spec["cpu"]["dedicatedCores"] == 2  # the input is not changed
+
+
+def test_the_l2_preference_says_when_the_kubelet_split_a_module(tmp_path):
+    n305 = cputopo.read(fake_sys(tmp_path, [[0, 1, 2, 3], [4, 5, 6, 7]]))
+    assert cpupin.preference_note(n305, cpupin.Assignment([4, 5, 6, 7], list(range(8)))) is None
+    note = cpupin.preference_note(n305, cpupin.Assignment([2, 3, 4, 5], list(range(8))))
+    assert note is not None and "2 L2 clusters" in note and "would span 1" in note
+
+
+def test_this_machine_has_a_readable_topology():
+    cpus = cputopo.read()
+    assert cpus and cpupin.preference_note(cpus, cpupin.Assignment([cpus[-1].id], [c.id for c in cpus])) is None
