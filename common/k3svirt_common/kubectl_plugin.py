@@ -6,6 +6,8 @@ with `kubectl_complete-k3svirt`, which kubectl runs for shell completion of plug
     kubectl k3svirt start|stop|restart NAME [--wait]     (stop/start like virtctl: runStrategy)
     kubectl k3svirt stats NAME                           (the VM's live figures)
     kubectl k3svirt ssh [USER@]NAME [-- SSH ARGS...]     (ssh to the VM's first IP address)
+    kubectl k3svirt expose NAME --port P [--target-port T] [--type NodePort] [--node-port N]
+                                                         (a Service in front of the VM: docs/services.md)
     kubectl k3svirt completion bash|zsh
 
 It never opens libvirt: every command reads or patches VirtualMachine objects, so it works with
@@ -25,12 +27,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import names
+from . import names, vmservice
 from .kube import ApiError, Client, load_config
-from .kube.paths import group_path
+from .kube.paths import core_path, group_path
 
 PROG = "kubectl k3svirt"
-COMMANDS = ("start", "stop", "restart", "stats", "ssh", "completion")
+COMMANDS = ("start", "stop", "restart", "stats", "ssh", "expose", "completion")
 STATS_TIMEOUT = 5.0
 # stop/start on a Manual VM cannot change runStrategy (the operator never acts on it by itself):
 # they become one-shot action requests, as restart always is.
@@ -79,6 +81,33 @@ def ssh_argv(target: str, vm: dict[str, Any], extra: Sequence[str], ssh: str = "
     user, _, _ = target.rpartition("@")
     ip = first_address(vm)
     return [ssh, *(["-l", user] if user else []), *extra, ip]
+
+
+def expose_service(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
+    """The Service `expose` creates: selector-less, annotated with the selector of exactly this VM."""
+    port: dict[str, Any] = {"name": args.port_name or f"p{args.port}", "port": args.port,
+                            "targetPort": args.target_port or args.port, "protocol": args.protocol}  # fmt: skip
+    if args.node_port is not None:
+        if args.type != "NodePort":
+            raise PluginError("--node-port needs --type NodePort")
+        port["nodePort"] = args.node_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": args.service_name or args.name,
+            "namespace": namespace,
+            "annotations": {vmservice.ANNOTATION_VM_SELECTOR: vmservice.vm_name_selector(args.name)},
+        },
+        "spec": {"type": args.type, "ports": [port]},
+    }
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return value
 
 
 def flatten(figures: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -139,6 +168,15 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("ssh", help="ssh to the VM's first IP address (status.interfaces)")
     c.add_argument("target", help="[USER@]NAME")
     c.add_argument("ssh_args", nargs=argparse.REMAINDER, help="after --: arguments for ssh itself")
+    c = sub.add_parser("expose", help="create a Service in front of the VM (ClusterIP or NodePort)")
+    c.add_argument("name", help="VirtualMachine name")
+    c.add_argument("--port", type=_port, required=True, help="the Service's port")
+    c.add_argument("--target-port", type=_port, help="the VM's port (default: --port)")
+    c.add_argument("--protocol", choices=vmservice.PROTOCOLS, default="TCP")
+    c.add_argument("--type", choices=("ClusterIP", "NodePort"), default="ClusterIP")
+    c.add_argument("--node-port", type=_port, help="a fixed host port (NodePort: the host's port forwarding)")
+    c.add_argument("--name", dest="service_name", help="the Service's name (default: the VM's)")
+    c.add_argument("--port-name", help="the port's name (default p<port>)")
     c = sub.add_parser("completion", help="print a shell completion script")
     c.add_argument("shell", choices=("bash", "zsh"))
     return p
@@ -212,6 +250,17 @@ def run_ssh(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 127  # not reached
 
 
+def run_expose(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client, ns = _client(args)
+    _get_vm(client, ns, args.name)  # as kubectl expose: the object must exist
+    body = expose_service(args, ns)
+    created = client.create(core_path("services", ns), body)
+    ports = created.get("spec", {}).get("ports") or [{}]
+    node_port = f" (node port {ports[0]['nodePort']})" if ports[0].get("nodePort") else ""
+    out(f"service/{created['metadata']['name']} exposed{node_port}")
+    return 0
+
+
 def complete(words: Sequence[str], list_vms: Callable[[], list[str]]) -> list[str]:
     """Candidates for the last word (kubectl_complete-k3svirt protocol: one per line, then a
     ':<directive>' line; 4 = no file completion)."""
@@ -222,7 +271,7 @@ def complete(words: Sequence[str], list_vms: Callable[[], list[str]]) -> list[st
     prefix = words[-1] if words else ""
     if command == "completion":
         return [s for s in ("bash", "zsh") if s.startswith(prefix)]
-    if command in ("start", "stop", "restart", "stats", "ssh") and len(positional) == 1:
+    if command in ("start", "stop", "restart", "stats", "ssh", "expose") and len(positional) == 1:
         user, at, partial = prefix.rpartition("@")
         return [f"{user}{at}{n}" for n in list_vms() if n.startswith(partial)]
     return []
@@ -262,7 +311,8 @@ def complete_main(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    run = {"start": run_power, "stop": run_power, "restart": run_power, "stats": run_stats, "ssh": run_ssh}
+    run = {"start": run_power, "stop": run_power, "restart": run_power, "stats": run_stats, "ssh": run_ssh,
+           "expose": run_expose}  # fmt: skip
     try:
         if args.command == "completion":
             print(BASH_COMPLETION if args.shell == "bash" else ZSH_COMPLETION, end="")

@@ -17,6 +17,7 @@ VM_KIND, VM_PLURAL = "VirtualMachine", "virtualmachines"
 VMTEMPLATE_KIND, VMTEMPLATE_PLURAL = "VMTemplate", "vmtemplates"
 PCIPASSTHROUGH_KIND, PCIPASSTHROUGH_PLURAL = "PCIPassthrough", "pcipassthroughs"
 NODEPCIINVENTORY_KIND, NODEPCIINVENTORY_PLURAL = "NodePCIInventory", "nodepciinventories"
+VMUSAGE_KIND, VMUSAGE_PLURAL = "VMUsage", "vmusages"  # usage records (docs/metering.md)
 
 PLURALS: dict[str, str] = {
     VM_KIND: VM_PLURAL,

@@ -64,6 +64,14 @@ class Settings:
     reservation_image: str = "localhost/k3svirt/pause:3.10"
     worker_threads: int = 32
     aio_max_nr: int = 1 << 20
+    # Services that select VMs (vmservices.py): admit Service traffic into the VM networks with an
+    # iptables chain of this node's own (off only where another firewall does it).
+    service_firewall: bool = True
+    # Usage metering (metering.py, usage.py; docs/metering.md): bucket length, completed buckets kept
+    # per VM (35 days of hours), and how often the open bucket is checkpointed.
+    usage_bucket_seconds: int = 3600
+    usage_retention_buckets: int = 840
+    usage_checkpoint_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +116,10 @@ class Settings:
             worker_threads=int(env("K3SVIRT_WORKER_THREADS", "32")),
             # fs.aio-max-nr the node is raised to (nodelimits.py); 0 leaves it alone.
             aio_max_nr=int(env("K3SVIRT_AIO_MAX_NR", str(1 << 20))),
+            service_firewall=env("K3SVIRT_SERVICE_FIREWALL", "on").strip().lower() not in ("off", "false", "0", "no"),
+            usage_bucket_seconds=int(_positive_float(source, "K3SVIRT_USAGE_BUCKET_SECONDS", 3600.0)),
+            usage_retention_buckets=int(_positive_float(source, "K3SVIRT_USAGE_RETENTION_BUCKETS", 840.0)),
+            usage_checkpoint_seconds=_positive_float(source, "K3SVIRT_USAGE_CHECKPOINT_SECONDS", 60.0),
         )
 
 

@@ -61,8 +61,8 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator_env(testbed: dict[str, str], **extra: str) -> dict[str, str]:
+    """The e2e operator's environment, with a test's own settings on top."""
     env = {
         **os.environ,
         **testbed,
@@ -79,7 +79,12 @@ def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         # one of a machine without a kubelet (development). With the node (CI, scripts/test.sh) the
         # operator uses the default: reservations on.
         env["K3SVIRT_RESERVATIONS"] = "off"
-    op = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    op = Operator(operator_env(testbed), tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op
     op.stop()
