@@ -16,6 +16,7 @@ import pytest
 from tests.node.test_node import busybox, busybox_pod, used_namespaces  # noqa: F401 (fixtures)
 
 from .conftest import get_json, kubectl, tiny_vm, wait_until
+from .test_kubectl_plugin import plugin
 
 BANNER = "K3SVIRT-SVC-HELLO"
 # The guest answers every connection to port 8080 with the banner, and 9090 with another one (a
@@ -112,6 +113,13 @@ def test_service_reaches_vm_by_nodeport_and_from_a_pod(
     wait_until(finished, 120, "the client pod did not finish")
     out = dict(line.split(":", 1) for line in kubectl(kubeconfig, "logs", "-n", ns, "client").stdout.splitlines())
     assert out == {"dns": BANNER, "nodeport": BANNER, "direct": "", "other": ""}, out
+
+    # kubectl k3svirt expose: a second Service for exactly this VM (by its name), NodePort.
+    out = plugin(kubeconfig, "-n", ns, "expose", name, "--port", "81", "--target-port", "8080", "--type", "NodePort",
+                 "--name", "byname").stdout  # fmt: skip
+    assert out.startswith("service/byname exposed (node port "), out
+    by_name = get_json(kubeconfig, "service", "byname", "-n", ns)["spec"]["ports"][0]["nodePort"]
+    assert wait_until(lambda: banner_from("127.0.0.1", by_name) == BANNER, 90, "the exposed VM's NodePort")
 
     # Stopping the VM takes its endpoint away (the slice stays while the VM exists) ...
     kubectl(kubeconfig, "patch", "vm", name, "-n", ns, "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
