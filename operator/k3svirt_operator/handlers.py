@@ -543,8 +543,10 @@ def node_names(name: str, **_: Any) -> dict[None, str]:
 @kopf.on.event(names.GROUP, names.VERSION, names.VM_PLURAL)
 @kopf.on.event("", "v1", "services")
 @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels=OUR_SLICES)
-def vm_service_inputs_changed(namespace: str, vm_services: kopf.Index, vm_endpoints: kopf.Index,
-                              vm_slices: kopf.Index, node_names: kopf.Index, **_: Any) -> None:  # fmt: skip
+async def vm_service_inputs_changed(namespace: str, vm_services: kopf.Index, vm_endpoints: kopf.Index,
+                                    vm_slices: kopf.Index, node_names: kopf.Index, **_: Any) -> None:  # fmt: skip
+    """async: runs in the event loop, where the sync loop's asyncio.Event may be set (kopf runs a
+    plain def in a worker thread)."""
     SERVICE_SYNC.attach(vm_services, vm_endpoints, vm_slices, node_names)
     SERVICE_SYNC.mark(namespace)
 

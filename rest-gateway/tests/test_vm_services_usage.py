@@ -6,6 +6,8 @@ import pytest
 from k3svirt_common import names, vmservice
 from k3svirt_gateway.k8s import core_path, group_path
 
+from tests.polling import wait_until
+
 SPEC = {"memory": {"size": "64Mi"}, "cpu": {"cores": 1}}
 
 
@@ -110,3 +112,18 @@ def test_usage_refuses_bad_queries(client, admin, namespace, query, field):
     r = client.get(f"/api/v1/usage?namespace={namespace}&{query}", headers=admin)
     assert r.status_code == 400, r.json
     assert r.json["errors"][0]["field"] == field
+
+
+def test_vm_list_shows_the_addresses_of_status_interfaces(app, client, admin, namespace):
+    assert client.post(f"/api/v1/vms?namespace={namespace}", headers=admin,
+                       json={"name": "ipvm", "spec": SPEC}).status_code == 201  # fmt: skip
+    interfaces = [{"name": "default", "macAddress": "52:54:00:00:00:01"},
+                  {"name": "lan", "macAddress": "52:54:00:00:00:02", "ipAddress": "10.0.0.7"}]  # fmt: skip
+    app.extensions["k3svirt.kube"].patch(group_path(names.GROUP, names.VERSION, names.VM_PLURAL, namespace, "ipvm",
+                                                    "status"), {"status": {"interfaces": interfaces}})  # fmt: skip
+
+    def listed() -> dict:
+        return next(v for v in client.get(f"/api/v1/vms?namespace={namespace}", headers=admin).json["items"])
+
+    item = wait_until(lambda: listed() if listed().get("ipAddress") else None, 30, "the list cache lagged")
+    assert item["ipAddress"] == "10.0.0.7" and item["interfaces"] == interfaces

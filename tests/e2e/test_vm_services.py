@@ -121,6 +121,19 @@ def test_service_reaches_vm_by_nodeport_and_from_a_pod(
     by_name = get_json(kubeconfig, "service", "byname", "-n", ns)["spec"]["ports"][0]["nodePort"]
     assert wait_until(lambda: banner_from("127.0.0.1", by_name) == BANNER, 90, "the exposed VM's NodePort")
 
+    # A second node (an object only, tainted so nothing lands there): the VM's NAT address is not
+    # reachable from it, so the endpoint goes and a Warning says why; back once the node is gone.
+    other = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"other-{ns}"},
+             "spec": {"taints": [{"key": "k3svirt.io/test-only", "effect": "NoSchedule"}]}}  # fmt: skip
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(other))
+    try:
+        wait_until(lambda: ready_endpoint() is None, 90, "the node-local address stayed published")
+        events = get_json(kubeconfig, "events", "-n", ns, "--field-selector", "involvedObject.name=banner")["items"]
+        assert any(e["reason"] == "VMAddressNodeLocal" and name in e["message"] for e in events), events
+    finally:
+        kubectl(kubeconfig, "delete", "node", other["metadata"]["name"], "--wait=false")
+    assert wait_until(ready_endpoint, 90, "the endpoint did not come back") == ip
+
     # Stopping the VM takes its endpoint away (the slice stays while the VM exists) ...
     kubectl(kubeconfig, "patch", "vm", name, "-n", ns, "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
     wait_until(lambda: [s.get("endpoints") or [] for s in slices(kubeconfig, ns, "banner")] == [[]], 120,
