@@ -136,6 +136,14 @@ def usage_between(prev: Reading | None, cur: Reading) -> dict[str, float]:
     return out
 
 
+def _clocks_agree(prev: Reading | None, cur: Reading) -> bool:
+    """Same domain, and wall and monotonic clocks measured the same interval (no clock jump)."""
+    if prev is None or prev.boot_id != cur.boot_id or prev.dom_id != cur.dom_id:
+        return False
+    mono, wall = cur.monotonic - prev.monotonic, cur.wall - prev.wall
+    return 0 <= mono <= MAX_GAP_SECONDS and abs(wall - mono) <= max(2.0, 0.01 * mono)
+
+
 def bucket_start(wall: float, bucket_seconds: int) -> int:
     return int(math.floor(wall / bucket_seconds) * bucket_seconds)
 
@@ -171,18 +179,38 @@ class VMMeter:
         return False
 
     def observe(self, reading: Reading) -> bool:
-        """Adds the usage since the baseline; True when a bucket was completed (persist now)."""
-        completed = self.tick(reading.wall)
+        """Adds the usage since the baseline; True when a bucket was completed (persist now).
+
+        An interval that crosses bucket ends (a gap while the operator restarted, a slow round) is
+        shared out by wall time, as if used evenly: each bucket it spans gets its part, the buckets
+        in between too. Only when both clocks agree about the interval; after a clock jump, and for a
+        new domain (no interval known), everything goes to the bucket of the reading."""
+        reading = reading.fill_from(self.baseline)
+        used, prev = usage_between(self.baseline, reading), self.baseline
+        self.baseline = reading
+        completed = False
+        if self.open_start is not None and _clocks_agree(prev, reading):
+            assert prev is not None
+            span = reading.wall - prev.wall
+            while self.open_start is not None and reading.wall >= self.open_start + self.bucket_seconds:
+                end = self.open_start + self.bucket_seconds
+                share = max(0.0, end - max(prev.wall, self.open_start)) / span if span > 0 else 0.0
+                for key, value in used.items():
+                    self.open[key] += value * share
+                    used[key] = value * (1 - share) if share < 1 else 0.0
+                prev = replace(prev, wall=end)
+                span = reading.wall - end
+                self._complete_open()
+                self.open_start, completed = end, True  # the next bucket follows without a hole
+        completed = self.tick(reading.wall) or completed
         if self.open_start is None:
             start = bucket_start(reading.wall, self.bucket_seconds)
             last = self._last_completed_start()
             if last is not None and start <= last:  # the clock went back: never reopen a completed bucket
                 start = last + self.bucket_seconds
             self.open_start = start
-        reading = reading.fill_from(self.baseline)
-        for key, value in usage_between(self.baseline, reading).items():
+        for key, value in used.items():
             self.open[key] += value
-        self.baseline = reading
         return completed
 
     def forget_baseline(self) -> None:

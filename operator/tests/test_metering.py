@@ -43,9 +43,8 @@ def test_buckets_add_up_to_the_counters_and_the_clock():
     # 300 s of 1 GiB = 300/3600 GiB-hours; 1 GB disk likewise
     assert total(m, "memoryAllocatedGiBHours") == pytest.approx(300 / 3600)
     assert total(m, "diskGBHours") == pytest.approx(300 / 3600)
-    # 60 s at half a CPU each; an interval's usage goes to the bucket its end falls in, so the first
-    # bucket holds 59 intervals (its first reading is the baseline).
-    assert [b["cpuSeconds"] for b in m.completed] == pytest.approx([29.5, 30.0, 30.0, 30.0, 30.0])
+    # 60 s at half a CPU each: usage is shared out by wall time, [start, start + 60 s)
+    assert [b["cpuSeconds"] for b in m.completed] == pytest.approx([30.0] * 5)
     starts = [parse_time(b["start"]) for b in m.completed]
     assert starts == [T0 + i * B for i in range(5)]
 
@@ -131,3 +130,18 @@ def test_status_round_trip_and_hostile_checkpoints():
     assert VMMeter.from_status("ns", broken, retention=1000).baseline is None
     assert VMMeter.from_status("ns", {"buckets": [1, "x", {"no": "start"}]}, retention=5).completed == []
     assert set(FIELDS) <= set(m.to_status("n")["open"])
+
+
+def test_a_gap_across_bucket_ends_is_shared_out_by_wall_time():
+    m = meter()
+    run(m, 50)  # open bucket T0, readings up to T0+50 (cpu 25)
+    # The operator was away 100 s: the next reading, same domain, covers [T0+50, T0+150).
+    m.observe(reading(250.0, T0 + 150, 75.0))
+    assert [parse_time(b["start"]) for b in m.completed] == [T0, T0 + 60]  # the bucket in between too
+    assert [b["cpuSeconds"] for b in m.completed] == pytest.approx([25.0 + 5.0, 30.0])
+    assert m.open["cpuSeconds"] == pytest.approx(15.0)
+    assert total(m, "memoryAllocatedGiBHours") == pytest.approx(150 / 3600)
+    # After a clock jump nothing is shared out: wall 1 h ahead, 1 s by the monotonic clock.
+    m.observe(reading(251.0, T0 + 3750, 75.5))
+    assert [b["cpuSeconds"] for b in m.completed][-1] == pytest.approx(15.0)
+    assert m.open["cpuSeconds"] == pytest.approx(0.5)
