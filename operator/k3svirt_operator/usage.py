@@ -69,6 +69,7 @@ class UsageRecorder:
         self.boot = boot_id()
         self.meters: dict[str, VMMeter] = {}
         self._written: dict[str, float] = {}  # uid -> monotonic time of the last write
+        self._unsaved: set[str] = set()  # uids whose last write failed: written again every round
         self._last_round: float | None = None
         self._lock = threading.Lock()  # scrapes read the meters while a round updates them
 
@@ -101,18 +102,37 @@ class UsageRecorder:
                 if reading is None or not stats.ref.uid or not owned((stats.namespace, stats.name)):
                     continue
                 seen.add(stats.ref.uid)
-                meter = self.meters.get(stats.ref.uid)
-                if meter is None:
-                    meter = self.meters[stats.ref.uid] = VMMeter(
-                        stats.namespace, stats.name, stats.ref.uid, self.bucket_seconds, self.retention
-                    )
+                meter = self.meters.get(stats.ref.uid) or self._meter_for(stats)
                 if meter.observe(reading) or self._checkpoint_due(meter.uid):
                     due.append(meter)
-            for uid, meter in self.meters.items():  # stopped or deleted VMs: their buckets complete too
-                if uid not in seen and meter.tick(wall):
+            for uid, meter in list(self.meters.items()):  # stopped or deleted VMs: their buckets complete
+                if uid in seen:
+                    continue
+                if meter.tick(wall) or uid in self._unsaved:
                     due.append(meter)
+                elif meter.open_start is None:  # closed and saved: the records hold it (memory stays flat)
+                    del self.meters[uid]
+                    self._written.pop(uid, None)
         for meter in due:
             self.write(meter)
+
+    def _meter_for(self, stats: VMStats) -> VMMeter:
+        """A VM seen for the first time since start (or since its meter was put away): its records,
+        if it has some, are read first, so a VM started again continues them instead of overwriting."""
+        assert stats.ref.uid
+        meter = VMMeter(stats.namespace, stats.name, stats.ref.uid, self.bucket_seconds, self.retention)
+        try:
+            found = self.api.get(self._path(stats.namespace, usage_name(stats.name, stats.ref.uid)))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise  # the round fails and the next one tries again; nothing is lost meanwhile
+        else:
+            status = found.get("status") or {}
+            if (status.get("vm") or {}).get("uid") == stats.ref.uid:  # else created but never written
+                meter = VMMeter.from_status(stats.namespace, status, self.retention)
+                meter.bucket_seconds = self.bucket_seconds
+        self.meters[stats.ref.uid] = meter
+        return meter
 
     def _checkpoint_due(self, uid: str) -> bool:
         return time.monotonic() - self._written.get(uid, float("-inf")) >= self.checkpoint_seconds
@@ -136,10 +156,12 @@ class UsageRecorder:
                     if exc2.status != 409:
                         raise
                 self.api.patch(self._path(meter.namespace, name, "status"), {"status": status})
-        except ApiError as exc:  # kept in memory; the next round or checkpoint writes it again
+        except ApiError as exc:  # kept in memory; written again at the next round
             log.warning("usage not written", extra={"vm": f"{meter.namespace}/{meter.name}", "error": str(exc)})
+            self._unsaved.add(meter.uid)
             return
         self._written[meter.uid] = time.monotonic()
+        self._unsaved.discard(meter.uid)
 
     def flush(self) -> None:
         """Writes every meter (operator stopping): the open buckets' baselines are current."""

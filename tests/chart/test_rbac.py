@@ -112,8 +112,9 @@ def operator_needs() -> set[Perm]:
     if "names.VMUSAGE_PLURAL" in code:
         usage = (OPERATOR_SRC / "usage.py").read_text()
         assert "list_all(" in usage and ".create(" in usage and '"status")' in usage, "update this test"
+        assert "self.api.get(" in usage, "update this test"  # a VM seen again: its records are read
         need |= {(G, names.VMUSAGE_PLURAL, "list"), (G, names.VMUSAGE_PLURAL, "create"),
-                 (G, f"{names.VMUSAGE_PLURAL}/status", "patch")}  # fmt: skip
+                 (G, names.VMUSAGE_PLURAL, "get"), (G, f"{names.VMUSAGE_PLURAL}/status", "patch")}  # fmt: skip
     # Any other Kubernetes client use would need a rule the test does not know about.
     assert not re.search(r"client\.(CoreV1Api|AppsV1Api|RbacAuthorizationV1Api)\(", code), "update this test"
     return need
