@@ -84,6 +84,10 @@ def parse_selector(text: Any) -> tuple[Requirement, ...]:
         raise SelectorError("the selector must be a string")
     if len(text) > MAX_SELECTOR_CHARS:
         raise SelectorError(f"the selector is longer than {MAX_SELECTOR_CHARS} characters")
+    if re.search(r"\s(in|notin)\s*\(", text):  # before splitting: "(a,b)" holds commas
+        raise SelectorError(
+            f"{text[:80]!r}: set-based requirements (in, notin) are not supported; use k=v, k!=v, k or !k"
+        )
     parts = [p.strip() for p in text.split(",")]
     if not any(parts):
         raise SelectorError("the selector is empty (it would select every VM of the namespace)")
@@ -93,8 +97,6 @@ def parse_selector(text: Any) -> tuple[Requirement, ...]:
     for part in parts:
         if not part:
             raise SelectorError("the selector has an empty requirement (',,' or a trailing ',')")
-        if re.search(r"\s(in|notin)\s*\(", part):
-            raise SelectorError(f"{part!r}: set-based requirements (in, notin) are not supported; use k=v, k!=v, k, !k")
         if "!=" in part:
             key, value = part.split("!=", 1)
             out.append(Requirement(_check_key(key.strip()), "!=", _check_value(value.strip())))

@@ -566,6 +566,11 @@ async def _sync_vm_services(publisher: vmservices.Publisher) -> None:
                 SERVICE_SYNC.resync()
                 await shutdown.pause(2.0)
                 continue
+            except Exception:  # a surprise must not end Service publishing for the whole node
+                log.exception("VM service sync failed")
+                SERVICE_SYNC.resync()
+                await shutdown.pause(5.0)
+                continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(SERVICE_SYNC.wake.wait(), SETTINGS.resync_seconds)
 
@@ -580,6 +585,6 @@ async def _sync_namespaces(publisher: vmservices.Publisher, namespaces: set[str]
             result = await asyncio.to_thread(publisher.plan, view, list(vms.get(ns, ())), SETTINGS.node_name, single)
             await asyncio.to_thread(publisher.publish, (ns, name), result, current.get(name))
             for reason, message in SERVICE_SYNC.new_warnings((ns, name), result.warnings):
-                kopf.event(ref, type="Warning", reason=reason, message=message[:1000])
+                SERVICE_SYNC.post(kopf.event, ref, type="Warning", reason=reason, message=message[:1000])
         for name in set(current) - set(wanted):  # the annotation was removed (or the Service deleted)
             await asyncio.to_thread(publisher.withdraw, (ns, name), current[name])

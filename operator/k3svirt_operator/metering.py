@@ -189,7 +189,15 @@ class VMMeter:
         used, prev = usage_between(self.baseline, reading), self.baseline
         self.baseline = reading
         completed = False
-        if self.open_start is not None and _clocks_agree(prev, reading):
+        agree = _clocks_agree(prev, reading)
+        if self.open_start is None and agree:
+            # The open bucket was completed while the VM went unseen (an operator starting, a stale
+            # round): the interval continues right after it, from the bucket of the previous reading.
+            assert prev is not None
+            last = self._last_completed_start()
+            start = bucket_start(prev.wall, self.bucket_seconds)
+            self.open_start = max(start, last + self.bucket_seconds) if last is not None else start
+        if self.open_start is not None and agree:
             assert prev is not None
             span = reading.wall - prev.wall
             while self.open_start is not None and reading.wall >= self.open_start + self.bucket_seconds:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ipaddress
 import logging
 import time
@@ -71,6 +72,7 @@ class ServiceSync:
 
     def __init__(self) -> None:
         self.indexes: tuple[Any, Any, Any, Any] | None = None  # services, VMs, slices, node names
+        self.context = contextvars.copy_context()
         self.dirty: set[str] = set()
         self.everything = True
         self.wake = asyncio.Event()
@@ -78,10 +80,16 @@ class ServiceSync:
 
     def attach(self, services: Any, vms: Any, slices: Any, nodes: Any) -> None:
         """kopf hands its indexes to handlers only: the first event gives them to the loop (they are
-        live views, kept current by kopf)."""
+        live views, kept current by kopf), and its context, without which kopf.event cannot post
+        (kopf keeps its event queue in context variables of the handlers)."""
         if self.indexes is None:
             self.indexes = (services, vms, slices, nodes)
+            self.context = contextvars.copy_context()
         self.wake.set()
+
+    def post(self, poster: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Runs kopf.event (the `poster`) in the handlers' context."""
+        self.context.run(poster, *args, **kwargs)
 
     def mark(self, namespace: str) -> None:
         self.dirty.add(namespace)

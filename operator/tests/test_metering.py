@@ -145,3 +145,14 @@ def test_a_gap_across_bucket_ends_is_shared_out_by_wall_time():
     m.observe(reading(251.0, T0 + 3750, 75.5))
     assert [b["cpuSeconds"] for b in m.completed][-1] == pytest.approx(15.0)
     assert m.open["cpuSeconds"] == pytest.approx(0.5)
+
+
+def test_a_vm_unseen_for_a_while_keeps_consecutive_buckets():
+    m = meter()
+    run(m, 50)
+    m.tick(T0 + 70)  # the next operator's first rounds do not list the VM yet: its bucket completes
+    assert m.open_start is None
+    m.observe(reading(190.0, T0 + 90, 45.0))  # then it is seen again, same domain, 40 s later
+    assert [parse_time(b["start"]) for b in m.completed] == [T0]
+    assert parse_time(m.to_status("n")["open"]["start"]) == T0 + 60  # not T0 + 90's own bucket only
+    assert total(m, "cpuSeconds") == pytest.approx(45.0)

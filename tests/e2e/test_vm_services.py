@@ -77,7 +77,7 @@ def test_service_reaches_vm_by_nodeport_and_from_a_pod(
                     return ep["addresses"][0]
         return None
 
-    ip = wait_until(ready_endpoint, 300, "no ready endpoint for the VM (the guest boots emulated)")
+    ip = wait_until(ready_endpoint, 600, "no ready endpoint for the VM (the guest boots emulated)")
     got = get_json(kubeconfig, "vm", name, "-n", ns)
     assert got["status"]["interfaces"][0]["ipAddress"] == ip
     (sl,) = slices(kubeconfig, ns, "banner")
