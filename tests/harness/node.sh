@@ -122,6 +122,11 @@ unnode_network() {
   local ipt=(iptables -w -t mangle)
   while "${ipt[@]}" -D FORWARD -j "$FORWARD_GUARD" 2>/dev/null; do :; done
   if "${ipt[@]}" -F "$FORWARD_GUARD" 2>/dev/null; then "${ipt[@]}" -X "$FORWARD_GUARD"; fi
+  # The chain this node's operators kept for Services in front of VMs (vmfirewall.chain_name).
+  local svc
+  svc="K3SVIRT-SVC-$(printf %s "$NODE" | sha256sum | cut -c1-10)"
+  while iptables -w -D FORWARD -j "$svc" 2>/dev/null; do :; done
+  if iptables -w -F "$svc" 2>/dev/null; then iptables -w -X "$svc"; fi
   local dev
   for dev in cni0 "$NODE_IF"; do ip link del "$dev" 2>/dev/null || true; done
   rm -rf "$N/cni/ipam"
