@@ -36,7 +36,11 @@ class Operator:
             [str(REPO / ".venv/bin/k3svirt-operator")], env=self.env, stdout=out, stderr=subprocess.STDOUT
         )
         url = f"http://127.0.0.1:{self.env['K3SVIRT_METRICS_PORT']}/healthz"
-        wait_until(lambda: _http_ok(url), 90, f"operator did not come up; log: {self.log}")
+        try:
+            wait_until(lambda: _http_ok(url), 90, f"operator did not come up; log: {self.log}")
+        except AssertionError:
+            self.stop()  # a fixture that fails here never reaches its teardown: no operator left behind
+            raise
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
