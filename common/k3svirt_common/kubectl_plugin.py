@@ -9,6 +9,8 @@ with `kubectl_complete-k3svirt`, which kubectl runs for shell completion of plug
     kubectl k3svirt snapshot NAME [--name SNAP] [--wait] (a VirtualMachineSnapshot of the VM's disks)
     kubectl k3svirt restore NAME SNAP [--target NEW] [--wait]   (in place, or into a new VM NEW)
     kubectl k3svirt console NAME                         (serial console; Ctrl+] leaves)
+    kubectl k3svirt expose NAME --port P [--target-port T] [--type NodePort] [--node-port N]
+                                                         (a Service in front of the VM: docs/services.md)
     kubectl k3svirt completion bash|zsh
 
 It never opens libvirt: every command reads or patches VirtualMachine objects, so it works with
@@ -32,12 +34,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import console_ticket, names
+from . import console_ticket, names, vmservice
 from .kube import ApiError, Client, load_config
-from .kube.paths import group_path
+from .kube.paths import core_path, group_path
 
 PROG = "kubectl k3svirt"
-COMMANDS = ("start", "stop", "restart", "stats", "ssh", "console", "snapshot", "restore", "completion")
+COMMANDS = ("start", "stop", "restart", "stats", "ssh", "console", "snapshot", "restore", "expose", "completion")
 CONSOLE_KEY_SECRET = "k3svirt-system/k3svirt-console-key"
 ESCAPE = b"\x1d"  # Ctrl+], as virsh console
 STATS_TIMEOUT = 5.0
@@ -134,6 +136,33 @@ def ssh_argv(target: str, vm: dict[str, Any], extra: Sequence[str], ssh: str = "
     return [ssh, *(["-l", user] if user else []), *extra, ip]
 
 
+def expose_service(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
+    """The Service `expose` creates: selector-less, annotated with the selector of exactly this VM."""
+    port: dict[str, Any] = {"name": args.port_name or f"p{args.port}", "port": args.port,
+                            "targetPort": args.target_port or args.port, "protocol": args.protocol}  # fmt: skip
+    if args.node_port is not None:
+        if args.type != "NodePort":
+            raise PluginError("--node-port needs --type NodePort")
+        port["nodePort"] = args.node_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": args.service_name or args.name,
+            "namespace": namespace,
+            "annotations": {vmservice.ANNOTATION_VM_SELECTOR: vmservice.vm_name_selector(args.name)},
+        },
+        "spec": {"type": args.type, "ports": [port]},
+    }
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return value
+
+
 def flatten(figures: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Scalar leaves as ("memory.usedBytes", "1234") rows; list items by their name (disks, nics)."""
     if isinstance(figures, dict):
@@ -218,6 +247,15 @@ def parser() -> argparse.ArgumentParser:
                    help=f"NAMESPACE/NAME of the console key Secret (default {CONSOLE_KEY_SECRET})")  # fmt: skip
     c.add_argument("--quiet-exit", type=float, default=2.0,
                    help="stdin not a terminal: leave once stdin ended and output paused this long (s)")  # fmt: skip
+    c = sub.add_parser("expose", help="create a Service in front of the VM (ClusterIP or NodePort)")
+    c.add_argument("name", help="VirtualMachine name")
+    c.add_argument("--port", type=_port, required=True, help="the Service's port")
+    c.add_argument("--target-port", type=_port, help="the VM's port (default: --port)")
+    c.add_argument("--protocol", choices=vmservice.PROTOCOLS, default="TCP")
+    c.add_argument("--type", choices=("ClusterIP", "NodePort"), default="ClusterIP")
+    c.add_argument("--node-port", type=_port, help="a fixed host port (NodePort: the host's port forwarding)")
+    c.add_argument("--name", dest="service_name", help="the Service's name (default: the VM's)")
+    c.add_argument("--port-name", help="the port's name (default p<port>)")
     c = sub.add_parser("completion", help="print a shell completion script")
     c.add_argument("shell", choices=("bash", "zsh"))
     return p
@@ -443,6 +481,17 @@ def _console_session(ws: Any, interactive: bool, quiet_exit: float, closed: type
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
 
 
+def run_expose(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client, ns = _client(args)
+    _get_vm(client, ns, args.name)  # as kubectl expose: the object must exist
+    body = expose_service(args, ns)
+    created = client.create(core_path("services", ns), body)
+    ports = created.get("spec", {}).get("ports") or [{}]
+    node_port = f" (node port {ports[0]['nodePort']})" if ports[0].get("nodePort") else ""
+    out(f"service/{created['metadata']['name']} exposed{node_port}")
+    return 0
+
+
 def complete(words: Sequence[str], list_vms: Callable[[], list[str]]) -> list[str]:
     """Candidates for the last word (kubectl_complete-k3svirt protocol: one per line, then a
     ':<directive>' line; 4 = no file completion)."""
@@ -453,10 +502,8 @@ def complete(words: Sequence[str], list_vms: Callable[[], list[str]]) -> list[st
     prefix = words[-1] if words else ""
     if command == "completion":
         return [s for s in ("bash", "zsh") if s.startswith(prefix)]
-    if (
-        command in ("start", "stop", "restart", "stats", "ssh", "console", "snapshot", "restore")
-        and len(positional) == 1
-    ):
+    takes_vm = ("start", "stop", "restart", "stats", "ssh", "console", "snapshot", "restore", "expose")
+    if command in takes_vm and len(positional) == 1:
         user, at, partial = prefix.rpartition("@")
         return [f"{user}{at}{n}" for n in list_vms() if n.startswith(partial)]
     return []
@@ -505,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "console": run_console,
         "snapshot": run_snapshot,
         "restore": run_restore,
+        "expose": run_expose,
     }
     try:
         if args.command == "completion":

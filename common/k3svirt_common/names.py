@@ -21,6 +21,7 @@ PCIVF_POLICY_KIND, PCIVF_POLICY_PLURAL = "PCIVirtualFunctionPolicy", "pcivirtual
 NODETUNING_KIND, NODETUNING_PLURAL = "NodeTuning", "nodetunings"
 VMSNAPSHOT_KIND, VMSNAPSHOT_PLURAL = "VirtualMachineSnapshot", "virtualmachinesnapshots"
 VMRESTORE_KIND, VMRESTORE_PLURAL = "VirtualMachineRestore", "virtualmachinerestores"
+VMUSAGE_KIND, VMUSAGE_PLURAL = "VMUsage", "vmusages"  # usage records (docs/metering.md)
 
 PLURALS: dict[str, str] = {
     VM_KIND: VM_PLURAL,

@@ -3,9 +3,11 @@ from k3svirt_common.kubectl_plugin import (
     PluginError,
     action_done,
     complete,
+    expose_service,
     finished,
     flatten,
     namespace_flag,
+    parser,
     power_patch,
     restore_object,
     snapshot_object,
@@ -80,3 +82,19 @@ def test_finished_raises_the_failure_reason():
     failed = {**ok, "status": {"phase": "Failed", "conditions": [cond]}}
     with pytest.raises(PluginError, match="VolumeNotSnapshottable: spec.disks"):
         finished(failed, "Ready")
+
+
+def test_expose_builds_a_selector_less_service_for_exactly_that_vm():
+    args = parser().parse_args(["expose", "web1", "--port", "22", "--type", "NodePort", "--node-port", "30022"])
+    svc = expose_service(args, "team-a")
+    assert svc["metadata"] == {"name": "web1", "namespace": "team-a",
+                               "annotations": {"k3svirt.io/vm-selector": "k3svirt.io/vm-name=web1"}}  # fmt: skip
+    assert "selector" not in svc["spec"] and svc["spec"]["type"] == "NodePort"
+    assert svc["spec"]["ports"] == [{"name": "p22", "port": 22, "targetPort": 22, "protocol": "TCP", "nodePort": 30022}]
+    args = parser().parse_args(["expose", "web1", "--port", "80", "--target-port", "8080", "--name", "web"])
+    assert expose_service(args, "ns")["spec"]["ports"][0]["targetPort"] == 8080
+    with pytest.raises(PluginError, match="NodePort"):
+        expose_service(parser().parse_args(["expose", "web1", "--port", "22", "--node-port", "30022"]), "ns")
+    for bad in (["--port", "0"], ["--port", "70000"], ["--port", "x"], ["--port", "22", "--protocol", "ICMP"], []):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["expose", "web1", *bad])

@@ -85,6 +85,14 @@ class Settings:
     # Serial consoles over WebSocket (console.py), on metrics_addr: off unless the key file is set.
     console_key_file: str | None = None
     console_port: int = 9471
+    # Services that select VMs (vmservices.py): admit Service traffic into the VM networks with an
+    # iptables chain of this node's own (off only where another firewall does it).
+    service_firewall: bool = True
+    # Usage metering (metering.py, usage.py; docs/metering.md): bucket length, completed buckets kept
+    # per VM (35 days of hours), and how often the open bucket is checkpointed.
+    usage_bucket_seconds: int = 3600
+    usage_retention_buckets: int = 840
+    usage_checkpoint_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +147,10 @@ class Settings:
             # The console ticket key shared with the gateway (the mounted Secret k3svirt-console-key).
             console_key_file=env("K3SVIRT_CONSOLE_KEY_FILE") or None,
             console_port=int(env("K3SVIRT_CONSOLE_PORT", "9471")),
+            service_firewall=env("K3SVIRT_SERVICE_FIREWALL", "on").strip().lower() not in ("off", "false", "0", "no"),
+            usage_bucket_seconds=int(_positive_float(source, "K3SVIRT_USAGE_BUCKET_SECONDS", 3600.0)),
+            usage_retention_buckets=int(_positive_float(source, "K3SVIRT_USAGE_RETENTION_BUCKETS", 840.0)),
+            usage_checkpoint_seconds=_positive_float(source, "K3SVIRT_USAGE_CHECKPOINT_SECONDS", 60.0),
         )
 
     def console_endpoint(self, namespace: str, name: str) -> str | None:

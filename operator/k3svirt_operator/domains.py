@@ -188,16 +188,19 @@ def undefine(dom: libvirt.virDomain) -> None:
 
 
 def lease_addresses(dom: libvirt.virDomain) -> dict[str, str]:
-    """MAC -> IPv4 from the DHCP leases of libvirt's networks (empty when unknown)."""
+    """MAC -> IPv4 from the DHCP leases of libvirt's networks, else (bridged interfaces, whose DHCP
+    server libvirt does not run) from the host's ARP table: what the guest itself answered from.
+    Empty when unknown."""
     out: dict[str, str] = {}
-    try:
-        ifaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0) or {}
-    except libvirt.libvirtError:
-        return out
-    for info in ifaces.values():
-        for addr in info.get("addrs") or []:
-            if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
-                out[(info.get("hwaddr") or "").lower()] = addr["addr"]
+    for source in (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP):
+        try:
+            ifaces = dom.interfaceAddresses(source, 0) or {}
+        except libvirt.libvirtError:
+            continue
+        for info in ifaces.values():
+            for addr in info.get("addrs") or []:
+                if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    out.setdefault((info.get("hwaddr") or "").lower(), addr["addr"])
     return out
 
 

@@ -9,6 +9,7 @@ other nodes never strip ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import logging
@@ -18,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
-from k3svirt_common import console_ticket, names, templates
+from k3svirt_common import console_ticket, names, templates, vmservice
 from k3svirt_common import reservation as rsv
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
 from . import accel as accel_mod
-from . import image_cache, nodelimits, pci, shutdown, stats, vanished, vmstate, vmstatus
+from . import image_cache, nodelimits, pci, shutdown, stats, usage, vanished, vmservices, vmstate, vmstatus
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .reservations import Reservations
@@ -31,6 +32,7 @@ from .runtime import Runtime
 from .snapshot_worker import SnapshotWorker
 from .startqueue import StartQueue, StartQueueMetrics
 from .vm_reconciler import Event, Result, VMReconciler
+from .vmfirewall import Firewall
 
 # A plain registry: kopf's default one imports the `kubernetes` package (~28 MiB) just to offer a
 # login through it; the operator logs in with k3svirt_common.kube's configuration (login() below).
@@ -44,6 +46,8 @@ SNAPSHOTS: SnapshotWorker | None = None
 MONITOR: tuple[Any, Any] | None = None
 STARTS: StartQueue | None = None
 CONSOLE: Any = None  # console.ConsoleServer when K3SVIRT_CONSOLE_KEY_FILE is set
+USAGE: usage.UsageRecorder | None = None
+SERVICE_SYNC = vmservices.ServiceSync()
 
 
 def _rt() -> Runtime:
@@ -176,7 +180,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global RT, RECONCILER, MONITOR, STARTS, SNAPSHOTS, CONSOLE
+    global RT, RECONCILER, MONITOR, STARTS, SNAPSHOTS, CONSOLE, USAGE
     settings.persistence.finalizer = names.finalizer_for(SETTINGS.node_name)
     # Keep kopf's bookkeeping out of the user's metadata (GitOps tools would see drift there).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
@@ -224,6 +228,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         key = console_ticket.load_key(SETTINGS.console_key_file)
         CONSOLE = ConsoleServer(key, conn.get, host=SETTINGS.metrics_addr, port=SETTINGS.console_port)
         await asyncio.to_thread(CONSOLE.start)
+    publisher = vmservices.Publisher(api, Firewall(SETTINGS.node_name, SETTINGS.service_firewall),
+                                     vmservices.NodeLocal(conn.get, SETTINGS.host_paths.nat_networks))  # fmt: skip
+    USAGE = usage.UsageRecorder(api, SETTINGS.node_name, bucket_seconds=SETTINGS.usage_bucket_seconds,
+                                retention=SETTINGS.usage_retention_buckets,
+                                checkpoint_seconds=SETTINGS.usage_checkpoint_seconds)  # fmt: skip
+    MONITOR[1].register(usage.UsageMetricsCollector(USAGE))
+    asyncio.get_running_loop().create_task(_meter_usage(USAGE))
+    asyncio.get_running_loop().create_task(_sync_vm_services(publisher))
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
     asyncio.get_running_loop().create_task(_refresh_node_labels())
     asyncio.get_running_loop().create_task(_release_vanished_nodes())
@@ -233,9 +245,32 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         asyncio.get_running_loop().create_task(_keep_reservations(reservations))
 
 
+async def _meter_usage(recorder: usage.UsageRecorder) -> None:
+    """Usage metering: every stats round feeds the meters (docs/metering.md). The records are
+    restored first, so a restarted operator continues its buckets instead of starting new ones."""
+    while True:
+        try:
+            restored = await asyncio.to_thread(recorder.restore)
+            log.info("usage records restored", extra={"vms": restored})
+            break
+        except ApiError as exc:
+            log.warning("usage records not read yet", extra={"error": str(exc)})
+            if not await shutdown.pause(5):
+                return
+    while await shutdown.pause(SETTINGS.stats_interval):
+        if MONITOR is not None and RT is not None:
+            snap = MONITOR[0].snapshot()
+            try:
+                await asyncio.to_thread(recorder.round, snap.vms, snap.monotonic, snap.wall, RT.loops.__contains__)
+            except Exception:  # metering must not stop for a surprise; the next round tries again
+                log.exception("usage metering round failed")
+
+
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     shutdown.request_stop()  # whatever stopped kopf, worker threads must not keep the process alive
+    if USAGE is not None:
+        await asyncio.to_thread(USAGE.flush)  # the open buckets' baselines, as of now
     if MONITOR is not None:
         MONITOR[1].stop()
         MONITOR[0].stop()
@@ -654,6 +689,87 @@ async def vf_policy_deleted(body: kopf.Body, name: str, passthroughs: kopf.Index
     result = await asyncio.to_thread(pci.sriov.apply, SETTINGS.pci.sys_root, address, pci.sriov.VFPlan([0]))
     if isinstance(result, pci.sriov.Refusal):  # said, not retried forever: the policy's VFs are offered no more
         kopf.event(body, type="Warning", reason=result.reason, message=result.message[:1000])
+
+
+# ---------------------------------------------------------------------- Services that select VMs
+# docs/services.md. Events of Services, VMs and our slices mark their namespace; one loop
+# (_sync_vm_services) publishes this node's EndpointSlice per Service with the k3svirt.io/vm-selector
+# annotation from these indexes (k3svirt_common.vmservice.plan decides).
+OUR_SLICES = {vmservice.LABEL_MANAGED_BY: vmservice.MANAGED_BY, vmservice.LABEL_NODE: SETTINGS.node_name}
+
+
+@kopf.index("", "v1", "services", annotations={vmservice.ANNOTATION_VM_SELECTOR: kopf.PRESENT})
+def vm_services(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[str, Any]:
+    """Services that select VMs, by namespace: (what plan needs, what an Event needs)."""
+    view = vmservice.service_view(body)
+    return {namespace: (view, vmservices.service_ref(body))} if view else {}
+
+
+@kopf.index(names.GROUP, names.VERSION, names.VM_PLURAL)
+def vm_endpoints(body: kopf.Body, namespace: str, **_: Any) -> dict[str, vmservice.VMView]:
+    """What Services need of each VM (labels, node, address, readiness), by namespace."""
+    return {namespace: vmservice.vm_view(body)}
+
+
+@kopf.index("discovery.k8s.io", "v1", "endpointslices", labels=OUR_SLICES)
+def vm_slices(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[str, dict]:
+    """This node's published slices, by namespace."""
+    return {namespace: copy.deepcopy(dict(body))} if labels.get(vmservice.LABEL_SERVICE_NAME) else {}
+
+
+@kopf.index("", "v1", "nodes")
+def node_names(name: str, **_: Any) -> dict[None, str]:
+    return {None: name}
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.VM_PLURAL)
+@kopf.on.event("", "v1", "services")
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels=OUR_SLICES)
+async def vm_service_inputs_changed(namespace: str, vm_services: kopf.Index, vm_endpoints: kopf.Index,
+                                    vm_slices: kopf.Index, node_names: kopf.Index, **_: Any) -> None:  # fmt: skip
+    """async: runs in the event loop, where the sync loop's asyncio.Event may be set (kopf runs a
+    plain def in a worker thread)."""
+    SERVICE_SYNC.attach(vm_services, vm_endpoints, vm_slices, node_names)
+    SERVICE_SYNC.mark(namespace)
+
+
+async def _sync_vm_services(publisher: vmservices.Publisher) -> None:
+    last_full = float("-inf")
+    while not shutdown.KOPF_STOP.is_set():
+        if asyncio.get_running_loop().time() - last_full >= SETTINGS.resync_seconds:
+            SERVICE_SYNC.resync()
+            last_full = asyncio.get_running_loop().time()
+        namespaces, indexes = SERVICE_SYNC.take()
+        if indexes is not None:
+            try:
+                await _sync_namespaces(publisher, namespaces, *indexes)
+            except ApiError as exc:  # a conflict or an outage: everything again soon
+                log.warning("VM service endpoints not written", extra={"error": str(exc)})
+                SERVICE_SYNC.resync()
+                await shutdown.pause(2.0)
+                continue
+            except Exception:  # a surprise must not end Service publishing for the whole node
+                log.exception("VM service sync failed")
+                SERVICE_SYNC.resync()
+                await shutdown.pause(5.0)
+                continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(SERVICE_SYNC.wake.wait(), SETTINGS.resync_seconds)
+
+
+async def _sync_namespaces(publisher: vmservices.Publisher, namespaces: set[str] | None, services: kopf.Index,
+                           vms: kopf.Index, slices: kopf.Index, nodes: kopf.Index) -> None:  # fmt: skip
+    single = not ({n for store in nodes.values() for n in store} - {SETTINGS.node_name})
+    for ns in sorted(set(services) | set(slices) if namespaces is None else namespaces):
+        current = {s["metadata"]["labels"][vmservice.LABEL_SERVICE_NAME]: s for s in slices.get(ns, ())}
+        wanted = {view.name: (view, ref) for view, ref in services.get(ns, ())}
+        for name, (view, ref) in wanted.items():
+            result = await asyncio.to_thread(publisher.plan, view, list(vms.get(ns, ())), SETTINGS.node_name, single)
+            await asyncio.to_thread(publisher.publish, (ns, name), result, current.get(name))
+            for reason, message in SERVICE_SYNC.new_warnings((ns, name), result.warnings):
+                SERVICE_SYNC.post(kopf.event, ref, type="Warning", reason=reason, message=message[:1000])
+        for name in set(current) - set(wanted):  # the annotation was removed (or the Service deleted)
+            await asyncio.to_thread(publisher.withdraw, (ns, name), current[name])
 
 
 from . import tuning_handlers  # noqa: E402,F401 (registers the NodeTuning handlers; it reads this module)

@@ -100,6 +100,10 @@ class Loops:
             if self._states.get(key) is state:
                 del self._states[key]
 
+    def __contains__(self, key: object) -> bool:
+        """A loop runs for this VM: this node's operator owns it."""
+        return key in self._states
+
     def poke_threadsafe(self, key: tuple[str, str]) -> None:
         self._loop.call_soon_threadsafe(self._poke, key)
 

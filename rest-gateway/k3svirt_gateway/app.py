@@ -51,10 +51,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.after_request(conventions.add_etag)
     audit.install(app)
 
-    from .routes import console, meta, monitoring, namespaces, pci, pods, snapshots, templates, vms, workloads
+    from .routes import console, meta, monitoring, namespaces, pci, pods, snapshots, templates, usage, vms, workloads
 
     app.register_blueprint(meta.bp)
-    for mod in (vms, console, snapshots, templates, pci, workloads, pods, monitoring, namespaces):
+    for mod in (vms, console, snapshots, templates, pci, workloads, pods, monitoring, namespaces, usage):
         for bp in mod.blueprints():
             app.register_blueprint(bp, url_prefix=API_PREFIX)
     return app

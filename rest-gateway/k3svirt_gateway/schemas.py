@@ -202,6 +202,18 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "node": {"type": "string"},
             "template": {"type": "string"},
             "templateVersion": {"type": "string"},
+            "ipAddress": {"type": "string", "description": "the first interface's IPv4 (status.interfaces)"},
+            "interfaces": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "macAddress": {"type": "string"},
+                        "ipAddress": {"type": "string"},
+                    },
+                },
+            },
             "created": {"type": "string"},
             "deleting": {"type": "boolean"},
         },
@@ -468,6 +480,17 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "name": NAME,
             "selector": {**LABELS, "description": "pod labels; default {app: <deployment or name>}"},
             "deployment": {**NAME, "description": "expose this deployment (selector app=<deployment>)"},
+            "vm": {
+                **NAME,
+                "description": "expose this VirtualMachine (annotation k3svirt.io/vm-selector: "
+                "k3svirt.io/vm-name=<vm>; docs/services.md)",
+            },
+            "vmSelector": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 1024,
+                "description": "expose the VMs whose labels match this equality-based selector (k=v,k!=v,k,!k)",
+            },
             "type": {"type": "string", "enum": ["ClusterIP", "NodePort"]},
             "ports": {
                 "type": "array",
@@ -482,6 +505,12 @@ COMPONENTS: dict[str, dict[str, Any]] = {
                         "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                         "targetPort": {"type": "integer", "minimum": 1, "maximum": 65535},
                         "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP"]},
+                        "nodePort": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 65535,
+                            "description": "a fixed host port (type NodePort; in the API server's node port range)",
+                        },
                     },
                 },
             },
@@ -496,11 +525,58 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "type": {"type": "string"},
             "clusterIP": {"type": "string"},
             "selector": LABELS,
+            "vmSelector": {"type": "string", "description": "the VMs this Service fronts (k3svirt.io/vm-selector)"},
             "ports": {"type": "array", "items": OBJ},
             "created": {"type": "string"},
         },
     },
     "ServiceList": list_of("Service"),
+    "UsageFigures": {
+        "type": "object",
+        "properties": {
+            k: {"type": "number"}
+            for k in (
+                "cpuSeconds",
+                "memoryAllocatedGiBHours",
+                "memoryUsedGiBHours",
+                "diskGBHours",
+                "networkRxBytes",
+                "networkTxBytes",
+            )  # fmt: skip
+        },
+    },
+    "UsageBucket": {"allOf": [ref("UsageFigures"), {"type": "object", "properties": {"start": {"type": "string"}}}]},
+    "Usage": {
+        "type": "object",
+        "required": ["namespace", "from", "to", "granularity", "vms", "total"],
+        "properties": {
+            "namespace": {"type": "string"},
+            "from": {"type": "string"},
+            "to": {"type": "string"},
+            "granularity": {"type": "string", "enum": ["hour", "day"]},
+            "bucketSeconds": {"type": "array", "items": {"type": "integer"}},
+            "vms": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "uid": {"type": "string"},
+                        "node": {"type": "string"},
+                        "buckets": {"type": "array", "items": ref("UsageBucket")},
+                        "total": ref("UsageFigures"),
+                    },
+                },
+            },
+            "total": {
+                "type": "object",
+                "properties": {
+                    "buckets": {"type": "array", "items": ref("UsageBucket")},
+                    "total": ref("UsageFigures"),
+                },
+            },
+        },
+    },
     "ContainerState": {
         "type": "object",
         "required": ["name", "image", "state", "ready", "restarts"],

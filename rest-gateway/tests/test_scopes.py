@@ -29,7 +29,7 @@ OPERATE = {
 UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
 # First path segment after /api/v1 of namespaced resources (the namespace is ?namespace=).
-NAMESPACED = {"vms", "templates", "deployments", "services", "pods", "stats"}
+NAMESPACED = {"vms", "templates", "deployments", "services", "pods", "stats", "usage"}
 # Cluster-wide: need a key for all namespaces. (GET /namespaces/<name> acts in the namespace it names.)
 CLUSTER = {"nodes", "pci-devices", "namespaces"}
 PATH_ARGS = {"name": "scope-probe-x", "address": "0000:ff:1f.7", "snap": "scope-probe-s"}

@@ -112,6 +112,24 @@ def operator_needs() -> set[Perm]:
                 need.add(perm)
         if "group_path(names.GROUP, names.VERSION, names.VM_PLURAL" in code:  # the sweep reads VMs
             need.add((G, names.VM_PLURAL, "get"))
+    # Services that select VMs (vmservices.py, docs/services.md): kopf indexes/events on Services,
+    # EndpointSlices and Nodes, then the calls of k3svirt_common.kube.endpointslices.
+    for group, res in (("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "nodes")):
+        if re.search(rf'@kopf\.(index|on\.event)\("{re.escape(group)}", "v1", "{res}"', code):
+            need |= {(group, res, "list"), (group, res, "watch")}
+    slices = (REPO / "common" / "k3svirt_common" / "kube" / "endpointslices.py").read_text()
+    if "slices.put(" in code:
+        assert "api.create(" in slices and "api.replace(" in slices and "api.get(" in slices, "update this test"
+        need |= {("discovery.k8s.io", "endpointslices", v) for v in ("create", "update", "get")}
+    if "slices.delete(" in code:
+        need.add(("discovery.k8s.io", "endpointslices", "delete"))
+    # Usage records (usage.py): all listed once at start, one created per VM, then its status patched.
+    if "names.VMUSAGE_PLURAL" in code:
+        usage = (OPERATOR_SRC / "usage.py").read_text()
+        assert "list_all(" in usage and ".create(" in usage and '"status")' in usage, "update this test"
+        assert "self.api.get(" in usage, "update this test"  # a VM seen again: its records are read
+        need |= {(G, names.VMUSAGE_PLURAL, "list"), (G, names.VMUSAGE_PLURAL, "create"),
+                 (G, names.VMUSAGE_PLURAL, "get"), (G, f"{names.VMUSAGE_PLURAL}/status", "patch")}  # fmt: skip
     # Any other Kubernetes client use would need a rule the test does not know about.
     assert not re.search(r"client\.(CoreV1Api|AppsV1Api|RbacAuthorizationV1Api)\(", code), "update this test"
     return need
@@ -151,6 +169,7 @@ HELPERS = {  # path helper -> (apiGroup, resource, index of the name argument, i
     "dep_path": ("apps", "deployments", 1, 2),
     "snapshot_path": (G, names.VMSNAPSHOT_PLURAL, 1, None),
     "restore_path": (G, names.VMRESTORE_PLURAL, 1, None),
+    "usage_path": (G, names.VMUSAGE_PLURAL, 1, None),
 }
 METHOD_VERB = {"post": "create", "put": "update", "patch": "patch", "delete": "delete"}
 

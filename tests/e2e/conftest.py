@@ -36,7 +36,11 @@ class Operator:
             [str(REPO / ".venv/bin/k3svirt-operator")], env=self.env, stdout=out, stderr=subprocess.STDOUT
         )
         url = f"http://127.0.0.1:{self.env['K3SVIRT_METRICS_PORT']}/healthz"
-        wait_until(lambda: _http_ok(url), 90, f"operator did not come up; log: {self.log}")
+        try:
+            wait_until(lambda: _http_ok(url), 90, f"operator did not come up; log: {self.log}")
+        except AssertionError:
+            self.stop()  # a fixture that fails here never reaches its teardown: no operator left behind
+            raise
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -72,8 +76,8 @@ def console_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator_env(testbed: dict[str, str], **extra: str) -> dict[str, str]:
+    """The e2e operator's environment, with a test's own settings on top."""
     env = {
         **os.environ,
         **testbed,
@@ -83,9 +87,6 @@ def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         "K3SVIRT_METRICS_PORT": str(free_port()),
         "K3SVIRT_STATS_INTERVAL": "1",
         "K3SVIRT_STATUS_SUMMARY_SECONDS": "5",
-        # Serial consoles over WebSocket (test_vm_console.py): the key a gateway under test shares.
-        "K3SVIRT_CONSOLE_KEY_FILE": str(console_key_file(tmp_path_factory)),
-        "K3SVIRT_CONSOLE_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
     if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":
@@ -93,6 +94,17 @@ def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         # one of a machine without a kubelet (development). With the node (CI, scripts/test.sh) the
         # operator uses the default: reservations on.
         env["K3SVIRT_RESERVATIONS"] = "off"
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def operator(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    env = operator_env(
+        testbed,
+        # Serial consoles over WebSocket (test_vm_console.py): the key a gateway under test shares.
+        K3SVIRT_CONSOLE_KEY_FILE=str(console_key_file(tmp_path_factory)),
+        K3SVIRT_CONSOLE_PORT=str(free_port()),
+    )
     op = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op

@@ -57,6 +57,7 @@ fi
 SOCK="$N/containerd/containerd.sock"
 CNI_BIN=/usr/lib/cni         # Debian's containernetworking-plugins
 FORWARD_GUARD=K3SVIRT-NODE-FWD
+VM_BRIDGE=virbr0             # libvirt's NAT network "default", where the test bed's VMs live
 KUBECTL=(kubectl --kubeconfig "$K3SVIRT_STATE/kubeconfig")
 
 # in_node COMMAND...: runs COMMAND in the node's network namespace (the host's for the primary node).
@@ -136,9 +137,14 @@ primary_network() {
   ip route replace "$SERVICE_CIDR" dev "$NODE_IF"
   # Pods talk to each other (on cni0) and to this machine, never through it to anywhere else. In
   # mangle, so it runs before every filter rule (kube-proxy and libvirt accept forwarded packets).
+  # One exception: a pod's connection kube-proxy destination-NATed (a Service's ClusterIP or a
+  # NodePort) to a VM on libvirt's NAT network, and its replies (docs/services.md); which VM ports
+  # are open is the operator's chain in the filter table (vmfirewall.py). Nothing leaves the machine.
   local ipt=(iptables -w -t mangle)
   if ! { { "${ipt[@]}" -N "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -F "$FORWARD_GUARD"; } \
     && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -o cni0 -j RETURN \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -o "$VM_BRIDGE" -m conntrack --ctstate DNAT -j RETURN \
+    && "${ipt[@]}" -A "$FORWARD_GUARD" -i "$VM_BRIDGE" -o cni0 -m conntrack --ctstate DNAT -j RETURN \
     && "${ipt[@]}" -A "$FORWARD_GUARD" -i cni0 -j DROP \
     && "${ipt[@]}" -A "$FORWARD_GUARD" -o cni0 -j DROP \
     && { "${ipt[@]}" -C FORWARD -j "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -I FORWARD 1 -j "$FORWARD_GUARD"; }; }; then
@@ -208,6 +214,11 @@ unnode_network() {
   local ipt=(iptables -w -t mangle)
   while "${ipt[@]}" -D FORWARD -j "$FORWARD_GUARD" 2>/dev/null; do :; done
   if "${ipt[@]}" -F "$FORWARD_GUARD" 2>/dev/null; then "${ipt[@]}" -X "$FORWARD_GUARD"; fi
+  # The chain this node's operators kept for Services in front of VMs (vmfirewall.chain_name).
+  local svc
+  svc="K3SVIRT-SVC-$(printf %s "$NODE" | sha256sum | cut -c1-10)"
+  while iptables -w -D FORWARD -j "$svc" 2>/dev/null; do :; done
+  if iptables -w -F "$svc" 2>/dev/null; then iptables -w -X "$svc"; fi
   local dev
   for dev in cni0 "$NODE_IF"; do ip link del "$dev" 2>/dev/null || true; done
   rm -rf "$N/cni/ipam"

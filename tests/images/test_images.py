@@ -115,10 +115,11 @@ def test_the_operator_image_has_libvirt_python_and_its_external_programs(contain
         "sh",
         "-c",
         "python3 -c 'import libvirt, k3svirt_operator.main; print(\"libvirt\", libvirt.getVersion())'"
-        " && qemu-img --version && genisoimage --version && modprobe --version"
+        " && qemu-img --version && genisoimage --version && modprobe --version && iptables-restore --version"
         " && test -s /usr/share/misc/pci.ids && command -v k3svirt-operator",
     )
     assert "libvirt " in out and "qemu-img version" in out and "genisoimage" in out and "kmod version" in out
+    assert "iptables-restore v" in out and "nf_tables" in out  # the same backend as the host's kube-proxy
     assert out.rstrip().endswith("/opt/k3svirt/bin/k3svirt-operator")
 
 

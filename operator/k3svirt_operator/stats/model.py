@@ -177,6 +177,8 @@ class VMStats:
     memory: MemoryStats
     disks: tuple[DiskStats, ...] = ()
     nets: tuple[NetStats, ...] = ()
+    dom_id: int | None = None  # libvirt's domain id: a new one means the domain was started again
+    monotonic: float | None = None  # host monotonic clock of the sample (metering integrates over it)
 
     @property
     def namespace(self) -> str:

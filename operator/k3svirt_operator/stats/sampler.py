@@ -311,6 +311,8 @@ def derive(prev: RawSample | None, cur: RawSample, ref: VMRef | None = None) -> 
         memory=memory,
         disks=tuple(disks),
         nets=tuple(nets),
+        dom_id=cur.dom_id,
+        monotonic=cur.monotonic,
     )
 
 

@@ -148,6 +148,11 @@ class MetricsServer:
         self._thread.start()
         log.info("metrics server listening", extra={"host": self.host, "port": self.port})
 
+    def register(self, collector: Any) -> None:
+        """Adds a prometheus_client collector to /metrics (e.g. the usage counters); after start()."""
+        assert self._httpd is not None, "start() the server first"
+        self._httpd.registry.register(collector)
+
     def stop(self) -> None:
         if self._httpd is None:
             return

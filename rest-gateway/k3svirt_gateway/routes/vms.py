@@ -64,6 +64,16 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     version = (status.get("resolvedTemplate") or {}).get("version") or tmpl.get("version")
     if version:
         out["templateVersion"] = version
+    interfaces = [
+        {k: i[k] for k in ("name", "macAddress", "ipAddress") if isinstance(i.get(k), str)}
+        for i in status.get("interfaces") or []
+        if isinstance(i, dict)
+    ]
+    if interfaces:
+        out["interfaces"] = interfaces
+        address = next((i["ipAddress"] for i in interfaces if i.get("ipAddress")), None)
+        if address:
+            out["ipAddress"] = address
     if md.get("creationTimestamp"):
         out["created"] = md["creationTimestamp"]
     return out

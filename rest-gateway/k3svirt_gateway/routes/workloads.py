@@ -6,14 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
+from k3svirt_common import vmservice
 
 from ..api import check_name, created, json_body, namespace, op
 from ..conventions import check_version, delete_options, if_match, versioned, with_version
 from ..deployview import MANAGED_BY, apply_update, build_deployment, deployment_view
-from ..errors import Problem
+from ..errors import Problem, validation_problem
 from ..k8s import core_path, group_path
 from ..schemas import require_object, validate
 from . import deletion_accepted, kube, list_items
+from .vms import vm_path
 
 deployments = Blueprint("deployments", __name__)
 services = Blueprint("services", __name__)
@@ -176,6 +178,7 @@ def service_view(obj: dict[str, Any]) -> dict[str, Any]:
             "type": spec.get("type", "ClusterIP"),
             "clusterIP": spec.get("clusterIP", ""),
             "selector": spec.get("selector") or {},
+            **({"vmSelector": vm_selector} if (vm_selector := _vm_selector_of(obj)) is not None else {}),
             "ports": [
                 {k: p[k] for k in ("name", "port", "targetPort", "protocol", "nodePort") if k in p}
                 for p in spec.get("ports") or []
@@ -183,6 +186,28 @@ def service_view(obj: dict[str, Any]) -> dict[str, Any]:
         }
     )
     return out
+
+
+def _vm_selector_of(obj: dict[str, Any]) -> str | None:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(vmservice.ANNOTATION_VM_SELECTOR)
+
+
+def _vm_selector(ns: str, body: dict[str, Any]) -> str | None:
+    """The VM selector of a Service that fronts VMs (None: one that selects pods). `vm` must name an
+    existing VM of the namespace (as kubectl expose refuses a missing object)."""
+    chosen = [k for k in ("selector", "deployment", "vm", "vmSelector") if k in body]
+    if len(chosen) > 1:
+        raise validation_problem([{"field": chosen[1], "message": f"give only one of {', '.join(chosen)}"}])
+    if "vm" in body:
+        kube().get(vm_path(ns, body["vm"]))  # 404 if missing
+        return vmservice.vm_name_selector(body["vm"])
+    if "vmSelector" in body:
+        try:
+            vmservice.parse_selector(body["vmSelector"])
+        except vmservice.SelectorError as exc:
+            raise validation_problem([{"field": "vmSelector", "message": str(exc)}]) from exc
+        return body["vmSelector"]
+    return None
 
 
 @op(
@@ -198,7 +223,7 @@ def create_service():
     ns = namespace()
     body = validate("ServiceCreate", require_object(json_body()))
     name = body["name"]
-    selector = body.get("selector") or {"app": body.get("deployment") or name}
+    vm_selector = _vm_selector(ns, body)
     ports = []
     for i, p in enumerate(body["ports"]):
         port = {
@@ -207,13 +232,21 @@ def create_service():
             "protocol": p.get("protocol", "TCP"),
         }
         port["name"] = p.get("name") or f"p{i}-{p['port']}"
+        if "nodePort" in p:
+            if body.get("type") != "NodePort":
+                raise validation_problem([{"field": f"ports[{i}].nodePort", "message": "needs type NodePort"}])
+            port["nodePort"] = p["nodePort"]
         ports.append(port)
-    obj = {
+    obj: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_BY)},
-        "spec": {"type": body.get("type", "ClusterIP"), "selector": selector, "ports": ports},
+        "spec": {"type": body.get("type", "ClusterIP"), "ports": ports},
     }
+    if vm_selector is None:
+        obj["spec"]["selector"] = body.get("selector") or {"app": body.get("deployment") or name}
+    else:  # selector-less: the node operators publish the VMs' endpoints (docs/services.md)
+        obj["metadata"]["annotations"] = {vmservice.ANNOTATION_VM_SELECTOR: vm_selector}
     out = kube().post(core_path("services", ns), obj)
     return created(service_view(out), f"/api/v1/services/{name}?namespace={ns}")
 
