@@ -170,8 +170,9 @@ class Machine:
 
     def command(self) -> list[str]:
         cmdline = (
+            # no_timer_check: on a loaded host the emulated timer misses the kernel's IO-APIC check (panic)
             f"root=/dev/vda rw console=ttyS0 init=/sbin/k3svirt-init intel_iommu=on iommu=pt "
-            f"hugepagesz=1G hugepages={self.hugepages_1g} panic=-1 quiet"
+            f"hugepagesz=1G hugepages={self.hugepages_1g} panic=-1 quiet no_timer_check"
         )
         cmd = [
             "qemu-system-x86_64",

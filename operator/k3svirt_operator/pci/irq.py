@@ -196,9 +196,15 @@ def steer_device(
     proc_root: Path | str | None = None,
     write: sysfs.Writer = sysfs.write_attr,
 ) -> tuple[AffinityPlan, dict[int, str]]:
-    """Read the device's IRQs and the online CPUs, plan, apply: (plan, previous values)."""
+    """Read the device's IRQs and the online CPUs, plan, apply: (plan, previous values).
+
+    A device without host IRQs yet (no QEMU has opened it, or the guest enabled no vector) is
+    nothing to do."""
+    irqs = device_irqs(address, sys_root, proc_root)
+    if not irqs:
+        return AffinityPlan(cpus="", irqs={}), {}
     plan = plan_affinity(
-        device_irqs(address, sys_root, proc_root),
+        irqs,
         policy,
         online=online_cpus(sys_root),
         dedicated=dedicated,
