@@ -10,9 +10,11 @@ guest's own PCI listing show it; its host IRQs are steered both ways) -> release
 e1000e with its interface -> an operator SIGKILLed between unbind and probe leaves it driverless
 and recover_interrupted gives it back.
 
-The VPP router VM (two passthrough NICs, pinned cores, a 1Gi hugepage) runs in the same boot when
-K3SVIRT_IOMMU_FULL=1 (tests/iommu/test_vpp_router_machine.py); CI runs this short form.
-Timings are printed (pytest -s) and land in the test report; none is asserted.
+... and the vpp-router template's domain (two passthrough NICs, pinned vCPUs and emulator, a 1Gi
+hugepage) created by libvirt inside the machine. That is the CI form (the inner guests are created
+and inspected, not booted). K3SVIRT_IOMMU_FULL=1 also boots both inner guests to their console
+marker (TCG inside TCG: many minutes on a loaded 2-core host). Timings are printed (pytest -s);
+none is asserted.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[iommu_machine.
     TIMES["image build or cache hit"] = time.monotonic() - t0
     work = tmp_path_factory.mktemp("iommu")
     guest = tiny_guest.build(iommu_machine.cache_dir() / "tiny-guest")[0].parent
-    m = iommu_machine.Machine(image, work, REPO, guest, cpus=4 if FULL else 2, memory_mib=4096 if FULL else 1536,
-                              hugepages_1g=1 if FULL else 0)  # fmt: skip
+    # 4 vCPUs: the VPP VM's 2 dedicated cores + a housekeeping core; 4 GiB: room above the 32-bit
+    # PCI hole for one 1 GiB page (3 GiB leave no aligned free GiB)
+    m = iommu_machine.Machine(image, work, REPO, guest, cpus=4, memory_mib=4096, hugepages_1g=1)
     m.start()
     TIMES["boot to marker"] = m.boot_seconds
     yield m
@@ -188,17 +191,19 @@ def vpp_router_domain(wan: str, lan: str, console_log: str, tmp_path: Path) -> t
     return xml, spec
 
 
-@pytest.mark.skipif(not FULL, reason="the VPP router VM inside the IOMMU machine runs with K3SVIRT_IOMMU_FULL=1")
 def test_vpp_router_vm_runs_with_two_passthrough_nics(machine, nics, tmp_path):
     wan, lan = nics["a"]["address"], nics["b"]["address"]
     for role, addr in (("wan", wan), ("lan", lan)):
         st = inside(machine, "bind", addr, f"/jobs/vpp-{role}.status.json")
         assert st["phase"] == "Bound" and st["nic"]["driver"] == "vfio-pci", st
-    xml, spec = vpp_router_domain(wan, lan, "/tmp/vpp-console.log", tmp_path)
+    xml, spec = vpp_router_domain(wan, lan, "/jobs/vpp-console.log", tmp_path)
     (machine.jobs / "vpp.xml").write_text(xml)
-    res = inside(machine, "domain", "/jobs/vpp.xml", "/tmp/vpp-console.log", timeout=1500)
-    TIMES["VPP router VM to marker"] = res["markerSeconds"]
-    assert "K3SVIRT-GUEST-READY" in res["console"], res["console"]
+    res = inside(machine, "domain", *(["--boot"] if FULL else []), "/jobs/vpp.xml", "/jobs/vpp-console.log",
+                 timeout=2400)  # fmt: skip
+    TIMES["VPP router VM created"] = res["createSeconds"]
+    if FULL:
+        TIMES["VPP router VM to marker"] = res["markerSeconds"]
+        assert "K3SVIRT-GUEST-READY" in res["console"], res["console"]
     passed = [d for d in res["queryPci"] if (d["vendor"], d["device"]) == (0x8086, 0x10D3)]
     assert sorted(d["qdev_id"] for d in passed) == ["ua-hostdev-lan", "ua-hostdev-wan"], res["queryPci"]
     assert res["hugepagesFreeRunning"] == res["hugepagesFreeBefore"] - 1  # guest RAM on the 1Gi page
