@@ -98,3 +98,23 @@ def test_an_irq_the_kernel_refuses_is_skipped(tmp_path):
         ADDR, "housekeeping", dedicated={2, 3}, sys_root=sys_root, proc_root=proc, write=write
     )
     assert set(previous) == {25, 26} and (proc / "irq/26/smp_affinity_list").read_text() == "0-1"
+
+
+def test_the_vm_pass_reports_what_it_steered(tmp_path):
+    """VMReconciler._steer_irqs: the IRQAffinity condition the VM's status carries."""
+    from types import SimpleNamespace
+
+    from k3svirt_operator.config import PciHost
+    from k3svirt_operator.vm_reconciler import VMReconciler
+
+    sys_root, proc = fake_host(tmp_path)
+    fake = SimpleNamespace(settings=SimpleNamespace(pci=PciHost(sys_root=sys_root, proc_root=proc)))
+    spec = {"cpu": {"dedicatedCpuSet": "2-3", "emulatorCpuSet": "1"}}
+    cond = VMReconciler._steer_irqs(fake, spec, {"wan": ADDR})
+    assert (cond["type"], cond["status"], cond["reason"]) == ("IRQAffinity", "True", "Applied")
+    assert cond["message"] == f"housekeeping: {ADDR}: 3 IRQs on CPUs 1"
+    assert (proc / "irq/24/smp_affinity_list").read_text() == "1"
+    spec = {"cpu": {"dedicatedCpuSet": "0-3", "irqAffinity": "housekeeping"}}
+    cond = VMReconciler._steer_irqs(fake, spec, {"wan": ADDR})
+    assert cond["status"] == "False" and "spec.cpu.irqAffinity housekeeping" in cond["message"]
+    assert "leave one core to the host" in cond["message"]
