@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO / "tests/harness"))
 import iommu_machine  # noqa: E402
 import tiny_guest  # noqa: E402
 
+# The first test also builds the image when it is not cached (5-8 min) and boots the machine.
+pytestmark = pytest.mark.timeout(3600 if os.environ.get("K3SVIRT_IOMMU_FULL") == "1" else 1200)
 E1000E = ("8086", "10d3")
 FULL = os.environ.get("K3SVIRT_IOMMU_FULL") == "1"
 TIMES: dict[str, float] = {}
