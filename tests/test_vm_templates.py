@@ -78,7 +78,7 @@ def test_vpp_router_shape():
     assert [(h["name"], h["pciPassthrough"]) for h in spec["hostDevices"]] == [("wan", "vpp-wan"), ("lan", "vpp-lan")]
     user = spec["cloudInit"]["userData"]
     assert user.startswith("#cloud-config") and yaml.safe_load(user)["runcmd"]
-    assert "packagecloud.io/fdio" in user and "dev $wan_pci" in user and "nat44" in user
+    assert "packagecloud.io/fdio" in user and "dev {wan_pci}" in user and "nat44" in user
     # the passthrough slots are overridable defaults
     spec = t.expand(
         {"template": {"name": "vpp-router"}, "hostDevices": [{"name": "wan", "pciPassthrough": "x710-p0"}], **REQUIRED},

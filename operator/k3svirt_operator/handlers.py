@@ -198,6 +198,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     if SETTINGS.aio_max_nr:
         await asyncio.to_thread(nodelimits.raise_aio_max_nr, SETTINGS.aio_max_nr)
+    # Before any bind: a previous operator killed mid-bind may have left a device on no driver.
+    await asyncio.to_thread(pci.recover_interrupted, SETTINGS.pci.sys_root)
     conn = LibvirtConnection(SETTINGS.libvirt_uri)
     raw = await asyncio.to_thread(conn.wait_connected, 60.0)
     detect = functools.partial(accel_mod.detect, forced=SETTINGS.accel, kernel_path=SETTINGS.probe_kernel)

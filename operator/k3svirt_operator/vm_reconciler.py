@@ -27,6 +27,7 @@ from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
 from .libvirt_conn import LibvirtConnection
 from .lifecycle import Decision, Power, Step, decide
+from .pci import irq
 from .pci.assignment import StatusPatch
 from .pci.claims import Claims
 from .reservations import Refused, Reservations
@@ -79,6 +80,7 @@ class SpecProblem(Exception):
 
 
 _UP = (Power.RUNNING, Power.PAUSED, Power.STOPPING)
+COND_IRQ_AFFINITY = "IRQAffinity"  # where the host IRQs of the VM's passthrough devices go (pci/irq.py)
 START_BACKOFF_MAX = 300.0  # seconds between start attempts of a VM whose domain keeps failing to start
 
 
@@ -200,6 +202,8 @@ class VMReconciler:
                 live_failure = self._apply_live(observed.domain, built.xml, events)
                 observed = self._observe(conn, ns, name, uid)
             self._settle(ns, name, uid, expanded.spec, held["pod"], observed.power, state, conds, held.get("devices"))
+            if ctx.host_devices and observed.power in _UP:
+                conds.append(self._steer_irqs(expanded.spec, ctx.host_devices))
         except SpecProblem as problem:
             if problem.reason != "Queued":
                 self._leave_start_queue(ns, name)
@@ -382,6 +386,25 @@ class VMReconciler:
             how = "live (the running guest sees it now)" if live else "offline"
             events.append(Event("Normal", "DiskGrown", f"spec.disks[{result.index}] ({result.name}): grown to "
                                                        f"{result.grow_to} bytes {how}"))  # fmt: skip
+
+    def _steer_irqs(self, spec: Mapping[str, Any], devices: Mapping[str, str]) -> dict[str, Any]:
+        """Host IRQs of the running VM's passthrough devices onto the cores spec.cpu.irqAffinity picks;
+        every pass, since the guest enables MSI-X vectors (new host IRQs) only once its driver runs."""
+        cpu = spec.get("cpu") or {}
+        policy = cpu.get("irqAffinity") or irq.POLICY_HOUSEKEEPING
+        host = self.settings.pci
+        try:
+            dedicated = irq.parse_cpuset(cpu.get("dedicatedCpuSet") or "")
+            emulator = irq.parse_cpuset(cpu.get("emulatorCpuSet") or "")
+            steered = {}
+            for address in devices.values():
+                plan, _ = irq.steer_device(address, policy, dedicated=dedicated, emulator=emulator,
+                                           sys_root=host.sys_root, proc_root=host.proc_root)  # fmt: skip
+                steered[address] = (len(plan.irqs), plan.cpus)
+        except (irq.AffinityError, OSError) as exc:
+            return condition(COND_IRQ_AFFINITY, False, "NotApplied", f"spec.cpu.irqAffinity {policy}: {exc}")
+        where = ", ".join(f"{a}: {n} IRQs on CPUs {c}" for a, (n, c) in steered.items())
+        return condition(COND_IRQ_AFFINITY, True, "Applied", f"{policy}: {where}")
 
     def _libvirt_version(self) -> int | None:
         if self._libvirt_version_cache is None:  # fixed for the life of libvirtd; asked once

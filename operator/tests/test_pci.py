@@ -276,6 +276,68 @@ def test_bind_failure_rolls_back_the_group(host):
     assert host.override_of(X520_1) == "(null)"
 
 
+def test_bind_failure_message_says_where_the_devices_are_now(host):
+    class VfioRefuses(fakesys.FakeKernel):
+        """vfio-pci will not take X520_1 (e.g. a reset quirk); ixgbe still does."""
+
+        def write(self, path, value):
+            if (
+                value.strip() == X520_1
+                and self.host.override_of(X520_1) == "vfio-pci"
+                and (path.name == "drivers_probe" or path.parent.name == "vfio-pci")
+            ):
+                self.writes.append((path.name, value))
+                return
+            super().write(path, value)
+
+    k = VfioRefuses(host)
+    with pytest.raises(binding.BindError) as e:
+        binding.bind(_plan(host, X520_0, group_policy="BindGroup"), host.sys, write=k.write)
+    assert f"{X520_1} is on no driver after binding to vfio-pci" in e.value.message
+    assert f"rolled back: {X520_0} is on ixgbe, {X520_1} is on ixgbe" in e.value.message
+    assert host.driver_of(X520_0) == host.driver_of(X520_1) == "ixgbe"
+    # a device no driver takes any more cannot be given back: the message says so and where to look
+    k = fakesys.FakeKernel(host, refuse_probe={X520_1})
+    with pytest.raises(binding.BindError) as e:
+        binding.bind(_plan(host, X520_0, group_policy="BindGroup"), host.sys, write=k.write)
+    assert f"rollback failed ({X520_1}" in e.value.message and "expected ixgbe" in e.value.message
+
+
+@pytest.mark.parametrize("killed_after", ["driver_override", "unbind"])
+def test_recover_interrupted_gives_a_half_bound_device_back(host, killed_after):
+    """An operator killed mid-bind: the kernel's driver_override is the record of the bind in flight."""
+
+    class Killed(Exception):
+        pass
+
+    k = fakesys.FakeKernel(host)
+
+    def write(path, value):
+        k.write(path, value)
+        if path.name == killed_after:
+            raise Killed
+
+    with pytest.raises(Killed):
+        binding.bind(_plan(host, GPU), host.sys, write=write)
+    assert host.override_of(GPU) == "vfio-pci"
+    assert host.driver_of(GPU) == (None if killed_after == "unbind" else "i915")
+    assert binding.recover_interrupted(host.sys, write=k.write) == {GPU: "i915"}
+    assert host.driver_of(GPU) == "i915" and host.override_of(GPU) == "(null)"
+    # a finished bind is not touched
+    binding.bind(_plan(host, GPU), host.sys, write=k.write)
+    assert binding.recover_interrupted(host.sys, write=k.write) == {} and host.driver_of(GPU) == "vfio-pci"
+
+
+def test_reconcile_first_recovers_an_interrupted_bind(host):
+    k = fakesys.FakeKernel(host)
+    k.write(host.dev_dir(GPU) / "driver_override", "vfio-pci")
+    k.write(host.sys / "bus/pci/drivers/i915/unbind", GPU)
+    assert host.driver_of(GPU) is None
+    st = pci.reconcile_passthrough({"nodeName": "n305", "address": X520_0}, sys_root=host.sys, proc_root=host.proc,
+                                   write=k.write)  # fmt: skip
+    assert st["phase"] in ("Bound", "Failed") and host.driver_of(GPU) == "i915"
+
+
 def test_bind_is_idempotent(host):
     k = fakesys.FakeKernel(host)
     binding.bind(_plan(host, GPU), host.sys, write=k.write)

@@ -16,6 +16,7 @@ APT_PACKAGES=(
   curl procps kmod psmisc                                        # health checks, pgrep/pkill, modprobe, fuser
   shellcheck shfmt gcc libc6-dev                                 # script lint + parsing, cgo for SQLite, the static pause
   buildah mmdebstrap                                             # local image builds (images.sh)
+  e2fsprogs                                                      # the IOMMU test machine's image (mkfs.ext4 -d)
   containerd runc containernetworking-plugins                    # the node's container runtime and pod network
   conntrack                                                      # kube-proxy clears stale UDP/NAT entries
   openssh-client                                                 # kubectl k3svirt ssh

@@ -28,7 +28,17 @@ from .assignment import (
     resolve_host_devices,
     unassigned_status,
 )
-from .binding import BindError, BindPlan, Refusal, bind, modprobe, plan_bind, restore, select_device
+from .binding import (
+    BindError,
+    BindPlan,
+    Refusal,
+    bind,
+    modprobe,
+    plan_bind,
+    recover_interrupted,
+    restore,
+    select_device,
+)
 from .claims import Claims
 from .discovery import PCIDevice, inventory, iommu_enabled, list_devices, read_device
 from .pciids import load_pci_ids
@@ -73,6 +83,7 @@ __all__ = [
     "plan_release",
     "read_device",
     "reconcile_passthrough",
+    "recover_interrupted",
     "release_passthrough",
     "resolve_host_devices",
     "restore",

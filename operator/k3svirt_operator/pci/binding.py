@@ -230,9 +230,17 @@ def plan_bind(
         where = "" if m.address == address else f" (shares IOMMU group {group} with {address})"
         uses = safety.host_use(m.address, entry, host_facts, denylist)
         if m.address in host_facts.critical or safety.denylist_match(entry, denylist):
-            return refuse(HOST_CRITICAL, f"{m.address}{where} is needed by the host: {'; '.join(uses)}")
+            return refuse(
+                HOST_CRITICAL,
+                f"{m.address}{where} is needed by the host: {'; '.join(uses)}; pass another device, or "
+                "move that use to another device first (a denylisted one: change the operator's denylist)",
+            )
         if m.address in host_facts.busy:
-            return refuse(DEVICE_BUSY, f"{m.address}{where} is in use by the host: {host_facts.busy[m.address]}")
+            return refuse(
+                DEVICE_BUSY,
+                f"{m.address}{where} is in use by the host: {host_facts.busy[m.address]}; "
+                "stop that use (unmount, swapoff, remove it from the bridge/bond) and the operator retries",
+            )
         sriov = entry.get("sriov") or {}
         if sriov.get("numVFs"):
             return refuse(
@@ -319,11 +327,13 @@ def bind(
             )
             done_and_failed = {**done, t.address: t.current_driver}
             try:
-                restore(done_and_failed, root, driver=plan.driver, write=write)
+                back = restore(done_and_failed, root, driver=plan.driver, write=write)
+                rollback = "rolled back: " + ", ".join(f"{a} is on {d or 'no driver'}" for a, d in back.items())
             except BindError as re_err:
                 log.warning("rollback failed: %s", re_err)
+                rollback = f"rollback failed ({re_err.message}): check the device's driver on the node"
             msg = e.message if isinstance(e, BindError) else f"writing sysfs for {t.address} failed: {e}"
-            raise BindError(BIND_FAILED, msg, done) from e
+            raise BindError(BIND_FAILED, f"{msg}; {rollback}", done) from e
         done[t.address] = t.current_driver
         log.info(
             "bound %s to %s (was %s)",
@@ -380,6 +390,44 @@ def restore(
     if errors:
         raise BindError(RESTORE_FAILED, "; ".join(errors), now)
     return now
+
+
+def recover_interrupted(
+    root: Path | str | None = None, *, driver: str = VFIO_PCI, write: sysfs.Writer = sysfs.write_attr
+) -> dict[str, str | None]:
+    """Undo binds a killed operator left half done; return ``{address: driver now}`` of what it touched.
+
+    :func:`bind` writes ``driver_override`` first, so the kernel itself records every bind in flight:
+    a function whose override names ``driver`` but that is on no driver was unbound and never probed
+    (killed between the steps), and one still on another driver was never unbound. Both go back to
+    the host: the override is cleared and the driver the kernel matches is probed (``drivers_probe``,
+    the same as :func:`restore` with an unknown original). Functions already on ``driver`` are a
+    finished bind and stay (their PCIPassthrough owns them). Call it with the bind lock held or
+    before any bind runs (operator start).
+    """
+    root = sysfs.sysfs_root(root)
+    touched: dict[str, str | None] = {}
+    for address in discovery.list_addresses(root):
+        dev = sysfs.pci_device_dir(root, address)
+        if sysfs.read_attr(dev / "driver_override") != driver:
+            continue
+        cur = current_driver(root, address)
+        if cur == driver:
+            continue
+        try:
+            write(dev / "driver_override", "\n")
+            if cur is None:
+                write(root / "bus" / "pci" / "drivers_probe", address)
+        except OSError as e:
+            log.warning("recovering %s failed: %s", address, e, extra={"pci_address": address})
+        touched[address] = current_driver(root, address)
+        log.warning(
+            "interrupted bind of %s undone: now on %s",
+            address,
+            touched[address],
+            extra={"pci_address": address, "driver": touched[address], "was_driverless": cur is None},
+        )
+    return touched
 
 
 def modprobe(module: str = VFIO_PCI) -> bool:

@@ -120,6 +120,8 @@ def reconcile_passthrough(
     driver = spec.get("driver") or binding.VFIO_PCI
     denylist = tuple(denylist or ())
     with BIND_LOCK:
+        # A bind a killed operator left half done would otherwise keep its device driverless.
+        binding.recover_interrupted(sys_root, driver=driver, write=write)
         facts = facts or safety.gather_host_facts(sys_root, proc_root)
         inv = discovery.inventory(sys_root, ids)
         dev = binding.select_device(spec, inv)

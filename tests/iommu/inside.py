@@ -1,0 +1,333 @@
+"""Runs INSIDE the IOMMU test machine (tests/harness/iommu_machine.py) against its real sysfs.
+
+Each subcommand calls the operator's PCI code from the repository share and prints one JSON
+object on the last line of stdout; tests/iommu/test_iommu_machine.py sends the commands.
+
+  inventory                       NodePCIInventory.status of the machine
+  bind ADDR [STATUS_FILE]         reconcile_passthrough for {address: ADDR}; status -> STATUS_FILE
+  release STATUS_FILE             release_passthrough of that status
+  qemu [--boot] ADDR...           a QEMU with -device vfio-pci,host=ADDR (each): QMP query-pci, IRQ
+                                  steering while it runs; --boot: the inner guest's marker and PCI IDs
+  killbind ADDR                   a child binds ADDR and is SIGKILLed after the unbind; the state it
+                                  left, then recover_interrupted (what a restarted operator runs)
+  nic ADDR                        driver, interfaces and the link state of ADDR
+  domain [--boot] XML CONSOLE     libvirtd + virtlogd, virsh create the domain: query-pci, the threads'
+                                  CPU affinity, the 1Gi page; --boot: its console marker; then destroy
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path[:0] = ["/repo/operator", "/repo/common"]
+
+from k3svirt_operator import pci  # noqa: E402
+from k3svirt_operator.pci import binding, irq  # noqa: E402
+
+GUEST = Path("/guest")
+MARKER = "K3SVIRT-GUEST-READY"
+
+
+def out(obj: object) -> None:
+    print(json.dumps(obj, sort_keys=True))
+
+
+def nic(address: str) -> dict:
+    dev = pci.read_device(None, address)
+    assert dev is not None, address
+    d = dev.to_dict()
+    links = {}
+    for name in d["netInterfaces"]:
+        links[name] = Path(f"/sys/class/net/{name}/operstate").read_text().strip()
+    return {
+        "driver": d["driver"],
+        "driverOverride": d["driverOverride"],
+        "netInterfaces": d["netInterfaces"],
+        "operstate": links,
+    }
+
+
+def cmd_inventory() -> None:
+    out(pci.node_inventory_status())
+
+
+def cmd_bind(address: str, status_file: str | None = None) -> None:
+    t0 = time.monotonic()
+    status = pci.reconcile_passthrough({"nodeName": "iommu", "address": address})
+    status["bindSeconds"] = round(time.monotonic() - t0, 3)
+    status["nic"] = nic(address)
+    status["vfioGroupNode"] = os.path.exists(f"/dev/vfio/{status.get('iommuGroup')}")
+    if status_file:
+        Path(status_file).write_text(json.dumps(status))
+    out(status)
+
+
+def cmd_release(status_file: str) -> None:
+    status = json.loads(Path(status_file).read_text())
+    t0 = time.monotonic()
+    new = pci.release_passthrough(status)
+    new["releaseSeconds"] = round(time.monotonic() - t0, 3)
+    # the interface is back once e1000e probed it; udev is absent here, the kernel names it itself
+    new["nic"] = nic(status["address"])
+    out(new)
+
+
+class QMP:
+    def __init__(self, path: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while True:  # the socket file exists before QEMU listens on it
+            self.sock = socket.socket(socket.AF_UNIX)
+            try:
+                self.sock.connect(path)
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        self.file = self.sock.makefile("rw")
+        json.loads(self.file.readline())  # greeting
+        self.call("qmp_capabilities")
+
+    def call(self, command: str, **args: object) -> object:
+        self.file.write(json.dumps({"execute": command, "arguments": args}) + "\n")
+        self.file.flush()
+        while True:
+            msg = json.loads(self.file.readline())
+            if "return" in msg:
+                return msg["return"]
+            if "error" in msg:
+                raise RuntimeError(msg["error"])
+
+
+def _wait_file(path: Path, text: str, timeout: float, proc: subprocess.Popen) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return time.monotonic() - t0
+        if proc.poll() is not None:
+            raise RuntimeError(f"qemu exited {proc.returncode}: {path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"no {text} after {timeout}s: {path.read_text(errors='replace')[-2000:] if path.exists() else ''}"
+    )
+
+
+# Printed by the inner guest: the PCI IDs it sees (vendor:device per function), then a marker.
+INNER_SCRIPT = (
+    "for d in /sys/bus/pci/devices/*; do "
+    'echo "K3SVIRT-INNER-PCI ${d##*/} $(cat $d/vendor):$(cat $d/device)"; done > /dev/console; '
+    "echo K3SVIRT-INNER-DONE > /dev/console"
+)
+
+
+def cmd_qemu(*args: str) -> None:
+    """``qemu [--boot] ADDR...``: without --boot, stop once QMP answered (the device is attached and
+    its group open; TCG inside TCG needs minutes to boot the inner guest on a loaded host)."""
+    boot = args[:1] == ("--boot",)
+    addresses = args[1:] if boot else args
+    # the console on the job share: the host sees the inner boot while it runs
+    console, qmp_path = Path("/jobs/inner-console.log"), "/tmp/inner-qmp.sock"
+    console.unlink(missing_ok=True)
+    run = base64.b64encode(INNER_SCRIPT.encode()).decode()
+    cmd = [
+        "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "256", "-smp", "1",
+        "-kernel", str(GUEST / "vmlinuz"), "-initrd", str(GUEST / "initramfs.img"),
+        "-append", f"console=ttyS0 panic=-1 quiet k3svirt.run={run}",
+        "-nic", "none", "-display", "none", "-serial", f"file:{console}", "-no-reboot",
+        "-qmp", f"unix:{qmp_path},server=on,wait=off",
+    ]  # fmt: skip
+    for i, a in enumerate(addresses):
+        cmd += ["-device", f"vfio-pci,host={a},id=pt{i},rombar=0"]
+    t0 = time.monotonic()
+    with open("/tmp/inner-qemu.err", "wb") as err:
+        proc = subprocess.Popen(cmd, stderr=err)
+    result: dict = {}
+    try:
+        while not os.path.exists(qmp_path):
+            if proc.poll() is not None:
+                raise RuntimeError(f"qemu exited {proc.returncode}: {Path('/tmp/inner-qemu.err').read_text()}")
+            time.sleep(0.2)
+        time.sleep(0.5)
+        qmp = QMP(qmp_path)
+        result["startSeconds"] = round(time.monotonic() - t0, 1)
+        devices = [d for bus in qmp.call("query-pci") for d in bus["devices"]]  # type: ignore[union-attr]
+        result["queryPci"] = [
+            {"qdev_id": d.get("qdev_id"), "vendor": d["id"]["vendor"], "device": d["id"]["device"]} for d in devices
+        ]
+        result["irq"] = _irq_checks(addresses[0])
+        if boot:
+            result["markerSeconds"] = round(_wait_file(console, MARKER, 1800, proc) + result["startSeconds"], 1)
+            _wait_file(console, "K3SVIRT-INNER-DONE", 300, proc)
+            result["innerPci"] = [
+                line.split()[1:]
+                for line in console.read_text(errors="replace").splitlines()
+                if line.startswith("K3SVIRT-INNER-PCI")
+            ]
+        result["openGroups"] = sorted(p.name for p in Path("/dev/vfio").iterdir() if p.name != "vfio")
+        qmp.call("quit")
+    finally:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    result["exit"] = proc.returncode
+    result["totalSeconds"] = round(time.monotonic() - t0, 1)
+    result["nicAfter"] = [nic(a) for a in addresses]
+    out(result)
+
+
+def _irq_checks(address: str) -> dict:
+    """While QEMU holds the device its host IRQs (vfio-intx/msi) exist: steer them both ways, restore."""
+    found = irq.device_irqs(address)
+    lines = [line.strip() for line in Path("/proc/interrupts").read_text().splitlines() if f"({address})" in line]
+    online = irq.online_cpus()
+    dedicated = {max(online)}  # the VM's core: the last one; housekeeping: the rest
+    res: dict = {"irqs": found, "lines": lines, "online": irq.format_cpuset(online)}
+    for policy in irq.POLICIES:
+        plan, previous = irq.steer_device(address, policy, dedicated=dedicated)
+        res[policy] = {
+            "planned": plan.cpus,
+            "now": {n: Path(f"/proc/irq/{n}/smp_affinity_list").read_text().strip() for n in plan.irqs},
+            "previous": previous,
+        }
+        if policy == irq.POLICY_VM:
+            irq.restore_affinity(previous)
+    return res
+
+
+KILL_CHILD = """
+import sys, time
+sys.path[:0] = ["/repo/operator", "/repo/common"]
+from k3svirt_operator import pci
+from k3svirt_operator.pci import sysfs
+
+def write(path, value):
+    sysfs.write_attr(path, value)
+    if path.name == "unbind":  # the device is now on no driver: stop here until killed
+        print("UNBOUND", flush=True)
+        time.sleep(3600)
+
+pci.reconcile_passthrough({"nodeName": "iommu", "address": sys.argv[1]}, write=write)
+print("NOT-KILLED", flush=True)
+"""
+
+
+def cmd_killbind(address: str) -> None:
+    before = nic(address)
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, address], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    left = nic(address)
+    t0 = time.monotonic()
+    touched = binding.recover_interrupted()
+    seconds = round(time.monotonic() - t0, 3)
+    time.sleep(1)  # the link comes up asynchronously after the probe
+    out({"before": before, "childSaid": line, "childSignal": -child.returncode, "leftByKill": left,
+         "recovered": touched, "recoverSeconds": seconds, "after": nic(address)})  # fmt: skip
+
+
+QEMU_CONF = 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
+
+
+def _libvirtd() -> None:
+    """Start virtlogd + libvirtd (no systemd here) once; QEMU as root, no security driver."""
+    if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
+        return
+    Path("/etc/libvirt/qemu.conf").write_text(QEMU_CONF)
+    subprocess.run(["virtlogd", "-d"], check=True)
+    subprocess.run(["libvirtd", "-d"], check=True)
+    for _ in range(120):
+        if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("libvirtd did not answer")
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, check=True).stdout
+
+
+def cmd_domain(*args: str) -> None:
+    """``domain [--boot] XML_FILE CONSOLE_LOG``: libvirt inside the machine runs the domain XML the
+    operator's builder made (its devices, its pins, its hugepage); --boot also waits for the guest's
+    console marker."""
+    boot = args[:1] == ("--boot",)
+    xml_file, console_log = args[1:] if boot else args
+    t0 = time.monotonic()
+    _libvirtd()
+    res: dict = {"libvirtdSeconds": round(time.monotonic() - t0, 1)}
+    Path(console_log).unlink(missing_ok=True)
+    pages = Path("/sys/kernel/mm/hugepages/hugepages-1048576kB")
+    if int((pages / "free_hugepages").read_text()) < 1:  # none reserved at boot: try one now
+        (pages / "nr_hugepages").write_text(str(int((pages / "nr_hugepages").read_text()) + 1))
+        res["hugepageReservedAtRuntime"] = True
+    free_before = int((pages / "free_hugepages").read_text())
+    name = virsh("create", xml_file).split()[1]
+    try:
+        res["name"] = name
+        t1 = time.monotonic()
+        res["createSeconds"] = round(t1 - t0, 1)
+        res["hugepagesFreeBefore"] = free_before
+        res["hugepagesFreeRunning"] = int(
+            Path("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages").read_text()
+        )
+        qmp = json.loads(virsh("qemu-monitor-command", name, '{"execute":"query-pci"}'))["return"]
+        res["queryPci"] = [{"qdev_id": d.get("qdev_id"), "vendor": d["id"]["vendor"], "device": d["id"]["device"]}
+                           for bus in qmp for d in _all_devices(bus["devices"])]  # fmt: skip
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        res["threads"] = _thread_affinity(pid)
+        res["vcpuinfo"] = virsh("vcpuinfo", name)
+        res["emulatorpin"] = virsh("emulatorpin", name)
+        if boot:
+            deadline = t1 + 1800
+            while time.monotonic() < deadline:
+                if Path(console_log).exists() and MARKER in Path(console_log).read_text(errors="replace"):
+                    break
+                time.sleep(1)
+            res["markerSeconds"] = round(time.monotonic() - t1, 1)
+            res["console"] = Path(console_log).read_text(errors="replace")[-1500:] if Path(console_log).exists() else ""
+    finally:
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True)
+    out(res)
+
+
+def _all_devices(devices: list) -> list:
+    """query-pci nests the devices behind bridges (pcie-root-port) under pci_bridge.devices."""
+    found = []
+    for d in devices:
+        found.append(d)
+        found += _all_devices(((d.get("pci_bridge") or {}).get("devices")) or [])
+    return found
+
+
+def _thread_affinity(pid: int) -> dict[str, str]:
+    """QEMU's threads (comm, e.g. 'CPU 0/TCG', 'qemu-system-x86') -> their allowed CPUs."""
+    res = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        comm = (task / "comm").read_text().strip()
+        cpus = next(line.split(":", 1)[1].strip() for line in (task / "status").read_text().splitlines()
+                    if line.startswith("Cpus_allowed_list"))  # fmt: skip
+        res[f"{comm}#{task.name}"] = cpus
+    return res
+
+
+def main() -> None:
+    name, *args = sys.argv[1:]
+    {"inventory": cmd_inventory, "bind": cmd_bind, "release": cmd_release, "qemu": cmd_qemu,
+     "killbind": cmd_killbind, "domain": cmd_domain, "nic": lambda a: out(nic(a))}[name](*args)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
