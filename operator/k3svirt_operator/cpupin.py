@@ -55,8 +55,8 @@ def read_assignment(pod: Mapping[str, Any], cgroup_root: Path = Path("/sys/fs/cg
     # Guaranteed pods sit right below kubepods (cgroupfs driver; the systemd driver is not handled).
     for pattern in (f"kubepods/pod{uid}/{cid}", f"*/kubepods/pod{uid}/{cid}"):
         for d in base.glob(pattern):
-            cpus = parse_cpuset(_cpus_file(d).read_text().strip(), str(d))
-            pod_cpus = parse_cpuset(_cpus_file(d.parent).read_text().strip(), str(d.parent))
+            cpus = parse_cpuset(_cpus_file(d).read_text().strip())
+            pod_cpus = parse_cpuset(_cpus_file(d.parent).read_text().strip())
             return Assignment(sorted(cpus), sorted(pod_cpus))
     return None
 

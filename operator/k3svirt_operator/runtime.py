@@ -126,15 +126,6 @@ class Runtime:
             if exc.status not in (404, 409):  # gone, or changed since read: the next round looks again
                 raise
 
-    def ensure_cluster_object(self, plural: str, kind: str, name: str) -> None:
-        """Creates an empty cluster-scoped object of ours if it does not exist yet."""
-        body = {"apiVersion": names.API_VERSION, "kind": kind, "metadata": {"name": name}}
-        try:
-            self.api.create(_path(plural, None), body)
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-
     def create_object(self, plural: str, namespace: str | None, body: Mapping[str, Any]) -> None:
         """Creates an object of ours; one that exists already (409) is left as it is."""
         try:

@@ -120,11 +120,29 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(exc, WebsocketMismatch):  # the router: a WebSocket route without the upgrade, or back
             upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
             if not upgrade:
+                bad = _bad_path_name()
+                if bad is not None:  # a name that could never exist is 422, as on every other route
+                    return problem_response(bad)
                 headers.update({"Upgrade": "websocket", "Connection": "Upgrade"})
                 return problem_response(Problem(426, "this route is a WebSocket: send Connection: Upgrade and "
                                                 "Upgrade: websocket", headers=headers))  # fmt: skip
             detail = "this route is no WebSocket: send the request without Upgrade: websocket"
         return problem_response(Problem(status, detail, headers=headers))
+
+    def _bad_path_name() -> Problem | None:
+        """The path's {name} checked like the WebSocket route itself would check it."""
+        from .api import check_name
+
+        try:
+            _, args = app.url_map.bind_to_environ(request.environ).match(return_rule=True, websocket=True)
+        except HTTPException:
+            return None
+        try:
+            if "name" in args:
+                check_name(str(args["name"]), label=True)
+        except Problem as problem:
+            return problem
+        return None
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

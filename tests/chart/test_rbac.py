@@ -34,7 +34,14 @@ KOPF_CLUSTERWIDE: set[Perm] = {
 # Granted on purpose beyond the calls found in the code (each with its reason).
 OPERATOR_EXTRAS: set[Perm] = {
     ("", "nodes", "get"),  # its own Node's labels (nodeSelector matching)
-    ("", "nodes/status", "patch"),  # its Node's k3svirt.io/pci-* extended resources (runtime.publish_device_capacity)
+    ("", "nodes/status", "patch"),
+    # runtime.ensure_node_inventory: NodePCIInventory/<node> created once, owned by its Node (patch).
+    (G, names.NODEPCIINVENTORY_PLURAL, "create"),
+    (
+        G,
+        names.NODEPCIINVENTORY_PLURAL,
+        "patch",
+    ),  # its Node's k3svirt.io/pci-* extended resources (runtime.publish_device_capacity)
     ("", "events", "patch"),  # kopf aggregates repeated events
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
@@ -57,7 +64,6 @@ OPERATOR_EXTRAS: set[Perm] = {
 RUNTIME_VERBS = {  # operator/k3svirt_operator/runtime.py: method -> (verb, subresource)
     "get_object": ("get", ""),
     "list_objects": ("list", ""),
-    "ensure_cluster_object": ("create", ""),
     "patch_status": ("patch", "/status"),
     "create_object": ("create", ""),
     "delete_object": ("delete", ""),
@@ -89,7 +95,7 @@ def operator_needs() -> set[Perm]:
         p = plural(const)
         need |= {(G, p, "list"), (G, p, "watch"), (G, p, "patch"), (G, f"{p}/status", "patch")}
     calls = re.findall(
-        r"\b(get_object|list_objects|ensure_cluster_object|patch_status|create_object|delete_object)\b,?\(?\s*names\.(\w+)",
+        r"\b(get_object|list_objects|patch_status|create_object|delete_object)\b,?\(?\s*names\.(\w+)",
         code,
     )
     assert {m for m, _ in calls} == set(RUNTIME_VERBS), calls
