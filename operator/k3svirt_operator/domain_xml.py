@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k3svirt_common.names import XML_NAMESPACE, XML_PREFIX, domain_name
-from k3svirt_common.quantity import parse_quantity
+from k3svirt_common.quantity import parse_quantity, quantity_value
 from k3svirt_common.schema import apply_vm_defaults
 
 from .vmref import VMRef
@@ -283,8 +284,7 @@ def _memory(dom: ET.Element, spec: Mapping[str, Any]) -> None:
     """Guest RAM; the 16Mi minimum, whole bytes and the hugepage multiple are CRD rules (checked on
     the merged spec before this runs)."""
     mem = spec["memory"]
-    size = parse_quantity(mem["size"], field="spec.memory.size")
-    kib = -(-size // 1024)
+    kib = math.ceil(quantity_value(mem["size"], field="spec.memory.size") / 1024)
     _sub(dom, "memory", str(kib), unit="KiB")
     _sub(dom, "currentMemory", str(kib), unit="KiB")
     huge = mem.get("hugepages")
