@@ -9,7 +9,9 @@ extension), `int()`/`string()` conversions, the macros `.all()`, `.exists()`, `.
 `.map()`, `.filter()` (also in their two-variable form `list.all(i, v, ...)`), the lists extension's
 `.flatten()` and `.sort()`, Kubernetes' list functions `.sum()`, `.min()`, `.max()` and Kubernetes'
 quantity library (`quantity()`, `isQuantity()`, `.compareTo()`, `.isLessThan()`,
-`.isGreaterThan()`, `.add()`, `.sub()`, `.isInteger()`, `.asInteger()`, `.sign()`).
+`.isGreaterThan()`, `.add()`, `.sub()`, `.isInteger()`, `.asInteger()`, `.asApproximateFloat()`, `.sign()`)
+and `double()`. The API server's isInteger()/asInteger() answer true only on its parser's fast path
+("1.5Gi" and "100Ti" are "not integers" there); ours answers mathematically, so CRD rules avoid them.
 
 Kept rather than a PyPI CEL package: the rules need Kubernetes' own libraries (quantity, the list
 functions), which a generic CEL implementation does not ship and would need as custom functions
@@ -144,6 +146,7 @@ _QUANTITY_METHODS: dict[str, Callable[..., Any]] = {
     "sub": lambda q, o: Quantity(q.value - (o.value if isinstance(o, Quantity) else Decimal(_int(o)))),
     "isInteger": _is_integer,
     "asInteger": _as_integer,
+    "asApproximateFloat": lambda q: float(q.value),
     "sign": lambda q: (q.value > 0) - (q.value < 0),
 }
 
@@ -155,13 +158,26 @@ def _int(v: Any) -> int:
         raise CelError("int() of a bool")
     if isinstance(v, int):
         out = v
-    elif isinstance(v, float) or isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+", v, re.ASCII):
+    elif isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")) or not -(2.0**63) <= v < 2.0**63:
+            raise CelError(f"int(): {v!r} is out of the int64 range")
+        out = int(v)
+    elif isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+", v, re.ASCII):
         out = int(v)
     else:
         raise CelError(f"int(): cannot convert {v!r}")
     if not INT64_MIN <= out <= INT64_MAX:
         raise CelError(f"int(): {v!r} overflows int64")
     return out
+
+
+def _double(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise CelError(f"double(): cannot convert {v!r}")
+    try:
+        return float(v)
+    except ValueError as e:
+        raise CelError(f"double(): cannot convert {v!r}") from e
 
 
 def _numbers(v: Any, name: str) -> list[Any]:
@@ -438,6 +454,8 @@ class _Parser:
             return lambda env: _size(args[0](env))
         if name == "int" and len(args) == 1:
             return lambda env: _int(args[0](env))
+        if name == "double" and len(args) == 1:
+            return lambda env: _double(args[0](env))
         if name == "quantity" and len(args) == 1:
             return lambda env: _quantity(args[0](env))
         if name == "isQuantity" and len(args) == 1:

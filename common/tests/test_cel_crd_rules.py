@@ -123,13 +123,16 @@ PINNED: dict[str, tuple[Any, Any]] = {
         "7,0-1,2,4-6",
         "0-3,3-5",
     ),
-    "!isQuantity(self.size) || quantity(self.size).isInteger()": ({"size": "1.5Ki"}, {"size": "16777216.5"}),
+    "!isQuantity(self.size) || (quantity(self.size).isLessThan(quantity('8Ei')) && double(int(quantity(self.size).asApproximateFloat())) == quantity(self.size).asApproximateFloat())": (  # noqa: E501 (the rule as the CRD has it)
+        {"size": "1.5Gi"},
+        {"size": "16777216.5"},
+    ),
     "!isQuantity(self.size) || quantity(self.size).compareTo(quantity('16Mi')) >= 0": (
         {"size": "16777216"},
         {"size": "16777215"},
     ),
-    "!has(self.hugepages) || !isQuantity(self.size) || !quantity(self.size).isInteger() || quantity(self.size).asInteger() % quantity(self.hugepages.pageSize).asInteger() == 0": (  # noqa: E501 (the rule as the CRD has it)
-        {"size": "2Gi", "hugepages": {"pageSize": "1Gi"}},
+    "!has(self.hugepages) || !isQuantity(self.size) || !quantity(self.size).isLessThan(quantity('8Ei')) || double(int(quantity(self.size).asApproximateFloat() / quantity(self.hugepages.pageSize).asApproximateFloat())) == quantity(self.size).asApproximateFloat() / quantity(self.hugepages.pageSize).asApproximateFloat()": (  # noqa: E501 (the rule as the CRD has it)
+        {"size": "2.5Gi", "hugepages": {"pageSize": "2Mi"}},
         {"size": "2049M", "hugepages": {"pageSize": "2Mi"}},
     ),
     "has(self.ksm) || has(self.transparentHugepages) || has(self.swappiness) || has(self.ioSchedulers)": (

@@ -207,7 +207,13 @@ def _number_cases() -> list[Case]:
         "not-whole-1Gi-pages": {"size": "1536Mi", "hugepages": {"pageSize": "1Gi"}},
     }.items():
         out.append(Case(f"spec.memory.size={vid}", "spec.memory.size", {"memory": mem}, REFUSE))
-    out.append(Case("spec.memory.size=16Mi-exactly", "spec.memory.size", {"memory": {"size": "16Mi"}}, EITHER))
+    # whole bytes the API server's isInteger() calls "not integers" (off its parser's fast path): both
+    # doors must store them (the CRD rules do not use isInteger for this reason)
+    whole = {"16Mi-exactly": "16Mi", "fraction-of-Gi": "1.5Gi", "100Ti": "100Ti", "100000Gi": "100000Gi"}
+    for vid, size in whole.items():
+        out.append(Case(f"spec.memory.size={vid}", "spec.memory.size", {"memory": {"size": size}}, EITHER))
+    hp = {"size": "2.5Gi", "hugepages": {"pageSize": "2Mi"}}
+    out.append(Case("spec.memory.size=fraction-of-Gi-in-2Mi-pages", "spec.memory.size", {"memory": hp}, EITHER))
     counts = {
         "spec.disks": {"disks": [{"name": f"d{i}", "source": {"blank": {}}, "size": "1Mi"} for i in range(33)]},
         "spec.networks": {"networks": [{"name": f"n{i}", "nat": {}} for i in range(17)]},
