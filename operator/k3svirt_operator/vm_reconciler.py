@@ -120,12 +120,13 @@ class VMReconciler:
             "domainName": names.domain_name(ns, name),
             "domainUUID": uid,
         }
+        held: dict[str, Any] = {"pod": reservation}
         try:
             expanded = self._expand(ns, spec, status)
             if spec.get("template") or spec.get("presets"):
                 conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved", _describe_resolution(expanded)))
             # The reservation as last read: the watch's, then what this pass created or read fresh.
-            held = {"pod": self._reserve_early(ns, name, uid, meta, status, spec, expanded.spec, state, reservation)}
+            held["pod"] = self._reserve_early(ns, name, uid, meta, status, spec, expanded.spec, state, reservation)
             expanded, pinned = self._dedicated(ns, name, expanded, held)
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
             ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
@@ -184,6 +185,8 @@ class VMReconciler:
             observed = self._observe(conn, ns, name, uid)
             self._settle(ns, name, uid, expanded.spec, held["pod"], observed.power, state, conds)
         except SpecProblem as problem:
+            if problem.cond_type != RESERVED:
+                self._release_unstarted(ns, name, uid, held["pod"])
             conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
             conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
             events.append(Event("Warning" if problem.warning else "Normal", problem.reason, problem.message))
@@ -390,6 +393,15 @@ class VMReconciler:
         pinned = f"vCPUs pinned to the exclusive host CPUs {','.join(map(str, cpus))}, emulator threads to {emulator}"
         spec = cpupin.with_pins(expanded.spec, cpus, emulator)
         return dataclasses.replace(expanded, spec=spec), pinned + (f" ({note})" if note else "")
+
+    def _release_unstarted(self, ns: str, name: str, uid: str, pod: Mapping[str, Any] | None) -> None:
+        """A pass that failed before its start (bad disks, a build error) gives back the reservation it
+        may have asked for early, unless the domain runs: a failed VM holds no share of the node."""
+        if self.reservations is None or pod is None:
+            return
+        with contextlib.suppress(ApiError, libvirt.libvirtError, SpecProblem):
+            if self._observe(self.conn.get(), ns, name, uid).power not in _UP:
+                self.reservations.release(ns, name)
 
     def _admit(
         self, ns: str, name: str, uid: str, spec: Mapping[str, Any], state: VMState, held: dict[str, Any]
