@@ -128,18 +128,17 @@ class VMReconciler:
             "domainUUID": uid,
         }
         live_failure: str | None = None
+        held: dict[str, Any] = {"pod": reservation, "devices": None}
         try:
             expanded = self._expand(ns, spec, status)
             if spec.get("template") or spec.get("presets"):
                 conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved", _describe_resolution(expanded)))
             # The reservation as last read: the watch's, then what this pass created or read fresh.
             devices = pci_resources.device_requests(expanded.spec, passthroughs)  # units its reservation asks for
-            held = {
-                "pod": self._reserve_early(
-                    ns, name, uid, meta, status, spec, expanded.spec, state, reservation, devices
-                ),
-                "devices": devices,
-            }
+            held["devices"] = devices
+            held["pod"] = self._reserve_early(
+                ns, name, uid, meta, status, spec, expanded.spec, state, reservation, devices
+            )
             expanded, pinned = self._dedicated(ns, name, expanded, held)
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
             ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
@@ -207,6 +206,8 @@ class VMReconciler:
         except SpecProblem as problem:
             if problem.reason != "Queued":
                 self._leave_start_queue(ns, name)
+            if problem.cond_type != RESERVED:
+                self._release_unstarted(ns, name, uid, held["pod"])
             conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
             conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
             events.append(Event("Warning" if problem.warning else "Normal", problem.reason, problem.message))
@@ -491,6 +492,15 @@ class VMReconciler:
         pinned = f"vCPUs pinned to the exclusive host CPUs {','.join(map(str, cpus))}, emulator threads to {emulator}"
         spec = cpupin.with_pins(expanded.spec, cpus, emulator)
         return dataclasses.replace(expanded, spec=spec), pinned + (f" ({note})" if note else "")
+
+    def _release_unstarted(self, ns: str, name: str, uid: str, pod: Mapping[str, Any] | None) -> None:
+        """A pass that failed before its start (bad disks, a build error) gives back the reservation it
+        may have asked for early, unless the domain runs: a failed VM holds no share of the node."""
+        if self.reservations is None or pod is None:
+            return
+        with contextlib.suppress(ApiError, libvirt.libvirtError, SpecProblem):
+            if self._observe(self.conn.get(), ns, name, uid).power not in _UP:
+                self.reservations.release(ns, name)
 
     def _admit(
         self, ns: str, name: str, uid: str, spec: Mapping[str, Any], state: VMState, held: dict[str, Any]

@@ -200,6 +200,9 @@ def test_host_paths_outside_the_allowed_dirs_are_refused(kubeconfig, namespace, 
     cond = next(c for c in status["conditions"] if c["type"] == "Provisioned")
     assert cond["reason"] == "HostPathNotAllowed" and "spec.disks[1].source.volume.path" in cond["message"]
     assert f"{namespace}_thief" not in virsh("list", "--all", "--name").split()
+    # A VM that cannot start holds no share of the node (its early reservation is given back).
+    wait_until(lambda: kubectl(kubeconfig, "get", "pod", "-n", namespace, "k3svirt-vm-thief", check=False).returncode,
+               30, "the failed VM keeps a reservation pod")  # fmt: skip
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/thief", "--timeout=60s")
 
 
