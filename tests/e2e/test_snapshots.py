@@ -141,6 +141,7 @@ def _condition(kubeconfig: str, namespace: str, vm: str, ctype: str) -> dict:
     return next((c for c in conds if c["type"] == ctype), {})
 
 
+@pytest.mark.timeout(1800)  # three boots of a software-emulated guest: minutes each on a loaded machine
 def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, operator, tiny_guest, storage_root):
     name = "marked"
     _apply(kubeconfig, namespace, _marker_vm(name, tiny_guest))
