@@ -246,13 +246,23 @@ def _libvirtd() -> None:
     if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
         return
     Path("/etc/libvirt/qemu.conf").write_text(QEMU_CONF)
-    subprocess.run(["virtlogd", "-d"], check=True)
-    subprocess.run(["libvirtd", "-d"], check=True)
-    for _ in range(120):
+    # libvirt-daemon-system (which creates libvirt's users) is not in the image: no systemd here
+    for db, line in (("passwd", "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin"),
+                     ("group", "libvirt-qemu:x:64055:"), ("group", "kvm:x:64056:")):  # fmt: skip
+        path = Path("/etc") / db
+        if not any(x.split(":")[0] == line.split(":")[0] for x in path.read_text().splitlines()):
+            path.write_text(path.read_text() + line + "\n")
+    subprocess.run(["virtlogd", "-d"], check=False)  # already running from an earlier try: fine
+    with open("/jobs/libvirtd.log", "wb") as log:  # its errors, on the share for the host to read
+        proc = subprocess.Popen(["libvirtd"], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 600  # it probes QEMU's capabilities first: slow under TCG
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"libvirtd exited {proc.returncode}: {Path('/jobs/libvirtd.log').read_text()[-2000:]}")
         if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
             return
-        time.sleep(0.5)
-    raise RuntimeError("libvirtd did not answer")
+        time.sleep(2)
+    raise RuntimeError(f"libvirtd did not answer: {Path('/jobs/libvirtd.log').read_text()[-2000:]}")
 
 
 def virsh(*args: str) -> str:
