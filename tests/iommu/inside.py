@@ -266,7 +266,10 @@ def _libvirtd() -> None:
 
 
 def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"virsh {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
 
 
 def cmd_domain(*args: str) -> None:
@@ -284,7 +287,7 @@ def cmd_domain(*args: str) -> None:
         (pages / "nr_hugepages").write_text(str(int((pages / "nr_hugepages").read_text()) + 1))
         res["hugepageReservedAtRuntime"] = True
     free_before = int((pages / "free_hugepages").read_text())
-    name = virsh("create", xml_file).split()[1]
+    name = virsh("create", xml_file).split()[1].strip("'")  # Domain 'net_vpp' created from ...
     try:
         res["name"] = name
         t1 = time.monotonic()
