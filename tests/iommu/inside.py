@@ -299,6 +299,16 @@ def cmd_domain(*args: str) -> None:
         qmp = json.loads(virsh("qemu-monitor-command", name, '{"execute":"query-pci"}'))["return"]
         res["queryPci"] = [{"qdev_id": d.get("qdev_id"), "vendor": d["id"]["vendor"], "device": d["id"]["device"]}
                            for bus in qmp for d in _all_devices(bus["devices"])]  # fmt: skip
+        # query-pci lists devices behind a root port only once the guest's firmware numbered its bus;
+        # QOM names every device at once: the hostdevs by their libvirt alias (ua-hostdev-<name>)
+        res["hostdevs"] = {}
+        for alias in ("ua-hostdev-wan", "ua-hostdev-lan"):
+            path = f"/machine/peripheral/{alias}"
+            res["hostdevs"][alias] = {
+                prop: json.loads(virsh("qemu-monitor-command", name, json.dumps(
+                    {"execute": "qom-get", "arguments": {"path": path, "property": prop}})))["return"]
+                for prop in ("type", "host")
+            }  # fmt: skip
         pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
         res["threads"] = _thread_affinity(pid)
         res["vcpuinfo"] = virsh("vcpuinfo", name)
