@@ -246,17 +246,30 @@ def _libvirtd() -> None:
     if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
         return
     Path("/etc/libvirt/qemu.conf").write_text(QEMU_CONF)
-    subprocess.run(["virtlogd", "-d"], check=True)
-    subprocess.run(["libvirtd", "-d"], check=True)
-    for _ in range(120):
+    # libvirt-daemon-system (which creates libvirt's users) is not in the image: no systemd here
+    for db, line in (("passwd", "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin"),
+                     ("group", "libvirt-qemu:x:64055:"), ("group", "kvm:x:64056:")):  # fmt: skip
+        path = Path("/etc") / db
+        if not any(x.split(":")[0] == line.split(":")[0] for x in path.read_text().splitlines()):
+            path.write_text(path.read_text() + line + "\n")
+    subprocess.run(["virtlogd", "-d"], check=False)  # already running from an earlier try: fine
+    with open("/jobs/libvirtd.log", "wb") as log:  # its errors, on the share for the host to read
+        proc = subprocess.Popen(["libvirtd"], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 600  # it probes QEMU's capabilities first: slow under TCG
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"libvirtd exited {proc.returncode}: {Path('/jobs/libvirtd.log').read_text()[-2000:]}")
         if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
             return
-        time.sleep(0.5)
-    raise RuntimeError("libvirtd did not answer")
+        time.sleep(2)
+    raise RuntimeError(f"libvirtd did not answer: {Path('/jobs/libvirtd.log').read_text()[-2000:]}")
 
 
 def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"virsh {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
 
 
 def cmd_domain(*args: str) -> None:
@@ -274,7 +287,7 @@ def cmd_domain(*args: str) -> None:
         (pages / "nr_hugepages").write_text(str(int((pages / "nr_hugepages").read_text()) + 1))
         res["hugepageReservedAtRuntime"] = True
     free_before = int((pages / "free_hugepages").read_text())
-    name = virsh("create", xml_file).split()[1]
+    name = virsh("create", xml_file).split()[1].strip("'")  # Domain 'net_vpp' created from ...
     try:
         res["name"] = name
         t1 = time.monotonic()
@@ -286,6 +299,16 @@ def cmd_domain(*args: str) -> None:
         qmp = json.loads(virsh("qemu-monitor-command", name, '{"execute":"query-pci"}'))["return"]
         res["queryPci"] = [{"qdev_id": d.get("qdev_id"), "vendor": d["id"]["vendor"], "device": d["id"]["device"]}
                            for bus in qmp for d in _all_devices(bus["devices"])]  # fmt: skip
+        # query-pci lists devices behind a root port only once the guest's firmware numbered its bus;
+        # QOM names every device at once: the hostdevs by their libvirt alias (ua-hostdev-<name>)
+        res["hostdevs"] = {}
+        for alias in ("ua-hostdev-wan", "ua-hostdev-lan"):
+            path = f"/machine/peripheral/{alias}"
+            res["hostdevs"][alias] = {
+                prop: json.loads(virsh("qemu-monitor-command", name, json.dumps(
+                    {"execute": "qom-get", "arguments": {"path": path, "property": prop}})))["return"]
+                for prop in ("type", "host")
+            }  # fmt: skip
         pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
         res["threads"] = _thread_affinity(pid)
         res["vcpuinfo"] = virsh("vcpuinfo", name)

@@ -206,8 +206,10 @@ def test_vpp_router_vm_runs_with_two_passthrough_nics(machine, nics, tmp_path):
     if FULL:
         TIMES["VPP router VM to marker"] = res["markerSeconds"]
         assert "K3SVIRT-GUEST-READY" in res["console"], res["console"]
-    passed = [d for d in res["queryPci"] if (d["vendor"], d["device"]) == (0x8086, 0x10D3)]
-    assert sorted(d["qdev_id"] for d in passed) == ["ua-hostdev-lan", "ua-hostdev-wan"], res["queryPci"]
+    assert res["hostdevs"] == {
+        "ua-hostdev-wan": {"type": "vfio-pci", "host": wan},
+        "ua-hostdev-lan": {"type": "vfio-pci", "host": lan},
+    }, res["hostdevs"]
     assert res["hugepagesFreeRunning"] == res["hugepagesFreeBefore"] - 1  # guest RAM on the 1Gi page
     vcpus = {k: v for k, v in res["threads"].items() if k.startswith("CPU ")}
     assert sorted(vcpus.values()) == ["2", "3"], res["threads"]  # one dedicated core per vCPU
