@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -100,27 +101,37 @@ class Suspender(threading.Thread):
     timings stop at "running", and 100 booting TCG guests of ~200 MiB each would not fit the shared
     box's memory nor its 2 cores. Paused domains still answer the full stats record."""
 
-    def __init__(self, uri: str, prefixes: tuple[str, ...]) -> None:
+    def __init__(self, uri: str, prefixes: tuple[str, ...], may_pause: Callable[[str], bool]) -> None:
         super().__init__(daemon=True)
         self.uri, self.prefixes, self.stop_flag, self.paused = uri, prefixes, False, 0
+        self.may_pause = may_pause  # an operator VM only once the watch saw it Ready (else it never is)
         self.quiet = False  # True while figures at rest are taken: its polling would count as libvirtd's
 
     def run(self) -> None:
         import libvirt
 
-        conn = libvirt.open(self.uri)
+        conn = None
         while not self.stop_flag:
             if self.quiet:
                 time.sleep(0.3)
                 continue
+            try:
+                if conn is None or not conn.isAlive():
+                    conn = libvirt.open(self.uri)  # libvirtd restarted (by another user of the box)
+            except libvirt.libvirtError:
+                conn = None
+                time.sleep(1.0)
+                continue
             with contextlib.suppress(libvirt.libvirtError):
                 for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
-                    if dom.name().startswith(self.prefixes):
+                    if dom.name().startswith(self.prefixes) and self.may_pause(dom.name()):
                         with contextlib.suppress(libvirt.libvirtError):
                             dom.suspend()
                             self.paused += 1
             time.sleep(0.3)
-        conn.close()
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
 
 
 class Scale(Bench):
@@ -265,6 +276,11 @@ class Scale(Bench):
             with contextlib.suppress(libvirt.libvirtError):
                 self.conn.lookupByName(bare).destroy()
 
+    def may_pause(self, domain: str) -> bool:
+        assert self.watch is not None
+        vm = domain[len(self.ns) + 1 :] if domain.startswith(self.ns + "_") else None
+        return vm is None or vm in self.watch.ready_at
+
     def hush(self, quiet: bool) -> None:
         if self.suspender is not None:
             self.suspender.quiet = quiet
@@ -307,6 +323,10 @@ class Scale(Bench):
         self.hush(True)
         rest = self.at_rest(names, self.args.rest_seconds)
         self.hush(False)
+        self.results["rate"] = {"n": n, "rate": rate, "operator": op}
+        self.results["atRest"] = {"operator": rest}
+        if not self.args.rate_bare:
+            return
         twins = self.twins(names)
         self.results["deleteAtRate"] = r3(self.delete(names, 1800))
         time.sleep(5)
@@ -319,7 +339,7 @@ class Scale(Bench):
         self.results["statsCost"] = self.stats_cost([b for b, _ in twins])
         self.hush(False)
         self.bare_destroy(twins)
-        self.results["rate"] = {
+        self.results["rate"] |= {
             "n": n,
             "rate": rate,
             "operator": op,
@@ -327,7 +347,7 @@ class Scale(Bench):
             "ratioP95": ratio(op["p95"], bare["p95"]),
             "ratioP50": ratio(op["p50"], bare["p50"]),
         }
-        self.results["atRest"] = {"operator": rest, "bare": bare_rest}
+        self.results["atRest"]["bare"] = bare_rest
 
     # ------------------------------------------------------------------ at rest
     def api_requests(self) -> dict[str, float]:
@@ -579,7 +599,8 @@ class Scale(Bench):
                 self.phase_memory_settings(self.args.memory_settings)
             if self.args.pause:
                 prefixes = (self.ns + "_", f"k3svirt-bench-bare-{self.suffix}")
-                self.suspender = Suspender(self.tb.get("LIBVIRT_DEFAULT_URI", "qemu:///system"), prefixes)
+                uri = self.tb.get("LIBVIRT_DEFAULT_URI", "qemu:///system")
+                self.suspender = Suspender(uri, prefixes, self.may_pause)
                 self.suspender.start()
             log(f"operator pid {self.operator.pid if self.operator else '?'}, gateway {self.gw_url}, ns {self.ns}")
             for n in self.args.bursts:
@@ -616,10 +637,11 @@ def report(res: dict[str, Any]) -> None:
         )
     if "rate" in res:
         x = res["rate"]
+        bare = x.get("bare") or {}
         print(
             f"rate {x['n']} at {x['rate']}/s: operator p50 {x['operator']['p50']} p95 {x['operator']['p95']}"
-            f" | bare p50 {x['bare']['p50']} p95 {x['bare']['p95']} | ratio p95 {x['ratioP95']}"
-            f"  [load {x['operator']['load']} / {x['bare']['load']}]"
+            f" | bare p50 {bare.get('p50')} p95 {bare.get('p95')} | ratio p95 {x.get('ratioP95')}"
+            f"  [load {x['operator']['load']} / {bare.get('load')}]"
         )
     for row in res.get("memorySettings", []):
         print(
@@ -643,6 +665,12 @@ def main() -> None:
     ap.add_argument("--via", default="kubectl,gateway")
     ap.add_argument("--rate-vms", type=int, default=0, help="VMs POSTed at --rate per second (0 = skip)")
     ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument(
+        "--rate-bare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the bare twins at the same rate, their rest figures and the stats cost",
+    )
     ap.add_argument("--rest-seconds", type=float, default=60.0)
     ap.add_argument("--memory-settings", type=int, default=0, help="guests per memory variant (0 = skip)")
     ap.add_argument(
@@ -659,10 +687,15 @@ def main() -> None:
     if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":
         os.environ.setdefault("K3SVIRT_RESERVATIONS", "off")  # no kubelet: nothing would admit a reservation
     t0 = time.monotonic()
-    res = Scale(args).run()
-    res["benchSeconds"] = round(time.monotonic() - t0, 1)
-    res["machine"] = f"{os.cpu_count()} cores, shared"
-    report(res)
+    bench = Scale(args)
+    try:
+        bench.run()
+    finally:  # a run stopped half-way still prints what it measured
+        res = bench.results
+        res["benchSeconds"] = round(time.monotonic() - t0, 1)
+        res["machine"] = f"{os.cpu_count()} cores, shared"
+        res["maxParallelStarts"] = os.environ.get("K3SVIRT_MAX_PARALLEL_STARTS", "default (16)")
+        report(res)
 
 
 if __name__ == "__main__":
