@@ -199,6 +199,8 @@ def test_heavy_output_arrives_complete_with_a_slow_reader(setup):
             for line in lines:
                 if line.startswith(b"K3SVIRT-SEQ-END"):
                     break
+                if line.startswith(b"K3SVIRT-GUEST-"):  # the guest's own console lines (a late DHCP lease)
+                    continue
                 assert line == str(expected).encode(), f"after {expected - 1}: got {line[:40]!r} (a drop or a mix)"
                 expected += 1
             else:
