@@ -151,6 +151,7 @@ class ConsoleServer:
                 ping_interval=self.ping_seconds,
                 ping_timeout=self.ping_seconds,
                 write_limit=WRITE_LIMIT,
+                close_timeout=2.0,  # a peer stuck behind unread output must not hold the VM's console
                 compression=None,  # console bytes: deflate costs CPU and hides back-pressure
                 server_header="k3svirt-operator",
             )

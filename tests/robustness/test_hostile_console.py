@@ -41,21 +41,28 @@ def refused(url: str, headers: dict[str, str]) -> tuple[int, dict]:
 
 
 UID = "00000000-0000-4000-8000-000000000001"
+
+
+def _bearer(ticket: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ticket}"}
+
+
+# Tickets are minted when the test runs (a module-level one would expire while other tests run first).
 CASES = [
-    ("no ticket", {}, "required"),
-    ("basic auth", {"Authorization": "Basic YTpi"}, "required"),
-    ("empty bearer", {"Authorization": "Bearer "}, "no console ticket"),
-    ("garbage", {"Authorization": "Bearer abc.def"}, "not signed"),
-    ("oversized", {"Authorization": "Bearer " + "A" * 5000}, "longer"),
-    ("forged key", {"Authorization": f"Bearer {t.mint(b'z' * 32, 'ns1', 'vm1', UID)}"}, "not signed"),
-    ("other vm", {"Authorization": f"Bearer {t.mint(KEY, 'ns1', 'vm2', UID)}"}, "is for VM ns1/vm2"),
-    ("other namespace", {"Authorization": f"Bearer {t.mint(KEY, 'ns2', 'vm1', UID)}"}, "is for VM ns2/vm1"),
+    ("no ticket", lambda: {}, "required"),
+    ("basic auth", lambda: {"Authorization": "Basic YTpi"}, "required"),
+    ("empty bearer", lambda: {"Authorization": "Bearer "}, "no console ticket"),
+    ("garbage", lambda: _bearer("abc.def"), "not signed"),
+    ("oversized", lambda: _bearer("A" * 5000), "longer"),
+    ("forged key", lambda: _bearer(t.mint(b"z" * 32, "ns1", "vm1", UID)), "not signed"),
+    ("other vm", lambda: _bearer(t.mint(KEY, "ns1", "vm2", UID)), "is for VM ns1/vm2"),
+    ("other namespace", lambda: _bearer(t.mint(KEY, "ns2", "vm1", UID)), "is for VM ns2/vm1"),
 ]
 
 
 @pytest.mark.parametrize(("case", "headers", "why"), CASES, ids=[c[0] for c in CASES])
 def test_bad_tickets_are_401(endpoint, case, headers, why):
-    status, body = refused(f"{endpoint}/console/ns1/vm1", headers)
+    status, body = refused(f"{endpoint}/console/ns1/vm1", headers())
     assert status == 401 and body["reason"] == "BadTicket", body
     assert why in body["detail"], body
 

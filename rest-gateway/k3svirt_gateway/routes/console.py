@@ -46,6 +46,9 @@ bp = Blueprint("console", __name__)
 MAX_MESSAGE_BYTES = 64 * 1024  # a client frame above this closes the session (1009): keystrokes, pastes
 PING_SECONDS = 20.0
 CONNECT_TIMEOUT = 5.0
+# A closing side waits at most this long for the peer's close frame: the peer may be stuck behind console
+# output nobody reads any more, and the node frees the VM's console only once the session is gone.
+CLOSE_SECONDS = 2.0
 
 
 def blueprints() -> list[Blueprint]:
@@ -104,6 +107,7 @@ def _open_upstream(endpoint: str, ticket: str) -> ClientConnection:
             ping_timeout=PING_SECONDS,
             max_size=None,  # the operator sends chunks of at most 64 KiB
             compression=None,
+            close_timeout=CLOSE_SECONDS,
             user_agent_header="k3svirt-gateway",
             legacy=True,  # the connection outlives this function (closed by _copy)
         )
@@ -135,7 +139,8 @@ def _accept_client(max_size: int) -> Connection:
     sock.sendall(b"".join(handshake.data_to_send()))
     # gunicorn parsed the request, so the connection's protocol starts OPEN (reading frames, not HTTP).
     protocol = ServerProtocol(state=State.OPEN, max_size=max_size)
-    conn = Connection(sock, protocol, ping_interval=PING_SECONDS, ping_timeout=PING_SECONDS, max_queue=4)
+    conn = Connection(sock, protocol, ping_interval=PING_SECONDS, ping_timeout=PING_SECONDS, max_queue=4,
+                      close_timeout=CLOSE_SECONDS)  # fmt: skip
     conn.start_keepalive()
     return conn
 
