@@ -15,4 +15,5 @@ inherit python_setuptools_build_meta
 RDEPENDS:${PN} += "\
     python3-jsonschema \
     python3-pyyaml \
+    python3-websockets \
 "
