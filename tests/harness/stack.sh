@@ -32,6 +32,9 @@ start() {
   [ -n "${KUBECONFIG:-}" ] || die "no KUBECONFIG: run tests/harness/testbed.sh start first"
   local node=${K3SVIRT_NODE_NAME:-$(hostname)} port=${K3SVIRT_GATEWAY_PORT:-8080}
   local metrics=${K3SVIRT_METRICS_PORT:-9470} keys=${K3SVIRT_API_KEYS_FILE:-$K3SVIRT_STATE/gateway-api-keys}
+  # The serial-console ticket key the gateway and the operator share (docs/console.md): made once.
+  local console_key=${K3SVIRT_CONSOLE_KEY_FILE:-$K3SVIRT_STATE/console-key}
+  if [ ! -s "$console_key" ]; then (umask 077 && openssl rand -hex 32 > "$console_key"); fi
   cat > "$SAVED" <<ENV
 KUBECONFIG=$KUBECONFIG
 LIBVIRT_DEFAULT_URI=${LIBVIRT_DEFAULT_URI:-qemu:///system}
@@ -40,6 +43,7 @@ K3SVIRT_NODE_NAME=$node
 K3SVIRT_GATEWAY_PORT=$port
 K3SVIRT_METRICS_PORT=$metrics
 K3SVIRT_API_KEYS_FILE=$keys
+K3SVIRT_CONSOLE_KEY_FILE=$console_key
 ENV
   while IFS='=' read -r k v; do export "$k=$v"; done < "$SAVED"
 
