@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 
 import pytest
@@ -95,6 +96,7 @@ def test_operator_daemonset(rendered) -> None:
         "/dev": False,
         "/boot": True,
         "/lib/modules": True,
+        "/etc/k3svirt/console": True,
         "/var/lib/k3svirt-volumes": False,
         "/var/lib/k3svirt-images": True,
     }
@@ -155,6 +157,31 @@ def test_file_mode_mounts_the_secret(render) -> None:
     assert env["K3SVIRT_API_KEYS_FILE"] == "/etc/k3svirt/api-keys/keys"
     assert "K3SVIRT_API_KEYS_SECRET" not in env
     assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding")], "file mode needs no Secret access"
+
+
+def test_console_key_is_one_secret_both_sides_mount(render) -> None:
+    """docs/console.md: the gateway signs console tickets with the key the operators check them with."""
+    objs = render()
+    (secret,) = [o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "k3svirt-console-key"]
+    assert len(base64.b64decode(secret["data"]["key"])) >= 32
+    for kind, suffix in (("DaemonSet", "-operator"), ("Deployment", "-gateway")):
+        pod = find(objs, kind, suffix)["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["K3SVIRT_CONSOLE_KEY_FILE"] == "/etc/k3svirt/console/key", kind
+        vol = next(v for v in pod["volumes"] if v["name"] == "console-key")
+        assert vol["secret"]["secretName"] == "k3svirt-console-key", kind
+        assert any(m["name"] == "console-key" and m["readOnly"] for m in c["volumeMounts"]), kind
+    ds = find(objs, "DaemonSet", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "console", "containerPort": 9471, "hostPort": 9471, "protocol": "TCP"} in ds["ports"]
+    off = render("--set", "console.enabled=false")
+    assert not [o for o in off if o["metadata"]["name"] == "k3svirt-console-key"]
+    gw = find(off, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert "K3SVIRT_CONSOLE_KEY_FILE" not in {e["name"] for e in gw["env"]}
+    own = render("--set", "console.existingSecret=my-console-key")
+    assert not [o for o in own if o["metadata"]["name"] == "k3svirt-console-key"]
+    pod = find(own, "DaemonSet", "-operator")["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "console-key")["secret"]["secretName"] == "my-console-key"
 
 
 @pytest.mark.parametrize(
