@@ -9,7 +9,6 @@ other nodes never strip ours.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import functools
 import logging
@@ -757,8 +756,8 @@ async def _sync_vm_services(publisher: vmservices.Publisher) -> None:
                 SERVICE_SYNC.resync()
                 await shutdown.pause(5.0)
                 continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(SERVICE_SYNC.wake.wait(), SETTINGS.resync_seconds)
+        if not await shutdown.wait_for_event(SERVICE_SYNC.wake, SETTINGS.resync_seconds):
+            return  # the operator stops: kopf waits 5 s for loops that do not end by themselves
 
 
 async def _sync_namespaces(publisher: vmservices.Publisher, namespaces: set[str] | None, services: kopf.Index,

@@ -47,6 +47,17 @@ async def pause(seconds: float) -> bool:
     return False
 
 
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; False at once when the operator is stopping (as pause)."""
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(KOPF_STOP.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    return not KOPF_STOP.is_set()
+
+
 def install_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
     """Replace kopf's SIGTERM/SIGINT handlers: stop the worker threads' work first, then kopf."""
     for sig in (signal.SIGTERM, signal.SIGINT):
