@@ -289,6 +289,10 @@ def test_pods_cannot_be_forwarded_off_this_machine(testbed: dict[str, str]) -> N
     assert rules("FORWARD")[1] == "-A FORWARD -j K3SVIRT-NODE-FWD"
     assert rules("K3SVIRT-NODE-FWD")[1:] == [
         "-A K3SVIRT-NODE-FWD -i cni0 -o cni0 -j RETURN",
+        # Services in front of VMs (docs/services.md): only connections kube-proxy redirected to a VM
+        # endpoint, and their replies, pass between the pods and the VM network on this machine.
+        "-A K3SVIRT-NODE-FWD -i cni0 -o virbr0 -m conntrack --ctstate DNAT -j RETURN",
+        "-A K3SVIRT-NODE-FWD -i virbr0 -o cni0 -m conntrack --ctstate DNAT -j RETURN",
         "-A K3SVIRT-NODE-FWD -i cni0 -j DROP",
         "-A K3SVIRT-NODE-FWD -o cni0 -j DROP",
     ]
