@@ -35,6 +35,13 @@ start() {
   # The serial-console ticket key the gateway and the operator share (docs/console.md): made once.
   local console_key=${K3SVIRT_CONSOLE_KEY_FILE:-$K3SVIRT_STATE/console-key}
   if [ ! -s "$console_key" ]; then (umask 077 && openssl rand -hex 32 > "$console_key"); fi
+  # ... and as the Secret `kubectl k3svirt console` reads it from (a cluster operator's credentials).
+  if ! { kubectl --kubeconfig "$KUBECONFIG" create namespace k3svirt-system --dry-run=client -o yaml \
+      | kubectl --kubeconfig "$KUBECONFIG" apply -f - >/dev/null \
+    && kubectl --kubeconfig "$KUBECONFIG" -n k3svirt-system create secret generic k3svirt-console-key \
+      --from-file=key="$console_key" --dry-run=client -o yaml | kubectl --kubeconfig "$KUBECONFIG" apply -f - >/dev/null; }; then
+    log "the console key Secret k3svirt-system/k3svirt-console-key could not be written: kubectl k3svirt console will not work"
+  fi
   cat > "$SAVED" <<ENV
 KUBECONFIG=$KUBECONFIG
 LIBVIRT_DEFAULT_URI=${LIBVIRT_DEFAULT_URI:-qemu:///system}
