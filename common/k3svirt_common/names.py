@@ -154,3 +154,14 @@ def parse_action_request(value: str) -> tuple[str, str]:
     if not sep or action not in ACTIONS or not ident:
         raise ValueError(f"{ANNOTATION_ACTION} must be '<{'|'.join(ACTIONS)}>/<unique id>', got {value!r}")
     return action, ident
+
+
+# The quantities of a VMUsage bucket (crds/vmusages.yaml): what the operator meters and the gateway sums.
+USAGE_FIELDS = (
+    "cpuSeconds",
+    "memoryAllocatedGiBHours",
+    "memoryUsedGiBHours",
+    "diskGBHours",
+    "networkRxBytes",
+    "networkTxBytes",
+)

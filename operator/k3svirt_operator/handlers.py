@@ -599,17 +599,23 @@ async def passthrough_changed(body: kopf.Body, name: str, claimed_addresses: kop
     """Binds the device (and its IOMMU group) to vfio-pci, or says in status why it refuses."""
     claimed = _claimed_by_others(claimed_addresses, name)
     status = await asyncio.to_thread(_reconcile_passthrough, copy.deepcopy(dict(body)), claimed)
+    await _write_phase_status(body, names.PCIPASSTHROUGH_PLURAL, name, status, ignore=("lastTransitionTime",))
+
+
+async def _write_phase_status(body: kopf.Body, plural: str, name: str, status: dict[str, Any],
+                              ignore: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """Writes a cluster-scoped object's status when it changed (`ignore`: keys that alone are no
+    change), and one Event when its phase did (its Ready condition's reason and message; Warning for
+    Failed)."""
     old = _user_status(body)
-    if {k: v for k, v in status.items() if k != "lastTransitionTime"} != old:
-        await asyncio.to_thread(_rt().patch_status, names.PCIPASSTHROUGH_PLURAL, None, name, status)
-        if status.get("phase") != old.get("phase"):
-            ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-            kopf.event(
-                body,
-                type="Warning" if status.get("phase") == pci.PHASE_FAILED else "Normal",
-                reason=ready.get("reason") or str(status.get("phase")),
-                message=(ready.get("message") or "")[:1000],
-            )
+    if {k: v for k, v in status.items() if k not in ignore} == old:
+        return
+    await asyncio.to_thread(_rt().patch_status, plural, None, name, status)
+    if status.get("phase") != old.get("phase"):
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        kopf.event(body, type="Warning" if status.get("phase") == pci.PHASE_FAILED else "Normal",
+                   reason=ready.get("reason") or str(status.get("phase")),
+                   message=(ready.get("message") or "")[:1000])  # fmt: skip
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL, when=on_this_node)
@@ -666,14 +672,7 @@ def _reconcile_vf_policy(body: Mapping[str, Any], children: list[dict[str, Any]]
 async def vf_policy_changed(body: kopf.Body, name: str, passthroughs: kopf.Index, **_: Any) -> None:
     children = _vf_children(passthroughs, name)
     status = await asyncio.to_thread(_reconcile_vf_policy, copy.deepcopy(dict(body)), children)
-    old = _user_status(body)
-    if status != old:
-        await asyncio.to_thread(_rt().patch_status, names.PCIVF_POLICY_PLURAL, None, name, status)
-        if status.get("phase") != old.get("phase"):
-            ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-            kind = "Warning" if status["phase"] == "Failed" else "Normal"
-            reason, message = ready.get("reason") or status["phase"], (ready.get("message") or "")[:1000]
-            kopf.event(body, type=kind, reason=reason, message=message)
+    await _write_phase_status(body, names.PCIVF_POLICY_PLURAL, name, status)
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PCIVF_POLICY_PLURAL, when=on_this_node)

@@ -29,16 +29,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from k3svirt_common.names import USAGE_FIELDS as FIELDS
+
 GIB = 1024**3
 GB = 1000**3
-FIELDS = (
-    "cpuSeconds",
-    "memoryAllocatedGiBHours",
-    "memoryUsedGiBHours",
-    "diskGBHours",
-    "networkRxBytes",
-    "networkTxBytes",
-)
 COUNTERS = ("cpuSeconds", "networkRxBytes", "networkTxBytes")  # cumulative in libvirt
 MAX_GAP_SECONDS = 3 * 3600.0  # a longer gap between two readings is not integrated (host suspended?)
 

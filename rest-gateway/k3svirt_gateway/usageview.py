@@ -7,14 +7,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-FIELDS = (
-    "cpuSeconds",
-    "memoryAllocatedGiBHours",
-    "memoryUsedGiBHours",
-    "diskGBHours",
-    "networkRxBytes",
-    "networkTxBytes",
-)
+from k3svirt_common.names import USAGE_FIELDS as FIELDS
+
 GRANULARITIES = ("hour", "day")
 
 
