@@ -77,7 +77,7 @@ def vm_body(name: str, env: dict[str, str], node: str) -> dict[str, Any]:
                 "kernel": {
                     "path": env["K3SVIRT_GUEST_KERNEL"],
                     "initrdPath": env["K3SVIRT_GUEST_INITRD"],
-                    "cmdline": f"console=ttyS0 quiet k3svirt.hostname={name}",
+                    "cmdline": f"console=ttyS0 quiet no_timer_check k3svirt.hostname={name}",
                 }
             },
             "disks": [{"name": "scratch", "size": "64Mi", "source": {"blank": {}}}],

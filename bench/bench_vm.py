@@ -299,7 +299,7 @@ class Bench:
                     "kernel": {
                         "path": self.tb["K3SVIRT_GUEST_KERNEL"],
                         "initrdPath": self.tb["K3SVIRT_GUEST_INITRD"],
-                        "cmdline": f"console=ttyS0 quiet k3svirt.hostname={name}",
+                        "cmdline": f"console=ttyS0 quiet no_timer_check k3svirt.hostname={name}",
                     }
                 },
                 "disks": [{"name": "scratch", "size": "64Mi", "source": {"blank": {}}}],

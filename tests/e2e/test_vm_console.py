@@ -112,8 +112,6 @@ def setup(kubeconfig, module_namespace, operator, tiny_guest, tmp_path_factory) 
         "K3SVIRT_CONSOLE_KEY_FILE": operator.env["K3SVIRT_CONSOLE_KEY_FILE"],
     }
     vm = tiny_vm(VM, tiny_guest)
-    # Under TCG on a loaded host the kernel's IO-APIC timer check can fail (panic before the shell).
-    vm["spec"]["boot"]["kernel"]["cmdline"] += " no_timer_check"
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(vm))
     # A short worker timeout: a console idle for longer must survive it (gthread requests are not killed).
     with gateway(env, d / "gateway.log", args=("--threads", "6", "--timeout", "10")) as (url, _proc):

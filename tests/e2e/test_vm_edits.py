@@ -27,7 +27,6 @@ def vm(kubeconfig, operator, tiny_guest, tmp_path_factory) -> Iterator[tuple[str
     kubectl(kubeconfig, "create", "namespace", ns)
     spec = tiny_vm(VM, tiny_guest, memory={"size": "128Mi", "maxSize": "256Mi"},
                    cpu={"sockets": 1, "maxVcpus": 2, "request": "100m"})  # fmt: skip
-    spec["spec"]["boot"]["kernel"]["cmdline"] += " no_timer_check"  # see test_vm_console.py
     kubectl(kubeconfig, "apply", "-n", ns, "-f", "-", stdin=json.dumps(spec))
     wait_until(lambda: status(kubeconfig, ns).get("printableStatus") == "Running", 300, "VM not running")
     yield kubeconfig, ns

@@ -92,7 +92,12 @@ def test_libvirtd_restart_under_running_vms(testbed, apiserver: ApiServer, priva
         wait_until(lambda: "reconnected to libvirt" in op.tail(200) or "connected to libvirt" in op.tail(5), 60,
                    f"the operator did not reconnect; log:\n{op.tail(30)}")  # fmt: skip
         t1 = time.monotonic()
-        victim.destroy()
+        try:
+            victim.destroy()
+        except libvirt.libvirtError as err:  # down already: the repair by event is what is measured either way
+            if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                raise
+            print(f"the victim was already down before its destroy: state {victim.state()}; log:\n{op.tail(30)}")
         wait_until(victim.isActive, 60, f"the destroyed VM was not started again; log:\n{op.tail(30)}", 0.5)
         repaired = time.monotonic() - t1
         assert repaired < REPAIR_WITHIN, f"repaired after {repaired:.1f} s: by the resync, not by an event"

@@ -115,7 +115,7 @@ def test_operator_sigkilled_during_create_update_delete(testbed, apiserver: ApiS
             assert len(doms) == 1 and doms[0].UUIDString() == vm(name)["metadata"]["uid"], [d.name() for d in doms]
 
             # --- update: a new command line, applied by a restart request
-            cmdline = f"console=ttyS0 quiet k3svirt.hostname={name} round={rnd_i}"
+            cmdline = f"console=ttyS0 quiet no_timer_check k3svirt.hostname={name} round={rnd_i}"
             request_id = f"restart/{uuid.uuid4()}"
             patch = {"metadata": {"annotations": {"k3svirt.io/action-request": request_id}},
                      "spec": {"boot": {"kernel": {**obj["spec"]["boot"]["kernel"], "cmdline": cmdline}}}}  # fmt: skip

@@ -95,7 +95,7 @@ def test_vms_created_at_10_per_second_through_the_gateway(
                 "kernel": {
                     "path": str(tiny_guest.kernel),
                     "initrdPath": str(tiny_guest.initrd),
-                    "cmdline": f"console=ttyS0 quiet k3svirt.hostname={name}",
+                    "cmdline": f"console=ttyS0 quiet no_timer_check k3svirt.hostname={name}",
                 }
             },  # fmt: skip
             "disks": [{"name": "scratch", "size": "16Mi", "source": {"blank": {}}}],
