@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cputopo import Cpu, choose
+from .cputopo import Cpu, choose, fmt
+from .cputopo import housekeeping as housekeeping_cpus
 from .domain_xml import parse_cpuset
 
 CONTAINER = "reserve"  # the reservation pod's one container (k3svirt_common.reservation.pod_body)
@@ -67,7 +68,8 @@ def check(assignment: Assignment, wanted: int) -> list[int]:
     if len(cpus) != wanted or set(cpus) == set(assignment.pod_cpus):
         raise NotExclusive(
             f"the kubelet gave the reservation CPUs {_fmt(cpus)} of the node's {_fmt(assignment.pod_cpus)}, not "
-            f"{wanted} exclusive ones: the node's kubelet needs cpuManagerPolicy: static (with reservedSystemCPUs)"
+            f"{wanted} exclusive ones: the node's kubelet needs cpuManagerPolicy: static, with reservedSystemCPUs = "
+            'its housekeeping CPUs (docs/accounting.md, "Exclusive CPUs")'
         )
     return cpus
 
@@ -80,12 +82,29 @@ def emulator_cpus(assignment: Assignment, housekeeping: str) -> str:
     return _fmt(rest or assignment.cpus)
 
 
-def preference_note(topology: list[Cpu], assignment: Assignment) -> str | None:
-    """The topology choice (cputopo.choose) as a preference: says so when the kubelet's exclusive CPUs
-    split an L2 cluster although the same count fit in fewer clusters (the kubelet aligns to cores
-    and sockets, not to L2 modules). None when the assignment is as good."""
+def l2_layout(topology: list[Cpu], cpus: list[int]) -> str:
+    """Which L2 clusters the CPUs use, for the DedicatedCores Event: "one whole L2 cluster (0-3)",
+    "L2 clusters 0-3 (2 of 4), 4-7 (2 of 4)"."""
+    clusters = {c.id: c.l2 for c in topology}
+    used = sorted({clusters[c] for c in cpus if c in clusters}, key=min)
+    if len(used) == 1 and used[0] <= set(cpus):
+        return f"one whole L2 cluster ({fmt(used[0])})"
+    parts = [f"{fmt(cl)} ({len(cl & set(cpus))} of {len(cl)})" for cl in used]
+    return ("L2 clusters " if len(parts) > 1 else "L2 cluster ") + ", ".join(parts)
+
+
+def preference_note(topology: list[Cpu], assignment: Assignment, housekeeping: str = "") -> str | None:
+    """The topology choice (cputopo.choose, the reference) as a check of the kubelet's pick: says so,
+    and why, when its exclusive CPUs span more L2 clusters than the same count would on this node
+    with no other exclusive CPUs (the pod's CPUs minus the housekeeping ones). None when as good.
+
+    The kubelet knows no L2 modules and hands out the lowest free CPUs (cputopo's docstring), so a
+    split has one of two causes: housekeeping CPUs that are not the top of the last cluster (then
+    every cluster-sized request straddles two clusters), or smaller exclusive allocations holding
+    part of the lower cluster (the kubelet does not keep it whole for a later, larger request)."""
     count = len(assignment.cpus)
-    best = choose(topology, set(assignment.pod_cpus), count)
+    hk = set(parse_cpuset(housekeeping)) if housekeeping else set()
+    best = choose(topology, set(assignment.pod_cpus) - hk, count)
     if best is None:
         return None
     clusters = {c.id: c.l2 for c in topology}
@@ -93,7 +112,28 @@ def preference_note(topology: list[Cpu], assignment: Assignment) -> str | None:
     ideal = len({clusters[c] for c in best if c in clusters})
     if used <= ideal:
         return None
-    return f"exclusive CPUs {_fmt(assignment.cpus)} span {used} L2 clusters; {_fmt(best)} would span {ideal}"
+    where = housekeeping_advice(topology, housekeeping) or (
+        "the kubelet hands out the lowest free CPUs and knows no L2 modules: smaller exclusive allocations "
+        "hold part of the lower cluster"
+    )
+    return f"exclusive CPUs {_fmt(assignment.cpus)} span {used} L2 clusters where {ideal} would do ({where})"
+
+
+def housekeeping_advice(topology: list[Cpu], housekeeping: str) -> str | None:
+    """Says when the housekeeping CPUs (K3SVIRT_HOUSEKEEPING_CPUS = the kubelet's reservedSystemCPUs)
+    are not where the kubelet's packing needs them (cputopo.housekeeping); None when they are, or
+    when they are not known."""
+    hk = sorted(parse_cpuset(housekeeping)) if housekeeping else []
+    if not hk:
+        return None
+    want = housekeeping_cpus(topology, len(hk))
+    if hk == want:
+        return None
+    return (
+        f"the housekeeping CPUs {fmt(hk)} are not the top of the last L2 cluster: the kubelet hands out the lowest "
+        f"free CPUs, so cluster-sized requests straddle two clusters; make reservedSystemCPUs and "
+        f"K3SVIRT_HOUSEKEEPING_CPUS {fmt(want)}"
+    )
 
 
 def with_pins(spec: Mapping[str, Any], cpus: list[int], emulator: str) -> dict[str, Any]:

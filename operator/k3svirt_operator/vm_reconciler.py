@@ -139,7 +139,7 @@ class VMReconciler:
             held["pod"] = self._reserve_early(
                 ns, name, uid, meta, status, spec, expanded.spec, state, reservation, devices
             )
-            expanded, pinned = self._dedicated(ns, name, expanded, held)
+            expanded, pinned, split = self._dedicated(ns, name, expanded, held)
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
             ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
@@ -191,6 +191,8 @@ class VMReconciler:
             )
             if pinned and any(e.reason == "Started" for e in events):
                 events.append(Event("Normal", "DedicatedCores", pinned))
+                if split:  # the kubelet's pick is worse than cputopo's reference: say so, and why
+                    events.append(Event("Warning", "DedicatedCoresSplitL2", split))
             if action_value is not None and state.stopping is None:
                 # Recorded once performed: a stop or restart under way lives in this process only, and
                 # an operator killed before it finishes must find the request still pending (the
@@ -465,13 +467,14 @@ class VMReconciler:
             return pod  # an invalid size: `_admit` reports it
 
     def _dedicated(self, ns: str, name: str, expanded: templates.Expanded,
-                   held: dict[str, Any]) -> tuple[templates.Expanded, str]:  # fmt: skip
+                   held: dict[str, Any]) -> tuple[templates.Expanded, str, str | None]:  # fmt: skip
         """spec.cpu.dedicatedCores: the exclusive CPUs the kubelet gave the reservation become the
-        spec's pinning (cpupin.py); the expanded spec to build, and what was pinned where ("" if
-        nothing). Until the kubelet has assigned them, held["cpus"] says what the start waits for."""
+        spec's pinning (cpupin.py); the expanded spec to build, what was pinned where ("" if
+        nothing) and, when the kubelet's pick spans more L2 clusters than cputopo's reference, why
+        (cpupin.preference_note). Until the kubelet has assigned them, held["cpus"] says what the start waits for."""
         wanted = (expanded.spec.get("cpu") or {}).get("dedicatedCores")
         if not wanted:
-            return expanded, ""
+            return expanded, "", None
         if self.reservations is None:
             raise SpecProblem(FAILED, RESERVED, "DedicatedCoresUnavailable",
                               "spec.cpu.dedicatedCores: the kubelet's CPU manager assigns the cores to the VM's "
@@ -479,7 +482,7 @@ class VMReconciler:
         assignment = cpupin.read_assignment(held["pod"]) if held["pod"] else None
         if assignment is None:
             held["cpus"] = "waiting for the kubelet to run the reservation and assign its exclusive CPUs"
-            return expanded, ""
+            return expanded, "", None
         try:
             cpus = cpupin.check(assignment, int(wanted))
         except cpupin.NotExclusive as exc:
@@ -488,10 +491,12 @@ class VMReconciler:
                 self.reservations.release(ns, name)
             raise SpecProblem(FAILED, RESERVED, "DedicatedCoresUnavailable", str(exc), requeue=60.0) from exc
         emulator = cpupin.emulator_cpus(assignment, self.settings.housekeeping_cpus)
-        note = cpupin.preference_note(cputopo.read(), assignment)
-        pinned = f"vCPUs pinned to the exclusive host CPUs {','.join(map(str, cpus))}, emulator threads to {emulator}"
+        topology = cputopo.read()
+        note = cpupin.preference_note(topology, assignment, self.settings.housekeeping_cpus)
+        pinned = (f"vCPUs pinned to the exclusive host CPUs {','.join(map(str, cpus))} "
+                  f"({cpupin.l2_layout(topology, cpus)}), emulator threads to {emulator}")  # fmt: skip
         spec = cpupin.with_pins(expanded.spec, cpus, emulator)
-        return dataclasses.replace(expanded, spec=spec), pinned + (f" ({note})" if note else "")
+        return dataclasses.replace(expanded, spec=spec), pinned, note
 
     def _release_unstarted(self, ns: str, name: str, uid: str, pod: Mapping[str, Any] | None) -> None:
         """A pass that failed before its start (bad disks, a build error) gives back the reservation it

@@ -68,9 +68,33 @@ def test_the_assignment_becomes_the_specs_pinning():
 
 def test_the_l2_preference_says_when_the_kubelet_split_a_module(tmp_path):
     n305 = cputopo.read(fake_sys(tmp_path, [[0, 1, 2, 3], [4, 5, 6, 7]]))
-    assert cpupin.preference_note(n305, cpupin.Assignment([4, 5, 6, 7], list(range(8)))) is None
-    note = cpupin.preference_note(n305, cpupin.Assignment([2, 3, 4, 5], list(range(8))))
-    assert note is not None and "2 L2 clusters" in note and "would span 1" in note
+    everything = list(range(8))
+    assert cpupin.preference_note(n305, cpupin.Assignment([0, 1, 2, 3], everything), "7") is None
+    # Housekeeping on CPU 0: the kubelet hands out 1-4 (tests/test_kubelet_cpu_allocation.py); the
+    # note names the cause and the layout that avoids it.
+    note = cpupin.preference_note(n305, cpupin.Assignment([1, 2, 3, 4], everything), "0")
+    assert note is not None and "span 2 L2 clusters where 1 would do" in note
+    assert "housekeeping CPUs 0 are not the top of the last L2 cluster" in note
+    assert "K3SVIRT_HOUSEKEEPING_CPUS 7" in note
+    # The right layout, but a smaller exclusive allocation holds part of module 0.
+    note = cpupin.preference_note(n305, cpupin.Assignment([2, 3, 4, 5], everything), "6-7")
+    assert note is not None and "smaller exclusive allocations hold part of the lower cluster" in note
+    assert cpupin.preference_note(n305, cpupin.Assignment([2, 3, 4, 5], everything)) is not None  # housekeeping unknown
+
+
+def test_the_housekeeping_advice(tmp_path):
+    n305 = cputopo.read(fake_sys(tmp_path, [[0, 1, 2, 3], [4, 5, 6, 7]]))
+    assert cpupin.housekeeping_advice(n305, "7") is None and cpupin.housekeeping_advice(n305, "6-7") is None
+    assert cpupin.housekeeping_advice(n305, "") is None
+    advice = cpupin.housekeeping_advice(n305, "0-1") or ""
+    assert "make reservedSystemCPUs and K3SVIRT_HOUSEKEEPING_CPUS 6-7" in advice
+
+
+def test_the_l2_layout_for_the_event(tmp_path):
+    n305 = cputopo.read(fake_sys(tmp_path, [[0, 1, 2, 3], [4, 5, 6, 7]]))
+    assert cpupin.l2_layout(n305, [0, 1, 2, 3]) == "one whole L2 cluster (0-3)"
+    assert cpupin.l2_layout(n305, [1, 2, 3, 4]) == "L2 clusters 0-3 (3 of 4), 4-7 (1 of 4)"
+    assert cpupin.l2_layout(n305, [4, 5]) == "L2 cluster 4-7 (2 of 4)"
 
 
 def test_this_machine_has_a_readable_topology():

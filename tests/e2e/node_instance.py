@@ -45,11 +45,12 @@ def free_instance() -> int:
     return next(i for i in range(1, 100) if str(i) not in taken and not Path(f"/run/netns/k3svirt-n{i}").exists())
 
 
-def start_instance(kubelet_config: Path | None = None) -> NodeInstance:
+def start_instance(kubelet_config: Path | None = None, **settings: str) -> NodeInstance:
     """A new node instance (kubelet_config: a KubeletConfiguration fragment, node.sh's
-    K3SVIRT_NODE_KUBELET_CONFIG); fails the test when it does not come up."""
+    K3SVIRT_NODE_KUBELET_CONFIG; settings: more node.sh variables, e.g. K3SVIRT_NODE_CPU_MANAGER);
+    fails the test when it does not come up."""
     i = free_instance()
-    env = {**os.environ, "K3SVIRT_NODE_INSTANCE": str(i)}
+    env = {**os.environ, **settings, "K3SVIRT_NODE_INSTANCE": str(i)}
     if kubelet_config is not None:
         env["K3SVIRT_NODE_KUBELET_CONFIG"] = str(kubelet_config)
     node = NodeInstance(i, "", env)

@@ -1,19 +1,22 @@
 """Exclusive CPUs (spec.cpu.dedicatedCores) with the kubelet's static CPU manager, on a node instance
-of this machine whose kubelet runs cpuManagerPolicy static with CPU 0 reserved (housekeeping): the
-reservation pod is Guaranteed with whole CPUs, the kubelet gives it the exclusive CPU(s), the VM's
-vCPUs are pinned to exactly those and its emulator threads to the housekeeping CPU; a second VM that
-wants dedicated cores finds none left and does not start."""
+of this machine whose kubelet runs it as the product sets it (node.sh K3SVIRT_NODE_CPU_MANAGER=static:
+reservedSystemCPUs = the housekeeping CPUs at the top of the last L2 cluster, cputopo.housekeeping):
+the reservation pod is Guaranteed with whole CPUs, the kubelet gives it the lowest CPU outside the
+housekeeping set (what cputopo.choose picks too), the VM's vCPUs are pinned to exactly that and its
+emulator threads to the housekeeping CPU; a second VM that wants dedicated cores finds none left and
+does not start."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from k3svirt_common import names
 from k3svirt_common import reservation as rsv
-from k3svirt_operator import cpupin
+from k3svirt_operator import cpupin, cputopo
 
 from tests.e2e.conftest import Operator, get_json, kubectl, tiny_vm, virsh
 from tests.e2e.node_instance import NodeInstance, instance_operator, needs_instances, start_instance
@@ -21,14 +24,13 @@ from tests.polling import wait_until
 
 pytestmark = [needs_instances, pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs: 1 reserved")]
 
-HOUSEKEEPING = "0"
+TOPOLOGY = cputopo.read()
+HOUSEKEEPING = cputopo.fmt(cputopo.housekeeping(TOPOLOGY))  # this machine (2 CPUs, an L2 each): "1"
 
 
 @pytest.fixture(scope="module")
-def static_node(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeInstance]:
-    fragment = tmp_path_factory.mktemp("kubelet") / "static-cpu.yaml"
-    fragment.write_text(f'cpuManagerPolicy: static\nreservedSystemCPUs: "{HOUSEKEEPING}"\n')
-    node = start_instance(fragment)
+def static_node(testbed: dict[str, str]) -> Iterator[NodeInstance]:
+    node = start_instance(K3SVIRT_NODE_CPU_MANAGER="static")
     yield node
     node.node_sh("stop")
 
@@ -60,7 +62,11 @@ def test_dedicated_cores_are_the_kubelets_exclusive_cpus(kubeconfig, namespace, 
     # What the kubelet's CPU manager gave the container (its cpuset cgroup) is what the vCPUs run on.
     assignment = cpupin.read_assignment(pod)
     assert assignment is not None and len(assignment.cpus) == exclusive
-    assert HOUSEKEEPING not in {str(c) for c in assignment.cpus}
+    # node.sh gave the kubelet the housekeeping layout; its pick is the reference choice.
+    kubelet_yaml = (Path(kubeconfig).parent / f"node-{static_node.instance}/kubelet.yaml").read_text()  # $K3SVIRT_STATE
+    assert f'reservedSystemCPUs: "{HOUSEKEEPING}"' in kubelet_yaml and "cpuManagerPolicy: static" in kubelet_yaml
+    pool = {c.id for c in TOPOLOGY} - set(cpupin.parse_cpuset(HOUSEKEEPING))
+    assert assignment.cpus == cputopo.choose(TOPOLOGY, pool, exclusive) == [min(pool)]
     domain = names.domain_name(namespace, "pinned")
     pins = virsh("vcpupin", domain)
     assert f"0      {assignment.cpus[0]}" in " ".join(pins.split("\n")) or pins.split()[-1] == str(
@@ -68,7 +74,13 @@ def test_dedicated_cores_are_the_kubelets_exclusive_cpus(kubeconfig, namespace, 
     ), pins
     assert virsh("emulatorpin", domain).split()[-1] == HOUSEKEEPING
     events = get_json(kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=pinned")
-    assert any(e["reason"] == "DedicatedCores" for e in events["items"]), [e["reason"] for e in events["items"]]
+    dedicated = [e for e in events["items"] if e["reason"] == "DedicatedCores"]
+    assert dedicated, [e["reason"] for e in events["items"]]
+    assert (
+        "one whole L2 cluster" in dedicated[0]["message"]
+        and f"emulator threads to {HOUSEKEEPING}" in dedicated[0]["message"]
+    )
+    assert not [e for e in events["items"] if e["reason"] == "DedicatedCoresSplitL2"]
 
     # No exclusive CPU is left: a second VM that wants one does not start, and says why.
     other = tiny_vm("second", tiny_guest, nodeName=static_node.name, cpu={"cores": 1, "dedicatedCores": 1})

@@ -367,6 +367,36 @@ node_pki() {
   fi
 }
 
+# K3SVIRT_NODE_CPU_MANAGER=static: the kubelet's static CPU manager as the product sets it for
+# spec.cpu.dedicatedCores (docs/accounting.md, "Exclusive CPUs"; the image: meta-k3svirt's
+# config.yaml.in). reservedSystemCPUs are the node's housekeeping CPUs, by default the top of the L2
+# cluster holding the highest CPU (k3svirt_operator.cputopo housekeeping, K3SVIRT_NODE_HOUSEKEEPING_COUNT
+# of them, default 1): the kubelet hands out exclusive CPUs from the lowest free one, so the lower
+# clusters stay whole for cluster-sized requests. K3SVIRT_NODE_RESERVED_CPUS overrides the set,
+# K3SVIRT_NODE_CPU_MANAGER_OPTIONS ("name=value,...") sets cpuManagerPolicyOptions.
+cpu_manager_config() {
+  case "${K3SVIRT_NODE_CPU_MANAGER:-none}" in
+    none) return 0 ;;
+    static) ;;
+    *) die "K3SVIRT_NODE_CPU_MANAGER must be none or static, not '$K3SVIRT_NODE_CPU_MANAGER'" ;;
+  esac
+  local reserved=${K3SVIRT_NODE_RESERVED_CPUS:-} opt
+  if [ -z "$reserved" ]; then
+    reserved=$("$REPO_ROOT/.venv/bin/python" -m k3svirt_operator.cputopo housekeeping \
+      "${K3SVIRT_NODE_HOUSEKEEPING_COUNT:-1}") || die "cannot read this machine's CPU topology (run tests/harness/deps.sh for .venv)"
+  fi
+  [[ $reserved =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] || die "reservedSystemCPUs '$reserved' is not a cpuset"
+  printf 'cpuManagerPolicy: static\nreservedSystemCPUs: "%s"\n' "$reserved"
+  if [ -n "${K3SVIRT_NODE_CPU_MANAGER_OPTIONS:-}" ]; then
+    echo "cpuManagerPolicyOptions:"
+    local IFS=,
+    for opt in $K3SVIRT_NODE_CPU_MANAGER_OPTIONS; do
+      [[ $opt =~ ^[a-z-]+=[a-z0-9]+$ ]] || die "K3SVIRT_NODE_CPU_MANAGER_OPTIONS: '$opt' is not name=value"
+      printf '  %s: "%s"\n' "${opt%%=*}" "${opt#*=}"
+    done
+  fi
+}
+
 # cgroups: these machines mount cgroup v1 (hybrid), there is no systemd, so cgroupfs it is, with
 # failCgroupV1: false (kubelet 1.36 refuses v1 otherwise). Pods go below /kubepods (per QoS class);
 # libvirt's QEMU processes stay in libvirt's own /machine cgroups, which kubelet never touches.
@@ -422,8 +452,9 @@ containerLogMaxSize: 10Mi
 containerLogMaxFiles: 3
 $extra
 YAML
-  # K3SVIRT_NODE_KUBELET_CONFIG: a YAML fragment appended to the KubeletConfiguration (e.g. the
-  # static CPU manager of a node instance: cpuManagerPolicy, reservedSystemCPUs).
+  cpu_manager_config >> "$N/kubelet.yaml"
+  # K3SVIRT_NODE_KUBELET_CONFIG: a YAML fragment appended to the KubeletConfiguration (any other
+  # kubelet setting a test needs).
   if [ -n "${K3SVIRT_NODE_KUBELET_CONFIG:-}" ]; then
     cat "$K3SVIRT_NODE_KUBELET_CONFIG" >> "$N/kubelet.yaml" || die "cannot read K3SVIRT_NODE_KUBELET_CONFIG=$K3SVIRT_NODE_KUBELET_CONFIG"
   fi
