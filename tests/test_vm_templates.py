@@ -14,6 +14,7 @@ import pytest
 import yaml
 from k3svirt_common import schema
 from k3svirt_common import templates as t
+from k3svirt_operator import cpupin
 from k3svirt_operator.domain_xml import DomainContext, VMRef, build_domain
 
 from tests.polling import poll
@@ -72,8 +73,13 @@ def test_vpp_router_shape():
     assert cpu["sockets"] * cpu["cores"] * cpu["threads"] >= 4
     from k3svirt_operator.domain_xml import parse_cpuset
 
-    assert len(parse_cpuset(cpu["dedicatedCpuSet"])) == cpu["cores"]
-    assert not set(parse_cpuset(cpu["emulatorCpuSet"])) & set(parse_cpuset(cpu["dedicatedCpuSet"]))
+    # 1.2.0: the node's kubelet picks 4 exclusive CPUs (one whole N305 module); no fixed host CPUs.
+    assert cpu["dedicatedCores"] == cpu["cores"] == 4
+    assert "dedicatedCpuSet" not in cpu and "emulatorCpuSet" not in cpu
+    # The published 1.1.0 keeps its fixed layout (pinned VMs keep working).
+    old = t.expand({"template": {"name": "vpp-router", "version": "1.1.0"}, **REQUIRED}, STORE.get).spec["cpu"]
+    assert len(parse_cpuset(old["dedicatedCpuSet"])) == old["cores"]
+    assert not set(parse_cpuset(old["emulatorCpuSet"])) & set(parse_cpuset(old["dedicatedCpuSet"]))
     assert spec["memory"]["hugepages"]["pageSize"] == "1Gi" and spec["memory"]["size"].endswith("Gi")
     assert [(h["name"], h["pciPassthrough"]) for h in spec["hostDevices"]] == [("wan", "vpp-wan"), ("lan", "vpp-lan")]
     user = spec["cloudInit"]["userData"]
@@ -100,9 +106,14 @@ def test_minimal_linux_uses_the_harness_guest_paths():
 REF = VMRef("default", "t1", "6f1c3b0e-8a53-4a7e-9d6a-3f0e1e2d4c5b")
 
 
-def domain(template: str, presets: list[str], tmp_path: Path, **overrides) -> tuple[ET.Element, dict, str]:
+def domain(template: str, presets: list[str], tmp_path: Path, pins: tuple[list[int], str] | None = None,
+           **overrides) -> tuple[ET.Element, dict, str]:  # fmt: skip
+    """The template's domain XML; `pins`: the kubelet's exclusive CPUs and the housekeeping CPUs for
+    cpu.dedicatedCores, applied as the operator does (cpupin.with_pins) before the build."""
     vm = {"template": {"name": template}, "presets": [{"name": p} for p in presets], **REQUIRED, **overrides}
     spec = t.expand(vm, STORE.get).spec
+    if pins is not None:
+        spec = cpupin.with_pins(spec, *pins)
     ctx = DomainContext(
         domain_type="kvm",
         disks={d["name"]: f"/var/lib/k3svirt/disks/default/t1/{d['name']}.qcow2" for d in spec.get("disks") or []},
@@ -184,8 +195,10 @@ def test_presets_compose_in_order(tmp_path):
 
 
 def test_vpp_router_domain(tmp_path):
-    dom, _, xml = domain("vpp-router", [], tmp_path)
-    assert len(dom.findall("cputune/vcpupin")) == 4 and dom.find("cputune/emulatorpin").get("cpuset") == "3"
+    # On the N305 image the kubelet gives the reservation module 0 (housekeeping 6-7 on top of module 1).
+    dom, _, xml = domain("vpp-router", [], tmp_path, pins=([0, 1, 2, 3], "6-7"))
+    assert [p.get("cpuset") for p in dom.findall("cputune/vcpupin")] == ["0", "1", "2", "3"]
+    assert dom.find("cputune/emulatorpin").get("cpuset") == "6-7"
     assert dom.find("memoryBacking/hugepages/page").get("size") in ("1048576", "1")
     assert len(dom.findall("devices/hostdev")) == 2
 

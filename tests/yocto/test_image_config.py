@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from k3svirt_common import templates
+from k3svirt_operator import cputopo
+
+from tests.sysfs_fixture import N305, write_sys
 
 from .conftest import LAYER, REPO
 
@@ -66,40 +70,47 @@ def test_k3s_starts_without_a_lan() -> None:
 # --- CPU layout: kernel command line, kubelet and templates agree ---------------------------
 
 
-def _template_cpus() -> tuple[set[int], set[int]]:
-    vpp = yaml.safe_load((REPO / "vm-templates" / "vpp-router.yaml").read_text())
-    cpu = vpp["spec"]["defaults"]["cpu"] if "defaults" in vpp.get("spec", {}) else None
-    text = (REPO / "vm-templates" / "vpp-router.yaml").read_text()
-    if cpu is None:
-        ded = re.search(r"dedicatedCpuSet: *\"?([0-9,-]+)", text).group(1)
-        emu = re.search(r"emulatorCpuSet: *\"?([0-9,-]+)", text).group(1)
-    else:
-        ded, emu = str(cpu["dedicatedCpuSet"]), str(cpu["emulatorCpuSet"])
-    return cpuset(ded), cpuset(emu)
+def _vpp_router_cpu() -> dict:
+    """The cpu block of the vpp-router version an unpinned VM gets."""
+    return templates.resolve(yaml.safe_load((REPO / "vm-templates" / "vpp-router.yaml").read_text()))[1]["cpu"]
 
 
 @pytest.mark.parametrize("where", ["distro", "k3svirt-n305.yml"])
-def test_cpu_layout_matches_vm_template_defaults(where: str) -> None:
+def test_cpu_layout_gives_a_dedicated_vm_a_whole_module(where: str, tmp_path: Path) -> None:
     text = DISTRO if where == "distro" else kas_conf(where)
-    dedicated, emulator = _template_cpus()
     host = cpuset(distro_var("K3SVIRT_CPUS_HOST", text).strip())
-    vm = cpuset(distro_var("K3SVIRT_CPUS_VM", text))
     isolated = cpuset(distro_var("K3SVIRT_CPUS_ISOLATED", text))
-    assert isolated == dedicated, "isolcpus/nohz_full must be exactly the template's pinned vCPUs"
-    assert vm == dedicated | emulator, "pods must stay off the emulator and vCPU cores"
-    assert host == set(range(8)) - vm and host, "host CPUs are the rest of the 8-core N305"
+    n305 = cputopo.read(write_sys(tmp_path / "n305", **N305))
+    # Housekeeping on top of the last module: the kubelet hands out the lowest free CPUs, so a
+    # 4-core request gets module 0-3 whole (tests/test_kubelet_cpu_allocation.py runs its code).
+    assert host and sorted(host) == cputopo.housekeeping(n305, len(host)), "housekeeping not on top"
+    module = cputopo.choose(n305, set(range(8)) - host, 4)
+    assert module == [0, 1, 2, 3]
+    cpu = _vpp_router_cpu()
+    assert cpu["dedicatedCores"] == len(module) == cpu["cores"], "vpp-router asks for one whole module"
+    assert "dedicatedCpuSet" not in cpu and "emulatorCpuSet" not in cpu  # the node picks, not the template
+    # Tickless CPUs: where the module-sized VM's vCPUs 1-3 land (vCPU 0 shares CPU 0 with timekeeping).
+    assert isolated == set(module) - {0} and not isolated & host
 
 
-def test_kubelet_static_cpu_manager_keeps_pods_off_vm_cpus() -> None:
+def test_kubelet_static_cpu_manager_keeps_pods_off_the_housekeeping_cpus() -> None:
     cfg = yaml.safe_load((RK / "k3svirt-k3s-config" / "files" / "config.yaml.in").read_text())
     args = cfg["kubelet-arg"]
     assert "cpu-manager-policy=static" in args
     assert "cpu-manager-policy-options=strict-cpu-reservation=true" in args
-    assert "reserved-cpus=@K3SVIRT_CPUS_VM@" in args
+    assert "reserved-cpus=@K3SVIRT_CPUS_HOST@" in args
     # reserved-cpus replaces the cpu share of system-/kube-reserved: no cpu= there
     assert not [a for a in args if a.startswith(("system-reserved", "kube-reserved")) and "cpu=" in a]
     recipe = next(RK.rglob("k3svirt-k3s-config_*.bb")).read_text()
-    assert "s#@K3SVIRT_CPUS_VM@#${K3SVIRT_CPUS_VM}#g" in recipe
+    assert "s#@K3SVIRT_CPUS_HOST@#${K3SVIRT_CPUS_HOST}#g" in recipe
+    # The operator pins emulator threads to the same CPUs: the unit reads them before its own file.
+    cpus = next(RK.rglob("k3svirt-cpus.in")).read_text()
+    assert "K3SVIRT_HOUSEKEEPING_CPUS=@K3SVIRT_CPUS_HOST@" in cpus.splitlines()
+    host_recipe = next(RK.rglob("k3svirt-host-config_*.bb")).read_text()
+    assert "k3svirt-cpus.in > ${D}${sysconfdir}/default/k3svirt-cpus" in host_recipe
+    service = (RK / "k3svirt-operator" / "files" / "k3svirt-operator.service").read_text()
+    files = re.findall(r"^EnvironmentFile=-(\S+)$", service, re.M)
+    assert files == ["/etc/default/k3svirt-cpus", "/etc/default/k3svirt-operator"]
 
 
 def test_isolation_cmdline_is_built_from_the_layout() -> None:
@@ -112,9 +123,10 @@ def test_isolation_cmdline_is_built_from_the_layout() -> None:
         def getVar(self, name: str) -> str:
             return self.v[name]
 
-    got = eval(expr, {}, {"d": D({"K3SVIRT_CPUS_ISOLATED": "4-7", "K3SVIRT_CPUS_HOST": "0-2"})})
-    assert got.split() == ["isolcpus=managed_irq,domain,4-7", "nohz_full=4-7", "rcu_nocbs=4-7", "irqaffinity=0-2"]
-    assert eval(expr, {}, {"d": D({"K3SVIRT_CPUS_ISOLATED": "", "K3SVIRT_CPUS_HOST": "0-1"})}) == ""
+    got = eval(expr, {}, {"d": D({"K3SVIRT_CPUS_ISOLATED": "1-3", "K3SVIRT_CPUS_HOST": "6-7"})})
+    # No `domain` isolation: pods may run on those CPUs while no dedicated VM holds them.
+    assert got.split() == ["isolcpus=managed_irq,1-3", "nohz_full=1-3", "rcu_nocbs=1-3", "irqaffinity=6-7"]
+    assert eval(expr, {}, {"d": D({"K3SVIRT_CPUS_ISOLATED": "", "K3SVIRT_CPUS_HOST": "3"})}) == "irqaffinity=3"
     host = next(RK.rglob("cpu-affinity.conf.in")).read_text()
     assert "CPUAffinity=@K3SVIRT_CPUS_HOST@" in host
 

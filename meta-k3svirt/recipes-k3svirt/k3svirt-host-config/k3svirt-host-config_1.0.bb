@@ -1,7 +1,8 @@
 SUMMARY = "k3svirt host settings: /dev/kvm, hugetlbfs, sysctls, CPU affinity, /var growth"
 DESCRIPTION = "udev rule giving qemu access to /dev/kvm and vhost devices, \
 sysctls for Kubernetes networking, a 2 MiB hugetlbfs mount, systemd's CPU \
-affinity for host services and a systemd-repart rule growing /var."
+affinity for host services, the housekeeping CPUs for the operator and a \
+systemd-repart rule growing /var."
 HOMEPAGE = "https://k3svirt.invalid/"
 LICENSE = "CLOSED"
 
@@ -11,12 +12,13 @@ SRC_URI = " \
     file://dev-hugepages2M.mount \
     file://50-var.conf \
     file://cpu-affinity.conf.in \
+    file://k3svirt-cpus.in \
 "
 S = "${UNPACKDIR}"
 
 # Host CPUs (conf/distro/k3svirt.conf): machine-specific, hence the
 # package is too (not allarch).
-K3SVIRT_CPUS_HOST ??= "0-2"
+K3SVIRT_CPUS_HOST ??= "6-7"
 PACKAGE_ARCH = "${MACHINE_ARCH}"
 
 inherit systemd features_check
@@ -37,6 +39,9 @@ do_install() {
     sed -e 's#@K3SVIRT_CPUS_HOST@#${K3SVIRT_CPUS_HOST}#g' ${S}/cpu-affinity.conf.in \
         > ${D}${nonarch_libdir}/systemd/system.conf.d/60-k3svirt-cpu-affinity.conf
     chmod 0644 ${D}${nonarch_libdir}/systemd/system.conf.d/60-k3svirt-cpu-affinity.conf
+    install -d ${D}${sysconfdir}/default
+    sed -e 's#@K3SVIRT_CPUS_HOST@#${K3SVIRT_CPUS_HOST}#g' ${S}/k3svirt-cpus.in > ${D}${sysconfdir}/default/k3svirt-cpus
+    chmod 0644 ${D}${sysconfdir}/default/k3svirt-cpus
 }
 
 FILES:${PN} += "\
@@ -45,6 +50,7 @@ FILES:${PN} += "\
     ${nonarch_libdir}/repart.d \
     ${nonarch_libdir}/systemd/system.conf.d \
     ${systemd_system_unitdir} \
+    ${sysconfdir}/default/k3svirt-cpus \
 "
 
 # systemd-repart (in the systemd package with the distro's PACKAGECONFIG

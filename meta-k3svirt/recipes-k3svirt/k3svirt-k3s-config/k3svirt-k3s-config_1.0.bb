@@ -1,6 +1,6 @@
 SUMMARY = "K3s single-node configuration and k3svirt auto-deploy manifests"
 DESCRIPTION = "K3s config drop-in for a single-node k3svirt server (CPU \
-manager, reserved CPUs, disabled add-ons), k3svirt's CRDs, namespace and the \
+manager, housekeeping CPUs, disabled add-ons), k3svirt's CRDs, namespace and the \
 gateway's least-privilege ServiceAccount as K3s auto-deploy manifests \
 (applied by the K3s deploy controller at every start, no network needed), \
 and the k3svirt-wait-api helper."
@@ -15,10 +15,10 @@ SRC_URI += "file://config.yaml.in \
     file://k3svirt-wait-api \
 "
 
-# CPUs pods must never use: QEMU emulator threads and pinned vCPUs
-# (conf/distro/k3svirt.conf). kubelet's static CPU manager with
-# strict-cpu-reservation keeps every pod, whatever its QoS class, off them.
-K3SVIRT_CPUS_VM ??= "3-7"
+# The housekeeping CPUs (conf/distro/k3svirt.conf): the kubelet's
+# reserved-cpus. Its static CPU manager with strict-cpu-reservation keeps
+# every pod, whatever its QoS class, off them.
+K3SVIRT_CPUS_HOST ??= "6-7"
 
 # The sandbox image k3svirt-pause-image builds (its K3SVIRT_OCI_REF).
 K3SVIRT_PAUSE_IMAGE ??= "localhost/k3svirt/pause:3.10"
@@ -32,7 +32,7 @@ do_install() {
     # meta-virtualization's k3s package owns /etc/rancher/k3s/config.yaml;
     # K3s merges config.yaml.d/*.yaml over it in lexical order.
     install -d ${D}${sysconfdir}/rancher/k3s/config.yaml.d
-    sed -e 's#@K3SVIRT_CPUS_VM@#${K3SVIRT_CPUS_VM}#g' -e 's#@K3SVIRT_PAUSE_IMAGE@#${K3SVIRT_PAUSE_IMAGE}#g' \
+    sed -e 's#@K3SVIRT_CPUS_HOST@#${K3SVIRT_CPUS_HOST}#g' -e 's#@K3SVIRT_PAUSE_IMAGE@#${K3SVIRT_PAUSE_IMAGE}#g' \
         ${UNPACKDIR}/config.yaml.in \
         > ${D}${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml
     chmod 0600 ${D}${sysconfdir}/rancher/k3s/config.yaml.d/50-k3svirt.yaml
@@ -55,7 +55,7 @@ do_install() {
     fi
 }
 
-# The config depends on the machine's CPU layout (K3SVIRT_CPUS_VM).
+# The config depends on the machine's CPU layout (K3SVIRT_CPUS_HOST).
 PACKAGE_ARCH = "${MACHINE_ARCH}"
 
 FILES:${PN} += "\
