@@ -159,7 +159,9 @@ def test_operator_killed_mid_bind_leaves_no_driverless_device(machine, nics):
 # ---------------------------------------------------------------- the VPP router VM, for real
 def vpp_router_domain(wan: str, lan: str, console_log: str, tmp_path: Path) -> tuple[str, dict]:
     """The vpp-router template's domain, scaled to the machine (say so in the docs): 2 dedicated
-    vCPUs on cores 2-3 instead of 4 on 4-7, the emulator on core 1, 1Gi of RAM on one 1Gi page,
+    cores instead of 4, pinned as the operator pins the exclusive CPUs a kubelet gave the VM's
+    reservation (cpupin.with_pins: vCPUs on cores 2-3, the emulator on housekeeping core 1; no
+    kubelet runs inside the machine), 1Gi of RAM on one 1Gi page,
     the tiny guest's kernel instead of the Ubuntu disk, no management NIC and no cloud-init (the
     machine has no network to install VPP from). The passthrough NICs, pinning and hugepage
     backing are the template's own."""
@@ -168,18 +170,19 @@ def vpp_router_domain(wan: str, lan: str, console_log: str, tmp_path: Path) -> t
 
     import yaml
     from k3svirt_common import templates as t
+    from k3svirt_operator import cpupin
     from k3svirt_operator.domain_xml import DomainContext, VMRef, build_domain
 
     store = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "vm-templates").glob("*.yaml")}
     vm = {
         "template": {"name": "vpp-router"},
         "cloudInit": {"sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0test user@example"]},
-        "cpu": {"cores": 2, "dedicatedCpuSet": "2-3", "emulatorCpuSet": "1"},
+        "cpu": {"cores": 2, "dedicatedCores": 2},
         "memory": {"size": "1Gi"},
         "boot": {"kernel": {"path": "/guest/vmlinuz", "initrdPath": "/guest/initramfs.img",
                             "cmdline": "console=ttyS0 panic=-1 quiet"}},
     }  # fmt: skip
-    spec = t.expand(vm, store.get).spec
+    spec = cpupin.with_pins(t.expand(vm, store.get).spec, [2, 3], "1")
     for key in ("disks", "networks", "cloudInit"):
         spec.pop(key, None)
     ctx = DomainContext(domain_type="qemu", host_devices={"wan": wan, "lan": lan}, console_log=console_log,
