@@ -1,6 +1,7 @@
 """Exclusive CPUs (spec.cpu.dedicatedCores) with the kubelet's static CPU manager, on a node instance
 of this machine whose kubelet runs it as the product sets it (node.sh K3SVIRT_NODE_CPU_MANAGER=static:
-reservedSystemCPUs = the housekeeping CPUs at the top of the last L2 cluster, cputopo.housekeeping):
+reservedSystemCPUs = the housekeeping CPUs at the top of the last L2 cluster, cputopo.housekeeping;
+strict-cpu-reservation as on the image):
 the reservation pod is Guaranteed with whole CPUs, the kubelet gives it the lowest CPU outside the
 housekeeping set (what cputopo.choose picks too), the VM's vCPUs are pinned to exactly that and its
 emulator threads to the housekeeping CPU; a second VM that wants dedicated cores finds none left and
@@ -26,11 +27,13 @@ pytestmark = [needs_instances, pytest.mark.skipif((os.cpu_count() or 1) < 2, rea
 
 TOPOLOGY = cputopo.read()
 HOUSEKEEPING = cputopo.fmt(cputopo.housekeeping(TOPOLOGY))  # this machine (2 CPUs, an L2 each): "1"
+OPTIONS = "strict-cpu-reservation=true"
 
 
 @pytest.fixture(scope="module")
 def static_node(testbed: dict[str, str]) -> Iterator[NodeInstance]:
-    node = start_instance(K3SVIRT_NODE_CPU_MANAGER="static")
+    # The image's options too: strict-cpu-reservation keeps every pod off the housekeeping CPU.
+    node = start_instance(K3SVIRT_NODE_CPU_MANAGER="static", K3SVIRT_NODE_CPU_MANAGER_OPTIONS=OPTIONS)
     yield node
     node.node_sh("stop")
 
@@ -65,6 +68,7 @@ def test_dedicated_cores_are_the_kubelets_exclusive_cpus(kubeconfig, namespace, 
     # node.sh gave the kubelet the housekeeping layout; its pick is the reference choice.
     kubelet_yaml = (Path(kubeconfig).parent / f"node-{static_node.instance}/kubelet.yaml").read_text()  # $K3SVIRT_STATE
     assert f'reservedSystemCPUs: "{HOUSEKEEPING}"' in kubelet_yaml and "cpuManagerPolicy: static" in kubelet_yaml
+    assert '  strict-cpu-reservation: "true"' in kubelet_yaml
     pool = {c.id for c in TOPOLOGY} - set(cpupin.parse_cpuset(HOUSEKEEPING))
     assert assignment.cpus == cputopo.choose(TOPOLOGY, pool, exclusive) == [min(pool)]
     domain = names.domain_name(namespace, "pinned")
