@@ -137,7 +137,7 @@ class Settings:
             probe_kernel=env("K3SVIRT_PROBE_KERNEL", ""),
             log_level=env("K3SVIRT_LOG_LEVEL", "INFO").upper(),
             liveness_endpoint=env("K3SVIRT_LIVENESS") or None,
-            housekeeping_cpus=env("K3SVIRT_HOUSEKEEPING_CPUS", "").strip(),
+            housekeeping_cpus=_cpuset(source, "K3SVIRT_HOUSEKEEPING_CPUS"),
             reservations=env("K3SVIRT_RESERVATIONS", "on").strip().lower() not in ("off", "false", "0", "no"),
             reservation_image=env("K3SVIRT_RESERVATION_IMAGE") or "localhost/k3svirt/pause:3.10",
             # Threads for VM passes and Kubernetes writes (they mostly wait on libvirt and the API server).
@@ -178,6 +178,20 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return max(1, int(_positive_float(env, name, float(default))))
+
+
+def _cpuset(env: Mapping[str, str], name: str) -> str:
+    """A host cpuset ("6-7", "0,2-3"); a malformed one is logged and left out ("": the operator's
+    fallback), so a typo never reaches libvirt or the topology checks."""
+    raw = (env.get(name) or "").strip()
+    parts = raw.split(",") if raw else []
+    for part in parts:
+        lo, sep, hi = part.partition("-")
+        if not (lo.isdigit() and (hi.isdigit() or not sep) and len(lo) <= 4 and len(hi) <= 4
+                and int(lo) <= int(hi or lo) <= 8191):  # fmt: skip
+            log.warning("ignoring invalid %s", name, extra={"value": raw})
+            return ""
+    return raw
 
 
 def _colon_list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:

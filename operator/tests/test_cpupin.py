@@ -100,3 +100,14 @@ def test_the_l2_layout_for_the_event(tmp_path):
 def test_this_machine_has_a_readable_topology():
     cpus = cputopo.read()
     assert cpus and cpupin.preference_note(cpus, cpupin.Assignment([cpus[-1].id], [c.id for c in cpus])) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "got"),
+    [("6-7", "6-7"), (" 0,2-3 ", "0,2-3"), ("", ""), ("abc", ""), ("7-6", ""), ("1,", ""), ("-1", ""),
+     ("1-", ""), ("9000", ""), ("0-3;rm", ""), ("1" * 50, "")],
+)  # fmt: skip
+def test_a_malformed_housekeeping_setting_is_left_out(raw, got):
+    from k3svirt_operator.config import Settings
+
+    assert Settings.from_env({"K3SVIRT_HOUSEKEEPING_CPUS": raw}).housekeeping_cpus == got
