@@ -121,11 +121,11 @@ def preference_note(topology: list[Cpu], assignment: Assignment, housekeeping: s
 
 def housekeeping_advice(topology: list[Cpu], housekeeping: str) -> str | None:
     """Says when the housekeeping CPUs (K3SVIRT_HOUSEKEEPING_CPUS = the kubelet's reservedSystemCPUs)
-    are not where the kubelet's packing needs them (cputopo.housekeeping); None when they are, or
-    when they are not known."""
+    are not where the kubelet's packing needs them (cputopo.housekeeping); None when they are, when
+    they are not known, or when no L2 cluster is larger than a core (nothing to keep whole)."""
     hk = sorted(parse_cpuset(housekeeping)) if housekeeping else []
-    if not hk:
-        return None
+    if not hk or all(c.l2 <= c.siblings for c in topology):
+        return None  # not known, or no L2 shared beyond one core: nothing to keep whole
     want = housekeeping_cpus(topology, len(hk))
     if hk == want:
         return None

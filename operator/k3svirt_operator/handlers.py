@@ -23,7 +23,20 @@ from k3svirt_common import reservation as rsv
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
 
 from . import accel as accel_mod
-from . import image_cache, nodelimits, pci, shutdown, stats, usage, vanished, vmservices, vmstate, vmstatus
+from . import (
+    cpupin,
+    cputopo,
+    image_cache,
+    nodelimits,
+    pci,
+    shutdown,
+    stats,
+    usage,
+    vanished,
+    vmservices,
+    vmstate,
+    vmstatus,
+)
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .reservations import Reservations
@@ -206,6 +219,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     log.info(
         "operator starting", extra={"node": SETTINGS.node_name, "acceleration": acc.domain_type, "reason": acc.reason}
     )
+    # Dedicated cores get whole L2 clusters only with the housekeeping CPUs on top (cputopo.py).
+    try:
+        advice = cpupin.housekeeping_advice(await asyncio.to_thread(cputopo.read), SETTINGS.housekeeping_cpus)
+    except OSError as exc:  # no CPU topology in this /sys: nothing to advise
+        advice = None
+        log.info("no CPU topology", extra={"error": str(exc)})
+    if advice:
+        log.warning("dedicated cores will split L2 clusters", extra={"advice": advice})
     api = Client(_kube_config(), timeout=30.0, user_agent=f"k3svirt-operator/{SETTINGS.node_name}")
     RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
     reservations = Reservations(api, SETTINGS.node_name, emulated=acc.domain_type != "kvm",

@@ -88,6 +88,9 @@ def test_the_housekeeping_advice(tmp_path):
     assert cpupin.housekeeping_advice(n305, "") is None
     advice = cpupin.housekeeping_advice(n305, "0-1") or ""
     assert "make reservedSystemCPUs and K3SVIRT_HOUSEKEEPING_CPUS 6-7" in advice
+    # An L2 per core (this test machine): no module to keep whole, whatever the housekeeping CPU.
+    two = cputopo.read(fake_sys(tmp_path / "two", [[0], [1]]))
+    assert cpupin.housekeeping_advice(two, "0") is None
 
 
 def test_the_l2_layout_for_the_event(tmp_path):
