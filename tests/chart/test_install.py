@@ -70,6 +70,21 @@ def chart_node(testbed: dict[str, str]) -> Iterator[NodeInstance]:
         yield node
     finally:
         node.node_sh("stop")
+        _release_templates(testbed["KUBECONFIG"], node.name)
+
+
+def _release_templates(kubeconfig: str, node: str) -> None:
+    """The node's operator put its finalizer on every VMTemplate of the cluster (the deletion guard,
+    one per node); with the node gone nobody else removes it (the vanished-node sweep covers VMs only),
+    so a template deleted later would wait for ever: the test takes its node's finalizer off again."""
+    fin = names.finalizer_for(node)
+    for t in get_json(kubeconfig, "vmt", "-A")["items"]:
+        meta = t["metadata"]
+        if fin in (meta.get("finalizers") or []):
+            kept = [f for f in meta["finalizers"] if f != fin]
+            patch = {"metadata": {"finalizers": kept or None, "resourceVersion": meta["resourceVersion"]}}
+            kubectl(kubeconfig, "patch", "vmt", meta["name"], "-n", meta["namespace"], "--type=merge",
+                    "-p", json.dumps(patch), check=False)  # fmt: skip
 
 
 class Release:
@@ -155,6 +170,12 @@ def release(helm: str, kubeconfig: str, chart_node: NodeInstance, domain_type: s
     path.write_text(yaml.safe_dump(values))
     rel = Release(helm, kubeconfig, ns, path, key)
     yield rel
+    if rel.pods("operator"):  # a failed run: the templates go while their guard can still release them
+        kubectl(kubeconfig, "delete", "vmt", "--all", "-n", ns, "--timeout=60s", check=False)
+    # What the operator said (shown with a failure's captured output).
+    for pod in rel.pods("operator"):
+        logs = kubectl(kubeconfig, "logs", "-n", ns, pod["metadata"]["name"], "--tail=60", check=False)
+        print(f"--- {pod['metadata']['name']} log tail ---\n{logs.stdout}{logs.stderr}")
     rel.uninstall(check=False)
     kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false", check=False)
 
@@ -165,8 +186,11 @@ def _vm(kubeconfig: str, ns: str, name: str) -> dict[str, Any]:
 
 
 def _wait_ready(kubeconfig: str, ns: str, name: str, timeout: str = "120s") -> dict[str, Any]:
-    kubectl(kubeconfig, "wait", "-n", ns, "--for=condition=Ready", f"vm/{name}", f"--timeout={timeout}")
-    return _vm(kubeconfig, ns, name)
+    waited = kubectl(kubeconfig, "wait", "-n", ns, "--for=condition=Ready", f"vm/{name}", f"--timeout={timeout}",
+                     check=False)  # fmt: skip
+    vm = _vm(kubeconfig, ns, name)
+    assert waited.returncode == 0, f"{ns}/{name} not Ready: {json.dumps(vm.get('status'), indent=1)[-3000:]}"
+    return vm
 
 
 def _qemu(domain: str) -> tuple[str, str]:
@@ -312,8 +336,11 @@ def test_helm_install_runs_vms_upgrade_keeps_them_uninstall_leaves_them(
         assert left["metadata"]["finalizers"] == [names.finalizer_for(node)]
         assert not left["metadata"].get("deletionTimestamp")
     assert get_json(kubeconfig, "pod", rsv.pod_name(name), "-n", ns)["spec"]["nodeName"] == node
-    # The CRDs stay (helm never deletes crds/): the VMs are still objects of the API.
+    # The CRDs stay (helm never deletes crds/): the VMs are still objects of the API; so do the
+    # chart's VMTemplates (vmTemplates.keep, the default), which retained VMs may reference.
     kubectl(kubeconfig, "get", "crd", f"{names.VM_PLURAL}.{names.GROUP}")
+    templates = get_json(kubeconfig, "vmt", "-n", release.namespace)["items"]
+    assert templates and not any(t["metadata"].get("deletionTimestamp") for t in templates)
 
     # Installed again, the operator adopts the running guests (no restart), and a delete now goes all
     # the way: domain undefined, disks gone.
@@ -327,3 +354,8 @@ def test_helm_install_runs_vms_upgrade_keeps_them_uninstall_leaves_them(
     listed = virsh("list", "--all", "--name").split()
     assert domain not in listed and gdomain not in listed
     assert not vm_dir.exists()
+    # Removing everything, the documented way: VMs first (done), then the templates while the operator
+    # runs (its deletion guard releases them), then the uninstall, which then leaves nothing behind.
+    kubectl(kubeconfig, "delete", "vmt", "--all", "-n", release.namespace, "--timeout=60s")
+    release.uninstall()
+    assert not get_json(kubeconfig, "vmt", "-n", release.namespace)["items"]
