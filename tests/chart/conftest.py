@@ -36,8 +36,10 @@ def helm() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def run(cmd: list[str], *, input: str | None = None, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=300, **kw)
+def run(
+    cmd: list[str], *, input: str | None = None, check: bool = True, timeout: float = 300, **kw: Any
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         pytest.fail(
             f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}", pytrace=False

@@ -21,12 +21,15 @@
 # state under $K3SVIRT_STATE/node-<i>; its name is $K3SVIRT_NODE_INSTANCE_NAME, default
 # <K3SVIRT_NODE_NAME>-n<i>. It talks to the API server at 10.41.<i>.1 (the API port's guard lets
 # exactly k3svn<i>h in). Limits: no kube-proxy and no CoreDNS there (Services and cluster DNS work
-# on the primary node only; pods reach each other, their node and this machine by IP); kubelet's
+# on the primary node only; pods reach each other, their node and this machine by IP), except the
+# one Service every in-cluster client needs: 10.43.0.1:443, the API server (a DNAT rule of the
+# instance's own, instance_network; the chart's operator and gateway run there); kubelet's
 # machine-wide sysctls (vm.*, kernel.*) are saved and restored only by the first and last kubelet.
 # stop ends the instance completely: processes, pod cgroups, mounts, the namespace, its routes and
 # its Node object (a node removed from the cluster).
 #
-# usage: [K3SVIRT_NODE_INSTANCE=i] node.sh start|stop|status|name|import-image OCI.tar
+# usage: [K3SVIRT_NODE_INSTANCE=i] node.sh start|stop|status|name|socket|import-image OCI.tar
+#   name: the node's name; socket: its containerd's socket (ctr -a SOCKET -n k8s.io ...)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -37,6 +40,8 @@ POD_CIDR=10.42.0.0/16        # K3s's cluster CIDR
 POD_RANGE=10.42.$INSTANCE.0/24   # this node's pod addresses (host-local IPAM)
 SERVICE_CIDR=10.43.0.0/16
 CLUSTER_DNS=10.43.0.10
+API_SERVICE_IP=10.43.0.1     # the `kubernetes` Service (the first address of SERVICE_CIDR)
+API_SERVICE_CHAIN=K3SVIRT-API-SERVICE
 if [ "$INSTANCE" = 0 ]; then
   N="$K3SVIRT_STATE/node"
   NODE=$K3SVIRT_NODE_NAME
@@ -176,6 +181,22 @@ instance_network() {
     && { "${ipt[@]}" -C FORWARD -j "$FORWARD_GUARD" 2>/dev/null || "${ipt[@]}" -I FORWARD 1 -j "$FORWARD_GUARD"; }; }; then
     die "cannot add the iptables chain $FORWARD_GUARD in $NETNS"
   fi
+  # The `kubernetes` Service for in-cluster clients (pods, the chart's operator and gateway): every
+  # pod is told KUBERNETES_SERVICE_HOST=10.43.0.1:443, which kube-proxy would steer to the API server.
+  # There is no kube-proxy here, so the namespace does that one rule itself: 10.43.0.1:443 ->
+  # this machine's end of the veth, the API port (a name in the server's certificate stays
+  # 10.43.0.1). Locally started connections (hostNetwork pods) need a route to it first.
+  ip -n "$NETNS" route replace "$API_SERVICE_IP/32" dev "$NODE_IF" src "$NODE_IP"
+  local nat=(in_node iptables -w -t nat) hook
+  if ! { { "${nat[@]}" -N "$API_SERVICE_CHAIN" 2>/dev/null || "${nat[@]}" -F "$API_SERVICE_CHAIN"; } \
+    && "${nat[@]}" -A "$API_SERVICE_CHAIN" -d "$API_SERVICE_IP/32" -p tcp --dport 443 \
+         -j DNAT --to-destination "$HOST_IP:$KUBE_API_PORT"; }; then
+    die "cannot add the iptables chain $API_SERVICE_CHAIN (the kubernetes Service) in $NETNS"
+  fi
+  for hook in PREROUTING OUTPUT; do
+    "${nat[@]}" -C "$hook" -j "$API_SERVICE_CHAIN" 2>/dev/null || "${nat[@]}" -I "$hook" 1 -j "$API_SERVICE_CHAIN" \
+      || die "cannot hook $API_SERVICE_CHAIN into nat $hook in $NETNS"
+  done
   # The API port's guard (controlplane.sh) admits lo and cni0; this instance's kubelet and pods
   # come in on its veth.
   local api_guard="K3SVIRT-API-$KUBE_API_PORT"
@@ -637,7 +658,7 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;; stop) stop ;; status) status ;; name) echo "$NODE" ;;
+  start) start ;; stop) stop ;; status) status ;; name) echo "$NODE" ;; socket) echo "$SOCK" ;;
   import-image) [ -n "${2:-}" ] || die "usage: $0 import-image OCI.tar"; import_image "$2" ;;
-  *) die "usage: $0 start|stop|status|name|import-image OCI.tar" ;;
+  *) die "usage: $0 start|stop|status|name|socket|import-image OCI.tar" ;;
 esac
