@@ -124,17 +124,22 @@ async def _keep_reservations(reservations: Reservations) -> None:
 
 
 async def _release_vanished_nodes() -> None:
-    """Every resync: VMs being deleted on a node that left the cluster lose its finalizer (vanished.py)."""
+    """Every resync: VMs and templates being deleted that wait for a node that left the cluster lose
+    its finalizer (vanished.py)."""
     rt = _rt()
     while await shutdown.pause(SETTINGS.resync_seconds):
         try:
             vms = await asyncio.to_thread(rt.list_objects, names.VM_PLURAL)
-            released = await asyncio.to_thread(vanished.release, vms, SETTINGS.node_name, rt.node_vanished,
-                                               rt.patch_vm)  # fmt: skip
-            if released:
-                log.info("finalizers of vanished nodes released", extra={"vms": released})
+            inventories = await asyncio.to_thread(rt.list_objects, names.NODEPCIINVENTORY_PLURAL)
+            known = {n for n in map(vanished.node_of, vms) if n} | {i["metadata"]["name"] for i in inventories}
+            templates = await asyncio.to_thread(rt.list_objects, names.VMTEMPLATE_PLURAL)
+            for plural, objs in ((names.VM_PLURAL, vms), (names.VMTEMPLATE_PLURAL, templates)):
+                released = await asyncio.to_thread(vanished.release, objs, SETTINGS.node_name, rt.node_vanished,
+                                                   functools.partial(rt.patch_object, plural), known)  # fmt: skip
+                if released:
+                    log.info("finalizers of vanished nodes released", extra={"kind": plural, "objects": released})
         except ApiError as exc:
-            log.warning("looking for VMs of vanished nodes failed", extra={"error": str(exc)})
+            log.warning("looking for objects of vanished nodes failed", extra={"error": str(exc)})
 
 
 async def _refresh_node_labels() -> None:

@@ -118,10 +118,11 @@ class Runtime:
         """Node `node` left the cluster: neither its Node nor its NodePCIInventory exists."""
         return self.node_uid(node) is None and self.get_object(names.NODEPCIINVENTORY_PLURAL, None, node) is None
 
-    def patch_vm(self, vm: Mapping[str, Any], body: Mapping[str, Any]) -> None:
-        meta = vm["metadata"]
+    def patch_object(self, plural: str, obj: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        """A merge patch of an object read before (the body may carry its resourceVersion)."""
+        meta = obj["metadata"]
         try:
-            self.api.patch(_path(names.VM_PLURAL, meta["namespace"], meta["name"]), dict(body))
+            self.api.patch(_path(plural, meta.get("namespace"), meta["name"]), dict(body))
         except ApiError as exc:
             if exc.status not in (404, 409):  # gone, or changed since read: the next round looks again
                 raise

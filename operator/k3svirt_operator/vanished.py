@@ -7,6 +7,14 @@ gone: a machine whose operator runs without a kubelet (no Node object ever) keep
 is never taken for vanished. A VM being deleted whose node vanished then gets that node's finalizer
 removed by any other node's operator: nobody else could ever finish its deletion. (Its domain and
 disks went with the machine; its reservation pod goes with the Node, by the pod GC, or with the VM.)
+
+The same holds for VMTemplates: every node's operator guards a template's deletion (the template
+must not be in use) with its own finalizer, so a template deleted after a node left would wait for
+that node forever. Which node a finalizer names is looked up among the known nodes (those VMs name
+and those with a NodePCIInventory, i.e. every node whose operator runs), else read from the
+finalizer itself. A long name's finalizer is cut and hashed (names.finalizer_for) and then also
+reads as a shorter name; a live node is always known, so such a reading is only ever made for a node
+that is gone, and then the shorter name is gone as well.
 """
 
 from __future__ import annotations
@@ -22,34 +30,62 @@ def node_of(vm: Mapping[str, Any]) -> str | None:
     return (vm.get("spec") or {}).get("nodeName") or (vm.get("status") or {}).get("node") or None
 
 
-def stuck_on_other_nodes(vms: Iterable[Mapping[str, Any]], own_node: str) -> list[tuple[Mapping[str, Any], str]]:
-    """VMs being deleted that wait for another node's finalizer: (vm, that node)."""
+def finalizer_nodes(finalizers: Iterable[str], known: Iterable[str] = ()) -> dict[str, str]:
+    """The node each of our node finalizers names ({finalizer: node}); unrecognised hashed ones left out."""
+    by_finalizer = {names.finalizer_for(n): n for n in known if n}
+    out = {}
+    for f in finalizers:
+        if not f.startswith(names.FINALIZER_PREFIX):
+            continue
+        node = f[len(names.FINALIZER_PREFIX) :]
+        if f in by_finalizer:  # first: a long node's hashed finalizer also reads as a (shorter) name
+            out[f] = by_finalizer[f]
+        elif node and names.finalizer_for(node) == f:
+            out[f] = node
+    return out
+
+
+def stuck_on_other_nodes(objs: Iterable[Mapping[str, Any]], own_node: str,
+                         known: Iterable[str] = ()) -> list[tuple[Mapping[str, Any], list[str]]]:  # fmt: skip
+    """Objects being deleted that wait for other nodes' finalizers: (object, those nodes)."""
+    known = set(known)
     found = []
-    for vm in vms:
-        meta = vm.get("metadata") or {}
-        node = node_of(vm)
-        if node and node != own_node and meta.get("deletionTimestamp") \
-                and names.finalizer_for(node) in (meta.get("finalizers") or []):  # fmt: skip
-            found.append((vm, node))
+    for obj in objs:
+        meta = obj.get("metadata") or {}
+        if not meta.get("deletionTimestamp"):
+            continue
+        hint = node_of(obj)
+        held = finalizer_nodes(meta.get("finalizers") or [], known | ({hint} if hint else set()))
+        others = [n for n in held.values() if n != own_node]
+        if others:
+            found.append((obj, others))
     return found
 
 
-def without_finalizer(vm: Mapping[str, Any], node: str) -> dict[str, Any]:
-    """The merge patch that removes `node`'s finalizer, valid only for the version read."""
-    meta = vm["metadata"]
-    kept = [f for f in meta.get("finalizers") or [] if f != names.finalizer_for(node)]
+def without_finalizers(obj: Mapping[str, Any], nodes: Iterable[str]) -> dict[str, Any]:
+    """The merge patch that removes these nodes' finalizers, valid only for the version read."""
+    meta = obj["metadata"]
+    gone = {names.finalizer_for(n) for n in nodes}
+    kept = [f for f in meta.get("finalizers") or [] if f not in gone]
     return {"metadata": {"finalizers": kept, "resourceVersion": meta["resourceVersion"]}}
 
 
-def release(vms: Iterable[Mapping[str, Any]], own_node: str, vanished: Callable[[str], bool],
-            patch: Callable[[Mapping[str, Any], dict[str, Any]], None]) -> list[str]:  # fmt: skip
-    """Releases the VMs of vanished nodes (`vanished(node)` asked once per node); their names."""
+def release(objs: Iterable[Mapping[str, Any]], own_node: str, vanished: Callable[[str], bool],
+            patch: Callable[[Mapping[str, Any], dict[str, Any]], None],
+            known: Iterable[str] = ()) -> list[str]:  # fmt: skip
+    """Releases objects held by vanished nodes (`vanished(node)` asked once per node); their names.
+
+    One patch per object removes every vanished node's finalizer at once (the patch carries the
+    version read, so two patches for one object would conflict)."""
     verdict: dict[str, bool] = {}
     released = []
-    for vm, node in stuck_on_other_nodes(vms, own_node):
-        if node not in verdict:
-            verdict[node] = vanished(node)
-        if verdict[node]:
-            patch(vm, without_finalizer(vm, node))
-            released.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
+    for obj, nodes in stuck_on_other_nodes(objs, own_node, known):
+        for node in nodes:
+            if node not in verdict:
+                verdict[node] = vanished(node)
+        gone = [n for n in nodes if verdict[n]]
+        if gone:
+            patch(obj, without_finalizers(obj, gone))
+            meta = obj["metadata"]
+            released.append(f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"])
     return released

@@ -27,7 +27,7 @@ def test_only_deleting_vms_held_by_another_nodes_finalizer_are_candidates():
         vm("unplaced", finalizers=["other.io/keep"]),
     ]
     got = [(v["metadata"]["name"], n) for v, n in vanished.stuck_on_other_nodes(vms, "n1")]
-    assert got == [("gone-named", "n2"), ("gone-claimed", "n2")]
+    assert got == [("gone-named", ["n2"]), ("gone-claimed", ["n2"])]
 
 
 def test_release_asks_once_per_node_and_patches_only_vanished_ones():
@@ -41,3 +41,39 @@ def test_release_asks_once_per_node_and_patches_only_vanished_ones():
     # Other finalizers stay; the patch is valid only for the version read (optimistic concurrency).
     assert patched[0] == ("a", {"metadata": {"finalizers": ["other.io/keep"], "resourceVersion": "7"}})
     assert patched[1] == ("b", {"metadata": {"finalizers": [], "resourceVersion": "7"}})
+
+
+def template(name: str, finalizers: list[str]) -> dict:
+    meta = {"namespace": "lib", "name": name, "resourceVersion": "9", "finalizers": finalizers,
+            "deletionTimestamp": "2026-12-02T03:00:00Z"}  # fmt: skip
+    return {"metadata": meta, "spec": {}}
+
+
+def test_a_template_held_by_every_nodes_finalizer_loses_those_of_vanished_nodes_in_one_patch():
+    # Each node's operator guards a template's deletion with its own finalizer (kopf's persistence).
+    fins = [names.finalizer_for(n) for n in ("n1", "n2", "n3", "n4")] + ["other.io/keep"]
+    patched = []
+    released = vanished.release([template("t", fins)], "n1", lambda n: n in ("n2", "n4"),
+                                lambda o, body: patched.append(body))  # fmt: skip
+    assert released == ["lib/t"]
+    # n1's own and n3's (still there) stay; one patch, at the version read.
+    assert patched == [{"metadata": {"finalizers": [fins[0], fins[2], "other.io/keep"], "resourceVersion": "9"}}]
+
+
+def test_a_hashed_finalizer_is_read_as_the_known_node_it_stands_for():
+    long_node = "edge-" + "x" * 80  # too long for a finalizer: cut and hashed
+    fin = names.finalizer_for(long_node)
+    assert fin != names.FINALIZER_PREFIX + long_node
+    # Unknown, it reads as a shorter name (which is gone whenever the long node is: see vanished.py).
+    assert vanished.finalizer_nodes([fin]) == {fin: fin.removeprefix(names.FINALIZER_PREFIX)}
+    assert vanished.finalizer_nodes([fin], [long_node]) == {fin: long_node}
+    # A VM names its node, which is how its own hashed finalizer is recognised.
+    assert vanished.stuck_on_other_nodes([vm("v", node=long_node)], "n1") == [(vm("v", node=long_node), [long_node])]
+
+
+def test_foreign_and_prefix_lookalike_finalizers_are_never_taken_for_nodes():
+    fins = ["k3svirt.io/node-", "example.com/node-n2", "k3svirt.io/nodes-n2", "kubernetes"]
+    assert vanished.finalizer_nodes(fins) == {}
+    asked = []
+    assert vanished.release([template("t", fins)], "n1", lambda n: asked.append(n) or True, lambda o, b: None) == []
+    assert asked == []
