@@ -177,7 +177,7 @@ def vpp_router_domain(wan: str, lan: str, console_log: str, tmp_path: Path) -> t
         "cpu": {"cores": 2, "dedicatedCpuSet": "2-3", "emulatorCpuSet": "1"},
         "memory": {"size": "1Gi"},
         "boot": {"kernel": {"path": "/guest/vmlinuz", "initrdPath": "/guest/initramfs.img",
-                            "cmdline": "console=ttyS0 panic=-1 quiet"}},
+                            "cmdline": "console=ttyS0 panic=-1 quiet no_timer_check"}},
     }  # fmt: skip
     spec = t.expand(vm, store.get).spec
     for key in ("disks", "networks", "cloudInit"):
