@@ -137,6 +137,9 @@ def _virsh(uri: str, *args: str) -> str:
 
 def test_kubelet_reports_both_hugepage_pools(kubeconfig, pools, huge_node):
     node = get_json(kubeconfig, "node", huge_node.name)["status"]
+    print(f"\nnode {huge_node.name}: " + ", ".join(
+        f"{part} hugepages-{size} {node[part].get(f'hugepages-{size}')}" for part in ("capacity", "allocatable")
+        for size in POOLS))  # fmt: skip
     for size, pool in pools.items():
         if not pool.path.is_dir():
             continue
