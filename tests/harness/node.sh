@@ -368,7 +368,8 @@ instance_cgroups() {
 # unmount_under DIR: unmounts what kubelet and containerd left mounted below DIR (volumes, rootfs).
 unmount_under() {
   local m
-  findmnt -rn -o TARGET | grep -F "$1/" | sort -r | while read -r m; do
+  # nothing mounted there (a kubelet that never started) is no failure: grep's 1 would end stop here
+  findmnt -rn -o TARGET | { grep -F "$1/" || true; } | sort -r | while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "warning: cannot unmount $m"
   done
 }

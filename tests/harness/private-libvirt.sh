@@ -4,7 +4,8 @@
 # for every path a system libvirtd keeps state in (/run/libvirt, /var/lib/libvirt, /var/cache/libvirt,
 # /var/log/libvirt, /etc/libvirt: a copy without networks or domains), so the two daemons never see
 # each other's domains, sockets or pid files. No networks: VMs of a private libvirtd have no NICs.
-# A hugetlbfs (2 MiB pages) is mounted inside the namespace, so its guests may use hugepages.
+# A hugetlbfs of 2 MiB pages, and one of 1 GiB pages where the kernel has that pool, are mounted
+# inside the namespace, so its guests may use hugepages of either size.
 #
 # usage: private-libvirt.sh start DIR        -> prints the libvirt URI (qemu:///system?socket=...)
 #        private-libvirt.sh restart DIR      -> stops libvirtd (guests keep running) and starts it again
@@ -36,12 +37,21 @@ prepare() {
     # controller is required"). The restart under test is the operator's concern, not libvirt's.
     printf 'cgroup_controllers = [ "cpu", "cpuacct", "memory", "devices", "blkio" ]\n' >>"$DIR/etc/qemu.conf"
   fi
-  # A 2 MiB hugetlbfs of its own, mounted inside the namespace only (the host keeps no mount): guests
-  # of this libvirtd can be backed by hugepages (the shared libvirtd found no hugetlbfs at its start).
+  # hugetlbfs mounts of its own, inside the namespace only (the host keeps no mount): guests of this
+  # libvirtd can be backed by hugepages (the shared libvirtd found no hugetlbfs at its start). libvirt
+  # takes the mount whose page size the domain asks for, so each size has one.
+  local mounts="\"$DIR/hugepages2M\""
   mkdir -p "$DIR/hugepages2M"
-  grep -q '^hugetlbfs_mount' "$DIR/etc/qemu.conf" ||
-    printf 'hugetlbfs_mount = "%s"\n' "$DIR/hugepages2M" >>"$DIR/etc/qemu.conf"
+  if has_1g_pool; then
+    mkdir -p "$DIR/hugepages1G"
+    mounts+=", \"$DIR/hugepages1G\""
+  fi
+  sed -i '/^hugetlbfs_mount/d' "$DIR/etc/qemu.conf"
+  printf 'hugetlbfs_mount = [%s]\n' "$mounts" >>"$DIR/etc/qemu.conf"
 }
+
+# The kernel offers 1 GiB pages (CPU flag pdpe1gb): only then does a pagesize=1G hugetlbfs mount.
+has_1g_pool() { [ -d /sys/kernel/mm/hugepages/hugepages-1048576kB ]; }
 
 # in_ns CMD...: run CMD inside the namespace (entered through virtlogd, which outlives libvirtd restarts)
 in_ns() {
@@ -68,6 +78,7 @@ start() {
     local binds="" m
     for m in "${MOUNTS[@]}"; do binds+="mount --bind '$DIR/${m%%:*}' '${m#*:}'; "; done
     binds+="mount -t hugetlbfs -o pagesize=2M k3svirt-hugepages '$DIR/hugepages2M'; "
+    ! has_1g_pool || binds+="mount -t hugetlbfs -o pagesize=1G k3svirt-hugepages-1g '$DIR/hugepages1G'; "
     # the namespace lives as long as virtlogd does
     unshare --mount --propagation private -- bash -c "$binds virtlogd -d -p '$DIR/virtlogd.pid'"
     wait_for 30 "private virtlogd" test -S "$DIR/run/virtlogd-sock" || die "the private virtlogd in $DIR did not start"

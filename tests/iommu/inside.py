@@ -13,6 +13,10 @@ object on the last line of stdout; tests/iommu/test_iommu_machine.py sends the c
   nic ADDR                        driver, interfaces and the link state of ADDR
   domain [--boot] XML CONSOLE     libvirtd + virtlogd, virsh create the domain: query-pci, the threads'
                                   CPU affinity, the 1Gi page; --boot: its console marker; then destroy
+  tuning SPEC_FILE DRIFT_KEY DRIFT_VALUE
+                                  a NodeTuning spec applied by the operator's tuning code to the machine's
+                                  real /sys and /proc, read back, a resync, a drift put back, then released
+                                  (DRIFT_KEY changed behind its back first: left alone) and read back
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 
 sys.path[:0] = ["/repo/operator", "/repo/common"]
 
-from k3svirt_operator import pci  # noqa: E402
+from k3svirt_operator import pci, tuning  # noqa: E402
 from k3svirt_operator.pci import binding, irq  # noqa: E402
 
 GUEST = Path("/guest")
@@ -141,7 +145,9 @@ def cmd_qemu(*args: str) -> None:
     cmd = [
         "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "256", "-smp", "1",
         "-kernel", str(GUEST / "vmlinuz"), "-initrd", str(GUEST / "initramfs.img"),
-        "-append", f"console=ttyS0 panic=-1 quiet k3svirt.run={run}",
+        # no_timer_check: TCG inside TCG on a loaded host misses the kernel's IO-APIC timer check,
+        # which panics (panic=-1 + -no-reboot: QEMU exits before the marker); as in every test guest
+        "-append", f"console=ttyS0 panic=-1 quiet no_timer_check k3svirt.run={run}",
         "-nic", "none", "-display", "none", "-serial", f"file:{console}", "-no-reboot",
         "-qmp", f"unix:{qmp_path},server=on,wait=off",
     ]  # fmt: skip
@@ -346,10 +352,46 @@ def _thread_affinity(pid: int) -> dict[str, str]:
     return res
 
 
+def _raw(keys: list[str]) -> dict[str, str]:
+    """The files behind the keys as the kernel shows them (read here, not through the tuning code)."""
+    return {k: tuning.path_of(k, tuning.Roots()).read_text().strip() for k in keys}
+
+
+def cmd_tuning(spec_file: str, drift_key: str, drift_value: str) -> None:
+    """NodeTuning on the real kernel: apply (the operator's reconcile on /sys and /proc), read back, a
+    second pass (a resync: nothing written, `found` kept), a value changed behind its back put back,
+    then `drift_key` changed again and the NodeTuning released: everything else restored, that key left
+    alone and named. Each raw read is the kernel's own text of the file."""
+    spec = json.loads(Path(spec_file).read_text())
+    roots = tuning.Roots()
+    keys = sorted(tuning.desired(spec, tuning.block_devices(roots)))
+    res: dict = {"keys": keys, "before": _raw(keys), "blockDevices": tuning.block_devices(roots)}
+    t0 = time.monotonic()
+    state = tuning.reconcile(spec, tuning.NodeState(), roots)
+    res["applySeconds"] = round(time.monotonic() - t0, 3)
+    res["applied"], res["afterApply"] = state.as_status(), _raw(keys)
+    again = tuning.reconcile(spec, state, roots)
+    res["resync"] = again.as_status()
+    tuning.write([(drift_key, drift_value)], roots)  # someone else changes it: the next pass puts it back
+    res["drifted"] = _raw([drift_key])
+    state = tuning.reconcile(spec, again, roots)
+    res["repaired"], res["afterRepair"] = state.as_status(), _raw(keys)
+    tuning.write([(drift_key, drift_value)], roots)  # changed again: the release must leave it alone
+    t0 = time.monotonic()
+    released = tuning.release(state, roots)
+    res["releaseSeconds"] = round(time.monotonic() - t0, 3)
+    res["released"], res["afterRelease"] = released.as_status(), _raw(keys)
+    # put the drifted key back by hand, so the machine ends as it started
+    tuning.write([(drift_key, tuning.parse(res["before"][drift_key]))], roots)
+    res["end"] = _raw(keys)
+    out(res)
+
+
 def main() -> None:
     name, *args = sys.argv[1:]
     {"inventory": cmd_inventory, "bind": cmd_bind, "release": cmd_release, "qemu": cmd_qemu,
-     "killbind": cmd_killbind, "domain": cmd_domain, "nic": lambda a: out(nic(a))}[name](*args)  # fmt: skip
+     "killbind": cmd_killbind, "domain": cmd_domain, "tuning": cmd_tuning,
+     "nic": lambda a: out(nic(a))}[name](*args)  # fmt: skip
 
 
 if __name__ == "__main__":
