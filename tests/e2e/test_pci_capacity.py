@@ -230,7 +230,7 @@ def test_a_vf_policy_offers_each_vf_as_its_own_passthrough(kubeconfig, pci_opera
             cond = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
             return cond if st.get("phase") == "Failed" else None
 
-        cond = wait_until(failed, 60, f"no failure reported; {pci_operator.tail()}")
+        cond = wait_until(failed, 120, f"no failure reported; {pci_operator.tail()}")
         assert cond["reason"] == "VFsDidNotAppear" and "0000:05:00.0" in cond["message"], cond
         # A hostile spec is refused by the API server with the field named.
         bad = {**body, "spec": {**body["spec"], "physicalFunction": "../../0000:05:00.0"}}
