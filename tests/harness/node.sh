@@ -256,8 +256,9 @@ start_containerd() {
   local c="$N/containerd"
   mkdir -p "$c/root"
   if pid_alive "$N/containerd.pid" && containerd_up; then return 0; fi
-  # State is runtime-only: after a stop (or a reboot) nothing runs, so stale state goes.
-  [ -n "$(shim_pids)" ] || rm -rf "$c/state"
+  # State is runtime-only: after a stop (or a reboot) nothing runs, so stale state goes. Containers
+  # killed without a stop (their machine's processes ended, a kill -9) leave rootfs and shm mounts.
+  [ -n "$(shim_pids)" ] || clear_stale_state "$c/state"
   mkdir -p "$c/state"
   # Lowering an oom_score_adj (kubelet asks -998 for sandboxes) needs CAP_SYS_RESOURCE, which root
   # lacks on some machines (these test machines): containerd then clamps to its own instead of
@@ -305,6 +306,23 @@ TOML
     nohup "${NS_EXEC[@]}" containerd --config "$c/config.toml" > "$N/containerd.log" 2>&1 &
   echo $! > "$N/containerd.pid"
   wait_for 30 containerd containerd_up || die "containerd did not start: see $N/containerd.log"
+}
+
+# clear_stale_state DIR: DIR gone, with whatever dead containers left mounted in it; a mount busy
+# elsewhere (another mount namespace) moves aside with its tree instead of failing the start.
+clear_stale_state() {
+  local old
+  for old in "$1".stale.*; do   # earlier ones, once their mounts went
+    [ ! -e "$old" ] || { unmount_under "$old"; rm -rf "$old" 2>/dev/null || true; }
+  done
+  [ -e "$1" ] || return 0
+  unmount_under "$1"
+  rm -rf "$1" 2>/dev/null && return 0
+  local aside
+  aside="$1.stale.$(date +%s)"
+  mv -T "$1" "$aside" || die "cannot remove or move aside the stale $1 (mounts: findmnt -R $1)"
+  log "warning: stale $1 still has busy mounts: moved to $aside"
+  rm -rf "$aside" 2>/dev/null || true
 }
 
 stop_containerd() {
