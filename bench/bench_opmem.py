@@ -19,6 +19,7 @@ Prints figures only (a table and one BENCH_OPMEM_JSON line); asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -31,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_vm import ROOT, Operator, free_port, proc_memory, testbed_env
-
-sys.path[:0] = [str(ROOT / "common")]
-from k3svirt_common.kube import ApiError, Client, core_path, group_path, load_config  # noqa: E402
+from k3svirt_common.kube import ApiError, Client, core_path, group_path, load_config
 
 GROUP, VERSION, PLURAL = "k3svirt.io", "v1alpha1", "virtualmachines"
 IMPORTS = ("libvirt", "prometheus_client", "jsonschema", "aiohttp", "kopf", "k3svirt_operator.handlers")
@@ -60,17 +59,33 @@ def import_footprint() -> list[tuple[str, float]]:
         "    importlib.import_module(m); out.append((m, rss()))\n"
         "print(json.dumps(out))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "K3SVIRT_NODE_NAME": "bench-import"})  # fmt: skip
-    return [(m, round(v, 1)) for m, v in json.loads(proc.stdout.strip().splitlines()[-1])] if proc.returncode == 0 else []
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "K3SVIRT_NODE_NAME": "bench-import"},
+    )
+    return (
+        [(m, round(v, 1)) for m, v in json.loads(proc.stdout.strip().splitlines()[-1])] if proc.returncode == 0 else []
+    )
 
 
 def vm_body(name: str, node: str, tb: dict[str, str], run: bool = False) -> dict[str, Any]:
-    spec: dict[str, Any] = {"runStrategy": "Always" if run else "Halted", "nodeName": node, "memory": {"size": "128Mi"},
-                            "cpu": {"cores": 1}}  # fmt: skip
+    spec: dict[str, Any] = {
+        "runStrategy": "Always" if run else "Halted",
+        "nodeName": node,
+        "memory": {"size": "128Mi"},
+        "cpu": {"cores": 1},
+    }
     if run:
-        spec["boot"] = {"kernel": {"path": tb["K3SVIRT_GUEST_KERNEL"], "initrdPath": tb["K3SVIRT_GUEST_INITRD"],
-                                   "cmdline": f"console=ttyS0 quiet no_timer_check k3svirt.hostname={name}"}}  # fmt: skip
+        spec["boot"] = {
+            "kernel": {
+                "path": tb["K3SVIRT_GUEST_KERNEL"],
+                "initrdPath": tb["K3SVIRT_GUEST_INITRD"],
+                "cmdline": f"console=ttyS0 quiet no_timer_check k3svirt.hostname={name}",
+            }
+        }
         spec["disks"] = [{"name": "scratch", "size": "64Mi", "source": {"blank": {}}}]
         spec["networks"] = [{"name": "default", "nat": {"network": "default"}}]
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "metadata": {"name": name}, "spec": spec}
@@ -124,12 +139,22 @@ class Bench:
 
     def pause_running(self) -> None:
         for n in self.running:
-            subprocess.run(["virsh", "-c", self.tb["LIBVIRT_DEFAULT_URI"], "suspend", f"{self.ns}_{n}"],
-                           capture_output=True, timeout=60)  # fmt: skip
+            subprocess.run(
+                ["virsh", "-c", self.tb["LIBVIRT_DEFAULT_URI"], "suspend", f"{self.ns}_{n}"],
+                capture_output=True,
+                timeout=60,
+            )
 
     def start_operator(self, src: str | None, tag: str) -> Operator:
-        env = {**os.environ, **self.tb, "K3SVIRT_NODE_NAME": self.node, "K3SVIRT_STOP_GRACE_SECONDS": "2",
-               "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_RESERVATIONS": "off", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            **self.tb,
+            "K3SVIRT_NODE_NAME": self.node,
+            "K3SVIRT_STOP_GRACE_SECONDS": "2",
+            "K3SVIRT_METRICS_PORT": str(free_port()),
+            "K3SVIRT_RESERVATIONS": "off",
+            "PYTHONUNBUFFERED": "1",
+        }
         paths = [f"{src}/operator", f"{src}/common"] if src else []
         if self.args.tracemalloc:
             paths.insert(0, str(ROOT / "bench/tracemalloc_dump"))
@@ -149,12 +174,24 @@ class Bench:
         time.sleep(self.args.settle)
         cpu = (cpu_seconds(op.proc.pid) - cpu0) / (time.monotonic() - t0) * 100
         mem = proc_memory(op.proc.pid)
-        row = {"phase": what, "own": len(self.own), "running": len(self.running), "foreign": self.foreign,
-               "rssMiB": round(mem["VmRSS"], 1), "pssMiB": round(mem["Pss"], 1), "hwmMiB": round(mem["VmHWM"], 1),
-               "threads": int(mem["Threads"]), "cpuPct": round(cpu, 2), "settledS": round(took, 1),
-               "load": loadavg()}  # fmt: skip
-        print(f"  {what:<28} RSS {row['rssMiB']:6.1f}  PSS {row['pssMiB']:6.1f}  HWM {row['hwmMiB']:6.1f} MiB  "
-              f"CPU {row['cpuPct']:5.2f} %  threads {row['threads']}  [load {row['load']}]", flush=True)  # fmt: skip
+        row = {
+            "phase": what,
+            "own": len(self.own),
+            "running": len(self.running),
+            "foreign": self.foreign,
+            "rssMiB": round(mem["VmRSS"], 1),
+            "pssMiB": round(mem["Pss"], 1),
+            "hwmMiB": round(mem["VmHWM"], 1),
+            "threads": int(mem["Threads"]),
+            "cpuPct": round(cpu, 2),
+            "settledS": round(took, 1),
+            "load": loadavg(),
+        }
+        print(
+            f"  {what:<28} RSS {row['rssMiB']:6.1f}  PSS {row['pssMiB']:6.1f}  HWM {row['hwmMiB']:6.1f} MiB  "
+            f"CPU {row['cpuPct']:5.2f} %  threads {row['threads']}  [load {row['load']}]",
+            flush=True,
+        )
         return row
 
     # ------------------------------------------------------------------ one operator through every phase
@@ -192,23 +229,21 @@ class Bench:
     def cleanup(self, op: Operator) -> None:
         """Own VMs deleted while the operator runs (it holds their finalizers), then the rest."""
         for n in self.own + self.running:
-            try:
+            with contextlib.suppress(ApiError):
                 self.api.delete(group_path(GROUP, VERSION, PLURAL, self.ns, n))
-            except ApiError:
-                pass
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and any(n in self.statuses() for n in self.own + self.running):
             time.sleep(2)
         op.stop()
         for n in [f"far-{i:04d}" for i in range(self.foreign)]:
-            try:
+            with contextlib.suppress(ApiError):
                 self.api.delete(group_path(GROUP, VERSION, PLURAL, self.ns, n))
-            except ApiError:
-                pass
         self.own, self.running, self.foreign = [], [], 0
 
     def run(self) -> dict[str, Any]:
-        self.api.create(core_path("namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.ns}})
+        self.api.create(
+            core_path("namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.ns}}
+        )
         out: dict[str, Any] = {"imports": import_footprint(), "load": loadavg()}
         print("import footprint (RSS MiB after each):", out["imports"], flush=True)
         try:
@@ -216,10 +251,8 @@ class Bench:
             if self.args.baseline_src:
                 out["baseline"] = self.run_one(self.args.baseline_src, "baseline")
         finally:
-            try:
+            with contextlib.suppress(ApiError):
                 self.api.delete(core_path("namespaces", name=self.ns))
-            except ApiError:
-                pass
         return out
 
 
