@@ -5,7 +5,7 @@ name, K3SVIRT_RESERVATIONS=off: no kubelet serves that node) idle with 0 VMs, wi
 bench leaves in the cluster), and with --running tiny guests of its own booted and paused.
 
 Side by side with a baseline: `--baseline-src DIR` runs another revision's operator the same way
-(`git archive REV operator common | tar -x -C DIR`), each phase measured for both, one after the other.
+(`git archive REV operator common crds | tar -x -C DIR`), each phase measured for both, one after the other.
 Also the import footprint of a fresh interpreter (python, libvirt, kopf, ...), the operator's CPU
 seconds over each settle window, and with --tracemalloc the operator's top allocation sites at the end
 (bench/tracemalloc_dump/sitecustomize.py: a SIGUSR2 writes them).
@@ -156,6 +156,8 @@ class Bench:
             "PYTHONUNBUFFERED": "1",
         }
         paths = [f"{src}/operator", f"{src}/common"] if src else []
+        if src:
+            env["K3SVIRT_CRDS_DIR"] = f"{src}/crds"  # the schemas that revision validates with
         if self.args.tracemalloc:
             paths.insert(0, str(ROOT / "bench/tracemalloc_dump"))
             env["PYTHONTRACEMALLOC"] = "1"
@@ -247,7 +249,8 @@ class Bench:
         out: dict[str, Any] = {"imports": import_footprint(), "load": loadavg()}
         print("import footprint (RSS MiB after each):", out["imports"], flush=True)
         try:
-            out["this"] = self.run_one(None, "this")
+            if not self.args.baseline_only:
+                out["this"] = self.run_one(None, "this")
             if self.args.baseline_src:
                 out["baseline"] = self.run_one(self.args.baseline_src, "baseline")
         finally:
@@ -263,6 +266,7 @@ def main() -> None:
     ap.add_argument("--running", type=int, default=0, help="own tiny guests started, then paused (0 = skip)")
     ap.add_argument("--settle", type=float, default=40.0, help="seconds after a phase settled before sampling")
     ap.add_argument("--baseline-src", help="another revision's tree (operator/ and common/) run the same way")
+    ap.add_argument("--baseline-only", action="store_true", help="measure only --baseline-src")
     ap.add_argument("--tracemalloc", action="store_true", help="the operator's top allocation sites at the end")
     args = ap.parse_args()
     args.own_steps = [int(x) for x in args.own.split(",") if x.strip()]
