@@ -189,6 +189,8 @@ class Bench:
             "settledS": round(took, 1),
             "load": loadavg(),
         }
+        if self.args.tracemalloc:  # a snapshot per phase (bench/tracemalloc_dump/sitecustomize.py)
+            os.kill(op.proc.pid, signal.SIGUSR2)
         print(
             f"  {what:<28} RSS {row['rssMiB']:6.1f}  PSS {row['pssMiB']:6.1f}  HWM {row['hwmMiB']:6.1f} MiB  "
             f"CPU {row['cpuPct']:5.2f} %  threads {row['threads']}  [load {row['load']}]",
@@ -221,9 +223,8 @@ class Bench:
                 self.create([f"far-{i:04d}" for i in range(self.args.foreign)], far)
                 self.foreign = self.args.foreign
                 rows.append(self.measure(op, f"+{self.args.foreign} foreign"))
-            if self.args.tracemalloc and op.proc is not None:
-                os.kill(op.proc.pid, signal.SIGUSR2)
-                time.sleep(5)
+            if self.args.tracemalloc:
+                time.sleep(5)  # the last snapshot is written
         finally:
             self.cleanup(op)
         return rows
