@@ -29,6 +29,7 @@ from . import (
     image_cache,
     nodelimits,
     pci,
+    placement,
     shutdown,
     stats,
     usage,
@@ -43,6 +44,7 @@ from .reservations import Reservations
 from .runtime import Runtime
 from .snapshot_worker import SnapshotWorker
 from .startqueue import StartQueue, StartQueueMetrics
+from .template_status import TemplateStatus
 from .vm_reconciler import Event, Result, VMReconciler
 from .vmfirewall import Firewall
 
@@ -59,6 +61,8 @@ MONITOR: tuple[Any, Any] | None = None
 STARTS: StartQueue | None = None
 CONSOLE: Any = None  # console.ConsoleServer when K3SVIRT_CONSOLE_KEY_FILE is set
 USAGE: usage.UsageRecorder | None = None
+CLAIMER: placement.Claimer | None = None
+TEMPLATES: TemplateStatus | None = None
 SERVICE_SYNC = vmservices.ServiceSync()
 
 
@@ -129,10 +133,11 @@ async def _release_vanished_nodes() -> None:
     rt = _rt()
     while await shutdown.pause(SETTINGS.resync_seconds):
         try:
-            vms = await asyncio.to_thread(rt.list_objects, names.VM_PLURAL)
+            known: set[str] = set()
+            vms = await asyncio.to_thread(rt.deleting_objects, names.VM_PLURAL, known)
             inventories = await asyncio.to_thread(rt.list_objects, names.NODEPCIINVENTORY_PLURAL)
-            known = {n for n in map(vanished.node_of, vms) if n} | {i["metadata"]["name"] for i in inventories}
-            templates = await asyncio.to_thread(rt.list_objects, names.VMTEMPLATE_PLURAL)
+            known |= {i["metadata"]["name"] for i in inventories}
+            templates = await asyncio.to_thread(rt.deleting_objects, names.VMTEMPLATE_PLURAL)
             for plural, objs in ((names.VM_PLURAL, vms), (names.VMTEMPLATE_PLURAL, templates)):
                 released = await asyncio.to_thread(vanished.release, objs, SETTINGS.node_name, rt.node_vanished,
                                                    functools.partial(rt.patch_object, plural), known)  # fmt: skip
@@ -149,9 +154,13 @@ async def _refresh_node_labels() -> None:
         except ApiError as exc:
             log.warning("node labels not refreshed", extra={"error": str(exc)})
         else:
+            new = {**labels, **SETTINGS.node_labels}
+            changed = new != NODE_LABELS
             NODE_LABELS.clear()
-            NODE_LABELS.update({**labels, **SETTINGS.node_labels})
+            NODE_LABELS.update(new)
             LABELS_READ.set()
+            if changed and CLAIMER is not None:  # VMs waiting for a selector this node matches now
+                await asyncio.to_thread(CLAIMER.relabeled)
         if not await shutdown.pause(60):
             return
 
@@ -197,8 +206,10 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global RT, RECONCILER, MONITOR, STARTS, SNAPSHOTS, CONSOLE, USAGE
+    global RT, RECONCILER, MONITOR, STARTS, SNAPSHOTS, CONSOLE, USAGE, CLAIMER, TEMPLATES
     settings.persistence.finalizer = names.finalizer_for(SETTINGS.node_name)
+    # Only the VMs this node runs reach kopf (placement.py); the Claimer below brings them there.
+    settings.watching.field_selectors[names.GROUP, names.VM_PLURAL] = placement.watch_selector(SETTINGS.node_name)
     # Keep kopf's bookkeeping out of the user's metadata (GitOps tools would see drift there).
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopfDiffBase")
@@ -261,6 +272,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                                 retention=SETTINGS.usage_retention_buckets,
                                 checkpoint_seconds=SETTINGS.usage_checkpoint_seconds)  # fmt: skip
     MONITOR[1].register(usage.UsageMetricsCollector(USAGE))
+    CLAIMER = placement.Claimer(api, SETTINGS.node_name, lambda: dict(NODE_LABELS), RT.claim_vm)
+    CLAIMER.start()
+    TEMPLATES = TemplateStatus(_get_template, functools.partial(RT.list_objects, names.VMTEMPLATE_PLURAL),
+                               RT.template_usage, RT.patch_status)  # fmt: skip
+    asyncio.get_running_loop().create_task(TEMPLATES.run())
     asyncio.get_running_loop().create_task(_meter_usage(USAGE))
     asyncio.get_running_loop().create_task(_sync_vm_services(publisher))
     asyncio.get_running_loop().create_task(_publish_pci_inventory())
@@ -296,6 +312,8 @@ async def _meter_usage(recorder: usage.UsageRecorder) -> None:
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     shutdown.request_stop()  # whatever stopped kopf, worker threads must not keep the process alive
+    if CLAIMER is not None:
+        CLAIMER.stop()
     if USAGE is not None:
         await asyncio.to_thread(USAGE.flush)  # the open buckets' baselines, as of now
     if MONITOR is not None:
@@ -330,12 +348,6 @@ async def _write_claims(claims: list[pci.StatusPatch]) -> None:
 
 
 # ---------------------------------------------------------------------- indices
-@kopf.index(names.GROUP, names.VERSION, names.VM_PLURAL)
-def vms_by_namespace(body: kopf.Body, namespace: str, **_: Any) -> dict[str, dict[str, Any]]:
-    """What a VMTemplate's status and deletion guard need of each VM, by namespace."""
-    return {namespace: templates.usage_of(body)}
-
-
 @kopf.index(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL)
 def passthroughs(body: kopf.Body, name: str, **_: Any) -> dict[str, dict[str, Any]]:
     """Every PCIPassthrough by name: what a VM's hostDevices resolve against."""
@@ -358,9 +370,7 @@ def _claimed_by_others(index: kopf.Index, name: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------------- VirtualMachine
 @kopf.on.event(names.GROUP, names.VERSION, names.VM_PLURAL)
-async def vm_changed(
-    body: kopf.Body, namespace: str, type: str | None, memo: kopf.Memo, vms_by_namespace: kopf.Index, **_: Any
-) -> None:
+async def vm_changed(body: kopf.Body, namespace: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Wakes the VM's loop when the user changed its spec or asked for an action."""
     if RT is None:
         return
@@ -368,17 +378,9 @@ async def vm_changed(
     if state.changed((body.metadata.get("generation"), body.metadata.annotations.get(names.ANNOTATION_ACTION))) \
             or type == "DELETED":  # fmt: skip
         state.wake.set()
-        for template in templates.referenced_names(body.spec):  # their status counts the VMs using them
-            found = await asyncio.to_thread(_get_template, namespace, template)
-            if found is not None:
-                await _refresh_template_status(found, vms_by_namespace)
-
-
-async def _refresh_template_status(template: Mapping[str, Any], vms_by_namespace: kopf.Index) -> None:
-    meta = template["metadata"]
-    status = templates.compute_status(template, vms_by_namespace.get(meta["namespace"], ()))
-    if status != _user_status(template):
-        await asyncio.to_thread(_rt().patch_status, names.VMTEMPLATE_PLURAL, meta["namespace"], meta["name"], status)
+        if TEMPLATES is not None:
+            for template in templates.referenced_names(body.spec):  # their status counts the VMs using them
+                TEMPLATES.mark(namespace, template)
 
 
 @kopf.index("", "v1", "pods", labels={rsv.LABEL_NODE: SETTINGS.node_name})
@@ -552,11 +554,10 @@ async def vm_deleted(body: kopf.Body, namespace: str, name: str, passthroughs: k
 
 # ---------------------------------------------------------------------- VMTemplate
 @kopf.on.event(names.GROUP, names.VERSION, names.VMTEMPLATE_PLURAL)
-async def template_changed(body: kopf.Body, type: str | None, vms_by_namespace: kopf.Index, **_: Any) -> None:
+async def template_changed(body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
     """Keeps status (latest version, users) current; every node computes the same answer."""
-    if RT is None or type == "DELETED":
-        return
-    await _refresh_template_status(body, vms_by_namespace)
+    if TEMPLATES is not None and type != "DELETED":
+        TEMPLATES.mark(namespace, name, copy.deepcopy(dict(body)))
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.VMTEMPLATE_PLURAL)
@@ -564,8 +565,7 @@ def template_deleted(body: kopf.Body, namespace: str, **_: Any) -> None:
     """Holds the deletion (like PVC protection) while VMs still reference the template."""
     # A fresh list, not the index: a destructive decision must not rest on a watch that may lag
     # behind a VM created a moment ago.
-    vms = _rt().list_objects(names.VM_PLURAL, namespace)
-    problem = templates.check_delete(dict(body), vms)
+    problem = templates.check_delete(dict(body), _rt().template_usage(namespace))
     if problem:
         kopf.event(body, type="Warning", reason="InUse", message=problem)
         raise kopf.TemporaryError(problem, delay=15)

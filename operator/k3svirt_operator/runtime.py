@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from k3svirt_common import names
+from k3svirt_common import names, templates
 from k3svirt_common.kube import ApiError, Client, core_path, group_path
 
-from . import device_capacity
+from . import device_capacity, vanished
 from .accel import Acceleration
 from .config import Settings
 from .libvirt_conn import LibvirtConnection
@@ -20,6 +20,7 @@ from .pci.claims import Claims
 from .vmstate import Loops
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _path(plural: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
@@ -50,6 +51,40 @@ class Runtime:
 
     def list_objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return self.api.get(_path(plural, namespace))["items"]
+
+    def scan(self, plural: str, namespace: str | None, keep: Callable[[dict[str, Any]], T | None],
+             page: int = 200) -> list[T]:  # fmt: skip
+        """keep(obj) of every object, in pages: only one page of whole objects is held at a time (a
+        cluster's 2000 VMs are ~6 MiB of JSON). An expired continue token starts the scan over."""
+        kept: list[T] = []
+        token = None
+        while True:
+            try:
+                out = self.api.get(_path(plural, namespace), query={"limit": page, "continue": token})
+            except ApiError as exc:
+                if not (exc.expired and token):
+                    raise
+                kept, token = [], None
+                continue
+            kept.extend(k for k in map(keep, out.get("items") or ()) if k is not None)
+            token = (out.get("metadata") or {}).get("continue")
+            if not token:
+                return kept
+
+    def template_usage(self, namespace: str) -> list[dict[str, Any]]:
+        """What VMTemplate status and the deletion guard read of each VM of the namespace."""
+        return self.scan(names.VM_PLURAL, namespace, templates.usage_of)
+
+    def deleting_objects(self, plural: str, nodes: set[str] | None = None) -> list[dict[str, Any]]:
+        """The objects of a kind being deleted, cluster-wide (what vanished.release looks at); `nodes`
+        collects the node of every object scanned (the known nodes of vanished.finalizer_nodes)."""
+
+        def keep(obj: dict[str, Any]) -> dict[str, Any] | None:
+            if nodes is not None and (node := vanished.node_of(obj)):
+                nodes.add(node)
+            return obj if obj["metadata"].get("deletionTimestamp") else None
+
+        return self.scan(plural, None, keep)
 
     def claim_vm(self, namespace: str, name: str, resource_version: str) -> str | None:
         """Writes status.node = this node unless another operator got there first; returns the owner.

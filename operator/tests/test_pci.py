@@ -88,6 +88,23 @@ def test_pci_ids_parser_handles_classes_and_subsystems():
     assert ids.class_name("ff0000") == "Unassigned class"
 
 
+def test_indexed_pci_ids_answer_as_the_whole_parse(tmp_path):
+    """The operator reads pci.ids per vendor block (IndexedPciIds): same names as parsing it all."""
+    path = tmp_path / "pci.ids"
+    path.write_text(fakesys.PCI_IDS_SNIPPET + "\nffff  Illegal Vendor ID\n")
+    whole, lazy = pciids.parse_pci_ids(path.read_text()), pciids.IndexedPciIds(str(path))
+    assert whole.devices and whole.subsystems and whole.classes
+    for v, name in whole.vendors.items():
+        assert lazy.vendor_name(v.upper()) == name
+    for (v, d), name in whole.devices.items():
+        assert lazy.device_name(v, d) == name
+    for (v, d, sv, sd), name in whole.subsystems.items():
+        assert lazy.subsystem_name(v, d, sv, sd) == name
+    assert lazy.classes == whole.classes and lazy.class_name("060400") == "PCI bridge"
+    assert lazy.device_name("0bad", "0001") is None and lazy.vendor_name(None) is None
+    assert pciids.load_pci_ids(str(path)).device_name("8086", "125c") == "Ethernet Controller I226-V"
+
+
 def test_address_helpers():
     assert pci.normalize_address("03:00.1") == "0000:03:00.1"
     assert pci.address_parts("0000:03:00.1") == {"domain": "0x0000", "bus": "0x03", "slot": "0x00", "function": "0x1"}

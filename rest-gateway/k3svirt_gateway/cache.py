@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from k3svirt_common.kube import SYNC, ApiError, ListWatch, WatchEvent
 
@@ -60,11 +60,25 @@ class Resource:
         return group_path(self.group, self.version, self.plural)
 
 
-class Listing(NamedTuple):
-    items: list[dict[str, Any]]
-    stale_for: float | None  # seconds the watch has been disconnected; None when it is connected
-    # (informer, generation, namespace, selector): equal keys mean the same items (Informer.encoded)
-    key: tuple[Any, ...] | None = None
+class Listing:
+    """One list answer from memory. `items` is built on first use only: an answer encoded already for
+    the same key (Informer.encoded) needs none (building 1000 item references was most of a cached GET)."""
+
+    __slots__ = ("_entries", "_selector", "_items", "stale_for", "key")
+
+    def __init__(self, entries: list[_Entry], selector: list[Requirement], stale_for: float | None,
+                 key: tuple[Any, ...] | None = None) -> None:  # fmt: skip
+        self._entries, self._selector, self._items = entries, selector, None
+        self.stale_for = stale_for  # seconds the watch has been disconnected; None when it is connected
+        # (informer, generation, namespace, selector): equal keys mean the same items (Informer.encoded)
+        self.key = key
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        if self._items is None:
+            sel = self._selector
+            self._items = [e.view for e in self._entries if not sel or matches(sel, e.labels)]
+        return self._items
 
 
 @dataclass(frozen=True)
@@ -183,7 +197,8 @@ class Informer:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, str], _Entry] = {}
         self._tombstones: dict[tuple[str, str], tuple[str, float]] = {}  # key -> (uid, expiry)
-        self._snapshot: list[tuple[tuple[str, str], _Entry]] | None = None
+        # namespace -> its entries sorted by name; rebuilt on the first list after a change
+        self._snapshot: dict[str, list[_Entry]] | None = None
         # Every change bumps the generation; list answers encoded at one generation are reused until
         # the next change (a GET of 1000 VMs is then one dict lookup, not 1000 views serialized).
         self.generation = 0
@@ -241,14 +256,14 @@ class Informer:
         stale_for = None if since is None else time.monotonic() - since
         if stale_for is not None and stale_for > self.max_stale:
             return None
-        snap = self._snapshot
-        if snap is None:
-            with self._lock:
-                if self._snapshot is None:
-                    self._snapshot = sorted(self._items.items(), key=lambda kv: kv[0])
-                snap = self._snapshot
-        items = [e.view for (ns, _n), e in snap if ns == namespace and (not selector or matches(selector, e.labels))]
-        return Listing(items, stale_for, (id(self), self.generation, namespace, repr(selector)))
+        with self._lock:  # the generation and the snapshot read together: the key names these entries
+            generation, snap = self.generation, self._snapshot
+            if snap is None:
+                snap = {}
+                for (ns, _name), entry in sorted(self._items.items(), key=lambda kv: kv[0]):
+                    snap.setdefault(ns, []).append(entry)
+                self._snapshot = snap
+        return Listing(snap.get(namespace, []), selector, stale_for, (id(self), generation, namespace, repr(selector)))
 
     def encoded(self, listing: Listing, encode: Callable[[list[dict[str, Any]]], bytes]) -> bytes:
         """The list answer's body for `listing`, encoded once per generation (and per namespace and

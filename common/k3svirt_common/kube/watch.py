@@ -97,9 +97,11 @@ class ListWatch:
         page: int = 500,
         list_timeout: float = 60.0,
         on_connect: Callable[[], None] | None = None,
+        query: Mapping[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.path = path
+        self.query = dict(query or {})  # e.g. fieldSelector / labelSelector, for the list and the watch
         self.timeout_seconds = timeout_seconds
         self.page = page
         self.list_timeout = list_timeout
@@ -131,7 +133,8 @@ class ListWatch:
     def events(self) -> Iterator[WatchEvent]:
         while not self.closed:
             if self._need_list:
-                items, rv = self.client.list_all(self.path, page=self.page, timeout=self.list_timeout)
+                items, rv = self.client.list_all(self.path, query=self.query, page=self.page,
+                                                 timeout=self.list_timeout)  # fmt: skip
                 self.resource_version, self._need_list = rv, False
                 self.relists += 1
                 yield WatchEvent(SYNC, {"items": items, "metadata": {"resourceVersion": rv}})
@@ -140,7 +143,7 @@ class ListWatch:
             # Jitter: many watchers started together must not all reconnect together.
             timeout = self.timeout_seconds + random.randint(0, max(1, self.timeout_seconds // 4))
             try:
-                with Watch(self.client, self.path, resource_version=rv, timeout_seconds=timeout) as w:
+                with Watch(self.client, self.path, resource_version=rv, timeout_seconds=timeout, query=self.query) as w:
                     self._watch = w
                     if self.closed:
                         return

@@ -130,12 +130,77 @@ def find_pci_ids_file(configured: str | None = None) -> Path | None:
     return None
 
 
+class IndexedPciIds(PciIds):
+    """pci.ids read on demand: the file's vendor blocks are indexed by byte offset once, and a lookup
+    parses only its vendor's block (a few recently used blocks are kept). Parsing the whole file kept
+    ~120000 objects, 8.5 MiB of the operator's heap (tracemalloc, bench/README.md) for the names of the
+    few dozen devices a host has. The device classes (a few hundred) are parsed at once."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._offsets: dict[str, tuple[int, int]] = {}  # vendor id -> (start, end) of its block
+        self._blocks: dict[str, PciIds] = {}  # parsed blocks, least recently used first
+        with open(path, "rb") as fh:
+            data = fh.read()
+        tops: list[tuple[str | None, int]] = []  # every top-level line: (vendor id, or None for a class)
+        pos = 0
+        for line in data.splitlines(keepends=True):
+            if line[:1] not in (b"\t", b"#") and line.strip():
+                tops.append((None if line.startswith(b"C ") else line[:4].decode("ascii", "replace").lower(), pos))
+            pos += len(line)
+        classes: list[bytes] = []
+        for i, (vendor, start) in enumerate(tops):
+            end = tops[i + 1][1] if i + 1 < len(tops) else len(data)
+            if vendor is None:
+                classes.append(data[start:end])
+            else:
+                self._offsets[vendor] = (start, end)
+        if classes:
+            self.classes = parse_pci_ids(b"".join(classes).decode("utf-8", "replace")).classes
+
+    KEPT_BLOCKS = 32
+
+    def _block(self, vendor: str) -> PciIds:
+        block = self._blocks.pop(vendor, None)
+        if block is None:
+            block = PciIds()
+            span = self._offsets.get(vendor)
+            if span is not None:
+                try:
+                    with open(self.path, "rb") as fh:
+                        fh.seek(span[0])
+                        block = parse_pci_ids(fh.read(span[1] - span[0]).decode("utf-8", "replace"))
+                except OSError:
+                    pass
+            if len(self._blocks) >= self.KEPT_BLOCKS:
+                self._blocks.pop(next(iter(self._blocks)))
+        self._blocks[vendor] = block  # the most recently used last
+        return block
+
+    def vendor_name(self, vendor: str | None) -> str | None:
+        return self._block(vendor.lower()).vendor_name(vendor.lower()) if vendor else None
+
+    def device_name(self, vendor: str | None, device: str | None) -> str | None:
+        if not (vendor and device):
+            return None
+        return self._block(vendor.lower()).device_name(vendor.lower(), device.lower())
+
+    def subsystem_name(
+        self, vendor: str | None, device: str | None, sub_vendor: str | None, sub_device: str | None
+    ) -> str | None:
+        if not (vendor and device and sub_vendor and sub_device):
+            return None
+        v, d, sv, sd = vendor.lower(), device.lower(), sub_vendor.lower(), sub_device.lower()
+        return self._block(v).subsystem_name(v, d, sv, sd)
+
+
 @lru_cache(maxsize=4)
 def _load(path: str | None) -> PciIds:
     if path is None:
         return PciIds()
     try:
-        return parse_pci_ids(Path(path).read_text(encoding="utf-8", errors="replace"))
+        return IndexedPciIds(path)
     except OSError:
         return PciIds()
 
