@@ -55,6 +55,7 @@ class Settings:
     resync_seconds: float
     status_summary_seconds: float
     pci_inventory_seconds: float
+    abandoned_after_seconds: float
     image_fetch: FetchPolicy = FetchPolicy()
     space: SpaceRules = SpaceRules()
     host_paths: HostPaths = HostPaths()
@@ -119,6 +120,9 @@ class Settings:
             resync_seconds=float(env("K3SVIRT_RESYNC_SECONDS", "30")),
             status_summary_seconds=float(env("K3SVIRT_STATUS_SUMMARY_SECONDS", "30")),
             pci_inventory_seconds=float(env("K3SVIRT_PCI_INVENTORY_SECONDS", "60")),
+            # A node without a Node object whose operator has not refreshed its inventory this long
+            # has left the cluster (vanished.py): its finalizers and inventory are released.
+            abandoned_after_seconds=float(env("K3SVIRT_ABANDONED_AFTER_SECONDS", "3600")),
             # Limits and address rules for image downloads (image_fetch.py).
             image_fetch=_fetch_policy(source, host_paths.image_dirs),
             space=_space_rules(source),

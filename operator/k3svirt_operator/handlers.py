@@ -143,6 +143,9 @@ async def _release_vanished_nodes() -> None:
                                                    functools.partial(rt.patch_object, plural), known)  # fmt: skip
                 if released:
                     log.info("finalizers of vanished nodes released", extra={"kind": plural, "objects": released})
+            for node in await asyncio.to_thread(rt.abandoned_inventories, inventories):
+                await asyncio.to_thread(rt.delete_object, names.NODEPCIINVENTORY_PLURAL, None, node)
+                log.info("inventory of a vanished node removed", extra={"node": node})
         except ApiError as exc:
             log.warning("looking for objects of vanished nodes failed", extra={"error": str(exc)})
 

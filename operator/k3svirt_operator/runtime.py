@@ -4,6 +4,7 @@ node's PCI claims, and its reads and writes of Kubernetes objects."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -150,8 +151,23 @@ class Runtime:
             self.api.patch(_path(names.NODEPCIINVENTORY_PLURAL, None, node), {"metadata": {"ownerReferences": owners}})
 
     def node_vanished(self, node: str) -> bool:
-        """Node `node` left the cluster: neither its Node nor its NodePCIInventory exists."""
-        return self.node_uid(node) is None and self.get_object(names.NODEPCIINVENTORY_PLURAL, None, node) is None
+        """Node `node` left the cluster: no Node, and no NodePCIInventory its operator still refreshes."""
+        if self.node_uid(node) is not None:
+            return False
+        inventory = self.get_object(names.NODEPCIINVENTORY_PLURAL, None, node)
+        now = datetime.datetime.now(datetime.UTC)
+        return vanished.inventory_abandoned(inventory, now, self.settings.abandoned_after_seconds)
+
+    def abandoned_inventories(self, inventories: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Inventories of nodes without a Node whose operator stopped writing them (vanished.py)."""
+        now = datetime.datetime.now(datetime.UTC)
+        out = []
+        for inv in inventories:
+            name, after = inv["metadata"]["name"], self.settings.abandoned_after_seconds
+            mine = name == self.settings.node_name
+            if not mine and vanished.inventory_abandoned(inv, now, after) and self.node_uid(name) is None:
+                out.append(name)
+        return out
 
     def patch_object(self, plural: str, obj: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         """A merge patch of an object read before (the body may carry its resourceVersion)."""

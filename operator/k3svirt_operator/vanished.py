@@ -2,11 +2,15 @@
 
 A node's operator holds a finalizer (names.finalizer_for(node)) on every VM it runs, and publishes
 NodePCIInventory/<node>, owned by the Node (ownerReference), so the garbage collector removes the
-inventory when the Node goes. A node counts as vanished when both its Node and its inventory are
-gone: a machine whose operator runs without a kubelet (no Node object ever) keeps its inventory and
-is never taken for vanished. A VM being deleted whose node vanished then gets that node's finalizer
-removed by any other node's operator: nobody else could ever finish its deletion. (Its domain and
-disks went with the machine; its reservation pod goes with the Node, by the pod GC, or with the VM.)
+inventory when the Node goes. A node counts as vanished when its Node is gone and its inventory is
+gone or abandoned: every running operator refreshes its inventory (status.updatedAt, every
+pci_inventory_seconds), so a machine whose operator runs without a kubelet (no Node object ever)
+is never taken for vanished while it runs; one whose operator has not written for the abandon window
+(an hour by default) has left, and its inventory goes with the sweep. A VM being deleted whose node
+vanished then gets that node's finalizer removed by any other node's operator: nobody else could
+ever finish its deletion. (Its domain and disks went with the machine; its reservation pod goes with
+the Node, by the pod GC, or with the VM. A machine that comes back after the window finds its
+domains of VMs deleted meanwhile still defined.)
 
 The same holds for VMTemplates: every node's operator guards a template's deletion (the template
 must not be in use) with its own finalizer, so a template deleted after a node left would wait for
@@ -19,6 +23,7 @@ that is gone, and then the shorter name is gone as well.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -28,6 +33,23 @@ from k3svirt_common import names
 def node_of(vm: Mapping[str, Any]) -> str | None:
     """The node that runs the VM: spec.nodeName, else the node that claimed it (status.node)."""
     return (vm.get("spec") or {}).get("nodeName") or (vm.get("status") or {}).get("node") or None
+
+
+def inventory_abandoned(inventory: Mapping[str, Any] | None, now: datetime.datetime, after_seconds: float) -> bool:
+    """No NodePCIInventory, or one its operator has not refreshed for `after_seconds` (the last
+    status.updatedAt, else its creation); a stamp that cannot be read counts as never refreshed."""
+    if inventory is None:
+        return True
+    stamp = (inventory.get("status") or {}).get("updatedAt") or (inventory.get("metadata") or {}).get(
+        "creationTimestamp"
+    )
+    try:
+        written = datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if written.tzinfo is None:
+        written = written.replace(tzinfo=datetime.UTC)
+    return (now - written).total_seconds() > after_seconds
 
 
 def finalizer_nodes(finalizers: Iterable[str], known: Iterable[str] = ()) -> dict[str, str]:

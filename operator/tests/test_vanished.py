@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 from k3svirt_common import names
 from k3svirt_operator import vanished
 
@@ -77,3 +79,31 @@ def test_foreign_and_prefix_lookalike_finalizers_are_never_taken_for_nodes():
     asked = []
     assert vanished.release([template("t", fins)], "n1", lambda n: asked.append(n) or True, lambda o, b: None) == []
     assert asked == []
+
+
+NOW = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)
+
+
+def inventory(updated: str | None = None, created: str = "2026-12-01T00:00:00Z") -> dict:
+    return {"metadata": {"name": "n2", "creationTimestamp": created},
+            "status": {"updatedAt": updated} if updated else {}}  # fmt: skip
+
+
+def test_an_inventory_its_operator_refreshes_keeps_its_node():
+    assert not vanished.inventory_abandoned(inventory("2026-12-02T11:59:00Z"), NOW, 3600)
+    assert not vanished.inventory_abandoned(inventory("2026-12-02T11:00:01Z"), NOW, 3600)
+
+
+def test_no_inventory_or_one_not_refreshed_for_the_window_is_abandoned():
+    assert vanished.inventory_abandoned(None, NOW, 3600)
+    assert vanished.inventory_abandoned(inventory("2026-12-02T10:59:59Z"), NOW, 3600)
+
+
+def test_an_inventory_never_refreshed_counts_from_its_creation():
+    assert not vanished.inventory_abandoned(inventory(created="2026-12-02T11:30:00Z"), NOW, 3600)
+    assert vanished.inventory_abandoned(inventory(created="2026-12-02T10:00:00Z"), NOW, 3600)
+
+
+def test_an_unreadable_stamp_counts_as_never_refreshed():
+    assert vanished.inventory_abandoned(inventory("yesterday"), NOW, 3600)
+    assert vanished.inventory_abandoned({"metadata": {"name": "n2"}}, NOW, 3600)
