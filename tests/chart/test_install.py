@@ -52,9 +52,21 @@ RELEASE = "k3svirt"
 LONG = os.environ.get("K3SVIRT_CHART_LONG") == "1"
 
 
+def _remove_killed_runs_releases(helm: str, kubeconfig: str) -> None:
+    """Releases a killed run left behind: their DaemonSet, pinned to the node instance's name, would
+    run a second operator on the instance this run starts again."""
+    for ns in get_json(kubeconfig, "namespaces")["items"]:
+        name = ns["metadata"]["name"]
+        if name.startswith("k3svirt-chart-") and not ns["metadata"].get("deletionTimestamp"):
+            run([helm, "--kubeconfig", kubeconfig, "-n", name, "uninstall", RELEASE, "--wait", "--timeout", "120s"],
+                check=False)  # fmt: skip
+            kubectl(kubeconfig, "delete", "namespace", name, "--wait=false", check=False)
+
+
 @pytest.fixture(scope="module")
-def chart_node(testbed: dict[str, str]) -> Iterator[NodeInstance]:
+def chart_node(testbed: dict[str, str], helm: str) -> Iterator[NodeInstance]:
     """A node instance holding the operator and gateway images, under the chart's tag and the upgrade's."""
+    _remove_killed_runs_releases(helm, testbed["KUBECONFIG"])
     built = run(["bash", str(IMAGES_SH), "build", "operator", "gateway"], timeout=1800).stdout
     archives = {ref: path for ref, path in (line.split() for line in built.splitlines() if line.strip())}
     node = start_instance()
