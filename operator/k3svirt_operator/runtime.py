@@ -152,22 +152,17 @@ class Runtime:
 
     def node_vanished(self, node: str) -> bool:
         """Node `node` left the cluster: no Node, and no NodePCIInventory its operator still refreshes."""
-        if self.node_uid(node) is not None:
-            return False
-        inventory = self.get_object(names.NODEPCIINVENTORY_PLURAL, None, node)
-        now = datetime.datetime.now(datetime.UTC)
-        return vanished.inventory_abandoned(inventory, now, self.settings.abandoned_after_seconds)
+        return self._left(node, self.get_object(names.NODEPCIINVENTORY_PLURAL, None, node))
 
     def abandoned_inventories(self, inventories: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Inventories of nodes without a Node whose operator stopped writing them (vanished.py)."""
+        """Inventories of other nodes without a Node whose operator stopped writing them (vanished.py)."""
+        return [n for inv in inventories if (n := inv["metadata"]["name"]) != self.settings.node_name
+                and self._left(n, inv)]  # fmt: skip
+
+    def _left(self, node: str, inventory: Mapping[str, Any] | None) -> bool:
         now = datetime.datetime.now(datetime.UTC)
-        out = []
-        for inv in inventories:
-            name, after = inv["metadata"]["name"], self.settings.abandoned_after_seconds
-            mine = name == self.settings.node_name
-            if not mine and vanished.inventory_abandoned(inv, now, after) and self.node_uid(name) is None:
-                out.append(name)
-        return out
+        abandoned = vanished.inventory_abandoned(inventory, now, self.settings.abandoned_after_seconds)
+        return abandoned and self.node_uid(node) is None
 
     def patch_object(self, plural: str, obj: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         """A merge patch of an object read before (the body may carry its resourceVersion)."""
