@@ -47,6 +47,17 @@ def test_helm_lint_variants(helm: str, variant: str) -> None:
     run([helm, "lint", "--strict", str(CHART), *VARIANTS[variant]])
 
 
+def test_chart_refuses_kubernetes_without_selectable_fields(helm: str) -> None:
+    """The CRDs' selectableFields (the operator's node-scoped VM watch) need Kubernetes 1.31: helm says
+    so before installing instead of an operator that watches nothing on an older cluster."""
+    old = run([helm, "template", "x", str(CHART), "--kube-version", "1.30.4"], check=False)
+    assert old.returncode != 0 and "kubeVersion" in old.stderr, old.stderr
+    run([helm, "template", "x", str(CHART), "--kube-version", "1.31.0"])
+    crds = yaml.safe_load_all((REPO / "crds" / "virtualmachines.yaml").read_text())
+    (crd,) = [c for c in crds if c]
+    assert any(v.get("selectableFields") for v in crd["spec"]["versions"])
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_template_renders(render, variant: str) -> None:
     objs = render(*VARIANTS[variant])
