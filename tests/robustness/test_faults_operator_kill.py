@@ -1,6 +1,8 @@
 """The operator SIGKILLed at random points of create, update and delete: after every kill a new
 operator process converges every VM - one domain per VM (never a duplicate), the spec applied,
-deleted VMs leave no domain, disk, seed or finalizer behind.
+deleted VMs leave no domain, disk, seed or finalizer behind. Each VM has what a kill can orphan: a
+cloud-init seed, a disk from an image (the node's image cache: a download that must not stay partial)
+and a blank scratch disk.
 
 Short form (CI): 1 round of 3 kills. K3SVIRT_ROBUSTNESS=full: 10 rounds = 30 kills.
 K3SVIRT_KILL_SEED fixes the random kill points (printed, so a failing run can be replayed).
@@ -12,6 +14,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -55,6 +58,14 @@ def _domains_of(conn, ns: str, name: str) -> list:
     return out
 
 
+def _image_dir(tmp_path: Path) -> Path:
+    """A node image directory (K3SVIRT_IMAGE_DIRS) with a small raw image for the VMs' image disks."""
+    d = tmp_path / "images"
+    d.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(d / "base.raw"), "16M"], check=True)
+    return d
+
+
 def _kill_after(op: Operator, delay: float) -> None:
     time.sleep(delay)
     assert op.proc is not None
@@ -70,7 +81,8 @@ def test_operator_sigkilled_during_create_update_delete(testbed, apiserver: ApiS
     print(f"kill seed {seed} ({ROUNDS} rounds)")
     node = f"kill-{uuid.uuid4().hex[:6]}"
     ns = make_namespace(apiserver, "rbkill")
-    env = operator_env(testbed, node)
+    images = _image_dir(tmp_path)
+    env = operator_env(testbed, node, K3SVIRT_IMAGE_DIRS=str(images))
     op = Operator(env, tmp_path / "operator.log")
     op.start()
     restarts: list[float] = []
@@ -98,7 +110,9 @@ def test_operator_sigkilled_during_create_update_delete(testbed, apiserver: ApiS
         for rnd_i in range(ROUNDS):
             name = f"k{rnd_i}"
             # --- create
-            obj = tiny_vm(name, tiny_guest, nodeName=node)
+            obj = tiny_vm(name, tiny_guest, nodeName=node,
+                          cloudInit={"userData": f"#cloud-config\nruncmd:\n  - echo kill-round-{rnd_i}\n"})  # fmt: skip
+            obj["spec"]["disks"].append({"name": "img", "source": {"image": {"url": f"file://{images}/base.raw"}}})
             delay = rnd.uniform(0, MAX_DELAY)
             assert apiserver.request("POST", apiserver.vms(ns), json.dumps(obj).encode()).status_code == 201
             _kill_after(op, delay)
@@ -113,6 +127,10 @@ def test_operator_sigkilled_during_create_update_delete(testbed, apiserver: ApiS
             converge(running, name, f"a kill {delay:.2f} s into create")
             doms = _domains_of(libvirt_conn, ns, name)
             assert len(doms) == 1 and doms[0].UUIDString() == vm(name)["metadata"]["uid"], [d.name() for d in doms]
+            sources = {d.get("file") for d in ET.fromstring(doms[0].XMLDesc(0)).iterfind("./devices/disk/source")}
+            vm_dir = storage_root / "vms" / ns / name
+            assert any(str(s).startswith(str(vm_dir)) and "img" in str(s) for s in sources), sources
+            assert any(str(s).endswith(".iso") for s in sources), f"no cloud-init seed attached: {sources}"
 
             # --- update: a new command line, applied by a restart request
             cmdline = f"console=ttyS0 quiet no_timer_check k3svirt.hostname={name} round={rnd_i}"
