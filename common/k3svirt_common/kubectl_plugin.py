@@ -119,7 +119,8 @@ def action_done(vm: dict[str, Any], action: str, patch: dict[str, Any]) -> bool:
     if (vm.get("metadata") or {}).get("generation") != status.get("observedGeneration"):
         return False
     printable = status.get("printableStatus")
-    return printable == ("Stopped" if action == "stop" else "Running")
+    done = names.PrintableStatus.STOPPED if action == "stop" else names.PrintableStatus.RUNNING
+    return printable == done
 
 
 def first_address(vm: dict[str, Any]) -> str:
@@ -378,12 +379,21 @@ def run_ssh(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 127  # not reached
 
 
+def console_key_path(secret: str) -> str:
+    """The API path of the console key Secret "NAMESPACE/NAME" (each part quoted: it cannot change the path)."""
+    ns, _, name = secret.partition("/")
+    try:
+        return core_path("secrets", ns, name)
+    except ValueError:
+        raise PluginError(f"--key-secret {secret!r}: give NAMESPACE/NAME") from None
+
+
 def console_key(client: Client, secret: str) -> bytes:
     import base64
 
-    ns, _, name = secret.partition("/")
+    path = console_key_path(secret)
     try:
-        obj = client.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
+        obj = client.get(path)
     except ApiError as exc:
         if exc.status in (401, 403, 404):
             raise PluginError(
