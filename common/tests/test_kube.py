@@ -22,7 +22,6 @@ from k3svirt_common.kube import (
     ConfigError,
     KubeConfig,
     ListWatch,
-    api_path,
     core_path,
     from_kubeconfig,
     group_path,
@@ -61,8 +60,6 @@ def test_paths_quote_every_segment():
     assert group_path("k3svirt.io", "v1alpha1", "virtualmachines", "ns", "vm", "status") == (
         "/apis/k3svirt.io/v1alpha1/namespaces/ns/virtualmachines/vm/status"
     )
-    assert api_path("v1", "services", "ns") == "/api/v1/namespaces/ns/services"
-    assert api_path("apps/v1", "deployments", "ns", "d", "scale") == "/apis/apps/v1/namespaces/ns/deployments/d/scale"
     for bad in ("", ".", ".."):
         with pytest.raises(ValueError):
             core_path("configmaps", "ns", bad)

@@ -42,15 +42,3 @@ def group_path(
 ) -> str:
     """/apis/GROUP/VERSION[/namespaces/NS]/RESOURCE[/NAME[/SUB...]]"""
     return _path(f"/apis/{segment(group)}/{segment(version)}", resource, namespace, name, sub)
-
-
-def api_path(
-    api_version: str, resource: str, namespace: str | None = None, name: str | None = None, sub: str | None = None
-) -> str:
-    """The path for an object's apiVersion ("v1" or "GROUP/VERSION")."""
-    group, _, version = api_version.rpartition("/")
-    if not group:
-        if api_version != "v1":
-            raise ValueError(f"unknown core API version: {api_version!r}")
-        return core_path(resource, namespace, name, sub)
-    return group_path(group, version, resource, namespace, name, sub)
