@@ -64,6 +64,7 @@ USAGE: usage.UsageRecorder | None = None
 CLAIMER: placement.Claimer | None = None
 TEMPLATES: TemplateStatus | None = None
 SERVICE_SYNC = vmservices.ServiceSync()
+PASSTHROUGHS: kopf.Index | None = None  # the passthroughs index, as the first PCIPassthrough event handed it over
 
 
 def _rt() -> Runtime:
@@ -587,8 +588,13 @@ async def _publish_pci_inventory() -> None:
         except Exception as exc:  # keep publishing later; the VM work must not suffer
             log.warning("publishing the PCI inventory failed", extra={"error": str(exc)})
         try:
-            # Also from a fresh list: a kubelet that re-registered may have zeroed the capacity.
-            pcips = await asyncio.to_thread(_rt().list_objects, names.PCIPASSTHROUGH_PLURAL)
+            # Again every round: a kubelet that re-registered may have zeroed the capacity. The devices
+            # come from the passthroughs index (kept current by the watch); a list only until the first
+            # PCIPassthrough event has handed the index over (none may exist: then the list is empty).
+            if PASSTHROUGHS is not None:
+                pcips = [obj for store in PASSTHROUGHS.values() for obj in store]
+            else:
+                pcips = await asyncio.to_thread(_rt().list_objects, names.PCIPASSTHROUGH_PLURAL)
             await asyncio.to_thread(_rt().publish_device_capacity, pcips)
         except Exception as exc:
             log.warning("publishing the device capacity failed", extra={"error": str(exc)})
@@ -599,6 +605,8 @@ async def _publish_pci_inventory() -> None:
 @kopf.on.event(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL)
 async def passthrough_seen(passthroughs: kopf.Index, **_: Any) -> None:
     """Bound, assigned, released, failed or gone: the Node's device capacity follows at once."""
+    global PASSTHROUGHS
+    PASSTHROUGHS = passthroughs  # for the periodic publication (_publish_pci_inventory)
     if RT is None:
         return
     pcips = [obj for store in passthroughs.values() for obj in store]
