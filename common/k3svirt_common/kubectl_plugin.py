@@ -36,7 +36,7 @@ from typing import Any
 
 from . import console_ticket, names, vmservice
 from .kube import ApiError, Client, load_config
-from .kube.paths import core_path, group_path
+from .kube.paths import core_path, k3svirt_path
 
 PROG = "kubectl k3svirt"
 COMMANDS = ("start", "stop", "restart", "stats", "ssh", "console", "snapshot", "restore", "expose", "completion")
@@ -53,15 +53,15 @@ class PluginError(Exception):
 
 
 def vm_path(namespace: str, name: str | None = None) -> str:
-    return group_path(names.GROUP, names.VERSION, names.VM_PLURAL, namespace, name)
+    return k3svirt_path(names.VM_PLURAL, namespace, name)
 
 
 def snapshot_path(namespace: str, name: str | None = None) -> str:
-    return group_path(names.GROUP, names.VERSION, names.VMSNAPSHOT_PLURAL, namespace, name)
+    return k3svirt_path(names.VMSNAPSHOT_PLURAL, namespace, name)
 
 
 def restore_path(namespace: str, name: str | None = None) -> str:
-    return group_path(names.GROUP, names.VERSION, names.VMRESTORE_PLURAL, namespace, name)
+    return k3svirt_path(names.VMRESTORE_PLURAL, namespace, name)
 
 
 def stamp() -> str:

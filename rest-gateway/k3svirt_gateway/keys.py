@@ -53,12 +53,9 @@ def _without(text: str, name: str) -> str:
 
 
 def _secret_text(api: Client, ns: str, name: str) -> str:
-    try:
-        sec = api.get(core_path("secrets", ns, name))
-    except ApiError as exc:
-        if exc.status == 404:
-            return ""
-        raise
+    sec = api.get_or_none(core_path("secrets", ns, name))
+    if sec is None:
+        return ""
     raw = (sec.get("data") or {}).get(SECRET_DATA_KEY, "")
     return base64.b64decode(raw).decode() if raw else ""
 

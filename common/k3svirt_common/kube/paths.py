@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from ..names import GROUP, VERSION
+
 
 def segment(value: str) -> str:
     """One quoted path segment: '/', '?', '#', '%' and spaces can never change the path's shape."""
@@ -42,3 +44,8 @@ def group_path(
 ) -> str:
     """/apis/GROUP/VERSION[/namespaces/NS]/RESOURCE[/NAME[/SUB...]]"""
     return _path(f"/apis/{segment(group)}/{segment(version)}", resource, namespace, name, sub)
+
+
+def k3svirt_path(resource: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    """/apis/k3svirt.io/v1alpha1[/namespaces/NS]/RESOURCE[/NAME[/SUB...]]: our own kinds."""
+    return group_path(GROUP, VERSION, resource, namespace, name, sub)
