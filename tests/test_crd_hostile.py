@@ -24,6 +24,7 @@ HOSTILE = [
     ("spec.disks[0].source.image.url", {"disks": [{"name": "d", "source": {"image": {"url": "file:///x\n"}}}]}),
     ("spec.disks[0].source.volume.path", {"disks": [{"name": "d", "source": {"volume": {"path": "/v/x\x7f"}}}]}),
     ("spec.cloudInit.sshAuthorizedKeys[0]", {"cloudInit": {"sshAuthorizedKeys": ["ssh-ed25519 AAAA\nssh-rsa evil"]}}),
+    ("spec.memory.maxSize", {"memory": {"size": "1Gi", "maxSize": "512Mi"}}),  # the balloon's ceiling below the RAM
 ]
 
 

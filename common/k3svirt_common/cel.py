@@ -18,8 +18,11 @@ functions), which a generic CEL implementation does not ship and would need as c
 here anyway; every CRD rule is pinned against this evaluator (common/tests/test_cel_crd_rules.py)
 and the hostile-input suite checks that the API server and the gateway agree.
 
-Anything else raises CelUnsupported; a runtime error (missing field, wrong type) raises CelError.
-Callers treat both as "cannot decide here" and skip the rule: the API server still enforces it.
+Anything else raises CelUnsupported (at compile time); a runtime error (missing field, wrong type)
+raises CelError. The caller (`schema._kube_validations`) refuses on CelError, as the API server does
+for a rule that fails to evaluate; only an unsupported rule (the transition rules on `oldSelf`, which
+need the stored object) is skipped and left to the API server. test_cel_crd_rules pins which rules
+those are.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from typing import Any
 
 from . import console_ticket, names, vmservice
 from .kube import ApiError, Client, load_config
-from .kube.paths import core_path, group_path
+from .kube.paths import core_path, k3svirt_path
 
 PROG = "kubectl k3svirt"
 COMMANDS = ("start", "stop", "restart", "stats", "ssh", "console", "snapshot", "restore", "expose", "completion")
@@ -53,15 +53,15 @@ class PluginError(Exception):
 
 
 def vm_path(namespace: str, name: str | None = None) -> str:
-    return group_path(names.GROUP, names.VERSION, names.VM_PLURAL, namespace, name)
+    return k3svirt_path(names.VM_PLURAL, namespace, name)
 
 
 def snapshot_path(namespace: str, name: str | None = None) -> str:
-    return group_path(names.GROUP, names.VERSION, names.VMSNAPSHOT_PLURAL, namespace, name)
+    return k3svirt_path(names.VMSNAPSHOT_PLURAL, namespace, name)
 
 
 def restore_path(namespace: str, name: str | None = None) -> str:
-    return group_path(names.GROUP, names.VERSION, names.VMRESTORE_PLURAL, namespace, name)
+    return k3svirt_path(names.VMRESTORE_PLURAL, namespace, name)
 
 
 def stamp() -> str:
@@ -119,7 +119,8 @@ def action_done(vm: dict[str, Any], action: str, patch: dict[str, Any]) -> bool:
     if (vm.get("metadata") or {}).get("generation") != status.get("observedGeneration"):
         return False
     printable = status.get("printableStatus")
-    return printable == ("Stopped" if action == "stop" else "Running")
+    done = names.PrintableStatus.STOPPED if action == "stop" else names.PrintableStatus.RUNNING
+    return printable == done
 
 
 def first_address(vm: dict[str, Any]) -> str:
@@ -378,12 +379,21 @@ def run_ssh(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 127  # not reached
 
 
+def console_key_path(secret: str) -> str:
+    """The API path of the console key Secret "NAMESPACE/NAME" (each part quoted: it cannot change the path)."""
+    ns, _, name = secret.partition("/")
+    try:
+        return core_path("secrets", ns, name)
+    except ValueError:
+        raise PluginError(f"--key-secret {secret!r}: give NAMESPACE/NAME") from None
+
+
 def console_key(client: Client, secret: str) -> bytes:
     import base64
 
-    ns, _, name = secret.partition("/")
+    path = console_key_path(secret)
     try:
-        obj = client.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
+        obj = client.get(path)
     except ApiError as exc:
         if exc.status in (401, 403, 404):
             raise PluginError(

@@ -105,6 +105,7 @@ class ConditionType(StrEnum):
     TEMPLATE_RESOLVED = "TemplateResolved"
     HOST_DEVICES_READY = "HostDevicesReady"
     RESOURCES_RESERVED = "ResourcesReserved"  # the VM's reservation pod holds its share of the node
+    IRQ_AFFINITY = "IRQAffinity"  # where the host IRQs of the VM's passthrough devices go (pci/irq.py)
 
 
 COND_READY = ConditionType.READY
@@ -113,6 +114,7 @@ COND_RESTART_REQUIRED = ConditionType.RESTART_REQUIRED
 COND_TEMPLATE_RESOLVED = ConditionType.TEMPLATE_RESOLVED
 COND_HOST_DEVICES_READY = ConditionType.HOST_DEVICES_READY
 COND_RESOURCES_RESERVED = ConditionType.RESOURCES_RESERVED
+COND_IRQ_AFFINITY = ConditionType.IRQ_AFFINITY
 
 FINALIZER_PREFIX = f"{GROUP}/node-"
 _QUALIFIED_NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")

@@ -319,8 +319,3 @@ def orphaned(pod: Mapping[str, Any], vm: Mapping[str, Any] | None, node: str) ->
     spec, status = vm.get("spec") or {}, vm.get("status") or {}
     owner = spec.get("nodeName") or status.get("node")
     return bool(owner) and owner != node
-
-
-def cpu_millis(value: str) -> int:
-    """A CPU quantity in millicores (for tests and the bench)."""
-    return int((quantity_value(value, field="cpu") * 1000).to_integral_value(rounding=ROUND_CEILING))

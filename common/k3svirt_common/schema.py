@@ -42,7 +42,7 @@ from jsonschema import validators
 
 from . import cel
 from .fielderror import FieldError
-from .names import API_VERSION, PLURALS, VERSION
+from .names import API_VERSION, DEFAULT_RUN_STRATEGY, PLURALS, VERSION
 
 __all__ = [
     "FieldError",
@@ -347,7 +347,7 @@ def validate_object(kind: str, obj: Any, *, strict: bool = True, version: str = 
 def apply_vm_defaults(spec: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of a (merged) VM spec with every documented default filled in. Idempotent."""
     s = copy.deepcopy(spec)
-    s.setdefault("runStrategy", "Always")
+    s.setdefault("runStrategy", str(DEFAULT_RUN_STRATEGY))
     s.setdefault("deletionPolicy", "Delete")
     s.setdefault("iothreads", 0)
     cpu = s.setdefault("cpu", {})

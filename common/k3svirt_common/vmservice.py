@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import names
+from . import labelselector, names
+from .labelselector import Requirement, SelectorError  # SelectorError: what callers of parse_selector catch
 
 ANNOTATION_VM_SELECTOR = f"{names.GROUP}/vm-selector"
 LABEL_VM_NAME = f"{names.GROUP}/vm-name"  # implicit: every VM matches it with its own name
@@ -36,47 +36,10 @@ MAX_REQUIREMENTS = 16
 MAX_ENDPOINTS = 1000  # the EndpointSlice API's limit
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-
-
-class SelectorError(ValueError):
-    """The annotation is not a selector we accept; the message says which part and why."""
-
-
-@dataclass(frozen=True)
-class Requirement:
-    key: str
-    op: str  # "=", "!=", "exists", "!exists"
-    value: str = ""
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        if self.op == "=":
-            return labels.get(self.key) == self.value
-        if self.op == "!=":
-            return labels.get(self.key) != self.value
-        if self.op == "exists":
-            return self.key in labels
-        return self.key not in labels
-
-
-def _check_key(key: str) -> str:
-    prefix, slash, name = key.rpartition("/")
-    ok = bool(_LABEL_NAME.match(name)) and (not slash or (len(prefix) <= 253 and bool(_DNS_SUBDOMAIN.match(prefix))))
-    if not ok:
-        raise SelectorError(f"{key!r} is not a label key (optional DNS prefix/, then a name of at most 63 characters)")
-    return key
-
-
-def _check_value(value: str) -> str:
-    if not _LABEL_VALUE.match(value):
-        raise SelectorError(f"{value!r} is not a label value (at most 63 alphanumerics, '-', '_', '.')")
-    return value
-
 
 def parse_selector(text: Any) -> tuple[Requirement, ...]:
-    """`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated (kubectl's equality-based selectors).
+    """`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated (kubectl's equality-based selectors), parsed
+    by k3svirt_common.labelselector with this annotation's limits.
 
     Set-based forms (`in`, `notin`) are refused with a clear error rather than half-understood; an
     empty selector is refused too (it would select every VM of the namespace by accident)."""
@@ -84,30 +47,12 @@ def parse_selector(text: Any) -> tuple[Requirement, ...]:
         raise SelectorError("the selector must be a string")
     if len(text) > MAX_SELECTOR_CHARS:
         raise SelectorError(f"the selector is longer than {MAX_SELECTOR_CHARS} characters")
-    if re.search(r"\s(in|notin)\s*\(", text):  # before splitting: "(a,b)" holds commas
-        raise SelectorError(
-            f"{text[:80]!r}: set-based requirements (in, notin) are not supported; use k=v, k!=v, k or !k"
-        )
-    parts = [p.strip() for p in text.split(",")]
+    parts = labelselector.split(text)
     if not any(parts):
         raise SelectorError("the selector is empty (it would select every VM of the namespace)")
     if len(parts) > MAX_REQUIREMENTS:
         raise SelectorError(f"the selector has more than {MAX_REQUIREMENTS} requirements")
-    out = []
-    for part in parts:
-        if not part:
-            raise SelectorError("the selector has an empty requirement (',,' or a trailing ',')")
-        if "!=" in part:
-            key, value = part.split("!=", 1)
-            out.append(Requirement(_check_key(key.strip()), "!=", _check_value(value.strip())))
-        elif "=" in part:
-            key, value = part.split("==", 1) if "==" in part else part.split("=", 1)
-            out.append(Requirement(_check_key(key.strip()), "=", _check_value(value.strip())))
-        elif part.startswith("!"):
-            out.append(Requirement(_check_key(part[1:].strip()), "!exists"))
-        else:
-            out.append(Requirement(_check_key(part), "exists"))
-    return tuple(out)
+    return tuple(labelselector.parse(text, set_based=False))
 
 
 def vm_name_selector(vm: str) -> str:
@@ -116,8 +61,7 @@ def vm_name_selector(vm: str) -> str:
 
 
 def matches(requirements: Iterable[Requirement], vm_name: str, labels: Mapping[str, str]) -> bool:
-    full = {**labels, LABEL_VM_NAME: vm_name}
-    return all(r.matches(full) for r in requirements)
+    return labelselector.matches(requirements, {**labels, LABEL_VM_NAME: vm_name})
 
 
 # ---------------------------------------------------------------------------------- what is indexed

@@ -131,6 +131,10 @@ PINNED: dict[str, tuple[Any, Any]] = {
         {"size": "16777216"},
         {"size": "16777215"},
     ),
+    "!has(self.maxSize) || !isQuantity(self.size) || !isQuantity(self.maxSize) || quantity(self.maxSize).compareTo(quantity(self.size)) >= 0": (  # noqa: E501 (the rule as the CRD has it)
+        {"size": "1Gi", "maxSize": "1024Mi"},
+        {"size": "1Gi", "maxSize": "1023Mi"},
+    ),
     "!has(self.hugepages) || !isQuantity(self.size) || !quantity(self.size).isLessThan(quantity('8Ei')) || double(int(quantity(self.size).asApproximateFloat() / quantity(self.hugepages.pageSize).asApproximateFloat())) == quantity(self.size).asApproximateFloat() / quantity(self.hugepages.pageSize).asApproximateFloat()": (  # noqa: E501 (the rule as the CRD has it)
         {"size": "2.5Gi", "hugepages": {"pageSize": "2Mi"}},
         {"size": "2049M", "hugepages": {"pageSize": "2Mi"}},

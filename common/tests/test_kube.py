@@ -22,10 +22,10 @@ from k3svirt_common.kube import (
     ConfigError,
     KubeConfig,
     ListWatch,
-    api_path,
     core_path,
     from_kubeconfig,
     group_path,
+    k3svirt_path,
     load_config,
 )
 
@@ -61,8 +61,10 @@ def test_paths_quote_every_segment():
     assert group_path("k3svirt.io", "v1alpha1", "virtualmachines", "ns", "vm", "status") == (
         "/apis/k3svirt.io/v1alpha1/namespaces/ns/virtualmachines/vm/status"
     )
-    assert api_path("v1", "services", "ns") == "/api/v1/namespaces/ns/services"
-    assert api_path("apps/v1", "deployments", "ns", "d", "scale") == "/apis/apps/v1/namespaces/ns/deployments/d/scale"
+    assert k3svirt_path("virtualmachines", "ns", "vm", "status") == group_path(
+        "k3svirt.io", "v1alpha1", "virtualmachines", "ns", "vm", "status"
+    )
+    assert k3svirt_path("pcipassthroughs", None, "a/b") == "/apis/k3svirt.io/v1alpha1/pcipassthroughs/a%2Fb"
     for bad in ("", ".", ".."):
         with pytest.raises(ValueError):
             core_path("configmaps", "ns", bad)
@@ -166,6 +168,10 @@ def test_create_patch_apply_replace_delete(api, namespace):
     assert api.apply(one, body, field_manager="other", force=True)["data"]["owned"] == "no"
 
     current = api.get(one)
+    assert api.get_or_none(one) == current and api.get_or_none(core_path("configmaps", namespace, "none")) is None
+    with pytest.raises(ApiError) as err:  # only a 404 is None: any other answer still raises
+        api.get_or_none(path, query={"labelSelector": "a in"})
+    assert err.value.status == 400
     current["data"] = {"only": "this"}
     assert api.replace(one, current)["data"] == {"only": "this"}
     api.delete(one, propagation="Background")

@@ -3,6 +3,7 @@ from k3svirt_common.kubectl_plugin import (
     PluginError,
     action_done,
     complete,
+    console_key_path,
     expose_service,
     finished,
     flatten,
@@ -98,3 +99,12 @@ def test_expose_builds_a_selector_less_service_for_exactly_that_vm():
     for bad in (["--port", "0"], ["--port", "70000"], ["--port", "x"], ["--port", "22", "--protocol", "ICMP"], []):
         with pytest.raises(SystemExit):
             parser().parse_args(["expose", "web1", *bad])
+
+
+def test_console_key_path_quotes_the_secret_name():
+    assert console_key_path("k3svirt-system/console-key") == "/api/v1/namespaces/k3svirt-system/secrets/console-key"
+    # a '/' in the name cannot reach another resource: it is one quoted segment
+    assert console_key_path("a/b/c") == "/api/v1/namespaces/a/secrets/b%2Fc"
+    for bad in ("no-slash", "/name", "ns/", "ns/.."):
+        with pytest.raises(PluginError, match="NAMESPACE/NAME"):
+            console_key_path(bad)

@@ -399,3 +399,17 @@ def test_cpu_and_memory_rules_hold_across_layers():
     merged["cpu"]["dedicatedCpuSet"] = "4-7"
     merged["memory"]["size"] = "3Gi"
     assert t.validate_merged(merged, effective) == []
+
+
+def test_balloon_ceiling_below_the_ram_is_refused_across_layers():
+    """A template's memory.maxSize and a VM's larger memory.size meet only in the merged spec: the
+    CRD's maxSize >= size rule refuses it there, naming the layer that set maxSize (domain_xml no
+    longer checks it)."""
+    effective = [
+        ("template t@1.0.0", {"memory": {"size": "256Mi", "maxSize": "512Mi"}}),
+        ("spec", {"memory": {"size": "1Gi"}}),
+    ]
+    merged = {"cpu": {"cores": 1}, "memory": {"size": "1Gi", "maxSize": "512Mi"}}
+    assert [e.field for e in t.validate_merged(merged, effective)] == ["template t@1.0.0.memory.maxSize"]
+    merged["memory"]["size"] = "512Mi"
+    assert t.validate_merged(merged, effective) == []

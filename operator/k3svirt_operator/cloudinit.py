@@ -12,6 +12,11 @@ Files: ``user-data``, ``meta-data`` (``instance-id`` = VM uid, ``local-hostname`
 - absent: a minimal ``#cloud-config`` (with the keys, if any).
 - MIME / jinja / cloud-config-archive user-data cannot be merged into: an error when keys are given.
 
+Checks here are only those the CRD cannot make (the spec reaching this module passed the CRD schema,
+merged with its template: templates.validate_merged): the content of the YAML strings (valid YAML,
+#cloud-config a mapping, ssh_authorized_keys a list, networkData version 1 or 2, metaData a mapping) and
+whether keys can be merged into the user-data's kind. Types, sizes and the key pattern are CRD rules.
+
 Determinism: the seed content digest (``seed_digest``) depends only on the inputs, and the ISO bytes
 are made reproducible too (fixed file timestamps + the volume-descriptor and Rock Ridge timestamps
 genisoimage takes from the clock are normalised). ``build_seed`` skips the rebuild when
@@ -86,19 +91,9 @@ def _dump(doc: Any) -> str:
 
 
 def _keys(cloud_init: Mapping[str, Any]) -> list[str]:
-    raw = cloud_init.get("sshAuthorizedKeys") or []
-    if not isinstance(raw, list):
-        raise CloudInitError(f"{FIELD}.sshAuthorizedKeys: must be a list of strings")
-    keys: list[str] = []
-    for i, k in enumerate(raw):
-        if not isinstance(k, str) or not k.strip():
-            raise CloudInitError(f"{FIELD}.sshAuthorizedKeys[{i}]: must be a non-empty string")
-        k = k.strip()
-        if "\n" in k or "\r" in k:
-            raise CloudInitError(f"{FIELD}.sshAuthorizedKeys[{i}]: must be a single-line public key")
-        if k not in keys:
-            keys.append(k)
-    return keys
+    """The keys, stripped, each once. The CRD already refuses a non-list, an empty key and a key with a
+    control character (pattern on sshAuthorizedKeys[]), for the merged spec too (validate_merged)."""
+    return list(dict.fromkeys(k.strip() for k in cloud_init.get("sshAuthorizedKeys") or []))
 
 
 def _first_line(text: str) -> str:
@@ -111,8 +106,6 @@ def render_user_data(user_data: str | None, keys: list[str]) -> str:
     if user_data is None or not user_data.strip():
         doc: dict[str, Any] = {"ssh_authorized_keys": keys} if keys else {}
         return "#cloud-config\n" + (_dump(doc) if doc else "")
-    if not isinstance(user_data, str):
-        raise CloudInitError(f"{FIELD}.userData: must be a string")
     first = _first_line(user_data)
     low = first.lower()
     if first == "#cloud-config":

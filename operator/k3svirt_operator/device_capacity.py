@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from k3svirt_common import pci_resources
-from k3svirt_common.kube import ApiError, Client, core_path
+from k3svirt_common.kube import Client, core_path
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +18,9 @@ def publish(api: Client, node: str, passthroughs: Iterable[Mapping[str, Any]]) -
     PCIPassthroughs; what it published, None without a Node object (a control plane without
     kubelets has nothing to schedule against). One GET, and a PATCH only when they differ."""
     want = pci_resources.node_capacity(passthroughs, node)
-    try:
-        found = api.get(core_path("nodes", name=node))
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    found = api.get_or_none(core_path("nodes", name=node))
+    if found is None:
+        return None
     patch = pci_resources.capacity_patch(found.get("status") or {}, want)
     if patch is not None:
         api.patch(core_path("nodes", name=node, sub="status"), patch)

@@ -202,19 +202,3 @@ def lease_addresses(dom: libvirt.virDomain) -> dict[str, str]:
                 if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
                     out.setdefault((info.get("hwaddr") or "").lower(), addr["addr"])
     return out
-
-
-def interface_macs(dom: libvirt.virDomain) -> list[tuple[str, str]]:
-    """(alias-or-target, MAC) of each interface, in definition order."""
-    root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    out = []
-    for i, iface in enumerate(root.findall("devices/interface")):
-        mac = iface.find("mac")
-        alias = iface.find("alias")
-        out.append(
-            (
-                alias.get("name") if alias is not None else f"net{i}",
-                (mac.get("address") if mac is not None else "").lower(),
-            )
-        )
-    return out

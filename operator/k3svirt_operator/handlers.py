@@ -12,7 +12,6 @@ import asyncio
 import copy
 import functools
 import logging
-import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,6 +23,7 @@ from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_
 
 from . import accel as accel_mod
 from . import (
+    context,
     cpupin,
     cputopo,
     image_cache,
@@ -38,7 +38,6 @@ from . import (
     vmstate,
     vmstatus,
 )
-from .config import Settings
 from .libvirt_conn import LibvirtConnection
 from .reservations import Reservations
 from .runtime import Runtime
@@ -52,7 +51,7 @@ from .vmfirewall import Firewall
 # login through it; the operator logs in with k3svirt_common.kube's configuration (login() below).
 kopf.set_default_registry(kopf.OperatorRegistry())
 log = logging.getLogger(__name__)
-SETTINGS = Settings.from_env()
+SETTINGS = context.SETTINGS
 KUBE_CONFIG: KubeConfig | None = None
 RT: Runtime | None = None
 RECONCILER: VMReconciler | None = None
@@ -64,16 +63,12 @@ USAGE: usage.UsageRecorder | None = None
 CLAIMER: placement.Claimer | None = None
 TEMPLATES: TemplateStatus | None = None
 SERVICE_SYNC = vmservices.ServiceSync()
+PASSTHROUGHS: kopf.Index | None = None  # the passthroughs index, as the first PCIPassthrough event handed it over
 
 
-def _rt() -> Runtime:
-    assert RT is not None, "operator not started"
-    return RT
-
-
-# This node's labels for spec.nodeSelector: K3SVIRT_NODE_LABELS plus the Node object's, refreshed.
-NODE_LABELS: dict[str, str] = dict(SETTINGS.node_labels)
-LABELS_READ = threading.Event()  # set once the Node's labels were read (NodeTuning waits for it)
+_rt = context.rt
+NODE_LABELS = context.NODE_LABELS  # the same dict and event tuning_handlers reads
+LABELS_READ = context.LABELS_READ
 
 
 def owned(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
@@ -247,7 +242,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if advice:
         log.warning("dedicated cores will split L2 clusters", extra={"advice": advice})
     api = Client(_kube_config(), timeout=30.0, user_agent=f"k3svirt-operator/{SETTINGS.node_name}")
-    RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
+    RT = context.RT = Runtime(SETTINGS, conn, acc, api, asyncio.get_running_loop())
     reservations = Reservations(api, SETTINGS.node_name, emulated=acc.domain_type != "kvm",
                                 image=SETTINGS.reservation_image) if SETTINGS.reservations else None  # fmt: skip
     # A burst of creates starts at most max_parallel_starts domains at once; the rest wait in line and
@@ -326,8 +321,7 @@ async def cleanup(**_: Any) -> None:
         await asyncio.to_thread(CONSOLE.stop)
 
 
-def _get_template(namespace: str, name: str) -> Mapping[str, Any] | None:
-    return _rt().get_object(names.VMTEMPLATE_PLURAL, namespace, name)
+_get_template = context.get_template
 
 
 def _get_vm(namespace: str, name: str) -> Mapping[str, Any] | None:
@@ -587,8 +581,13 @@ async def _publish_pci_inventory() -> None:
         except Exception as exc:  # keep publishing later; the VM work must not suffer
             log.warning("publishing the PCI inventory failed", extra={"error": str(exc)})
         try:
-            # Also from a fresh list: a kubelet that re-registered may have zeroed the capacity.
-            pcips = await asyncio.to_thread(_rt().list_objects, names.PCIPASSTHROUGH_PLURAL)
+            # Again every round: a kubelet that re-registered may have zeroed the capacity. The devices
+            # come from the passthroughs index (kept current by the watch); a list only until the first
+            # PCIPassthrough event has handed the index over (none may exist: then the list is empty).
+            if PASSTHROUGHS is not None:
+                pcips = [obj for store in PASSTHROUGHS.values() for obj in store]
+            else:
+                pcips = await asyncio.to_thread(_rt().list_objects, names.PCIPASSTHROUGH_PLURAL)
             await asyncio.to_thread(_rt().publish_device_capacity, pcips)
         except Exception as exc:
             log.warning("publishing the device capacity failed", extra={"error": str(exc)})
@@ -599,6 +598,8 @@ async def _publish_pci_inventory() -> None:
 @kopf.on.event(names.GROUP, names.VERSION, names.PCIPASSTHROUGH_PLURAL)
 async def passthrough_seen(passthroughs: kopf.Index, **_: Any) -> None:
     """Bound, assigned, released, failed or gone: the Node's device capacity follows at once."""
+    global PASSTHROUGHS
+    PASSTHROUGHS = passthroughs  # for the periodic publication (_publish_pci_inventory)
     if RT is None:
         return
     pcips = [obj for store in passthroughs.values() for obj in store]
@@ -803,4 +804,5 @@ async def _sync_namespaces(publisher: vmservices.Publisher, namespaces: set[str]
             await asyncio.to_thread(publisher.withdraw, (ns, name), current[name])
 
 
-from . import tuning_handlers  # noqa: E402,F401 (registers the NodeTuning handlers; it reads this module)
+# Registers the NodeTuning handlers (after the registry above is set); it shares context, not this module.
+from . import tuning_handlers  # noqa: E402,F401

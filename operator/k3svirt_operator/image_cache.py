@@ -264,18 +264,6 @@ def _validate_image(url: str, tmp: Path, head: bytes, size: int) -> tuple[str, i
     return fmt, int(info.get("virtual-size", size))
 
 
-def list_cached(root: Path) -> list[CachedImage]:
-    d = images_dir(root)
-    if not d.is_dir():
-        return []
-    out = []
-    for side in sorted(d.glob("*.json")):
-        c = _load_cached(side.with_suffix(".img"))
-        if c is not None:
-            out.append(c)
-    return out
-
-
 def _overlay_backings(root: Path) -> set[Path]:
     """Backing files referenced by the disks and snapshots under <root>/vms (safety net for prune_unused)."""
     used: set[Path] = set()

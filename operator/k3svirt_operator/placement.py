@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from k3svirt_common import names
-from k3svirt_common.kube import SYNC, ApiError, Client, ListWatch, group_path
+from k3svirt_common.kube import SYNC, ApiError, Client, ListWatch, k3svirt_path
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Claimer:
 
     # ------------------------------------------------------------------ the watch threads
     def _run(self, selector: str) -> None:
-        path = group_path(names.GROUP, names.VERSION, names.VM_PLURAL)
+        path = k3svirt_path(names.VM_PLURAL)
         failures = 0
         while not self._stop.is_set():
             # A new ListWatch after a failure: its list brings back every VM a failed claim left unclaimed.

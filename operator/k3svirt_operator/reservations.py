@@ -11,7 +11,7 @@ from typing import Any
 
 from k3svirt_common import names
 from k3svirt_common import reservation as rsv
-from k3svirt_common.kube import ApiError, Client, group_path
+from k3svirt_common.kube import ApiError, Client, k3svirt_path
 from k3svirt_common.kube import reservations as api_rsv
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Reservations:
             if not vm_name:
                 continue
             try:
-                vm = self.api.get(group_path(names.GROUP, names.VERSION, names.VM_PLURAL, meta["namespace"], vm_name))
+                vm = self.api.get(k3svirt_path(names.VM_PLURAL, meta["namespace"], vm_name))
             except ApiError as exc:
                 if exc.status != 404:
                     raise

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from k3svirt_common import names, templates
-from k3svirt_common.kube import ApiError, Client, core_path, group_path
+from k3svirt_common.kube import ApiError, Client, core_path, k3svirt_path
 
 from . import device_capacity, vanished
 from .accel import Acceleration
@@ -22,10 +22,6 @@ from .vmstate import Loops
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def _path(plural: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
-    return group_path(names.GROUP, names.VERSION, plural, namespace, name, sub)
 
 
 @dataclass
@@ -43,15 +39,10 @@ class Runtime:
 
     # ------------------------------------------------------------------ Kubernetes access
     def get_object(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        try:
-            return self.api.get(_path(plural, namespace, name))
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.api.get_or_none(k3svirt_path(plural, namespace, name))
 
     def list_objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        return self.api.get(_path(plural, namespace))["items"]
+        return self.api.get(k3svirt_path(plural, namespace))["items"]
 
     def scan(self, plural: str, namespace: str | None, keep: Callable[[dict[str, Any]], T | None],
              page: int = 200) -> list[T]:  # fmt: skip
@@ -61,7 +52,7 @@ class Runtime:
         token = None
         while True:
             try:
-                out = self.api.get(_path(plural, namespace), query={"limit": page, "continue": token})
+                out = self.api.get(k3svirt_path(plural, namespace), query={"limit": page, "continue": token})
             except ApiError as exc:
                 if not (exc.expired and token):
                     raise
@@ -96,7 +87,7 @@ class Runtime:
         for _ in range(10):
             body = {"metadata": {"resourceVersion": resource_version}, "status": {"node": self.settings.node_name}}
             try:
-                self.api.patch(_path(names.VM_PLURAL, namespace, name, "status"), body)
+                self.api.patch(k3svirt_path(names.VM_PLURAL, namespace, name, "status"), body)
                 return self.settings.node_name
             except ApiError as exc:
                 if exc.status != 409:
@@ -126,12 +117,8 @@ class Runtime:
 
     def node_uid(self, node: str) -> str | None:
         """The uid of Node `node`, None when there is no such Node."""
-        try:
-            return self.api.get(core_path("nodes", name=node))["metadata"]["uid"]
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        found = self.api.get_or_none(core_path("nodes", name=node))
+        return None if found is None else found["metadata"]["uid"]
 
     def ensure_node_inventory(self, node: str) -> None:
         """NodePCIInventory/<node> exists and is owned by the Node (when there is one): the garbage
@@ -141,14 +128,16 @@ class Runtime:
         body = {"apiVersion": names.API_VERSION, "kind": names.NODEPCIINVENTORY_KIND,
                 "metadata": {"name": node, "ownerReferences": owners}}  # fmt: skip
         try:
-            self.api.create(_path(names.NODEPCIINVENTORY_PLURAL, None), body)
+            self.api.create(k3svirt_path(names.NODEPCIINVENTORY_PLURAL, None), body)
             return
         except ApiError as exc:
             if exc.status != 409:
                 raise
         current = self.get_object(names.NODEPCIINVENTORY_PLURAL, None, node)
         if uid and current is not None and (current["metadata"].get("ownerReferences") or []) != owners:
-            self.api.patch(_path(names.NODEPCIINVENTORY_PLURAL, None, node), {"metadata": {"ownerReferences": owners}})
+            self.api.patch(
+                k3svirt_path(names.NODEPCIINVENTORY_PLURAL, None, node), {"metadata": {"ownerReferences": owners}}
+            )
 
     def node_vanished(self, node: str) -> bool:
         """Node `node` left the cluster: no Node, and no NodePCIInventory its operator still refreshes."""
@@ -168,7 +157,7 @@ class Runtime:
         """A merge patch of an object read before (the body may carry its resourceVersion)."""
         meta = obj["metadata"]
         try:
-            self.api.patch(_path(plural, meta.get("namespace"), meta["name"]), dict(body))
+            self.api.patch(k3svirt_path(plural, meta.get("namespace"), meta["name"]), dict(body))
         except ApiError as exc:
             if exc.status not in (404, 409):  # gone, or changed since read: the next round looks again
                 raise
@@ -176,26 +165,26 @@ class Runtime:
     def create_object(self, plural: str, namespace: str | None, body: Mapping[str, Any]) -> None:
         """Creates an object of ours; one that exists already (409) is left as it is."""
         try:
-            self.api.create(_path(plural, namespace), body)
+            self.api.create(k3svirt_path(plural, namespace), body)
         except ApiError as exc:
             if exc.status != 409:
                 raise
 
     def create_vm(self, body: Mapping[str, Any]) -> None:
         """A restore's clone: the VM object, created once (ApiError 409 when the name is taken)."""
-        self.api.create(_path(names.VM_PLURAL, body["metadata"]["namespace"]), dict(body))
+        self.api.create(k3svirt_path(names.VM_PLURAL, body["metadata"]["namespace"]), dict(body))
 
     def delete_object(self, plural: str, namespace: str | None, name: str) -> None:
         """Deletes an object of ours; one that is gone already (404) is fine."""
         try:
-            self.api.delete(_path(plural, namespace, name))
+            self.api.delete(k3svirt_path(plural, namespace, name))
         except ApiError as exc:
             if exc.status != 404:
                 raise
 
     def patch_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
         try:
-            self.api.patch(_path(plural, namespace, name, "status"), {"status": dict(status)})
+            self.api.patch(k3svirt_path(plural, namespace, name, "status"), {"status": dict(status)})
         except ApiError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise

@@ -18,18 +18,18 @@ from typing import Any
 import kopf
 from k3svirt_common import names
 
-from . import handlers as h
+from . import context as ctx
 from . import tuning
 
-ROOTS = tuning.Roots(sys=h.SETTINGS.node_roots.sys_root, proc=h.SETTINGS.node_roots.proc_root)
+ROOTS = tuning.Roots(sys=ctx.SETTINGS.node_roots.sys_root, proc=ctx.SETTINGS.node_roots.proc_root)
 
 
 def _entry(status: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    return ((status or {}).get("nodes") or {}).get(h.SETTINGS.node_name)
+    return ((status or {}).get("nodes") or {}).get(ctx.SETTINGS.node_name)
 
 
 def touches_this_node(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
-    return tuning.selects(spec, h.NODE_LABELS) or _entry(status) is not None
+    return tuning.selects(spec, ctx.NODE_LABELS) or _entry(status) is not None
 
 
 @kopf.index(names.GROUP, names.VERSION, names.NODETUNING_PLURAL)
@@ -41,7 +41,7 @@ def nodetunings_here(name: str, spec: Mapping[str, Any], meta: Mapping[str, Any]
 def _winner(name: str, index: kopf.Index) -> str | None:
     candidates = {}
     for other, selector, created in index.get("selecting", []):
-        if tuning.selects({"nodeSelector": selector}, h.NODE_LABELS):
+        if tuning.selects({"nodeSelector": selector}, ctx.NODE_LABELS):
             candidates[other] = (created, other)
     return tuning.winner_among(name, candidates) if name in candidates else None
 
@@ -49,15 +49,15 @@ def _winner(name: str, index: kopf.Index) -> str | None:
 def _host_settings() -> dict[str, Mapping[str, Any]]:
     """hostSettings of the template and preset versions the VMs on this node were built from."""
     out: dict[str, Mapping[str, Any]] = {}
-    for vm in h._rt().list_objects(names.VM_PLURAL):
+    for vm in ctx.rt().list_objects(names.VM_PLURAL):
         status = vm.get("status") or {}
-        if status.get("node") != h.SETTINGS.node_name:
+        if status.get("node") != ctx.SETTINGS.node_name:
             continue
         ns = vm["metadata"]["namespace"]
         for ref in [status.get("resolvedTemplate") or {}, *(status.get("resolvedPresets") or [])]:
             if not ref.get("name"):
                 continue
-            template = h._get_template(ns, ref["name"]) or {}
+            template = ctx.get_template(ns, ref["name"]) or {}
             for version in (template.get("spec") or {}).get("versions") or []:
                 if version.get("version") == ref.get("version") and version.get("hostSettings"):
                     out[f"{ns}/{ref['name']}@{ref['version']}"] = version["hostSettings"]
@@ -67,14 +67,14 @@ def _host_settings() -> dict[str, Mapping[str, Any]]:
 def _write(name: str, state: dict[str, Any] | None) -> None:
     if state is not None:
         state["lastUpdateTime"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    h._rt().patch_status(names.NODETUNING_PLURAL, None, name, {"nodes": {h.SETTINGS.node_name: state}})
+    ctx.rt().patch_status(names.NODETUNING_PLURAL, None, name, {"nodes": {ctx.SETTINGS.node_name: state}})
 
 
 def _pass(body: Mapping[str, Any], winner: str | None) -> tuple[dict[str, Any] | None, bool]:
     """One pass; returns the entry to write (None: remove it) and whether it changed."""
     spec = body.get("spec") or {}
     previous = _entry(body.get("status"))
-    if not tuning.selects(spec, h.NODE_LABELS):
+    if not tuning.selects(spec, ctx.NODE_LABELS):
         if previous is None:
             return None, False
         tuning.release(tuning.NodeState.of(previous), ROOTS)
@@ -89,7 +89,7 @@ def _pass(body: Mapping[str, Any], winner: str | None) -> tuple[dict[str, Any] |
 @kopf.on.update(names.GROUP, names.VERSION, names.NODETUNING_PLURAL, when=touches_this_node, field="spec")
 @kopf.timer(names.GROUP, names.VERSION, names.NODETUNING_PLURAL, when=touches_this_node, interval=30, idle=5)
 async def nodetuning_changed(body: kopf.Body, name: str, nodetunings_here: kopf.Index, **_: Any) -> None:
-    if not h.LABELS_READ.is_set():
+    if not ctx.LABELS_READ.is_set():
         raise kopf.TemporaryError("this node's labels are not read yet", delay=5)
     state, changed = await asyncio.to_thread(_pass, dict(body), _winner(name, nodetunings_here))
     if changed:
@@ -98,7 +98,7 @@ async def nodetuning_changed(body: kopf.Body, name: str, nodetunings_here: kopf.
         message = entry.get("message") or "restored the values found before (no longer selected)"
         kind = "Warning" if entry.get("errors") else "Normal"
         reason = entry.get("phase") or "Restored"
-        kopf.event(body, type=kind, reason=reason, message=f"{h.SETTINGS.node_name}: {message}"[:1000])
+        kopf.event(body, type=kind, reason=reason, message=f"{ctx.SETTINGS.node_name}: {message}"[:1000])
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.NODETUNING_PLURAL, when=touches_this_node)
@@ -110,4 +110,4 @@ async def nodetuning_deleted(body: kopf.Body, name: str, **_: Any) -> None:
     state = await asyncio.to_thread(tuning.release, tuning.NodeState.of(previous), ROOTS)
     if state.errors:
         kopf.event(body, type="Warning", reason="RestoreIncomplete",
-                   message=f"{h.SETTINGS.node_name}: {'; '.join(state.errors)}"[:1000])  # fmt: skip
+                   message=f"{ctx.SETTINGS.node_name}: {'; '.join(state.errors)}"[:1000])  # fmt: skip

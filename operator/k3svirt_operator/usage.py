@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from k3svirt_common import names
-from k3svirt_common.kube import ApiError, Client, group_path
+from k3svirt_common.kube import ApiError, Client, k3svirt_path
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -74,7 +74,7 @@ class UsageRecorder:
         self._lock = threading.Lock()  # scrapes read the meters while a round updates them
 
     def _path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
-        return group_path(names.GROUP, names.VERSION, names.VMUSAGE_PLURAL, namespace, name, sub)
+        return k3svirt_path(names.VMUSAGE_PLURAL, namespace, name, sub)
 
     def restore(self) -> int:
         """Reads this node's VMUsage objects (once, before the first round)."""

@@ -80,7 +80,6 @@ class SpecProblem(Exception):
 
 
 _UP = (Power.RUNNING, Power.PAUSED, Power.STOPPING)
-COND_IRQ_AFFINITY = "IRQAffinity"  # where the host IRQs of the VM's passthrough devices go (pci/irq.py)
 START_BACKOFF_MAX = 300.0  # seconds between start attempts of a VM whose domain keeps failing to start
 
 
@@ -405,9 +404,9 @@ class VMReconciler:
                                            sys_root=host.sys_root, proc_root=host.proc_root)  # fmt: skip
                 steered[address] = (len(plan.irqs), plan.cpus)
         except (irq.AffinityError, OSError) as exc:
-            return condition(COND_IRQ_AFFINITY, False, "NotApplied", f"spec.cpu.irqAffinity {policy}: {exc}")
+            return condition(names.COND_IRQ_AFFINITY, False, "NotApplied", f"spec.cpu.irqAffinity {policy}: {exc}")
         where = ", ".join(f"{a}: {n} IRQs on CPUs {c}" for a, (n, c) in steered.items())
-        return condition(COND_IRQ_AFFINITY, True, "Applied", f"{policy}: {where}")
+        return condition(names.COND_IRQ_AFFINITY, True, "Applied", f"{policy}: {where}")
 
     def _libvirt_version(self) -> int | None:
         if self._libvirt_version_cache is None:  # fixed for the life of libvirtd; asked once

@@ -232,7 +232,7 @@ def test_prune_unused(server: Server, tmp_path: Path) -> None:
     assert removed == [c.path]
     assert a.path.exists() and b.path.exists() and not c.path.exists()
     assert not c.path.with_suffix(".json").exists()
-    assert [i.url for i in image_cache.list_cached(tmp_path)] == sorted([a.url, b.url], key=image_cache.cache_key)
+    assert sorted(image_cache.images_dir(tmp_path).glob("*.img")) == sorted([a.path, b.path])
 
 
 def test_prune_keeps_images_a_snapshot_overlay_uses(server: Server, tmp_path: Path) -> None:

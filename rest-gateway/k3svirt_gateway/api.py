@@ -7,9 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import yaml
 from flask import Blueprint, current_app, json, request
-from k3svirt_common import safeyaml
 
 from .auth import require_namespace
 from .errors import Problem
@@ -283,18 +281,6 @@ def _shape_problem(value: Any) -> str | None:
             items = [*v.keys(), *v.values()] if isinstance(v, dict) else v
             stack.extend((c, d + 1) for c in items)
     return None
-
-
-def json_or_yaml_body() -> Any:
-    mime = _mime()
-    if mime in YAML_TYPES:
-        try:
-            return safeyaml.load(request.get_data(cache=True))
-        except yaml.YAMLError as exc:
-            raise Problem(400, f"malformed YAML body: {exc}") from exc
-    if mime in JSON_TYPES or mime.endswith("+json"):
-        return json_body()
-    raise Problem(415, f"expected Content-Type application/json or application/yaml, got {mime or 'none'}")
 
 
 def created(payload: Any, location: str) -> tuple[Any, int, dict[str, str]]:

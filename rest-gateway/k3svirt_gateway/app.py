@@ -23,7 +23,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     Building the app never contacts the API server (so /openapi.json can be produced offline);
     the Kubernetes client is created on first use.
     """
-    settings = config.from_env()
+    settings = config.settings()
     settings.update(overrides or {})
 
     app = Flask(__name__)

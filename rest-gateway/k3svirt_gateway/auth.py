@@ -166,12 +166,9 @@ class KeyStore:
         from .k8s import core_path
 
         ns, _, name = self.secret.partition("/")
-        try:
-            obj = self.kube.get(core_path("secrets", ns, name))
-        except Problem as exc:
-            if exc.status == 404:
-                return []
-            raise
+        obj = self.kube.get_or_none(core_path("secrets", ns, name))
+        if obj is None:
+            return []
         raw = (obj.get("data") or {}).get(SECRET_DATA_KEY, "")
         try:
             text = base64.b64decode(raw, validate=True).decode("utf-8")

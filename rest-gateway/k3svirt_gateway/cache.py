@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from k3svirt_common import labelselector
 from k3svirt_common.kube import SYNC, ApiError, ListWatch, WatchEvent
+from k3svirt_common.labelselector import Requirement, matches
 
 from . import contract as c
 from .k8s import Kube, group_path
@@ -106,64 +107,11 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------------- label selectors
-_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_PREFIX = r"[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?"
-_KEY = rf"(?:{_PREFIX}/)?{_NAME}"
-_VALUE = rf"(?:{_NAME})?"
-_RE_NOT_EXISTS = re.compile(rf"!\s*({_KEY})")
-_RE_EXISTS = re.compile(rf"({_KEY})")
-_RE_EQ = re.compile(rf"({_KEY})\s*(==|=|!=)\s*({_VALUE})")
-_RE_SET = re.compile(rf"({_KEY})\s+(in|notin)\s*\(\s*({_VALUE}(?:\s*,\s*{_VALUE})*)\s*\)")
-
-Requirement = tuple[str, str, frozenset[str]]  # (key, op, values); op: exists, !exists, in, notin
-
-
 def parse_selector(text: str | None) -> list[Requirement]:
-    """The subset of Kubernetes label-selector syntax the cache evaluates itself (=, ==, !=, in, notin,
-    key, !key). Anything else (gt/lt, odd spacing, invalid keys or values) raises ValueError and the
+    """The label selector, as the cache evaluates it itself (k3svirt_common.labelselector: =, ==, !=,
+    in, notin, key, !key). Anything else (gt/lt, invalid keys or values) raises ValueError and the
     route lists directly, so the API server's own parser decides (400 for a malformed selector)."""
-    if not text or not text.strip():
-        return []
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    reqs: list[Requirement] = []
-    for raw in parts:
-        part = raw.strip()
-        if m := _RE_NOT_EXISTS.fullmatch(part):
-            reqs.append((m[1], "!exists", frozenset()))
-        elif m := _RE_EQ.fullmatch(part):
-            reqs.append((m[1], "notin" if m[2] == "!=" else "in", frozenset([m[3]])))
-        elif m := _RE_SET.fullmatch(part):
-            reqs.append((m[1], m[2], frozenset(v.strip() for v in m[3].split(","))))
-        elif m := _RE_EXISTS.fullmatch(part):
-            reqs.append((m[1], "exists", frozenset()))
-        else:
-            raise ValueError(f"selector requirement not evaluated locally: {part!r}")
-    return reqs
-
-
-def matches(reqs: list[Requirement], labels: dict[str, str]) -> bool:
-    for key, op, values in reqs:
-        present = key in labels
-        if op == "exists" and not present:
-            return False
-        if op == "!exists" and present:
-            return False
-        if op == "in" and (not present or labels[key] not in values):
-            return False
-        if op == "notin" and present and labels[key] in values:
-            return False
-    return True
+    return labelselector.parse(text)
 
 
 # Documented on the cached list routes (OpenAPI response header).

@@ -1,7 +1,10 @@
-"""Gateway configuration, read from the environment (and overridable by create_app(config))."""
+"""Gateway configuration: every K3SVIRT_* variable the gateway uses, read from the environment once per
+process (`settings()`), overridable by create_app(overrides). No other module of the gateway reads the
+environment (the Kubernetes client layer reads KUBECONFIG/KUBERNETES_SERVICE_* as every client does)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -42,6 +45,14 @@ DEFAULTS: dict[str, Any] = {
     # gateway process holds at once (each takes a thread of the worker: keep it below K3SVIRT_THREADS).
     "CONSOLE_KEY_FILE": None,
     "CONSOLE_MAX_SESSIONS": 2,
+    # The process (`k3svirt-gateway`, wsgi.py): log level, and gunicorn's bind address, worker processes,
+    # threads per worker, worker timeout (seconds) and its access log (any non-empty value: on).
+    "LOG_LEVEL": "INFO",
+    "BIND": "0.0.0.0:8080",
+    "WORKERS": 1,
+    "THREADS": 4,
+    "TIMEOUT": 60,
+    "ACCESS_LOG": None,
 }
 
 ENV_MAP = {
@@ -65,6 +76,12 @@ ENV_MAP = {
     "CONTINUE_KEY": "K3SVIRT_CONTINUE_KEY",
     "CONSOLE_KEY_FILE": "K3SVIRT_CONSOLE_KEY_FILE",
     "CONSOLE_MAX_SESSIONS": "K3SVIRT_CONSOLE_MAX_SESSIONS",
+    "LOG_LEVEL": "K3SVIRT_LOG_LEVEL",
+    "BIND": "K3SVIRT_BIND",
+    "WORKERS": "K3SVIRT_WORKERS",
+    "THREADS": "K3SVIRT_THREADS",
+    "TIMEOUT": "K3SVIRT_TIMEOUT",
+    "ACCESS_LOG": "K3SVIRT_ACCESS_LOG",
 }
 
 
@@ -84,3 +101,13 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         else:
             cfg[key] = raw
     return cfg
+
+
+@functools.cache
+def _read_once() -> tuple[tuple[str, Any], ...]:
+    return tuple(from_env().items())
+
+
+def settings() -> dict[str, Any]:
+    """The process's settings: the environment is read on the first call only (a fresh copy each call)."""
+    return dict(_read_once())

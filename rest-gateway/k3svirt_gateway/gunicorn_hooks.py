@@ -42,4 +42,4 @@ def make_pre_request(limit: int) -> Any:
 
 
 # read by gunicorn when this module is its config file (`-c python:k3svirt_gateway.gunicorn_hooks`)
-pre_request = make_pre_request(int(config.from_env()["MAX_CONTENT_LENGTH"]))
+pre_request = make_pre_request(int(config.settings()["MAX_CONTENT_LENGTH"]))

@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from k3svirt_common.kube import JSON, MERGE_PATCH, ApiError, Client, core_path, group_path, load_config
+from k3svirt_common.kube import JSON, MERGE_PATCH, ApiError, Client, core_path, group_path, k3svirt_path, load_config
 
 from .errors import Problem
 
-__all__ = ["JSON", "MERGE_PATCH", "Kube", "core_path", "group_path", "problem_for"]
+__all__ = ["JSON", "MERGE_PATCH", "Kube", "core_path", "group_path", "k3svirt_path", "problem_for"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,13 @@ class Kube:
     # The verbs the routes use; each is one request() call.
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
+
+    def get_or_none(self, path: str, **kw: Any) -> Any:
+        """The object, or None for a 404 (Client.get_or_none); other failures raise Problem."""
+        try:
+            return self.api.get_or_none(path, **kw)
+        except ApiError as exc:
+            raise problem_for(exc, "GET", path) from exc
 
     def post(self, path: str, body: Any, **kw: Any) -> Any:
         return self.request("POST", path, body=body, **kw)

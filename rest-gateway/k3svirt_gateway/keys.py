@@ -19,6 +19,7 @@ import sys
 
 from k3svirt_common.kube import ApiError, Client, core_path, load_config
 
+from . import config
 from .auth import ALL_NAMESPACES, ROLES, SECRET_DATA_KEY, format_entry, parse_keys, parse_scope
 
 KEY_PREFIX = "k3sv_"
@@ -52,12 +53,9 @@ def _without(text: str, name: str) -> str:
 
 
 def _secret_text(api: Client, ns: str, name: str) -> str:
-    try:
-        sec = api.get(core_path("secrets", ns, name))
-    except ApiError as exc:
-        if exc.status == 404:
-            return ""
-        raise
+    sec = api.get_or_none(core_path("secrets", ns, name))
+    if sec is None:
+        return ""
     raw = (sec.get("data") or {}).get(SECRET_DATA_KEY, "")
     return base64.b64decode(raw).decode() if raw else ""
 
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 help="comma-separated namespaces the key may use, or * for all (default)",
             )
         where = sp.add_mutually_exclusive_group()
-        where.add_argument("--file", default=os.environ.get("K3SVIRT_API_KEYS_FILE"))
+        where.add_argument("--file", default=config.settings()["API_KEYS_FILE"])
         where.add_argument("--secret", help="NAMESPACE/NAME of the Secret holding the keys")
     args = p.parse_args(argv)
     if not args.file and not args.secret:

@@ -5,7 +5,8 @@
 
 Defaults suit a small box: one worker process (~46 MiB RSS with 200 VMs cached, see
 bench/bench_gateway.py), four threads (the work is I/O to the API server). Environment: K3SVIRT_BIND, K3SVIRT_WORKERS,
-K3SVIRT_THREADS, plus the gateway settings in k3svirt_gateway.config. HTTPS: set
+K3SVIRT_THREADS, K3SVIRT_TIMEOUT, K3SVIRT_ACCESS_LOG, K3SVIRT_LOG_LEVEL, read with every other gateway setting in
+k3svirt_gateway.config (once). HTTPS: set
 K3SVIRT_GATEWAY_TLS_CERT and K3SVIRT_GATEWAY_TLS_KEY to PEM files (certificate chain, private key);
 with plain gunicorn pass --certfile/--keyfile instead, and `-c python:k3svirt_gateway.gunicorn_hooks`
 (a 413 answer closes its connection and says so).
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import ssl
 import sys
 from typing import Any
@@ -24,9 +24,8 @@ from . import config
 from .app import create_app
 from .gunicorn_hooks import make_pre_request
 
-logging.basicConfig(
-    level=os.environ.get("K3SVIRT_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-)
+SETTINGS = config.settings()
+logging.basicConfig(level=SETTINGS["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 app = create_app()
 
@@ -50,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     from gunicorn.app.base import BaseApplication
 
     p = argparse.ArgumentParser(prog="k3svirt-gateway", description="Run the k3svirt REST gateway under gunicorn")
-    p.add_argument("--bind", default=os.environ.get("K3SVIRT_BIND", "0.0.0.0:8080"))
-    p.add_argument("--workers", type=int, default=int(os.environ.get("K3SVIRT_WORKERS", "1")))
-    p.add_argument("--threads", type=int, default=int(os.environ.get("K3SVIRT_THREADS", "4")))
-    p.add_argument("--timeout", type=int, default=int(os.environ.get("K3SVIRT_TIMEOUT", "60")))
-    p.add_argument("--access-log", action="store_true", default=bool(os.environ.get("K3SVIRT_ACCESS_LOG")))
+    p.add_argument("--bind", default=SETTINGS["BIND"])
+    p.add_argument("--workers", type=int, default=SETTINGS["WORKERS"])
+    p.add_argument("--threads", type=int, default=SETTINGS["THREADS"])
+    p.add_argument("--timeout", type=int, default=SETTINGS["TIMEOUT"])
+    p.add_argument("--access-log", action="store_true", default=bool(SETTINGS["ACCESS_LOG"]))
     args = p.parse_args(argv)
     try:
-        tls = tls_files(config.from_env())
+        tls = tls_files(SETTINGS)
     except ValueError as exc:
         p.error(str(exc))
 

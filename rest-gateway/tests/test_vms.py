@@ -56,6 +56,7 @@ def test_duplicate_is_409(client, admin, namespace):
         ({"spec": {"memory": {"size": "64Mi"}, "cpu": {"cores": 0}}}, "spec.cpu.cores"),
         ({"spec": {"memory": {"size": "lots"}}}, "spec.memory.size"),
         ({"spec": {"memory": {"size": "64Mi"}, "runStrategy": "Sometimes"}}, "spec.runStrategy"),
+        ({"spec": {"memory": {"size": "1Gi", "maxSize": "512Mi"}}}, "spec.memory.maxSize"),  # a CEL rule
         ({"spec": "no"}, "spec"),
         ({}, "spec"),
     ],

@@ -116,7 +116,7 @@ def operator_needs() -> set[Perm]:
             assert f"def {fn}(" in layer, f"k3svirt_common.kube.reservations.{fn} is gone: update this test"
             if f"api_rsv.{fn}(" in code or (fn == "get" and "api_rsv.create(" in code):
                 need.add(perm)
-        if "group_path(names.GROUP, names.VERSION, names.VM_PLURAL" in code:  # the sweep reads VMs
+        if "k3svirt_path(names.VM_PLURAL" in code:  # the sweep reads VMs
             need.add((G, names.VM_PLURAL, "get"))
     # Services that select VMs (vmservices.py, docs/services.md): kopf indexes/events on Services,
     # EndpointSlices and Nodes, then the calls of k3svirt_common.kube.endpointslices.
@@ -178,6 +178,7 @@ HELPERS = {  # path helper -> (apiGroup, resource, index of the name argument, i
     "usage_path": (G, names.VMUSAGE_PLURAL, 1, None),
 }
 METHOD_VERB = {"post": "create", "put": "update", "patch": "patch", "delete": "delete"}
+KUBE_METHODS = {"get", "get_or_none", "post", "put", "patch", "delete", "request", "text"}  # k8s.Kube's verbs
 
 
 def _arg(call: ast.Call, index: int | None, keyword: str) -> ast.expr | None:
@@ -205,7 +206,7 @@ def gateway_calls() -> list[tuple[str, Perm]]:
             is_kube = (isinstance(target, ast.Call) and getattr(target.func, "id", "") == "kube") or (
                 isinstance(target, ast.Attribute) and target.attr == "kube"
             )
-            if not is_kube or node.func.attr not in {"get", "post", "put", "patch", "delete", "request", "text"}:
+            if not is_kube or node.func.attr not in KUBE_METHODS:
                 continue
             args = list(node.args)
             method = node.func.attr

@@ -14,7 +14,7 @@ client (Client, Stream), watch (Watch, ListWatch).
 from .client import APPLY_PATCH, JSON, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, Client, Stream
 from .config import ConfigError, KubeConfig, from_kubeconfig, in_cluster, load_config
 from .errors import ApiError
-from .paths import api_path, core_path, group_path, segment
+from .paths import core_path, group_path, k3svirt_path, segment
 from .watch import SYNC, ListWatch, Watch, WatchEvent
 
 __all__ = [
@@ -32,11 +32,11 @@ __all__ = [
     "Stream",
     "Watch",
     "WatchEvent",
-    "api_path",
     "core_path",
     "from_kubeconfig",
     "group_path",
     "in_cluster",
+    "k3svirt_path",
     "load_config",
     "segment",
 ]

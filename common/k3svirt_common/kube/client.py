@@ -288,6 +288,15 @@ class Client:
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 
+    def get_or_none(self, path: str, **kw: Any) -> Any:
+        """The object, or None when the API server answers 404 (any other failure raises ApiError)."""
+        try:
+            return self.get(path, **kw)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def list(
         self, path: str, *, label_selector: str | None = None, field_selector: str | None = None, **kw: Any
     ) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from ..names import GROUP, VERSION
+
 
 def segment(value: str) -> str:
     """One quoted path segment: '/', '?', '#', '%' and spaces can never change the path's shape."""
@@ -44,13 +46,6 @@ def group_path(
     return _path(f"/apis/{segment(group)}/{segment(version)}", resource, namespace, name, sub)
 
 
-def api_path(
-    api_version: str, resource: str, namespace: str | None = None, name: str | None = None, sub: str | None = None
-) -> str:
-    """The path for an object's apiVersion ("v1" or "GROUP/VERSION")."""
-    group, _, version = api_version.rpartition("/")
-    if not group:
-        if api_version != "v1":
-            raise ValueError(f"unknown core API version: {api_version!r}")
-        return core_path(resource, namespace, name, sub)
-    return group_path(group, version, resource, namespace, name, sub)
+def k3svirt_path(resource: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    """/apis/k3svirt.io/v1alpha1[/namespaces/NS]/RESOURCE[/NAME[/SUB...]]: our own kinds."""
+    return group_path(GROUP, VERSION, resource, namespace, name, sub)

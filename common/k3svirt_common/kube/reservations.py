@@ -16,12 +16,7 @@ from .paths import core_path, group_path
 
 
 def get(api: Client, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return api.get(core_path("pods", namespace, name))
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return api.get_or_none(core_path("pods", namespace, name))
 
 
 def create(api: Client, body: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:

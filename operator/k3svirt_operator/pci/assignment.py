@@ -210,11 +210,6 @@ def host_device_map(resolved: Iterable[ResolvedHostDevice]) -> dict[str, str]:
     return {d.name: d.address for d in resolved}
 
 
-def passthrough_names(vm_spec: Mapping[str, Any]) -> list[str]:
-    """The PCIPassthrough names a VM spec refers to (for indexing and for the VM's node pinning)."""
-    return [i["pciPassthrough"] for i in vm_spec.get("hostDevices") or [] if i.get("pciPassthrough")]
-
-
 # The claims a VM makes -------------------------------------------------------------------------
 
 StatusPatch = tuple[str, dict[str, Any]]  # (PCIPassthrough name, its new status)

@@ -58,14 +58,6 @@ def deletion_accepted(kind: str, name: str, ns: str | None = None, message: str 
     return body, 202
 
 
-def meta_summary(obj: dict[str, Any]) -> dict[str, Any]:
-    md = obj.get("metadata") or {}
-    out = {"name": md.get("name", ""), "namespace": md.get("namespace", "")}
-    if md.get("creationTimestamp"):
-        out["created"] = md["creationTimestamp"]
-    return out
-
-
 def clean_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     """Drop managedFields (noise) from an object we return."""
     md = obj.get("metadata")

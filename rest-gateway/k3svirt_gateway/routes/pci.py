@@ -15,7 +15,7 @@ from k3svirt_common import pci_resources
 from .. import contract as c
 from ..api import check_name, json_body, op
 from ..errors import Problem
-from ..k8s import group_path
+from ..k8s import k3svirt_path
 from ..schemas import PCI_ADDRESS_PATTERN, require_object, validate
 from . import kube
 from .vms import vm_path
@@ -31,11 +31,11 @@ def blueprints() -> list[Blueprint]:
 
 
 def pcip_path(name: str | None = None) -> str:
-    return group_path(c.GROUP, c.VERSION, c.PCIP_PLURAL, None, name)
+    return k3svirt_path(c.PCIP_PLURAL, None, name)
 
 
 def inventory_path(name: str | None = None) -> str:
-    return group_path(c.GROUP, c.VERSION, c.INVENTORY_PLURAL, None, name)
+    return k3svirt_path(c.INVENTORY_PLURAL, None, name)
 
 
 def normalize(address: str) -> str:

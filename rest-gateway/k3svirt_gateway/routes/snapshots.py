@@ -13,7 +13,7 @@ from .. import contract as c
 from ..api import check_name, created, json_body, namespace, op
 from ..conventions import delete_options, versioned
 from ..errors import Problem
-from ..k8s import group_path
+from ..k8s import k3svirt_path
 from ..schemas import require_object, validate
 from . import clean_metadata, deletion_accepted, kube, list_items
 from .vms import vm_path
@@ -26,11 +26,11 @@ def blueprints() -> list[Blueprint]:
 
 
 def snapshot_path(ns: str, name: str | None = None) -> str:
-    return group_path(c.GROUP, c.VERSION, c.SNAPSHOT_PLURAL, ns, name)
+    return k3svirt_path(c.SNAPSHOT_PLURAL, ns, name)
 
 
 def restore_path(ns: str) -> str:
-    return group_path(c.GROUP, c.VERSION, c.RESTORE_PLURAL, ns)
+    return k3svirt_path(c.RESTORE_PLURAL, ns)
 
 
 def summary(obj: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from flask import Blueprint, request
 from k3svirt_common import names
 
 from ..api import bad_query, namespace, op
-from ..k8s import group_path
+from ..k8s import k3svirt_path
 from ..usageview import GRANULARITIES, parse_time, usage_view
 from . import kube
 
@@ -22,7 +22,7 @@ def blueprints() -> list[Blueprint]:
 
 
 def usage_path(ns: str, name: str | None = None) -> str:
-    return group_path(names.GROUP, names.VERSION, names.VMUSAGE_PLURAL, ns, name)
+    return k3svirt_path(names.VMUSAGE_PLURAL, ns, name)
 
 
 def _time(name: str, default: datetime) -> datetime:

@@ -17,7 +17,7 @@ from ..api import check_name, created, json_body, namespace, op
 from ..cache import STALE_HEADER, Resource
 from ..conventions import as_precondition_failure, check_version, delete_options, if_match, versioned, with_version
 from ..errors import Problem, validation_problem
-from ..k8s import group_path
+from ..k8s import k3svirt_path
 from ..schemas import require_object, validate
 from . import clean_metadata, deletion_accepted, kube, list_items
 
@@ -31,11 +31,11 @@ def blueprints() -> list[Blueprint]:
 
 
 def vm_path(ns: str | None, name: str | None = None, sub: str | None = None) -> str:
-    return group_path(c.GROUP, c.VERSION, c.VM_PLURAL, ns, name, sub)
+    return k3svirt_path(c.VM_PLURAL, ns, name, sub)
 
 
 def template_path(ns: str, name: str | None = None) -> str:
-    return group_path(c.GROUP, c.VERSION, c.TEMPLATE_PLURAL, ns, name)
+    return k3svirt_path(c.TEMPLATE_PLURAL, ns, name)
 
 
 def summary(obj: dict[str, Any]) -> dict[str, Any]:
@@ -127,12 +127,7 @@ def check_spec(ns: str, spec: dict[str, Any], from_template: bool) -> None:
         return
 
     def get_template(name: str) -> dict[str, Any] | None:
-        try:
-            return kube().get(template_path(ns, name))
-        except Problem as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return kube().get_or_none(template_path(ns, name))
 
     try:
         tmod.expand(spec, get_template, validate=True)
