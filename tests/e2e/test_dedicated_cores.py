@@ -5,7 +5,9 @@ strict-cpu-reservation as on the image):
 the reservation pod is Guaranteed with whole CPUs, the kubelet gives it the lowest CPU outside the
 housekeeping set (what cputopo.choose picks too), the VM's vCPUs are pinned to exactly that and its
 emulator threads to the housekeeping CPU; a second VM that wants dedicated cores finds none left and
-does not start."""
+does not start. And the dedicated cores are exclusive against the other VMs too (cpupool.py): an
+ordinary VM running before is moved off them live, one started after runs on the shared CPUs from
+its definition, and both get every CPU back when the dedicated VM stops."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 from k3svirt_common import names
 from k3svirt_common import reservation as rsv
-from k3svirt_operator import cpupin, cputopo
+from k3svirt_operator import cpupin, cpupool, cputopo
 
 from tests.e2e.conftest import Operator, get_json, kubectl, tiny_vm, virsh
 from tests.e2e.node_instance import NodeInstance, instance_operator, needs_instances, start_instance
@@ -40,8 +42,10 @@ def static_node(testbed: dict[str, str]) -> Iterator[NodeInstance]:
 
 @pytest.fixture(scope="module")
 def static_operator(testbed, static_node, tmp_path_factory) -> Iterator[Operator]:
+    kubelet_root = Path(testbed["KUBECONFIG"]).parent / f"node-{static_node.instance}/kubelet"  # $K3SVIRT_STATE
     op = instance_operator(testbed, static_node.name, tmp_path_factory.mktemp("op") / "operator.log",
-                           K3SVIRT_RESERVATIONS="on", K3SVIRT_HOUSEKEEPING_CPUS=HOUSEKEEPING)  # fmt: skip
+                           K3SVIRT_RESERVATIONS="on", K3SVIRT_HOUSEKEEPING_CPUS=HOUSEKEEPING,
+                           K3SVIRT_KUBELET_ROOT_DIR=str(kubelet_root))  # fmt: skip
     yield op
     op.stop()
 
@@ -94,3 +98,74 @@ def test_dedicated_cores_are_the_kubelets_exclusive_cpus(kubeconfig, namespace, 
                f"the second VM is not Unschedulable: {ready}")  # fmt: skip
     assert virsh("domstate", names.domain_name(namespace, "second"), check=False) != "running"
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/second", "vm/pinned", "--timeout=120s")
+
+
+def _affinity(domain: str) -> tuple[set[int], set[int], set[int]]:
+    """Where the domain really runs: its vCPU threads' affinity (virsh vcpuinfo, from the kernel),
+    its emulator pinning as libvirt holds it, and the QEMU main thread's Cpus_allowed_list."""
+    vcpus: set[int] = set()
+    for line in virsh("vcpuinfo", domain).splitlines():
+        if line.startswith("CPU Affinity:"):
+            vcpus |= {i for i, c in enumerate(line.split(":", 1)[1].strip()) if c == "y"}
+    emulator = cpupool.parse_list(virsh("emulatorpin", domain).split()[-1]) or set()
+    pid = Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip()
+    allowed = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Cpus_allowed_list"))
+    return vcpus, emulator, cpupool.parse_list(allowed.split(":", 1)[1]) or set()
+
+
+def _others_pinned(mine: set[str]) -> set[int]:
+    """CPUs that running domains other than this test's pin their vCPUs to (other test beds share libvirtd)."""
+    out: set[int] = set()
+    for dom in virsh("list", "--name").split():
+        if dom not in mine:
+            out |= cpupool.pinned_cpus(virsh("dumpxml", "--inactive", dom, check=False) or "<domain/>")
+    return out
+
+
+def _ready(kubeconfig: str, ns: str, name: str) -> bool:
+    return _conds(kubeconfig, ns, name).get("Ready", {}).get("status") == "True"
+
+
+def test_ordinary_vms_run_off_the_dedicated_cores_and_get_them_back(kubeconfig, namespace, tiny_guest, operator,
+                                                                    static_node, static_operator):  # fmt: skip
+    """The test bed's operator runs the ordinary VMs, the static node's the dedicated one, on the same
+    host: the pool counts every domain pinned on it, whoever runs it."""
+    online = cpupool.parse_list(Path("/sys/devices/system/cpu/online").read_text()) or set()
+    doms = {n: names.domain_name(namespace, n) for n in ("before", "pinned", "after")}
+    baseline = cpupool.shared_pool(online, _others_pinned(set(doms.values()))) or online
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm("before", tiny_guest)))
+    wait_until(lambda: _ready(kubeconfig, namespace, "before"), 240, f"VM before not Ready; log:\n{operator.tail()}")
+    assert _affinity(doms["before"]) == (baseline, baseline, baseline)
+
+    body = tiny_vm("pinned", tiny_guest, nodeName=static_node.name, cpu={"cores": 1, "dedicatedCores": 1})
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(body))
+    wait_until(lambda: _ready(kubeconfig, namespace, "pinned"), 240,
+               f"the VM with dedicated cores is not Ready; log:\n{static_operator.tail()}")  # fmt: skip
+    assignment = cpupin.read_assignment(get_json(kubeconfig, "pod", rsv.pod_name("pinned"), "-n", namespace))
+    assert assignment is not None
+    exclusive = set(assignment.cpus)
+    # The kubelet's own checkpoint names them, as cpupool reads it (the format is the kubelet's).
+    state = (Path(kubeconfig).parent / f"node-{static_node.instance}/kubelet/cpu_manager_state").read_text()
+    assert cpupool.kubelet_exclusive(state) == exclusive, state
+    pool = baseline - exclusive
+    assert pool, f"no CPU left beside {exclusive}"
+    # The ordinary VM that ran before is moved off the dedicated CPU live (no restart).
+    wait_until(lambda: _affinity(doms["before"]) == (pool, pool, pool), 60,
+               f"VM before still runs on {_affinity(doms['before'])}, not {pool}; log:\n{operator.tail()}")  # fmt: skip
+    assert _conds(kubeconfig, namespace, "before")["RestartRequired"]["status"] == "False"
+
+    # One started now runs on the shared CPUs from its definition.
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm("after", tiny_guest)))
+    wait_until(lambda: _ready(kubeconfig, namespace, "after"), 240, f"VM after not Ready; log:\n{operator.tail()}")
+    assert cpupool.vcpu_cpuset(virsh("dumpxml", "--inactive", doms["after"])) == pool
+    assert _affinity(doms["after"]) == (pool, pool, pool)
+
+    # The dedicated VM stops: every CPU is shared again, live and in the definitions.
+    kubectl(kubeconfig, "delete", "-n", namespace, "vm/pinned", "--timeout=120s")
+    want = None if baseline == online else baseline
+    for vm in ("before", "after"):
+        wait_until(lambda vm=vm: _affinity(doms[vm]) == (baseline, baseline, baseline), 60,
+                   f"VM {vm} did not get every CPU back: {_affinity(doms[vm])}; log:\n{operator.tail()}")  # fmt: skip
+        wait_until(lambda vm=vm: cpupool.vcpu_cpuset(virsh("dumpxml", "--inactive", doms[vm])) == want, 60,
+                   f"VM {vm}'s definition keeps its old CPU pool")  # fmt: skip
+    kubectl(kubeconfig, "delete", "-n", namespace, "vm/before", "vm/after", "--timeout=120s")
