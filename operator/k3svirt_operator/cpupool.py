@@ -144,8 +144,20 @@ def repin(domain: Ordinary, wanted: tuple[bool, ...]) -> Repin:
     )
 
 
-def _metadata(definition_xml: str) -> bool:
-    return ET.fromstring(definition_xml).find(f"metadata/{{{names.XML_NAMESPACE}}}vm") is not None
+@dataclass(frozen=True)
+class Seen:
+    """What the pool needs of a running domain's definition."""
+
+    pins: frozenset[int]  # its vCPUs' pinned CPUs (a VM with dedicated cores); empty: ordinary
+    ours: bool  # a k3svirt VM (its metadata element)
+    emulator_pinned: bool  # cpu.emulatorCpuSet pins its emulator: the pool leaves that alone
+
+    @classmethod
+    def of(cls, definition_xml: str) -> Seen:
+        root = ET.fromstring(definition_xml)
+        return cls(frozenset(pinned_cpus(definition_xml)),
+                   root.find(f"metadata/{{{names.XML_NAMESPACE}}}vm") is not None,
+                   root.find("cputune/emulatorpin") is not None)  # fmt: skip
 
 
 class SharedPool:
@@ -155,6 +167,7 @@ class SharedPool:
     def __init__(self, sys_root: Path = Path("/sys"), kubelet_root: Path | None = Path("/var/lib/kubelet")) -> None:
         self.sys_root, self.kubelet_root = sys_root, kubelet_root
         self._pool: frozenset[int] | None = None
+        self._seen: dict[tuple[str, int], Seen] = {}  # running domains' definitions, by (UUID, domain id)
         self._lock = threading.Lock()  # one sync at a time
 
     def cpuset(self) -> str | None:
@@ -179,46 +192,55 @@ class SharedPool:
             return set()
         return found
 
-    def sync(self, conn: libvirt.virConnect, mine: Callable[[tuple[str, str]], bool]) -> tuple[bool, list[str]]:
-        """Recomputes the pool; re-pins the running ordinary domains of VMs `mine` says this node runs.
-        (the pool changed, the domains that were moved)."""
+    def sync(self, conn: libvirt.virConnect, mine: Callable[[tuple[str, str]], bool],
+             repair: bool = True) -> tuple[bool, list[str]]:  # fmt: skip
+        """Recomputes the pool; re-pins the running ordinary domains of VMs `mine` says this node runs
+        when the pool changed, or always with `repair` (drift). (The pool changed, the domains moved.)
+        Each running domain's definition is read once per run (cached by UUID and domain id, which a
+        start renews): a burst of starts costs one listing per sync, not one XML per domain."""
         with self._lock:
             online = self.online()
             exclusive = self.kubelet()
-            definitions: list[tuple[libvirt.virDomain, str]] = []
+            seen: dict[tuple[str, int], Seen] = {}
+            ordinary: list[tuple[libvirt.virDomain, Seen]] = []
             for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                try:
-                    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                except libvirt.libvirtError:
-                    continue  # gone meanwhile
-                pins = pinned_cpus(xml)
-                exclusive |= pins
-                if not pins:
-                    definitions.append((dom, xml))
+                key = (dom.UUIDString(), dom.ID())
+                known = self._seen.get(key)
+                if known is None:
+                    try:
+                        known = Seen.of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+                    except libvirt.libvirtError:
+                        continue  # gone meanwhile
+                seen[key] = known
+                exclusive |= known.pins
+                if not known.pins and known.ours:
+                    ordinary.append((dom, known))
+            self._seen = seen
             pool = shared_pool(online, exclusive)
             changed, self._pool = pool != self._pool, pool
             if changed:
                 log.info("shared CPU pool", extra={"pool": fmt(pool) if pool else "all",
                                                    "exclusive": fmt(exclusive & online)})  # fmt: skip
+            if not (changed or repair):
+                return changed, []
             width = max(online) + 1 if online else 1
             wanted = cpumap(pool if pool is not None else online, width)
-            moved = [d.name() for d, xml in definitions if self._apply(d, xml, wanted, mine)]
+            moved = [d.name() for d, known in ordinary if self._apply(d, known, wanted, mine)]
             return changed, moved
 
     @staticmethod
-    def _apply(dom: libvirt.virDomain, xml: str, wanted: tuple[bool, ...],
+    def _apply(dom: libvirt.virDomain, known: Seen, wanted: tuple[bool, ...],
                mine: Callable[[tuple[str, str]], bool]) -> bool:  # fmt: skip
         key = names.parse_domain_name(dom.name())
-        if key is None or not _metadata(xml) or not mine(key):
+        if key is None or not mine(key):
             return False  # not a VM this node's operator runs
         live = libvirt.VIR_DOMAIN_AFFECT_LIVE
         try:
-            emulator_pinned = ET.fromstring(xml).find("cputune/emulatorpin") is not None
             info, maps = dom.vcpus()  # online vCPUs only: offline ones take their pin from the definition
             current = Ordinary(
                 dom.name(),
                 {int(v[0]): tuple(m) for v, m in zip(info, maps, strict=False)},
-                None if emulator_pinned else tuple(dom.emulatorPinInfo(live)),
+                None if known.emulator_pinned else tuple(dom.emulatorPinInfo(live)),
                 {int(t[0]): tuple(t[1]) for t in (dom.ioThreadInfo(live) or [])},
             )
             plan = repin(current, wanted)

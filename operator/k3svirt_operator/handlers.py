@@ -310,12 +310,13 @@ POOL_WAKE: list[asyncio.Event | None] = [None]  # set when a domain starts or st
 async def _keep_shared_pool(pool: cpupool.SharedPool, conn: LibvirtConnection, wake: asyncio.Event) -> None:
     """The shared CPU pool (cpupool.py), recomputed when a domain starts or stops and every
     cpu_pool_seconds (Guaranteed pods come and go without a libvirt event); running ordinary VMs are
-    re-pinned live, and a changed pool wakes every VM loop so that their definitions follow."""
-    rt = _rt()
+    re-pinned live when it changes (the periodic pass also repairs whatever drifted), and a changed
+    pool wakes every VM loop so that their definitions follow."""
+    rt, repair = _rt(), True
     while True:
         wake.clear()
         try:
-            changed, moved = await asyncio.to_thread(pool.sync, conn.get(), rt.loops.__contains__)
+            changed, moved = await asyncio.to_thread(pool.sync, conn.get(), rt.loops.__contains__, repair)
             if moved:
                 log.info("VMs moved to the shared CPU pool", extra={"pool": pool.cpuset() or "all", "domains": moved})
             if changed:
@@ -324,6 +325,7 @@ async def _keep_shared_pool(pool: cpupool.SharedPool, conn: LibvirtConnection, w
             log.warning("shared CPU pool not synced", extra={"error": str(exc)})
         if not await shutdown.wait_for_event(wake, SETTINGS.cpu_pool_seconds):
             return
+        repair = not wake.is_set()  # the periodic pass also repairs drift; an event's only follows a change
 
 
 async def _meter_usage(recorder: usage.UsageRecorder) -> None:

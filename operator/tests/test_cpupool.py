@@ -82,6 +82,10 @@ def test_pins_and_the_pool_are_read_back_from_a_definition():
     assert cpupool.vcpu_cpuset("<domain><vcpu placement='static'>1</vcpu></domain>") is None
     foreign = "<domain><cputune><vcpupin vcpu='0' cpuset='3'/><vcpupin vcpu='1' cpuset='4-5'/></cputune></domain>"
     assert cpupool.pinned_cpus(foreign) == {3, 4, 5}
+    # What a sync keeps of each running domain: pins, whether it is a k3svirt VM, its emulator pin.
+    assert cpupool.Seen.of(ordinary) == cpupool.Seen(frozenset(), True, False)
+    assert cpupool.Seen.of(dedicated) == cpupool.Seen(frozenset({1, 2}), True, True)
+    assert cpupool.Seen.of(foreign) == cpupool.Seen(frozenset({3, 4, 5}), False, False)
 
 
 def test_only_what_differs_is_moved():
