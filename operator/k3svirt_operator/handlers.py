@@ -258,11 +258,6 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STARTS = StartQueue(SETTINGS.max_parallel_starts, wake=RT.loops.poke_threadsafe)
     pool = cpupool.SharedPool(SETTINGS.node_roots.sys_root, Path(SETTINGS.kubelet_root_dir) if SETTINGS.kubelet_root_dir
                               else None) if SETTINGS.shared_cpu_pool else None  # fmt: skip
-    if pool is not None:  # known before the first VM pass builds a domain (moves come with the loops)
-        try:
-            await asyncio.to_thread(pool.sync, raw, lambda _key: False)
-        except (libvirt.libvirtError, OSError) as exc:
-            log.warning("shared CPU pool not computed yet", extra={"error": str(exc)})
     RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations, STARTS, pool)
     SNAPSHOTS = SnapshotWorker(SETTINGS, conn, _get_template, RT.patch_status, _get_vm, RT.create_vm)
     conn.add_lifecycle_listener(_on_domain_event)

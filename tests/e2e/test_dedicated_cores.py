@@ -133,39 +133,44 @@ def test_ordinary_vms_run_off_the_dedicated_cores_and_get_them_back(kubeconfig, 
     online = cpupool.parse_list(Path("/sys/devices/system/cpu/online").read_text()) or set()
     doms = {n: names.domain_name(namespace, n) for n in ("before", "pinned", "after")}
     baseline = cpupool.shared_pool(online, _others_pinned(set(doms.values()))) or online
-    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm("before", tiny_guest)))
-    wait_until(lambda: _ready(kubeconfig, namespace, "before"), 240, f"VM before not Ready; log:\n{operator.tail()}")
-    assert _affinity(doms["before"]) == (baseline, baseline, baseline)
+    try:
+        kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm("before", tiny_guest)))
+        wait_until(
+            lambda: _ready(kubeconfig, namespace, "before"), 240, f"VM before not Ready; log:\n{operator.tail()}"
+        )
+        assert _affinity(doms["before"]) == (baseline, baseline, baseline)
 
-    body = tiny_vm("pinned", tiny_guest, nodeName=static_node.name, cpu={"cores": 1, "dedicatedCores": 1})
-    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(body))
-    wait_until(lambda: _ready(kubeconfig, namespace, "pinned"), 240,
-               f"the VM with dedicated cores is not Ready; log:\n{static_operator.tail()}")  # fmt: skip
-    assignment = cpupin.read_assignment(get_json(kubeconfig, "pod", rsv.pod_name("pinned"), "-n", namespace))
-    assert assignment is not None
-    exclusive = set(assignment.cpus)
-    # The kubelet's own checkpoint names them, as cpupool reads it (the format is the kubelet's).
-    state = (Path(kubeconfig).parent / f"node-{static_node.instance}/kubelet/cpu_manager_state").read_text()
-    assert cpupool.kubelet_exclusive(state) == exclusive, state
-    pool = baseline - exclusive
-    assert pool, f"no CPU left beside {exclusive}"
-    # The ordinary VM that ran before is moved off the dedicated CPU live (no restart).
-    wait_until(lambda: _affinity(doms["before"]) == (pool, pool, pool), 60,
-               f"VM before still runs on {_affinity(doms['before'])}, not {pool}; log:\n{operator.tail()}")  # fmt: skip
-    assert _conds(kubeconfig, namespace, "before")["RestartRequired"]["status"] == "False"
+        body = tiny_vm("pinned", tiny_guest, nodeName=static_node.name, cpu={"cores": 1, "dedicatedCores": 1})
+        kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(body))
+        wait_until(lambda: _ready(kubeconfig, namespace, "pinned"), 240,
+                   f"the VM with dedicated cores is not Ready; log:\n{static_operator.tail()}")  # fmt: skip
+        assignment = cpupin.read_assignment(get_json(kubeconfig, "pod", rsv.pod_name("pinned"), "-n", namespace))
+        assert assignment is not None
+        exclusive = set(assignment.cpus)
+        # The kubelet's own checkpoint names them, as cpupool reads it (the format is the kubelet's).
+        state = (Path(kubeconfig).parent / f"node-{static_node.instance}/kubelet/cpu_manager_state").read_text()
+        assert cpupool.kubelet_exclusive(state) == exclusive, state
+        pool = baseline - exclusive
+        assert pool, f"no CPU left beside {exclusive}"
+        # The ordinary VM that ran before is moved off the dedicated CPU live (no restart).
+        wait_until(lambda: _affinity(doms["before"]) == (pool, pool, pool), 60,
+                   f"VM before runs on {_affinity(doms['before'])}, not {pool}; log:\n{operator.tail()}")  # fmt: skip
+        assert _conds(kubeconfig, namespace, "before")["RestartRequired"]["status"] == "False"
 
-    # One started now runs on the shared CPUs from its definition.
-    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm("after", tiny_guest)))
-    wait_until(lambda: _ready(kubeconfig, namespace, "after"), 240, f"VM after not Ready; log:\n{operator.tail()}")
-    assert cpupool.vcpu_cpuset(virsh("dumpxml", "--inactive", doms["after"])) == pool
-    assert _affinity(doms["after"]) == (pool, pool, pool)
+        # One started now runs on the shared CPUs from its definition.
+        kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm("after", tiny_guest)))
+        wait_until(lambda: _ready(kubeconfig, namespace, "after"), 240, f"VM after not Ready; log:\n{operator.tail()}")
+        assert cpupool.vcpu_cpuset(virsh("dumpxml", "--inactive", doms["after"])) == pool
+        assert _affinity(doms["after"]) == (pool, pool, pool)
 
-    # The dedicated VM stops: every CPU is shared again, live and in the definitions.
-    kubectl(kubeconfig, "delete", "-n", namespace, "vm/pinned", "--timeout=120s")
-    want = None if baseline == online else baseline
-    for vm in ("before", "after"):
-        wait_until(lambda vm=vm: _affinity(doms[vm]) == (baseline, baseline, baseline), 60,
-                   f"VM {vm} did not get every CPU back: {_affinity(doms[vm])}; log:\n{operator.tail()}")  # fmt: skip
-        wait_until(lambda vm=vm: cpupool.vcpu_cpuset(virsh("dumpxml", "--inactive", doms[vm])) == want, 60,
-                   f"VM {vm}'s definition keeps its old CPU pool")  # fmt: skip
-    kubectl(kubeconfig, "delete", "-n", namespace, "vm/before", "vm/after", "--timeout=120s")
+        # The dedicated VM stops: every CPU is shared again, live and in the definitions.
+        kubectl(kubeconfig, "delete", "-n", namespace, "vm/pinned", "--timeout=120s")
+        want = None if baseline == online else baseline
+        for vm in ("before", "after"):
+            wait_until(lambda vm=vm: _affinity(doms[vm]) == (baseline, baseline, baseline), 60,
+                       f"VM {vm} not back on every CPU: {_affinity(doms[vm])}; log:\n{operator.tail()}")  # fmt: skip
+            wait_until(lambda vm=vm: cpupool.vcpu_cpuset(virsh("dumpxml", "--inactive", doms[vm])) == want, 60,
+                       f"VM {vm}'s definition keeps its old CPU pool")  # fmt: skip
+    finally:  # deleted while both operators run (the namespace's deletion would outlive them)
+        kubectl(kubeconfig, "delete", "-n", namespace, "vm/before", "vm/pinned", "vm/after", "--ignore-not-found",
+                "--timeout=120s", check=False)  # fmt: skip
