@@ -70,9 +70,10 @@ def test_a_vm_whose_reservation_cannot_be_created_waits_for_the_api_server(kubec
     try:
         controlplane("api-stop")
         try:
-            delays = []
+            delays, events = [], []
             for _ in range(3):
                 result = reconciler.reconcile(body, state, (), None)
+                events.append([(e.type, e.reason) for e in result.events])
                 body["status"] = result.status  # what the daemon would write once it can
                 delays.append(result.requeue)
                 reserved, ready = (
@@ -86,7 +87,8 @@ def test_a_vm_whose_reservation_cannot_be_created_waits_for_the_api_server(kubec
                 # Never half-way: the domain is defined (disks, XML) but not started.
                 assert virsh("domstate", domain) == "shut off"
             assert delays == [5.0, 10.0, 20.0], delays
-            assert any(e.reason == "ReservationRefused" and e.type == "Warning" for e in result.events)
+            # One Warning Event for the refusal, not one per retry.
+            assert [e.count(("Warning", "ReservationRefused")) for e in events] == [1, 0, 0], events
         finally:
             controlplane("api-start")
         wait_until(lambda: kubectl(kubeconfig, "get", "--raw", "/readyz", check=False).returncode == 0, 120,
