@@ -21,7 +21,7 @@ from k3svirt_common import names
 from k3svirt_common import reservation as rsv
 from k3svirt_operator import cpupin, cpupool, cputopo
 
-from tests.e2e.conftest import Operator, get_json, kubectl, tiny_vm, virsh
+from tests.e2e.conftest import Operator, get_json, kubectl, operator_env, tiny_vm, virsh
 from tests.e2e.node_instance import NodeInstance, instance_operator, needs_instances, start_instance
 from tests.polling import wait_until
 
@@ -46,6 +46,19 @@ def static_operator(testbed, static_node, tmp_path_factory) -> Iterator[Operator
     op = instance_operator(testbed, static_node.name, tmp_path_factory.mktemp("op") / "operator.log",
                            K3SVIRT_RESERVATIONS="on", K3SVIRT_HOUSEKEEPING_CPUS=HOUSEKEEPING,
                            K3SVIRT_KUBELET_ROOT_DIR=str(kubelet_root))  # fmt: skip
+    yield op
+    op.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(testbed, static_node, tmp_path_factory) -> Iterator[Operator]:
+    """The test bed's operator (its node runs the ordinary VMs), reading the static node's kubelet
+    checkpoint: on this machine both nodes are the same host, so its Guaranteed pods' CPUs are the
+    ones the ordinary VMs must keep off; a short pool period for the test of that."""
+    kubelet_root = Path(testbed["KUBECONFIG"]).parent / f"node-{static_node.instance}/kubelet"
+    env = operator_env(testbed, K3SVIRT_KUBELET_ROOT_DIR=str(kubelet_root), K3SVIRT_CPU_POOL_SECONDS="2")
+    op = Operator(env, tmp_path_factory.mktemp("bed-op") / "operator.log")
+    op.start()
     yield op
     op.stop()
 
@@ -173,4 +186,47 @@ def test_ordinary_vms_run_off_the_dedicated_cores_and_get_them_back(kubeconfig, 
                        f"VM {vm}'s definition keeps its old CPU pool")  # fmt: skip
     finally:  # deleted while both operators run (the namespace's deletion would outlive them)
         kubectl(kubeconfig, "delete", "-n", namespace, "vm/before", "vm/pinned", "vm/after", "--ignore-not-found",
+                "--timeout=120s", check=False)  # fmt: skip
+
+
+def test_a_guaranteed_pods_exclusive_cpu_is_kept_off_too(kubeconfig, namespace, tiny_guest, operator, static_node):
+    """A Guaranteed pod with a whole CPU (no VM of ours): the kubelet's checkpoint is the only source,
+    read on the pool's periodic pass. An ordinary VM is moved off the pod's CPU and back when it goes."""
+    online = cpupool.parse_list(Path("/sys/devices/system/cpu/online").read_text()) or set()
+    domain = names.domain_name(namespace, "guest")
+    baseline = cpupool.shared_pool(online, _others_pinned({domain})) or online
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "exclusive"},
+        "spec": {
+            "nodeName": static_node.name,
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": rsv.PAUSE_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "resources": {"requests": {"cpu": "1", "memory": "16Mi"}, "limits": {"cpu": "1", "memory": "16Mi"}},
+                }
+            ],  # fmt: skip
+        },
+    }
+    try:
+        kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm("guest", tiny_guest)))
+        wait_until(lambda: _ready(kubeconfig, namespace, "guest"), 240, f"VM not Ready; log:\n{operator.tail()}")
+        kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(pod))
+        kubectl(kubeconfig, "wait", "-n", namespace, "--for=condition=Ready", "pod/exclusive", "--timeout=120s")
+        state = Path(kubeconfig).parent / f"node-{static_node.instance}/kubelet/cpu_manager_state"
+        held = wait_until(lambda: cpupool.kubelet_exclusive(state.read_text()), 30, "the kubelet assigned no CPU")
+        assert len(held) == 1, state.read_text()
+        pool = baseline - held
+        wait_until(lambda: _affinity(domain) == (pool, pool, pool), 60,
+                   f"VM runs on {_affinity(domain)}, not {pool}; log:\n{operator.tail()}")  # fmt: skip
+        kubectl(kubeconfig, "delete", "-n", namespace, "pod/exclusive", "--timeout=60s")
+        wait_until(lambda: _affinity(domain) == (baseline, baseline, baseline), 90,
+                   f"VM not back on every CPU: {_affinity(domain)}; checkpoint: {state.read_text()}")  # fmt: skip
+    finally:
+        kubectl(kubeconfig, "delete", "-n", namespace, "vm/guest", "pod/exclusive", "--ignore-not-found",
                 "--timeout=120s", check=False)  # fmt: skip
