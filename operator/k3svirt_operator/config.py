@@ -72,6 +72,12 @@ class Settings:
     # K3SVIRT_HOUSEKEEPING_CPUS: the node's housekeeping CPUs (the kubelet's reservedSystemCPUs), where
     # the emulator threads of VMs with dedicated cores run; "" = the CPUs their reservation does not own.
     housekeeping_cpus: str = ""
+    # The shared CPU pool (cpupool.py): VMs without dedicated cores run on the CPUs nobody holds
+    # exclusively. K3SVIRT_KUBELET_ROOT_DIR: the kubelet's --root-dir, whose cpu_manager_state names the
+    # Guaranteed pods' exclusive CPUs ("" = not read); K3SVIRT_SHARED_CPU_POOL=off leaves VMs unconfined.
+    shared_cpu_pool: bool = True
+    kubelet_root_dir: str = "/var/lib/kubelet"
+    cpu_pool_seconds: float = 10.0  # how often the pool is recomputed besides on domain starts and stops
     # Reservation pods hold each VM's CPU and memory in kube-scheduler's and the kubelet's books
     # (docs/accounting.md). Off only for operators on machines without a kubelet (development).
     reservations: bool = True
@@ -142,6 +148,9 @@ class Settings:
             log_level=env("K3SVIRT_LOG_LEVEL", "INFO").upper(),
             liveness_endpoint=env("K3SVIRT_LIVENESS") or None,
             housekeeping_cpus=_cpuset(source, "K3SVIRT_HOUSEKEEPING_CPUS"),
+            shared_cpu_pool=env("K3SVIRT_SHARED_CPU_POOL", "on").strip().lower() not in ("off", "false", "0", "no"),
+            kubelet_root_dir=env("K3SVIRT_KUBELET_ROOT_DIR", "/var/lib/kubelet"),
+            cpu_pool_seconds=_positive_float(source, "K3SVIRT_CPU_POOL_SECONDS", 10.0),
             reservations=env("K3SVIRT_RESERVATIONS", "on").strip().lower() not in ("off", "false", "0", "no"),
             reservation_image=env("K3SVIRT_RESERVATION_IMAGE") or "localhost/k3svirt/pause:3.10",
             # Threads for VM passes and Kubernetes writes (they mostly wait on libvirt and the API server).

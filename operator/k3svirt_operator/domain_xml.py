@@ -89,6 +89,9 @@ class DomainContext:
     graphics_listen: str = "127.0.0.1"
     guest_agent_channel: bool = True
     tcg_tb_cache_mib: int = 0  # under emulation: TCG translation cache size; 0 = QEMU's default (1 GiB)
+    # The node's shared CPU pool (cpupool.py), e.g. "1-7": where a VM without dedicated cores runs
+    # (<vcpu cpuset>: its vCPUs and, unless emulatorCpuSet pins them, its emulator threads); None = every CPU.
+    shared_cpus: str | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,8 @@ def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list
     cpu = spec["cpu"]
     sockets, cores, threads = int(cpu["sockets"]), int(cpu["cores"]), int(cpu["threads"])
     vcpus, most = vcpu_counts(spec)
+    pinned = cpu.get("dedicatedCpuSet")
+    pool = {} if pinned or not ctx.shared_cpus else {"cpuset": ctx.shared_cpus}
     if most > vcpus:
         # Hot-plug adds sockets: the topology describes the maximum, libvirt starts `current` of them.
         if most % (cores * threads):
@@ -272,15 +277,14 @@ def _cpu(dom: ET.Element, spec: Mapping[str, Any], ctx: DomainContext, adj: list
                 "spec.cpu.maxVcpus", f"{most} is not a multiple of cores * threads ({cores * threads})"
             )
         sockets = most // (cores * threads)
-        _sub(dom, "vcpu", str(most), placement="static", current=vcpus)
+        _sub(dom, "vcpu", str(most), placement="static", current=vcpus, **pool)
     else:
-        _sub(dom, "vcpu", str(vcpus), placement="static")
+        _sub(dom, "vcpu", str(vcpus), placement="static", **pool)
 
     iothreads = int(spec.get("iothreads") or 0)
     if iothreads:
         _sub(dom, "iothreads", str(iothreads))
 
-    pinned = cpu.get("dedicatedCpuSet")
     emulator = cpu.get("emulatorCpuSet")
     if pinned or emulator:
         tune = _sub(dom, "cputune")

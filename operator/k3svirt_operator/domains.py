@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import libvirt
 from k3svirt_common import names
 
+from . import cpupool
 from .lifecycle import Power, ShutoffReason
 
 _STATE = {
@@ -43,6 +44,7 @@ class Observed:
     reason: ShutoffReason
     running_spec_hash: str | None  # what the running guest was started with
     defined_spec_hash: str | None  # what the next start will use
+    defined_cpuset: frozenset[int] | None = None  # its <vcpu cpuset> (the shared CPU pool, cpupool.py)
 
 
 def _spec_hash(xml: str) -> str | None:
@@ -74,8 +76,8 @@ def observe(conn: libvirt.virConnect, namespace: str, name: str, uid: str) -> Ob
     power = _STATE.get(state, Power.SHUTOFF)
     shutoff = _SHUTOFF_REASON.get(reason, ShutoffReason.OTHER) if power == Power.SHUTOFF else ShutoffReason.NONE
     running_hash = _spec_hash(dom.XMLDesc(0)) if power != Power.SHUTOFF else None
-    defined_hash = _spec_hash(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    return Observed(dom, power, shutoff, running_hash, defined_hash)
+    defined = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    return Observed(dom, power, shutoff, running_hash, _spec_hash(defined), cpupool.vcpu_cpuset(defined))
 
 
 def _claims(xml: str) -> tuple[set[str], set[str]]:

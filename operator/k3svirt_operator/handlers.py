@@ -14,9 +14,11 @@ import functools
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import kopf
+import libvirt
 from k3svirt_common import console_ticket, names, templates, vmservice
 from k3svirt_common import reservation as rsv
 from k3svirt_common.kube import ApiError, Client, ConfigError, KubeConfig, load_config
@@ -25,6 +27,7 @@ from . import accel as accel_mod
 from . import (
     context,
     cpupin,
+    cpupool,
     cputopo,
     image_cache,
     nodelimits,
@@ -248,7 +251,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # A burst of creates starts at most max_parallel_starts domains at once; the rest wait in line and
     # say so in status (startqueue.py). A freed slot wakes the next VMs' loops.
     STARTS = StartQueue(SETTINGS.max_parallel_starts, wake=RT.loops.poke_threadsafe)
-    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations, STARTS)
+    pool = cpupool.SharedPool(SETTINGS.node_roots.sys_root, Path(SETTINGS.kubelet_root_dir) if SETTINGS.kubelet_root_dir
+                              else None) if SETTINGS.shared_cpu_pool else None  # fmt: skip
+    RECONCILER = VMReconciler(SETTINGS, conn, acc, _get_template, RT.claims, reservations, STARTS, pool)
     SNAPSHOTS = SnapshotWorker(SETTINGS, conn, _get_template, RT.patch_status, _get_vm, RT.create_vm)
     conn.add_lifecycle_listener(_on_domain_event)
     conn.add_reconnect_listener(lambda: RT.loops.poke_all_threadsafe() if RT else None)
@@ -284,6 +289,33 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     asyncio.get_running_loop().create_task(_prune_image_cache())
     if reservations is not None:
         asyncio.get_running_loop().create_task(_keep_reservations(reservations))
+    if pool is not None:
+        POOL_WAKE[0] = asyncio.Event()
+        asyncio.get_running_loop().create_task(_keep_shared_pool(pool, conn, POOL_WAKE[0]))
+
+
+POOL_WAKE: list[asyncio.Event | None] = [None]  # set when a domain starts or stops: the pool is recomputed
+
+
+async def _keep_shared_pool(pool: cpupool.SharedPool, conn: LibvirtConnection, wake: asyncio.Event) -> None:
+    """The shared CPU pool (cpupool.py), recomputed when a domain starts or stops and every
+    cpu_pool_seconds (Guaranteed pods come and go without a libvirt event); running ordinary VMs are
+    re-pinned live when it changes (the periodic pass also repairs whatever drifted), and a changed
+    pool wakes every VM loop so that their definitions follow."""
+    rt, repair = _rt(), True
+    while True:
+        wake.clear()
+        try:
+            changed, moved = await asyncio.to_thread(pool.sync, conn.get(), rt.loops.__contains__, repair)
+            if moved:
+                log.info("VMs moved to the shared CPU pool", extra={"pool": pool.cpuset() or "all", "domains": moved})
+            if changed:
+                rt.loops.poke_all_threadsafe()
+        except (libvirt.libvirtError, OSError) as exc:
+            log.warning("shared CPU pool not synced", extra={"error": str(exc)})
+        if not await shutdown.wait_for_event(wake, SETTINGS.cpu_pool_seconds):
+            return
+        repair = not wake.is_set()  # the periodic pass also repairs drift; an event's only follows a change
 
 
 async def _meter_usage(recorder: usage.UsageRecorder) -> None:
@@ -328,7 +360,10 @@ def _get_vm(namespace: str, name: str) -> Mapping[str, Any] | None:
     return _rt().get_object(names.VM_PLURAL, namespace, name)
 
 
-def _on_domain_event(domain: str, _event: int, _detail: int) -> None:
+def _on_domain_event(domain: str, event: int, _detail: int) -> None:
+    wake = POOL_WAKE[0]
+    if wake is not None and event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STOPPED) and RT:
+        RT.loop.call_soon_threadsafe(wake.set)
     parsed = names.parse_domain_name(domain)
     if parsed is not None and RT is not None:
         RT.loops.poke_threadsafe(parsed)

@@ -21,7 +21,19 @@ from k3svirt_common import reservation as rsv
 from k3svirt_common.kube import ApiError
 from k3svirt_common.names import PrintableStatus
 
-from . import cloudinit, cpupin, cputopo, domains, hostpaths, hugepages, image_cache, live_update, shutdown, storage
+from . import (
+    cloudinit,
+    cpupin,
+    cpupool,
+    cputopo,
+    domains,
+    hostpaths,
+    hugepages,
+    image_cache,
+    live_update,
+    shutdown,
+    storage,
+)
 from .accel import Acceleration
 from .config import Settings
 from .domain_xml import DomainBuildError, DomainContext, VMRef, build_domain, default_mac
@@ -93,6 +105,7 @@ class VMReconciler:
         claims: Claims | None = None,
         reservations: Reservations | None = None,
         starts: StartQueue | None = None,
+        pool: cpupool.SharedPool | None = None,
     ) -> None:
         self.settings = settings
         self.conn = conn
@@ -101,6 +114,7 @@ class VMReconciler:
         self.claims = claims  # None: PCI passthrough disabled on this node
         self.reservations = reservations  # None: no reservation pods (a node without a kubelet)
         self.starts = starts  # None: no limit on domain starts at once
+        self.pool = pool  # None: VMs without dedicated cores are not confined to the shared CPUs
         self._libvirt_version_cache: int | None = None
 
     # ------------------------------------------------------------------ reconcile
@@ -156,6 +170,7 @@ class VMReconciler:
             observed = self._observe(conn, ns, name, uid)
             dom = observed.domain
             spec_hash = _hash_of(built.xml)
+            pool_moved = dom is not None and observed.defined_cpuset != cpupool.vcpu_cpuset(built.xml)
             if dom is None or observed.defined_spec_hash != spec_hash:
                 dom, shared = domains.define_unless_clashing(conn, uid, built.xml)
                 if dom is None:
@@ -168,6 +183,11 @@ class VMReconciler:
                         f"{'defined' if observed.domain is None else 'definition updated'}",
                     )
                 )
+                observed = self._observe(conn, ns, name, uid)
+            elif pool_moved:  # the shared CPU pool changed: the next start uses the new one (live: cpupool)
+                dom, shared = domains.define_unless_clashing(conn, uid, built.xml)
+                if dom is None:
+                    raise SpecProblem(FAILED, names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
                 observed = self._observe(conn, ns, name, uid)
             self._grow_disks(ctx, observed, events)
             for adj in built.adjustments:
@@ -369,6 +389,7 @@ class VMReconciler:
             uefi_nvram=str(storage.vm_dir(ns, name, root) / "nvram.fd"),
             libvirt_version=self._libvirt_version(),
             tcg_tb_cache_mib=self.settings.tcg_tb_cache_mib,
+            shared_cpus=self.pool.cpuset() if self.pool is not None else None,
         )
 
     def _grow_disks(self, ctx: DomainContext, observed: domains.Observed, events: list[Event]) -> None:

@@ -135,6 +135,24 @@ CASES = [
         [("./cpu[@mode]", None)],
     ),
     (
+        "cpu-shared-pool",  # no dedicated cores: vCPUs and emulator on the node's shared CPUs (cpupool.py)
+        {**MEM, "cpu": {"cores": 2, "maxVcpus": 4}, "iothreads": 1},
+        {"shared_cpus": "1-3"},
+        [("./vcpu", {"cpuset": "1-3", "current": "2", "placement": "static"}), ("./cputune", None)],
+    ),
+    (
+        "cpu-shared-pool-not-for-dedicated",  # a VM with dedicated cores keeps its own pinning
+        {**MEM, "cpu": {"cores": 1, "dedicatedCpuSet": "0", "emulatorCpuSet": "1"}},
+        {"shared_cpus": "1-3"},
+        [("./vcpu[@cpuset]", None), ("./cputune/vcpupin[@vcpu='0']", {"cpuset": "0"})],
+    ),
+    (
+        "cpu-shared-pool-with-emulator-pin",  # emulatorCpuSet alone: the emulator stays where it says
+        {**MEM, "cpu": {"cores": 1, "emulatorCpuSet": "3"}},
+        {"shared_cpus": "1-3"},
+        [("./vcpu", {"cpuset": "1-3"}), ("./cputune/emulatorpin", {"cpuset": "3"}), ("./cputune/vcpupin", None)],
+    ),
+    (
         "cpu-pinning",
         {**MEM, "cpu": {"cores": 2, "dedicatedCpuSet": "0-1", "emulatorCpuSet": "1"}, "iothreads": 1},
         {},
@@ -591,6 +609,7 @@ DEFINE_CASES = [
     "minimal",
     "cpu-passthrough-emulated",
     "cpu-pinning",
+    "cpu-shared-pool",
     "uefi-autoselect",
     "kernel-boot",
     "disks",

@@ -100,6 +100,46 @@ def test_quota_refusal_carries_the_quota_message(api, res, namespace):
     assert "exceeded quota: tenant" in err.value.message and "requests.cpu" in err.value.message
 
 
+HUGE = {**SPEC, "memory": {"size": "64Mi", "hugepages": {"pageSize": "2Mi"}}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "resource"),
+    [(SPEC, "memory"), (HUGE, "hugepages-2Mi")],
+    ids=["requests.memory", "requests.hugepages-2Mi"],
+)
+def test_a_memory_quota_counts_exactly_the_vms_reservation(api, res, namespace, spec, resource):
+    """The quota counts the reservation's memory as the operator sizes it (guest RAM, or its
+    hugepages, plus QEMU's overhead as ordinary memory): one MiB less refuses the VM with the quota's
+    message naming the resource; exactly that much admits it."""
+    want = rsv.resources(spec, emulated=True)[resource]
+    mib = int(want.removesuffix("Mi"))
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "mem"},
+             "spec": {"hard": {f"requests.{resource}": f"{mib - 1}Mi"}}}  # fmt: skip
+    api.create(core_path("resourcequotas", namespace), quota)
+    _wait(lambda: (api.get(core_path("resourcequotas", namespace, "mem")).get("status") or {}).get("used"))
+    vm = _vm(api, namespace, "big")
+    with pytest.raises(Refused) as err:
+        res.admit(namespace, "big", vm["metadata"]["uid"], spec, None)
+    assert err.value.reason == "QuotaExceeded"
+    assert "exceeded quota: mem" in err.value.message and f"requests.{resource}" in err.value.message, err.value
+    assert _pod(api, namespace, "big") is None  # refused: nothing half-created
+    api.patch(core_path("resourcequotas", namespace, "mem"), {"spec": {"hard": {f"requests.{resource}": want}}})
+    _wait(lambda: api.get(core_path("resourcequotas", namespace, "mem"))["status"]["hard"][f"requests.{resource}"]
+          == want)  # fmt: skip
+    view = _wait(lambda: _admitted_or_none(res, namespace, "big", vm["metadata"]["uid"], spec))
+    assert view.state in (rsv.State.PENDING, rsv.State.UNSCHEDULABLE)  # created: the scheduler's turn
+    assert _pod(api, namespace, "big")["spec"]["containers"][0]["resources"]["requests"][resource] == want
+
+
+def _admitted_or_none(res: Reservations, ns: str, vm: str, uid: str, spec: dict) -> rsv.View | None:
+    """admit, or None while the quota's new limit has not reached the API server's admission."""
+    try:
+        return res.admit(ns, vm, uid, spec, None)
+    except Refused:
+        return None
+
+
 def test_a_pod_of_that_name_that_is_not_a_reservation_is_never_touched(api, res, namespace):
     vm = _vm(api, namespace, "clash")
     foreign = rsv.pod_body(namespace, "clash", "x", NODE, {"cpu": "10m", "memory": "8Mi"})

@@ -107,6 +107,7 @@ def test_operator_daemonset(rendered) -> None:
         "/dev": False,
         "/boot": True,
         "/lib/modules": True,
+        "/var/lib/kubelet": True,  # the CPU manager checkpoint (the shared CPU pool)
         "/etc/k3svirt/console": True,
         "/var/lib/k3svirt-volumes": False,
         "/var/lib/k3svirt-images": True,
@@ -116,6 +117,7 @@ def test_operator_daemonset(rendered) -> None:
     assert env["K3SVIRT_IMAGE_DIRS"] == "/var/lib/k3svirt-images"
     assert env["K3SVIRT_IMAGE_MAX_BYTES"] == "68719476736"
     assert env["K3SVIRT_KERNEL_DIRS"] == "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
+    assert env["K3SVIRT_KUBELET_ROOT_DIR"] == "/var/lib/kubelet"
     assert c["resources"]["requests"]["memory"] == "100Mi"
     assert pod["nodeSelector"] and pod["tolerations"]
 
@@ -229,3 +231,12 @@ def test_scoped_hashed_keys_render(render, tmp_path) -> None:
 
     got = [(e.name, e.role, e.scope_text()) for e in parse_keys(keys)]
     assert got == [("admin", "admin", "*"), ("tenant", "operate", "team-a,team-b")]
+
+
+def test_the_kubelet_checkpoint_mount_can_be_left_out(render) -> None:
+    """operator.kubeletRootDir "": no kubelet directory in the pod, and the operator reads no checkpoint."""
+    pod = find(render("--set", "operator.kubeletRootDir="), "DaemonSet", "-operator")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert "kubelet" not in {v["name"] for v in pod["volumes"]}
+    assert "/var/lib/kubelet" not in {m["mountPath"] for m in c["volumeMounts"]}
+    assert {e["name"]: e.get("value") for e in c["env"]}["K3SVIRT_KUBELET_ROOT_DIR"] == ""
