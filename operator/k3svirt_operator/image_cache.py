@@ -25,6 +25,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import urllib.error
@@ -35,7 +36,7 @@ from typing import IO
 
 from . import image_fetch, shutdown
 from .filelock import locked
-from .hostfs import DIR_MODE, StorageError, ensure_dir, qemu_img_info
+from .hostfs import DIR_MODE, InsufficientStorage, StorageError, ensure_dir, qemu_img_info
 from .image_fetch import FetchPolicy
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,27 @@ def _open(url: str, policy: FetchPolicy) -> tuple[IO[bytes], int | None]:
     return resp, length
 
 
+def space_problem(url: str, free: int, still_to_write: int, written: int, reserve: int) -> str | None:
+    """Why a download may not go on (None: it may). It may never eat the node's free-space reserve:
+    checked with the declared length before the first byte, and with what is free after every chunk
+    (a server that declares no length, or other writers on the same filesystem)."""
+    if free - still_to_write >= reserve:
+        return None
+    done = f" after {written} bytes" if written else ""
+    need = f" needs {still_to_write} more bytes and" if still_to_write else ""
+    return (
+        f"download of {url} stopped{done}: it{need} the node's storage has {free} bytes free and keeps "
+        f"{reserve} in reserve (K3SVIRT_STORAGE_RESERVE_BYTES); it is retried when space returns"
+    )
+
+
+def _check_space(url: str, d: Path, expected: int | None, written: int, policy: FetchPolicy) -> None:
+    still = max((expected or 0) - written, 0)
+    problem = space_problem(url, shutil.disk_usage(d).free, still, written, policy.reserve_bytes)
+    if problem:
+        raise InsufficientStorage(problem)
+
+
 def _download(url: str, path: Path, d: Path, want: str | None, policy: FetchPolicy) -> CachedImage:
     tmp = d / f".{path.name}.{os.getpid()}.part"
     h = hashlib.sha256()
@@ -168,6 +190,11 @@ def _download(url: str, path: Path, d: Path, want: str | None, policy: FetchPoli
     t0 = time.monotonic()
     try:
         resp, expected = _open(url, policy)
+        try:
+            _check_space(url, d, expected, 0, policy)
+        except BaseException:
+            resp.close()
+            raise
         head = b""
         with resp, open(tmp, "wb") as out, shutdown.on_stop(lambda: _abort(resp)):
             while True:
@@ -187,6 +214,7 @@ def _download(url: str, path: Path, d: Path, want: str | None, policy: FetchPoli
                 h.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
+                _check_space(url, d, expected, size, policy)
                 if size > policy.max_bytes:
                     raise ImageError(f"{url} is larger than this node's image limit of {policy.max_bytes} bytes "
                                      "(K3SVIRT_IMAGE_MAX_BYTES)")  # fmt: skip

@@ -314,7 +314,7 @@ class VMReconciler:
         claims: list[StatusPatch],
     ) -> DomainContext:
         root = self.settings.storage_root
-        refused = hostpaths.violations(spec, self.settings.host_paths)
+        refused = hostpaths.violations(spec, self.settings.host_paths, ns)
         if refused:
             network_only = all(field.startswith("spec.networks") for field, _ in refused)
             raise SpecProblem(

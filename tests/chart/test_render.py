@@ -104,7 +104,7 @@ def test_operator_daemonset(rendered) -> None:
     assert env["K3SVIRT_VOLUME_DIRS"] == "/var/lib/k3svirt-volumes"
     assert env["K3SVIRT_IMAGE_DIRS"] == "/var/lib/k3svirt-images"
     assert env["K3SVIRT_IMAGE_MAX_BYTES"] == "68719476736"
-    assert env["K3SVIRT_KERNEL_DIRS"] == "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
+    assert env["K3SVIRT_KERNEL_DIRS"] == "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels"  # never /boot
     assert c["resources"]["requests"]["memory"] == "100Mi"
     assert pod["nodeSelector"] and pod["tolerations"]
 
@@ -218,3 +218,17 @@ def test_scoped_hashed_keys_render(render, tmp_path) -> None:
 
     got = [(e.name, e.role, e.scope_text()) for e in parse_keys(keys)]
     assert got == [("admin", "admin", "*"), ("tenant", "operate", "team-a,team-b")]
+
+
+def test_volume_grants_reach_the_operator_and_are_mounted(render) -> None:
+    """A granted device (NS=PATH) is in K3SVIRT_VOLUME_DIRS and mounted at its own path, as it is."""
+    objs = render("--set", "operator.volumeGrants={tenant-a=/dev/disk/by-id/ata-X}")
+    ds = find(objs, "DaemonSet", "-operator")
+    pod = ds["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["K3SVIRT_VOLUME_DIRS"] == "/var/lib/k3svirt-volumes:tenant-a=/dev/disk/by-id/ata-X"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["volume-grant-0"] == "/dev/disk/by-id/ata-X"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["volume-grant-0"]["hostPath"] == {"path": "/dev/disk/by-id/ata-X"}
