@@ -330,7 +330,7 @@ class VMReconciler:
             results = storage.ensure_disks(
                 plans,
                 root,
-                fetch_image=lambda url, sum_, at: image_cache.ensure_image(url, sum_, at, policy),
+                fetch_image=lambda url, sum_, at: image_cache.ensure_image(url, sum_, at, policy, wanted_by=uid),
                 space=self.settings.space,
                 owner=self.settings.qemu_owner,
             )
