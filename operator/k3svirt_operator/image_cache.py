@@ -240,10 +240,10 @@ def space_problem(url: str, free: int, still_to_write: int, written: int, reserv
     (a server that declares no length, or other writers on the same filesystem)."""
     if free - still_to_write >= reserve:
         return None
-    done = f" after {written} bytes" if written else ""
-    need = f" needs {still_to_write} more bytes and" if still_to_write else ""
+    what = f"stopped after {written} bytes" if written else "refused"
+    need = f"it needs {still_to_write} more bytes, " if still_to_write else ""
     return (
-        f"download of {url} stopped{done}: it{need} the node's storage has {free} bytes free and keeps "
+        f"download of {url} {what}: {need}the node's storage has {free} bytes free and keeps "
         f"{reserve} in reserve (K3SVIRT_STORAGE_RESERVE_BYTES); it is retried when space returns"
     )
 

@@ -223,7 +223,9 @@ def test_space_problem_keeps_the_reserve():
     assert space_problem("u", free=10 * MiB, still_to_write=4 * MiB, written=0, reserve=6 * MiB) is None
     problem = space_problem("u", free=10 * MiB, still_to_write=5 * MiB, written=0, reserve=6 * MiB)
     assert problem and "needs 5242880 more bytes" in problem and "K3SVIRT_STORAGE_RESERVE_BYTES" in problem
-    assert "after 7 bytes" in (space_problem("u", free=MiB, still_to_write=0, written=7, reserve=2 * MiB) or "")
+    assert problem.startswith("download of u refused: it needs 5242880 more bytes, the node's storage has 10485760")
+    during = space_problem("u", free=MiB, still_to_write=0, written=7, reserve=2 * MiB)
+    assert during and during.startswith("download of u stopped after 7 bytes: the node's storage has 1048576 bytes")
 
 
 def test_a_download_never_eats_the_storage_reserve(redirector: str, images_dir: Path, tmp_path: Path):
