@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .pci.safety import load_denylist
 from .storage import DEFAULT_STORAGE_ROOT, QemuOwner, SpaceRules
 
 log = logging.getLogger(__name__)
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a namespace name
 
 
 @dataclass(frozen=True)
@@ -211,16 +213,31 @@ def _colon_list(env: Mapping[str, str], name: str, default: str) -> tuple[str, .
     return tuple(item for item in env.get(name, default).split(":") if item)
 
 
+def _volume_grants(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """K3SVIRT_VOLUME_DIRS entries NS=PATH: PATH (resolved) for namespace NS only."""
+    out = []
+    for item in _colon_list(env, "K3SVIRT_VOLUME_DIRS", DEFAULT_VOLUME_DIRS):
+        ns, sep, path = item.partition("=")
+        if not sep:
+            continue
+        if not _LABEL.match(ns) or not path.startswith("/"):
+            log.warning("ignoring invalid K3SVIRT_VOLUME_DIRS entry", extra={"value": item})
+            continue
+        out.append((ns, os.path.realpath(path)))
+    return tuple(out)
+
+
 def _host_paths(env: Mapping[str, str], storage_root: str) -> HostPaths:
     def dirs(name: str, default: str) -> tuple[str, ...]:
         # The defaults follow the storage root, so a node with K3SVIRT_STORAGE_ROOT elsewhere keeps
         # its own guest kernels allowed (and only those).
         default = default.replace(DEFAULT_STORAGE_ROOT + "/", storage_root.rstrip("/") + "/")
-        return tuple(os.path.realpath(d) for d in _colon_list(env, name, default))
+        return tuple(os.path.realpath(d) for d in _colon_list(env, name, default) if "=" not in d)
 
     return HostPaths(
         kernel_dirs=dirs("K3SVIRT_KERNEL_DIRS", DEFAULT_KERNEL_DIRS),
         volume_dirs=dirs("K3SVIRT_VOLUME_DIRS", DEFAULT_VOLUME_DIRS),
+        volume_grants=_volume_grants(env),
         image_dirs=dirs("K3SVIRT_IMAGE_DIRS", DEFAULT_IMAGE_DIRS),
         bridges=_colon_list(env, "K3SVIRT_BRIDGES", ""),
         nat_networks=_colon_list(env, "K3SVIRT_NAT_NETWORKS", "default"),
@@ -234,6 +251,7 @@ def _fetch_policy(env: Mapping[str, str], image_dirs: tuple[str, ...]) -> FetchP
         deadline_seconds=float(env.get("K3SVIRT_IMAGE_DEADLINE_SECONDS") or d.deadline_seconds),
         allow_loopback=(env.get("K3SVIRT_IMAGE_ALLOW_LOOPBACK") or "").lower() in ("1", "true", "yes"),
         image_dirs=image_dirs,
+        reserve_bytes=_space_rules(env).reserve_bytes,  # one reserve for disks and downloads
     )
 
 

@@ -407,6 +407,8 @@ async def vm_changed(body: kopf.Body, namespace: str, type: str | None, memo: ko
     if RT is None:
         return
     state = vmstate.of(memo)
+    if (body.metadata.get("deletionTimestamp") or type == "DELETED") and body.metadata.get("uid"):
+        image_cache.withdraw(body.metadata["uid"])  # at once: a download only this VM wanted stops now
     if state.changed((body.metadata.get("generation"), body.metadata.annotations.get(names.ANNOTATION_ACTION))) \
             or type == "DELETED":  # fmt: skip
         state.wake.set()

@@ -21,6 +21,11 @@ class StorageError(RuntimeError):
     """Creating/inspecting storage failed at execution time (qemu-img failure, missing volume...)."""
 
 
+class InsufficientStorage(StorageError):
+    """A disk is larger than the node allows, or creating it (or downloading its image) would eat the
+    node's free-space reserve."""
+
+
 def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
     """mkdir -p with explicit modes (umask-independent) for the leaf dir."""
     path.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,13 @@
 attach the host's root disk (`disks[].source.volume.path: /dev/sda`) or read any host file as a
 "kernel". Paths are resolved (symlinks, `..`) before they are compared with the allowed directories.
 
-K3SVIRT_KERNEL_DIRS  colon-separated; default /var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot
-K3SVIRT_VOLUME_DIRS  colon-separated; default /var/lib/k3svirt-volumes (add e.g. /dev/disk/by-id to
-                     hand whole disks to VMs, knowing that it hands out every disk there)
+K3SVIRT_KERNEL_DIRS  colon-separated; default /var/lib/k3svirt/guest:/var/lib/k3svirt/kernels (never /boot by
+                     default: the host's own kernel and initramfs are the node's, not a tenant's)
+K3SVIRT_VOLUME_DIRS  colon-separated; default /var/lib/k3svirt-volumes. Volumes are scoped to tenants: a
+                     VM of namespace NS may attach only what lies under DIR/NS/ of an entry DIR (the node
+                     admin puts tenant A's volumes in DIR/A/), never another namespace's or DIR's own
+                     files. An entry NS=PATH grants PATH (a file, a device such as /dev/disk/by-id/X, or a
+                     directory) to namespace NS alone.
 K3SVIRT_IMAGE_DIRS   colon-separated; default /var/lib/k3svirt-images: where `file://` image URLs may
                      point (without it, `file:///dev/sda` would copy the host's disk into a guest's)
 
@@ -21,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_KERNEL_DIRS = "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
+DEFAULT_KERNEL_DIRS = "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels"
 DEFAULT_VOLUME_DIRS = "/var/lib/k3svirt-volumes"
 DEFAULT_IMAGE_DIRS = "/var/lib/k3svirt-images"
 
@@ -32,7 +36,8 @@ class HostPaths:
     defaults follow K3SVIRT_STORAGE_ROOT). Directories are resolved already."""
 
     kernel_dirs: tuple[str, ...] = tuple(DEFAULT_KERNEL_DIRS.split(":"))
-    volume_dirs: tuple[str, ...] = (DEFAULT_VOLUME_DIRS,)
+    volume_dirs: tuple[str, ...] = (DEFAULT_VOLUME_DIRS,)  # each holds one subdirectory per namespace
+    volume_grants: tuple[tuple[str, str], ...] = ()  # (namespace, path) from NS=PATH entries
     image_dirs: tuple[str, ...] = (DEFAULT_IMAGE_DIRS,)
     bridges: tuple[str, ...] = ()
     nat_networks: tuple[str, ...] = ("default",)
@@ -43,8 +48,18 @@ def _inside(path: str, dirs: Sequence[str]) -> bool:
     return any(real == d or real.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
-def violations(spec: Mapping[str, Any], allowed: HostPaths) -> list[tuple[str, str]]:
-    """(field, message) for every host path in a merged VM spec that is not allowed on this node."""
+def volume_roots(allowed: HostPaths, namespace: str) -> list[str]:
+    """Where a VM of `namespace` may take volumes from: DIR/<namespace> of every volume directory (resolved
+    now: the node admin may make it a symlink) and the paths granted to the namespace by name."""
+    if not namespace or "/" in namespace or namespace in (".", ".."):
+        return []  # never the volume directory itself (an empty or odd name would be it)
+    roots = [os.path.realpath(os.path.join(d, namespace)) for d in allowed.volume_dirs]
+    return roots + [path for ns, path in allowed.volume_grants if ns == namespace]
+
+
+def violations(spec: Mapping[str, Any], allowed: HostPaths, namespace: str) -> list[tuple[str, str]]:
+    """(field, message) for every host path in a merged VM spec (of a VM in `namespace`) that is not
+    allowed on this node."""
     out = []
     kernel_dirs = allowed.kernel_dirs
     kernel = (spec.get("boot") or {}).get("kernel") or {}
@@ -58,15 +73,16 @@ def violations(spec: Mapping[str, Any], allowed: HostPaths) -> list[tuple[str, s
                     "the node's K3SVIRT_KERNEL_DIRS)",
                 )
             )
-    volume_dirs = allowed.volume_dirs
+    volume_roots_ = volume_roots(allowed, namespace)
     for i, disk in enumerate(spec.get("disks") or []):
         path = ((disk.get("source") or {}).get("volume") or {}).get("path")
-        if path and not _inside(path, volume_dirs):
+        if path and not _inside(path, volume_roots_):
             out.append(
                 (
                     f"spec.disks[{i}].source.volume.path",
-                    f"{path!r} is not under an allowed volume directory ({':'.join(volume_dirs)}; "
-                    "the node's K3SVIRT_VOLUME_DIRS)",
+                    f"{path!r} is not under an allowed volume directory of namespace {namespace!r} "
+                    f"({':'.join(volume_roots_) or 'none'}; the node's K3SVIRT_VOLUME_DIRS hold one "
+                    "subdirectory per namespace)",
                 )
             )
     bridges, networks = allowed.bridges, allowed.nat_networks

@@ -25,17 +25,19 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import socket
+import threading
 import time
 import urllib.error
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from . import image_fetch, shutdown
 from .filelock import locked
-from .hostfs import DIR_MODE, StorageError, ensure_dir, qemu_img_info
+from .hostfs import DIR_MODE, InsufficientStorage, StorageError, ensure_dir, qemu_img_info
 from .image_fetch import FetchPolicy
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,69 @@ _COMPRESSED_MAGIC = {
 
 class ImageError(RuntimeError):
     """Fetching or validating a base image failed; the message says why (and names the URL)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# who wants which download: a download no live VM wants any more is cancelled (a VM deleted while
+# its image downloads must not keep writing the cache's .part file until the image ends).
+_wants_lock = threading.Lock()
+_wanted_by: dict[str, set[str]] = {}  # url -> uids of the VMs whose passes wait for it now
+_cancels: dict[str, threading.Event] = {}  # url -> set when the last VM that wanted it is gone
+_gone: dict[str, float] = {}  # uid -> when it was withdrawn (a pass already under way registers late)
+_abort_hooks: dict[int, Callable[[], None]] = {}  # id(cancel event) -> wakes its blocked read
+GONE_KEEP_SECONDS = 3600.0
+
+
+class DownloadCancelled(ImageError):
+    """Every VM that wanted the image was deleted while it downloaded: the partial file is removed."""
+
+
+@contextlib.contextmanager
+def wanted(url: str, uid: str | None) -> Iterator[threading.Event]:
+    """While the block runs, the VM ``uid`` wants ``url``; yields the URL's cancel event, which
+    :func:`withdraw` sets once no VM wants it any more. Without a uid, nobody can withdraw it."""
+    who = uid if uid is not None else f"anonymous-{threading.get_ident()}"
+    with _wants_lock:
+        if uid is not None and uid in _gone:
+            raise DownloadCancelled(f"download of {url} not started: its VM is being deleted")
+        _wanted_by.setdefault(url, set()).add(who)
+        cancel = _cancels.get(url)
+        if cancel is None or cancel.is_set():  # a cancelled download still ending: the next one is new
+            cancel = _cancels[url] = threading.Event()
+    try:
+        yield cancel
+    finally:
+        with _wants_lock:
+            wanters = _wanted_by.get(url, set())
+            wanters.discard(who)
+            if not wanters:
+                _wanted_by.pop(url, None)
+                _cancels.pop(url, None)
+
+
+def withdraw(uid: str) -> list[str]:
+    """The VM ``uid`` is being deleted: it wants no image any more. Cancels the downloads no other
+    VM wants (their loops see the event within one chunk or one read timeout); returns their URLs."""
+    now = time.monotonic()
+    cancelled = []
+    with _wants_lock:
+        _gone[uid] = now
+        for old in [u for u, t in _gone.items() if now - t > GONE_KEEP_SECONDS]:
+            del _gone[old]
+        for url, wanters in _wanted_by.items():
+            if uid in wanters:
+                wanters.discard(uid)
+                if not wanters:
+                    _cancels[url].set()
+                    cancelled.append(url)
+        hooks = [_abort_hooks.get(id(_cancels[url])) for url in cancelled]
+    for hook in hooks:
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                hook()
+    for url in cancelled:
+        log.info("image download cancelled: no VM wants it", extra={"url": url, "vm": uid})
+    return cancelled
 
 
 @dataclass(frozen=True)
@@ -114,12 +179,18 @@ def _load_cached(path: Path) -> CachedImage | None:
 
 
 def ensure_image(
-    url: str, checksum: str | None = None, root: Path | None = None, policy: FetchPolicy | None = None
+    url: str,
+    checksum: str | None = None,
+    root: Path | None = None,
+    policy: FetchPolicy | None = None,
+    wanted_by: str | None = None,
 ) -> CachedImage:
     """Return the cached image for ``url``, downloading (once) and verifying it if needed.
 
     ``root``: the node's storage root (Settings.storage_root); required, it has no default.
     ``policy``: the node's download rules (Settings.image_fetch); without it, the defaults.
+    ``wanted_by``: the uid of the VM that needs it; once every VM that wanted a running download
+    is withdrawn (:func:`withdraw`), the download stops with :class:`DownloadCancelled`.
     """
     if root is None:
         raise TypeError("ensure_image() needs root, the node's storage root")
@@ -128,10 +199,12 @@ def ensure_image(
     path = cache_path(url, root)
     cached = _load_cached(path)
     if cached is None:
-        with locked(path.with_suffix(".lock")):
+        with wanted(url, wanted_by) as cancel, locked(path.with_suffix(".lock")):
             cached = _load_cached(path)  # someone else may have finished while we waited
             if cached is None:
-                return _download(url, path, d, want, policy or FetchPolicy())
+                if cancel.is_set():
+                    raise DownloadCancelled(f"download of {url} cancelled: no VM wants it any more")
+                return _download(url, path, d, want, policy or FetchPolicy(), cancel)
     with contextlib.suppress(OSError):
         os.utime(_sidecar(path))  # last use, for the cache's garbage collection (prune_unused)
     if want is not None and cached.sha256 != want:
@@ -161,17 +234,52 @@ def _open(url: str, policy: FetchPolicy) -> tuple[IO[bytes], int | None]:
     return resp, length
 
 
-def _download(url: str, path: Path, d: Path, want: str | None, policy: FetchPolicy) -> CachedImage:
+def space_problem(url: str, free: int, still_to_write: int, written: int, reserve: int) -> str | None:
+    """Why a download may not go on (None: it may). It may never eat the node's free-space reserve:
+    checked with the declared length before the first byte, and with what is free after every chunk
+    (a server that declares no length, or other writers on the same filesystem)."""
+    if free - still_to_write >= reserve:
+        return None
+    what = f"stopped after {written} bytes" if written else "refused"
+    need = f"it needs {still_to_write} more bytes, " if still_to_write else ""
+    return (
+        f"download of {url} {what}: {need}the node's storage has {free} bytes free and keeps "
+        f"{reserve} in reserve (K3SVIRT_STORAGE_RESERVE_BYTES); it is retried when space returns"
+    )
+
+
+def _check_space(url: str, d: Path, expected: int | None, written: int, policy: FetchPolicy) -> None:
+    still = max((expected or 0) - written, 0)
+    problem = space_problem(url, shutil.disk_usage(d).free, still, written, policy.reserve_bytes)
+    if problem:
+        raise InsufficientStorage(problem)
+
+
+def _download(
+    url: str, path: Path, d: Path, want: str | None, policy: FetchPolicy, cancel: threading.Event | None = None
+) -> CachedImage:
     tmp = d / f".{path.name}.{os.getpid()}.part"
     h = hashlib.sha256()
     size = 0
     t0 = time.monotonic()
     try:
         resp, expected = _open(url, policy)
+        try:
+            _check_space(url, d, expected, 0, policy)
+        except BaseException:
+            resp.close()
+            raise
         head = b""
-        with resp, open(tmp, "wb") as out, shutdown.on_stop(lambda: _abort(resp)):
+        cancel = cancel or threading.Event()
+
+        def cancelled() -> None:
+            if cancel.is_set():
+                raise DownloadCancelled(f"download of {url} cancelled after {size} bytes: no VM wants it any more")
+
+        with resp, open(tmp, "wb") as out, shutdown.on_stop(lambda: _abort(resp)), _on_cancel(cancel, resp):
             while True:
                 shutdown.check(f"download of {url}")
+                cancelled()
                 if time.monotonic() - t0 > policy.deadline_seconds:
                     raise ImageError(f"download of {url} took longer than {policy.deadline_seconds:.0f} s "
                                      "(K3SVIRT_IMAGE_DEADLINE_SECONDS)")  # fmt: skip
@@ -179,6 +287,7 @@ def _download(url: str, path: Path, d: Path, want: str | None, policy: FetchPoli
                     chunk = resp.read(CHUNK)
                 except (OSError, ValueError, http.client.HTTPException) as e:
                     shutdown.check(f"download of {url}")
+                    cancelled()
                     raise ImageError(f"download of {url} failed after {size} bytes: {e}") from e
                 if not chunk:
                     break
@@ -187,12 +296,14 @@ def _download(url: str, path: Path, d: Path, want: str | None, policy: FetchPoli
                 h.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
+                _check_space(url, d, expected, size, policy)
                 if size > policy.max_bytes:
                     raise ImageError(f"{url} is larger than this node's image limit of {policy.max_bytes} bytes "
                                      "(K3SVIRT_IMAGE_MAX_BYTES)")  # fmt: skip
             out.flush()
             os.fsync(out.fileno())
         shutdown.check(f"download of {url}")  # a stop ends a blocked read as if the body had ended
+        cancelled()
         if expected is not None and expected != size:
             raise ImageError(f"download of {url} ended after {size} of {expected} bytes")
         digest = h.hexdigest()
@@ -227,6 +338,21 @@ def _download(url: str, path: Path, d: Path, want: str | None, policy: FetchPoli
         },
     )
     return CachedImage(path=path, format=fmt, virtual_size=vsize, url=url, sha256=digest, size=size)
+
+
+@contextlib.contextmanager
+def _on_cancel(cancel: threading.Event, resp: object) -> Iterator[None]:
+    """While the block runs, :func:`withdraw` also wakes a read blocked on a stalled server."""
+    with _wants_lock:
+        _abort_hooks[id(cancel)] = lambda: _abort(resp)
+        hit = cancel.is_set()
+    try:
+        if hit:
+            _abort(resp)
+        yield
+    finally:
+        with _wants_lock:
+            _abort_hooks.pop(id(cancel), None)
 
 
 def _abort(resp: object) -> None:

@@ -38,6 +38,7 @@ class FetchPolicy:
     allow_loopback: bool = False
     max_redirects: int = 5
     image_dirs: tuple[str, ...] = (hostpaths.DEFAULT_IMAGE_DIRS,)  # where file:// URLs may point
+    reserve_bytes: int = 2 << 30  # K3SVIRT_STORAGE_RESERVE_BYTES: a download never eats into it
 
 
 def address_problem(ip: str, policy: FetchPolicy) -> str | None:

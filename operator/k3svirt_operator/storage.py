@@ -37,7 +37,15 @@ from k3svirt_common.quantity import parse_quantity
 
 from . import image_cache
 from .filelock import locked
-from .hostfs import QEMU_IMG, QEMU_IMG_TIMEOUT, StorageError, ensure_dir, qemu_img_info, run_qemu_img
+from .hostfs import (
+    QEMU_IMG,
+    QEMU_IMG_TIMEOUT,
+    InsufficientStorage,
+    StorageError,
+    ensure_dir,
+    qemu_img_info,
+    run_qemu_img,
+)
 from .image_fetch import FetchPolicy
 
 log = logging.getLogger(__name__)
@@ -52,10 +60,6 @@ THICK_PREALLOCATION = "full"  # CRD: thick = "preallocation full unless qcow2.pr
 
 class StorageSpecError(ValueError):
     """The disk spec is invalid; the message starts with the offending field path."""
-
-
-class InsufficientStorage(StorageError):
-    """A disk is larger than the node allows, or creating it would eat the node's free-space reserve."""
 
 
 @dataclass(frozen=True)

@@ -333,7 +333,7 @@ class VMReconciler:
         claims: list[StatusPatch],
     ) -> DomainContext:
         root = self.settings.storage_root
-        refused = hostpaths.violations(spec, self.settings.host_paths)
+        refused = hostpaths.violations(spec, self.settings.host_paths, ns)
         if refused:
             network_only = all(field.startswith("spec.networks") for field, _ in refused)
             raise SpecProblem(
@@ -349,7 +349,7 @@ class VMReconciler:
             results = storage.ensure_disks(
                 plans,
                 root,
-                fetch_image=lambda url, sum_, at: image_cache.ensure_image(url, sum_, at, policy),
+                fetch_image=lambda url, sum_, at: image_cache.ensure_image(url, sum_, at, policy, wanted_by=uid),
                 space=self.settings.space,
                 owner=self.settings.qemu_owner,
             )

@@ -3,8 +3,10 @@ download through `disks[].source.image.url` (each refusal names the rule)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 from k3svirt_operator import hostpaths
 from k3svirt_operator.config import Settings
-from k3svirt_operator.image_cache import ImageError, ensure_image
+from k3svirt_operator.hostfs import InsufficientStorage
+from k3svirt_operator.image_cache import ImageError, ensure_image, space_problem
 from k3svirt_operator.image_fetch import FetchPolicy, FetchRefused, address_problem, open_image
 
 MiB = 1024 * 1024
@@ -72,7 +75,7 @@ def test_the_vm_spec_check_names_the_field(images_dir: Path):
     spec = {"disks": [{"name": "a", "source": {"image": {"url": (images_dir / "ok.img").as_uri()}}},
                       {"name": "b", "source": {"image": {"url": "file:///dev/sda"}}}]}  # fmt: skip
     allowed = Settings.from_env().host_paths
-    assert [f for f, _ in hostpaths.violations(spec, allowed)] == ["spec.disks[1].source.image.url"]
+    assert [f for f, _ in hostpaths.violations(spec, allowed, "tenant")] == ["spec.disks[1].source.image.url"]
 
 
 @pytest.mark.parametrize(
@@ -123,12 +126,20 @@ class _Redirector(http.server.BaseHTTPRequestHandler):
     target = ""
 
     def do_GET(self) -> None:
+        if self.path == "/stream":  # no Content-Length: 64 MiB until the client hangs up
+            self.send_response(200)
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(64):
+                    self.wfile.write(b"\0" * MiB)
+            return
         if self.path == "/payload":
             body = b"\0" * MiB
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            with contextlib.suppress(OSError):  # a client that refused the length hangs up
+                self.wfile.write(body)
             return
         self.send_response(302)
         self.send_header("Location", _Redirector.target)
@@ -206,3 +217,35 @@ def test_deadline_stops_a_slow_download(redirector: str, tmp_path: Path):
     quick = FetchPolicy(allow_loopback=True, deadline_seconds=0.0)
     with pytest.raises(ImageError, match="took longer than"):
         ensure_image(redirector + "/payload", None, tmp_path / "root", quick)
+
+
+def test_space_problem_keeps_the_reserve():
+    assert space_problem("u", free=10 * MiB, still_to_write=4 * MiB, written=0, reserve=6 * MiB) is None
+    problem = space_problem("u", free=10 * MiB, still_to_write=5 * MiB, written=0, reserve=6 * MiB)
+    assert problem and "needs 5242880 more bytes" in problem and "K3SVIRT_STORAGE_RESERVE_BYTES" in problem
+    assert problem.startswith("download of u refused: it needs 5242880 more bytes, the node's storage has 10485760")
+    during = space_problem("u", free=MiB, still_to_write=0, written=7, reserve=2 * MiB)
+    assert during and during.startswith("download of u stopped after 7 bytes: the node's storage has 1048576 bytes")
+
+
+def test_a_download_never_eats_the_storage_reserve(redirector: str, images_dir: Path, tmp_path: Path):
+    """Before the first byte (declared length, http and file://) and while it runs (no declared length):
+    InsufficientStorage, and no .part file left. The reserve is set relative to the real free space."""
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    free = shutil.disk_usage(root / "images").free
+    tight = node_policy(allow_loopback=True, reserve_bytes=free - MiB // 2)  # 1 MiB does not fit
+    with pytest.raises(InsufficientStorage, match="needs 1048576 more bytes"):
+        ensure_image(redirector + "/payload", None, root, tight)
+    src = images_dir / "one.raw"
+    src.write_bytes(b"\0" * MiB)
+    with pytest.raises(InsufficientStorage, match="needs 1048576 more bytes"):
+        ensure_image(src.as_uri(), None, root, tight)
+    # no declared length: stopped once what is written reaches the reserve (64 MiB would be sent)
+    during = node_policy(allow_loopback=True, reserve_bytes=shutil.disk_usage(root).free - 4 * MiB)
+    with pytest.raises(InsufficientStorage, match="stopped after"):
+        ensure_image(redirector + "/stream", None, root, during)
+    assert [p.name for p in (root / "images").iterdir() if not p.name.endswith(".lock")] == []
+    # with room, the same download completes (the check is not in the way)
+    roomy = node_policy(allow_loopback=True, reserve_bytes=0)
+    assert ensure_image(redirector + "/payload", None, root, roomy).size == MiB

@@ -116,7 +116,7 @@ def test_operator_daemonset(rendered) -> None:
     assert env["K3SVIRT_VOLUME_DIRS"] == "/var/lib/k3svirt-volumes"
     assert env["K3SVIRT_IMAGE_DIRS"] == "/var/lib/k3svirt-images"
     assert env["K3SVIRT_IMAGE_MAX_BYTES"] == "68719476736"
-    assert env["K3SVIRT_KERNEL_DIRS"] == "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels:/boot"
+    assert env["K3SVIRT_KERNEL_DIRS"] == "/var/lib/k3svirt/guest:/var/lib/k3svirt/kernels"  # never /boot
     assert env["K3SVIRT_KUBELET_ROOT_DIR"] == "/var/lib/kubelet"
     assert c["resources"]["requests"]["memory"] == "100Mi"
     assert pod["nodeSelector"] and pod["tolerations"]
@@ -240,3 +240,17 @@ def test_the_kubelet_checkpoint_mount_can_be_left_out(render) -> None:
     assert "kubelet" not in {v["name"] for v in pod["volumes"]}
     assert "/var/lib/kubelet" not in {m["mountPath"] for m in c["volumeMounts"]}
     assert {e["name"]: e.get("value") for e in c["env"]}["K3SVIRT_KUBELET_ROOT_DIR"] == ""
+
+
+def test_volume_grants_reach_the_operator_and_are_mounted(render) -> None:
+    """A granted device (NS=PATH) is in K3SVIRT_VOLUME_DIRS and mounted at its own path, as it is."""
+    objs = render("--set", "operator.volumeGrants={tenant-a=/dev/disk/by-id/ata-X}")
+    ds = find(objs, "DaemonSet", "-operator")
+    pod = ds["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["K3SVIRT_VOLUME_DIRS"] == "/var/lib/k3svirt-volumes:tenant-a=/dev/disk/by-id/ata-X"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["volume-grant-0"] == "/dev/disk/by-id/ata-X"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["volume-grant-0"]["hostPath"] == {"path": "/dev/disk/by-id/ata-X"}

@@ -1,5 +1,6 @@
 """The real operator exits within seconds of SIGTERM, even in the middle of an image download, and
-leaves no partial file behind (the download is cancelled, not finished)."""
+leaves no partial file behind (the download is cancelled, not finished); deleting the only VM that
+wants a download cancels it likewise."""
 
 from __future__ import annotations
 
@@ -73,6 +74,44 @@ def _sigterm_during_a_download(testbed, kubeconfig, namespace, tiny_guest, tmp_p
             '{"metadata":{"finalizers":null}}',
             check=False,
         )
+
+
+def test_deleting_the_vm_cancels_its_download(testbed, kubeconfig, namespace, tiny_guest, tmp_path):
+    """A VM deleted while its image downloads (issue 14: `file:///dev/zero` kept writing the cache's
+    .part file after the VM was gone): no other VM wants the URL, so the download stops, its partial
+    file goes and the VM is finalized at once, while the server would trickle on for 90 s."""
+    with slow_server(declared=4 << 30, seconds=90) as (base, started):
+        node = f"dlcancel-{namespace}"
+        env = {**os.environ, **testbed, "K3SVIRT_NODE_NAME": node, "K3SVIRT_RESERVATIONS": "off",
+               "K3SVIRT_METRICS_PORT": str(free_port()), "K3SVIRT_IMAGE_ALLOW_LOOPBACK": "true",
+               "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        op = Operator(env, tmp_path / "operator.log")
+        op.start()
+        try:
+            disks = [{"name": "root", "source": {"image": {"url": base + "/gone.img"}}}]
+            vm = tiny_vm("dlgone", tiny_guest, nodeName=node, disks=disks)
+            kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=json.dumps(vm))
+            images = Path(testbed["K3SVIRT_STORAGE_ROOT"]) / "images"
+            part = f".{hashlib.sha256((base + '/gone.img').encode()).hexdigest()}.img.*.part"
+            wait_until(started.is_set, 60, f"the operator never started the download; log:\n{op.tail()}")
+            wait_until(lambda: list(images.glob(part)), 30, "no partial download file appeared")
+            t0 = time.monotonic()
+            kubectl(kubeconfig, "-n", namespace, "delete", "vm", "dlgone", "--wait=false")
+            # 20 s: less than kopf's 30 s daemon cancellation, which would not stop the download's thread
+            wait_until(lambda: not list(images.glob(part)), 20, f"the partial file stayed; log:\n{op.tail()}")
+            stopped = time.monotonic() - t0
+
+            def gone() -> bool:
+                r = kubectl(kubeconfig, "-n", namespace, "get", "vm", "dlgone", "--ignore-not-found", "-o", "name")
+                return not r.stdout.strip()
+
+            wait_until(gone, 60, f"the VM was not finalized; log:\n{op.tail()}")
+            print(f"download cancelled {stopped:.1f} s after the delete, VM gone after {time.monotonic() - t0:.1f} s")
+            assert op.proc is not None and op.proc.poll() is None, "the operator died"
+        finally:
+            op.stop()
+            kubectl(kubeconfig, "-n", namespace, "patch", "vm", "dlgone", "--type=merge", "-p",
+                    '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
 
 
 def test_the_node_endpoint_listens_on_the_node_address_only(operator):

@@ -34,6 +34,19 @@ COUNTS: dict[str, int] = {}
 HOSTILE_KINDS = ("spec values", "raw bodies", "hostile URLs", "operator batch")
 
 
+# cases.py's "shell-subst" value: no component may ever run it through a shell.
+PWNED = Path("/tmp/k3svirt-pwned")
+
+
+@pytest.fixture(autouse=True)
+def _no_shell_ran_a_hostile_value() -> Iterator[None]:
+    """Every robustness test: the hostile value `$(touch /tmp/k3svirt-pwned)` (sent to the API server,
+    the gateway and the operators) never ran. A file from an earlier run is removed first."""
+    PWNED.unlink(missing_ok=True)
+    yield
+    assert not PWNED.exists(), f"{PWNED} exists: a hostile value reached a shell"
+
+
 def count(kind: str, n: int = 1) -> None:
     COUNTS[kind] = COUNTS.get(kind, 0) + n
 

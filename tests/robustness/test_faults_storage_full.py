@@ -7,10 +7,13 @@ stays consistent; once space returns, the waiting VMs become Ready by themselves
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import subprocess
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,29 @@ def small_root(storage_root: Path) -> Path:
         root.rmdir()
 
 
+class _Image(http.server.BaseHTTPRequestHandler):
+    """A 1 MiB raw image (zeros) with its length declared."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", str(MiB))
+        self.end_headers()
+        with contextlib.suppress(OSError):  # refused by its declared length: the client hangs up
+            self.wfile.write(b"\0" * MiB)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def image_url() -> Iterator[str]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Image)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/one.raw"
+    srv.shutdown()
+    srv.server_close()
+
+
 def _fill(root: Path, leave: int) -> Path:
     """Fill the filesystem until `leave` bytes are free."""
     filler = root / "filler"
@@ -61,7 +87,7 @@ def _fill(root: Path, leave: int) -> Path:
 
 
 def test_storage_full_gives_a_condition_and_recovers(testbed, apiserver: ApiServer, libvirt_conn, small_root: Path,
-                                                     tiny_guest, tmp_path):  # fmt: skip
+                                                     tiny_guest, tmp_path, image_url: str):  # fmt: skip
     node = f"full-{uuid.uuid4().hex[:6]}"
     ns = make_namespace(apiserver, "rbfull")
     env = operator_env(
@@ -70,6 +96,7 @@ def test_storage_full_gives_a_condition_and_recovers(testbed, apiserver: ApiServ
         K3SVIRT_STORAGE_ROOT=str(small_root),
         K3SVIRT_KERNEL_DIRS=str(Path(tiny_guest.kernel).parent),
         K3SVIRT_STORAGE_RESERVE_BYTES=str(RESERVE),
+        K3SVIRT_IMAGE_ALLOW_LOOPBACK="true",  # the image server below
     )
     op = start_operator(env, tmp_path / "operator.log")
 
@@ -94,6 +121,9 @@ def test_storage_full_gives_a_condition_and_recovers(testbed, apiserver: ApiServ
                              disks=[{"name": "d", "size": "16Mi", "provisioning": "thick", "source": {"blank": {}}}]),
             "thin": tiny_vm("thin", tiny_guest, nodeName=node),
             "seeded": tiny_vm("seeded", tiny_guest, nodeName=node, cloudInit={"userData": "#cloud-config\n"}),
+            # the image download itself may not eat the reserve (checked before its first byte)
+            "image": tiny_vm("image", tiny_guest, nodeName=node,
+                             disks=[{"name": "d", "source": {"image": {"url": image_url, "clone": "copy"}}}]),
         }  # fmt: skip
         for obj in waiting.values():
             post(obj)
@@ -108,6 +138,8 @@ def test_storage_full_gives_a_condition_and_recovers(testbed, apiserver: ApiServ
             count("storage-full VMs")
             assert cond["reason"] == "InsufficientStorage", cond
             assert "free" in cond["message"] and "retried when space returns" in cond["message"], cond
+        assert "download of" in refused("image")["message"], refused("image")
+        assert list((small_root / "images").glob(".*.part")) == [], "the refused download left a partial file"
         assert ready("old"), f"the running VM was disturbed: {vm('old').get('status')}"
         assert libvirt_conn.lookupByName(f"{ns}_old").isActive()
         filler.unlink()  # space returns

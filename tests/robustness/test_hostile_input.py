@@ -246,7 +246,7 @@ HOSTILE_PATHS = [
     "/api/v1/vms?namespace=..%2fkube-system",
     "/api/v1/vms?namespace=%0aX",
     "/api/v1/vms?namespace=" + "n" * 300,
-    "/api/v1/pci/0000:00%2f02.0",
+    "/api/v1/pci-devices/0000:00%2f02.0",
     "/api/v1/templates/%2e%2e",
     "/api/v1/vms/x/stats?namespace=%00",
     "/api/v1/vms/x/snapshots/..%2f..%2fetc",
@@ -266,3 +266,18 @@ def test_hostile_urls_are_problems(gateway, path):
         count("hostile URLs (gateway)")
         assert 400 <= r.status_code < 500, f"{method} {path}: {r.status_code} {r.text[:300]}"
         assert r.headers["Content-Type"].startswith("application/problem+json"), (path, r.headers)
+
+
+# The PCI routes take the address from the path: an encoded "/" once answered an HTML 308 redirect.
+PCI_ADDRESSES = ["0000:00%2f02.0", "..%2f..%2fetc", "0000:00:02.0%00", "%3Cx%3E", "0000:00:02.0%0aX", "a" * 5000]
+
+
+@pytest.mark.parametrize("action", ["assign", "unassign"])
+@pytest.mark.parametrize("address", PCI_ADDRESSES, ids=range(len(PCI_ADDRESSES)))
+def test_hostile_pci_addresses_at_the_real_routes_are_problems(gateway, robust_ns, action, address):
+    body = {"node": "no-such-node", "vm": "no-such-vm", "namespace": robust_ns}
+    r = gateway.request("POST", f"/api/v1/pci-devices/{address}/{action}", json=body, allow_redirects=False)
+    count("hostile URLs (gateway)")
+    assert 400 <= r.status_code < 500, f"POST {address}/{action}: {r.status_code} {r.text[:300]}"
+    assert r.headers["Content-Type"].startswith("application/problem+json"), (address, r.headers, r.text[:200])
+    assert r.json().get("detail"), r.text

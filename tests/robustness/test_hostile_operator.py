@@ -24,11 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from k3svirt_operator.hostpaths import DEFAULT_KERNEL_DIRS
 
 from tests.e2e.conftest import wait_until
 
 from .cases import CONTROL, VALUES
-from .conftest import ApiServer, conditions, count, drop_namespace, make_namespace, operator_env, start_operator
+from .conftest import (
+    ApiServer,
+    Gateway,
+    conditions,
+    count,
+    drop_namespace,
+    make_namespace,
+    operator_env,
+    start_operator,
+)
 from .test_hostile_input import SURROGATE
 
 MiB = 1 << 20
@@ -48,6 +58,8 @@ class VMCase:
     cmdline: str | None = None  # the exact <cmdline> text the XML must carry
     kernel: str | None = None
     disks: int = 0  # <disk> elements the XML must hold
+    reason: str | None = None  # the failed condition's reason, where the case pins it
+    door: str = "api"  # created through: the API server (raw JSON), the real kubectl, the gateway
 
 
 class CountingHandler(http.server.BaseHTTPRequestHandler):
@@ -97,6 +109,16 @@ class Host:
     volumes: Path
     kernels: Path
     hostdir: Path
+    own: Path = Path()  # volumes/<the batch's namespace>: its tenant's volumes (set by tenant())
+    other: Path = Path()  # volumes/<another namespace>: another tenant's volume
+
+    def tenant(self, ns: str) -> None:
+        """Volumes are scoped to namespaces (volumes/<ns>/): the batch's namespace gets the trap
+        volumes; another tenant's directory holds a volume it may not attach."""
+        self.own = (self.volumes / "_tenant").rename(self.volumes / ns)
+        self.other = self.volumes / f"{ns}-other"
+        self.other.mkdir()
+        (self.other / "theirs.raw").write_bytes(b"\0" * MiB)
 
 
 @pytest.fixture
@@ -121,9 +143,12 @@ def host(tmp_path: Path, tiny_guest) -> Host:
     json_backing = "json:" + json.dumps({"file.driver": "file", "file.filename": str(secret)})
     _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-u", "-b", json_backing, str(images / "json.qcow2"), "1M")
     # a "guest-written" raw volume that looks like a qcow2 with a backing file: never probed
-    _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(volumes / "guest.raw"))
-    (volumes / "link.raw").symlink_to(secret)
-    (volumes / "shared.raw").write_bytes(b"\0" * MiB)
+    own = volumes / "_tenant"  # renamed to the batch's namespace (Host.tenant)
+    own.mkdir()
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(own / "guest.raw"))
+    (own / "link.raw").symlink_to(secret)
+    (own / "shared.raw").write_bytes(b"\0" * MiB)
+    (volumes / "loose.raw").write_bytes(b"\0" * MiB)  # in the volume directory, in no namespace's
     shutil.copy(tiny_guest.kernel, kernels / "vmlinuz-'><x y='&amp;\"")  # a file name with XML in it
     (kernels / "link").symlink_to(secret)
     return Host(secret, token, images, volumes, kernels, hostdir)
@@ -152,6 +177,11 @@ def _cases(host: Host, tiny_guest, port: int) -> list[VMCase]:
     add("defined", boot={"kernel": {"path": odd_kernel, "cmdline": "a<b>&c"}}).kernel = odd_kernel
     for path in ("/etc/passwd", str(host.kernels / "link"), str(host.kernels) + "/../host/secret.img", "/boot/../etc"):
         add("not under an allowed kernel directory", boot={"kernel": {"path": path}})
+    # the host's own kernel and initramfs: /boot is no default kernel directory (the operator runs
+    # with the default list plus the trap directory)
+    release = os.uname().release
+    for key, path in (("path", f"/boot/vmlinuz-{release}"), ("initrdPath", f"/boot/initrd.img-{release}")):
+        add("not under an allowed kernel directory", boot={"kernel": {"path": kernel, key: path}})
     add("not under an allowed kernel directory", boot={"kernel": {"path": kernel, "initrdPath": str(host.secret)}})
 
     def image(url: str, **extra) -> list:
@@ -193,12 +223,28 @@ def _cases(host: Host, tiny_guest, port: int) -> list[VMCase]:
     ):
         add("may not use", image(url))
 
+    # host networks: cni0 is the pod network, br0 a LAN bridge; neither is on this node's allow-list
+    for bridge in ("cni0", "br0", "virbr0"):
+        nic = {"name": "n", "bridge": {"name": bridge}}
+        add("is not a bridge VMs may join", networks=[nic]).reason = "HostNetworkNotAllowed"
+    add(
+        "is not a network VMs may join", networks=[{"name": "n", "nat": {"network": "mgmt"}}]
+    ).reason = "HostNetworkNotAllowed"
+
     def volume(path: str, **extra) -> list:
         return [{"name": "vol", "source": {"volume": {"path": path}}, **extra}]
 
-    add("defined", volume(str(host.volumes / "guest.raw")))  # looks like qcow2: still raw
-    for path in ("/etc/shadow", "/dev/vda", str(host.volumes / "link.raw"), f"{host.volumes}/../host/secret.img"):
+    add("defined", volume(str(host.own / "guest.raw")))  # looks like qcow2: still raw
+    for path in ("/etc/shadow", "/dev/vda", str(host.own / "link.raw"), f"{host.own}/../../host/secret.img"):
         add("not under an allowed volume directory", volume(path))
+    # volumes are scoped to tenants: another namespace's volume, by path or `..`, and a file of the
+    # volume directory itself are refused (also through kubectl and the gateway, below)
+    theirs = str(host.other / "theirs.raw")
+    for path in (theirs, f"{host.own}/../{host.other.name}/theirs.raw", str(host.volumes / "loose.raw")):
+        add("not under an allowed volume directory of namespace", volume(path)).reason = "HostPathNotAllowed"
+    for door in ("kubectl", "gateway"):
+        c = add("not under an allowed volume directory of namespace", volume(theirs))
+        c.reason, c.door = "HostPathNotAllowed", door
     # sizes and counts the schema admits
     add("K3SVIRT_DISK_MAX_BYTES", [{"name": "d", "size": "99999999999999999999Ti", "source": {"blank": {}}}])
     add("keeps", [{"name": "d", "size": "3Ti", "provisioning": "thick", "source": {"blank": {}}}])
@@ -210,15 +256,39 @@ def _cases(host: Host, tiny_guest, port: int) -> list[VMCase]:
     return out
 
 
+def _create(door: str, obj: dict, ns: str, apiserver: ApiServer, kubeconfig: str, gateway: Gateway) -> None:
+    if door == "kubectl":
+        proc = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "-n", ns, "create", "-f", "-"],
+                              input=json.dumps(obj), capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 0, f"kubectl create {obj['metadata']['name']}: {proc.stderr[:300]}"
+    elif door == "gateway":
+        r = gateway.request("POST", f"/api/v1/vms?namespace={ns}", json={"name": obj["metadata"]["name"],
+                            "spec": obj["spec"]})  # fmt: skip
+        assert r.status_code == 201, f"gateway POST {obj['metadata']['name']}: {r.status_code} {r.text[:300]}"
+    else:
+        r = apiserver.request("POST", apiserver.vms(ns), json.dumps(obj).encode())
+        assert r.status_code == 201, f"{obj['metadata']['name']} {obj['spec']}: {r.text[:300]}"
+
+
 def test_a_batch_of_hostile_vms_meets_a_real_operator(
-    testbed, apiserver: ApiServer, libvirt_conn, storage_root: Path, tiny_guest, host: Host, loopback_server, tmp_path
+    testbed,
+    kubeconfig,
+    gateway: Gateway,
+    apiserver: ApiServer,
+    libvirt_conn,
+    storage_root: Path,
+    tiny_guest,
+    host: Host,
+    loopback_server,
+    tmp_path,
 ):
     node = f"hostile-{uuid.uuid4().hex[:6]}"
     ns = make_namespace(apiserver, "rbop")
+    host.tenant(ns)
     uid = uuid.uuid4().bytes  # a MAC no other test on this libvirtd uses
     cases = _cases(host, tiny_guest, loopback_server)
     pairs = [  # one writer per volume; one owner per MAC: exactly one of each pair is defined
-        ("volume", {"disks": [{"name": "v", "source": {"volume": {"path": str(host.volumes / "shared.raw")}}}]}),
+        ("volume", {"disks": [{"name": "v", "source": {"volume": {"path": str(host.own / "shared.raw")}}}]}),
         ("mac", {"networks": [{"name": "n", "nat": {}, "macAddress": "52:54:00:" + uid[:3].hex(":")}]}),
     ]
     before = _snapshot(host.hostdir, host.images, host.volumes, host.kernels)
@@ -227,16 +297,17 @@ def test_a_batch_of_hostile_vms_meets_a_real_operator(
         node,
         K3SVIRT_IMAGE_DIRS=str(host.images),
         K3SVIRT_VOLUME_DIRS=str(host.volumes),
-        K3SVIRT_KERNEL_DIRS=f"{Path(tiny_guest.kernel).parent}:{host.kernels}",
+        # the node's default kernel directories (no /boot) plus the trap directory
+        K3SVIRT_KERNEL_DIRS=f"{DEFAULT_KERNEL_DIRS.replace('/var/lib/k3svirt/', f'{storage_root}/')}:{host.kernels}",
     )
+    assert Path(tiny_guest.kernel).parent == storage_root / "guest", "the tiny guest is no longer a default kernel"
     op = start_operator(env, tmp_path / "operator.log")
     names = []
     try:
         for c in cases:
             spec = {"runStrategy": "Halted", "nodeName": node, "memory": {"size": "64Mi"}, **c.spec}
             obj = {"apiVersion": "k3svirt.io/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": c.name}}
-            r = apiserver.request("POST", apiserver.vms(ns), json.dumps({**obj, "spec": spec}).encode())
-            assert r.status_code == 201, f"{c.name} {c.spec}: {r.text[:300]}"
+            _create(c.door, {**obj, "spec": spec}, ns, apiserver, kubeconfig, gateway)
             names.append(c.name)
         for kind, extra in pairs:
             for i in (1, 2):
@@ -305,6 +376,8 @@ def _check(c: VMCase, vm: dict, conn, ns: str, host: Host) -> str | None:
         failed = [x for x in conds.values() if x.get("status") == "False" and c.expect in x.get("message", "")]
         if not failed:
             return f"no failed condition saying {c.expect!r}: {list(conds.values())}"
+        if c.reason is not None and all(x.get("reason") != c.reason for x in failed):
+            return f"reason {[x.get('reason') for x in failed]}, expected {c.reason}"
         return None if dom is None else "defined although refused"
     if dom is None:
         return f"not defined: {[x.get('message') for x in conds.values() if x.get('status') == 'False']}"
@@ -326,7 +399,7 @@ def _check(c: VMCase, vm: dict, conn, ns: str, host: Host) -> str | None:
         if d.find("backingStore/source") is not None:
             return "a disk has a backing store"
         src = d.find("source")
-        volume = src is not None and src.get("file", "").startswith(str(host.volumes))
+        volume = src is not None and (src.get("file") or src.get("dev") or "").startswith(str(host.volumes))
         if volume and d.find("driver").get("type") != "raw":
             return f"the volume was opened as {d.find('driver').get('type')}, not raw"
     return None
