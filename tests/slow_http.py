@@ -1,5 +1,6 @@
-"""Slow HTTP servers on loopback for download tests: a body that trickles in for ever (bounded), or
-headers and then silence. Each server stops by itself after ``seconds``."""
+"""HTTP servers on loopback for download tests: ``serving`` runs any handler class; ``slow_server``
+serves a body that trickles in for ever (bounded), or headers and then silence, stopping by itself
+after ``seconds``."""
 
 from __future__ import annotations
 
@@ -34,17 +35,24 @@ def _handler(declared: int, seconds: float, stall: bool, started: threading.Even
 
 
 @contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """The base URL (http://127.0.0.1:PORT) of ``handler`` served on its own thread until the block ends."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@contextlib.contextmanager
 def slow_server(
     declared: int = 1 << 30, seconds: float = 60, stall: bool = False
 ) -> Iterator[tuple[str, threading.Event]]:
     """(base URL, event set once a download began). Trickles 64 KiB every 0.2 s, or with ``stall``
     sends the headers and then nothing (the reader blocks in recv())."""
     started = threading.Event()
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(declared, seconds, stall, started))
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", started
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(_handler(declared, seconds, stall, started)) as url:
+        yield url, started

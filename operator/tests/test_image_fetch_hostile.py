@@ -8,7 +8,6 @@ import dataclasses
 import http.server
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from k3svirt_operator.config import Settings
 from k3svirt_operator.hostfs import InsufficientStorage
 from k3svirt_operator.image_cache import ImageError, ensure_image, space_problem
 from k3svirt_operator.image_fetch import FetchPolicy, FetchRefused, address_problem, open_image
+
+from tests.slow_http import serving
 
 MiB = 1024 * 1024
 STRICT = FetchPolicy()  # the defaults a node runs with
@@ -151,11 +152,8 @@ class _Redirector(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def redirector() -> Iterator[str]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serving(_Redirector) as url:
+        yield url
 
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/x.img"])

@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import tiny_vm, wait_until
+from tests.slow_http import serving
 
 from .conftest import (
     ApiServer,
@@ -64,11 +64,8 @@ class _Image(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def image_url() -> Iterator[str]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Image)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/one.raw"
-    srv.shutdown()
-    srv.server_close()
+    with serving(_Image) as url:
+        yield f"{url}/one.raw"
 
 
 def _fill(root: Path, leave: int) -> Path:

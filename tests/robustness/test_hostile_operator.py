@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -27,6 +26,7 @@ import pytest
 from k3svirt_operator.hostpaths import DEFAULT_KERNEL_DIRS
 
 from tests.e2e.conftest import wait_until
+from tests.slow_http import serving
 
 from .cases import CONTROL, VALUES
 from .conftest import (
@@ -78,11 +78,8 @@ class CountingHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def loopback_server() -> Iterator[int]:
     CountingHandler.hits = []
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CountingHandler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
+    with serving(CountingHandler) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def _snapshot(*dirs: Path) -> dict[str, tuple[int, int, str]]:
