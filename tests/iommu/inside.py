@@ -413,6 +413,31 @@ def _wait_driver(address: str, driver: str, timeout: float = 120) -> float:
     raise TimeoutError(f"{address} not on {driver} after {timeout:.0f}s: {_function(address)}")
 
 
+def _dmesg() -> list[str]:
+    text = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    return [line for line in text.splitlines() if any(w in line for w in ("nvme", "IOV", "VF", "BAR", "iommu"))][-40:]
+
+
+def _settle(addresses: list[str], host_driver: str, quiet: float = 3.0, timeout: float = 120) -> tuple[dict, float]:
+    """Waits until no function is on `host_driver` (its probe of an offline VF gives up after the
+    controller's ready timeout, CAP.TO 7.5 s, and its removal work must not race our bind) and none
+    changed for `quiet` seconds, or `timeout`; every driver seen per function."""
+    t0 = last_change = time.monotonic()
+    seen: dict[str, list] = {a: [] for a in addresses}
+    while time.monotonic() - t0 < timeout:
+        for a in addresses:
+            dev = pci.read_device(None, a)
+            drv = dev.driver if dev else "gone"
+            if not seen[a] or seen[a][-1] != drv:
+                seen[a].append(drv)
+                last_change = time.monotonic()
+        on_host = any(seen[a][-1] == host_driver for a in addresses)
+        if not on_host and time.monotonic() - last_change >= quiet:
+            break
+        time.sleep(0.25)
+    return seen, round(time.monotonic() - t0, 1)
+
+
 def cmd_sriov(pf: str, num: str, state_file: str) -> None:
     """What the operator's PCIVirtualFunctionPolicy handler does (handlers._reconcile_vf_policy), with
     the API calls replaced by local objects: plan, apply (sriov_numvfs), one PCIPassthrough per VF,
@@ -436,11 +461,20 @@ def cmd_sriov(pf: str, num: str, state_file: str) -> None:
     vf_plan = sriov.plan(policy["spec"], pci.read_device(None, pf))
     assert isinstance(vf_plan, sriov.VFPlan), vf_plan
     res["plan"] = vf_plan.writes
+    res["autoprobe"] = Path(f"/sys/bus/pci/devices/{pf}/sriov_drivers_autoprobe").read_text().strip()
     t0 = time.monotonic()
     vfs = sriov.apply(None, pf, vf_plan, timeout=60)
     res["applySeconds"] = round(time.monotonic() - t0, 2)
-    assert not isinstance(vfs, sriov.Refusal), vfs
-    time.sleep(2)  # nvme probes each new VF (autoprobe): let it settle, then record where they are
+    if isinstance(vfs, sriov.Refusal):  # say why, with the kernel's words
+        res["applyRefusal"] = [vfs.reason, vfs.message]
+        res["dmesg"] = _dmesg()
+        out(res)
+        return
+    # the PF's driver probes each new VF (sriov_drivers_autoprobe): an emulated NVMe VF without
+    # flexible resources assigned is offline, so nvme's probe fails after the controller's timeout
+    # and leaves it driverless; wait for that before binding (nvme's removal work after a failed
+    # probe releases whatever driver the VF has then)
+    res["vfDriversSeen"], res["vfSettleSeconds"] = _settle(vfs, "nvme")
     res["vfs"] = {vf: _function(vf) for vf in vfs}
     res["pfWithVfs"] = _function(pf)
     # 3. each VF offered through its own PCIPassthrough and bound to vfio-pci
@@ -455,6 +489,7 @@ def cmd_sriov(pf: str, num: str, state_file: str) -> None:
     res["children"] = {c["metadata"]["name"]: c for c in children}
     # 4. advertised: the node's capacity as the operator publishes it, and the policy's status
     res["capacity"] = pci_resources.node_capacity(children, "iommu")
+    res["dmesg"] = _dmesg()
     res["policyStatus"] = sriov.status({}, 1, pci.read_device(None, pf), vfs, "nvme-pf", now="2026-01-01T00:00:00Z")
     Path(state_file).write_text(json.dumps({"pf": pf, "children": children}))
     out(res)
