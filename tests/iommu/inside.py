@@ -447,13 +447,16 @@ def cmd_sriov(pf: str, num: str, state_file: str) -> None:
         "spec": {"nodeName": "iommu", "physicalFunction": pf, "numVfs": int(num), "namespaces": ["t"]},
     }
     res: dict = {"pfBefore": _function(pf)}
-    # 1. without its driver the PF cannot create VFs: the refusal the operator reports
-    before = pci.read_device(None, pf)
-    refused = sriov.plan(policy["spec"], before)
+    # 1. without its driver the PF cannot create VFs (sriov_numvfs needs the driver's sriov_configure):
+    # the refusal the operator reports. The initramfs' udev has usually loaded nvme: unbind it first.
+    subprocess.run(["modprobe", "nvme"], check=True)
+    if res["pfBefore"]["driver"] == "nvme":
+        Path("/sys/bus/pci/drivers/nvme/unbind").write_text(pf)
+    res["pfUnbound"] = _function(pf)
+    refused = sriov.plan(policy["spec"], pci.read_device(None, pf))
     res["refusedWithoutDriver"] = [refused.reason, refused.message] if isinstance(refused, sriov.Refusal) else None
-    if before is not None and before.driver is None:
-        subprocess.run(["modprobe", "nvme"], check=True)  # no udev here: nothing loads it by itself
-        res["pfDriverSeconds"] = round(_wait_driver(pf, "nvme"), 1)
+    Path("/sys/bus/pci/drivers_probe").write_text(pf)
+    res["pfDriverSeconds"] = round(_wait_driver(pf, "nvme"), 1)
     res["pfLoaded"] = _function(pf)
     too_many = sriov.plan({**policy["spec"], "numVfs": 99}, pci.read_device(None, pf))
     res["tooMany"] = [too_many.reason, too_many.message] if isinstance(too_many, sriov.Refusal) else None

@@ -312,8 +312,9 @@ def test_sriov_vfs_are_created_bound_to_vfio_counted_opened_and_given_back(machi
     total = iommu_machine.SRIOV_VFS
     assert pf["sriov"] == {"totalVFs": total, "numVFs": 0, "virtfns": []}, pf
     res = inside(machine, "sriov", pf["address"], str(total), "/jobs/sriov.state.json", timeout=900)
-    if res["pfBefore"]["driver"] is None:  # no udev loaded nvme: the PF could not make VFs yet
-        assert res["refusedWithoutDriver"][0] == "PhysicalFunctionOnVFIO", res["refusedWithoutDriver"]
+    assert res["pfUnbound"]["driver"] is None, res["pfUnbound"]  # a PF on no driver cannot make VFs: refused
+    reason, message = res["refusedWithoutDriver"]
+    assert reason == "PhysicalFunctionOnVFIO" and pf["address"] in message and "no driver" in message, message
     assert res["pfLoaded"]["driver"] == "nvme", res["pfLoaded"]
     assert res["tooMany"][0] == "TooManyVFs" and f"at most {total} VFs" in res["tooMany"][1], res["tooMany"]
     assert "applyRefusal" not in res, (res["applyRefusal"], res["dmesg"])
