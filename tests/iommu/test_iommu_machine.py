@@ -11,7 +11,9 @@ e1000e with its interface -> an operator SIGKILLed between unbind and probe leav
 and recover_interrupted gives it back.
 
 ... and the vpp-router template's domain (two passthrough NICs, pinned vCPUs and emulator, a 1Gi
-hugepage) created by libvirt inside the machine. That is the CI form (the inner guests are created
+hugepage) created by libvirt inside the machine, NodeTuning's real writes, and SR-IOV: the
+PCIVirtualFunctionPolicy code creating VFs of the emulated NVMe PF, binding them to vfio-pci,
+counting them, a QEMU opening one, then removing them. That is the CI form (the inner guests are created
 and inspected, not booted). K3SVIRT_IOMMU_FULL=1 also boots both inner guests to their console
 marker (TCG inside TCG: many minutes on a loaded 2-core host). Timings are printed (pytest -s);
 none is asserted.
