@@ -148,6 +148,26 @@ def test_merge_one_of_groups_are_replaced():
     assert out["networks"][0] == {"name": "default", "bridge": {"name": "br0"}}
 
 
+def test_a_host_device_asked_for_by_kind_replaces_the_inherited_name():
+    """vpp-router names PCIPassthroughs vpp-wan/vpp-lan; a VM asking for any device of a kind instead
+    (hostDevices[].resource) must not inherit the name too (the CRD allows exactly one of them)."""
+    tpl = {
+        **BASE_VM,
+        "hostDevices": [{"name": "wan", "pciPassthrough": "vpp-wan"}, {"name": "lan", "pciPassthrough": "vpp-lan"}],
+    }
+    out = t.merge(tpl, [], {"hostDevices": [{"name": "wan", "resource": "k3svirt.io/pci-8086-10fb"}]})
+    assert out["hostDevices"] == [
+        {"name": "wan", "resource": "k3svirt.io/pci-8086-10fb"},
+        {"name": "lan", "pciPassthrough": "vpp-lan"},
+    ]
+    back = t.merge(
+        {**BASE_VM, "hostDevices": out["hostDevices"]},
+        [],
+        {"hostDevices": [{"name": "wan", "pciPassthrough": "x520-p0"}]},
+    )
+    assert back["hostDevices"][0] == {"name": "wan", "pciPassthrough": "x520-p0"}
+
+
 def test_merge_unnamed_lists_replace_and_none_deletes():
     tpl = {
         **BASE_VM,

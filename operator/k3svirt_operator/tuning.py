@@ -57,6 +57,11 @@ def parse(raw: str) -> str:
     return m.group(1) if m else raw.strip()
 
 
+def choices(raw: str) -> list[str]:
+    """The values a sysfs choice list offers ("[mq-deadline] kyber none" -> ["mq-deadline", "kyber", "none"])."""
+    return [word.strip("[]") for word in raw.split()]
+
+
 def read_current(keys: Sequence[str], roots: Roots) -> dict[str, str | None]:
     """key -> value on the node; None where the file is missing (no KSM in the kernel, no such device)."""
     out: dict[str, str | None] = {}
@@ -90,6 +95,42 @@ def desired(spec: Mapping[str, Any], devices: Sequence[str]) -> dict[str, str]:
             if fnmatch.fnmatchcase(dev, entry["device"]):
                 out[f"block.{dev}.scheduler"] = str(entry["scheduler"])
                 break
+    return out
+
+
+def unmatched_devices(spec: Mapping[str, Any], devices: Sequence[str], roots: Roots) -> list[str]:
+    """Errors for the ioSchedulers entries that name one device (no `*`) this node does not have. A prefix
+    entry ("sd*") matching nothing is not an error: one NodeTuning serves nodes with different disks."""
+    out: list[str] = []
+    for i, entry in enumerate(spec.get("ioSchedulers") or []):
+        name = str(entry["device"])
+        if not name.endswith("*") and name not in devices:
+            have = ", ".join(devices) or "none"
+            out.append(
+                f"ioSchedulers[{i}] (device {name}): no such block device on this node "
+                f"({roots.sys / 'block' / name} is missing; its block devices: {have})"
+            )
+    return out
+
+
+def unoffered(want: Mapping[str, str], roots: Roots) -> dict[str, str]:
+    """key -> error for the block devices whose scheduler file does not offer the wanted scheduler (the
+    kernel would refuse the write: the scheduler's module is not loaded or not built for that queue)."""
+    out: dict[str, str] = {}
+    for key, value in want.items():
+        if not key.startswith("block."):
+            continue
+        path = path_of(key, roots)
+        try:
+            offered = choices(path.read_text())
+        except OSError:
+            continue  # missing: reported as not on this node
+        if value not in offered:
+            dev = key.split(".")[1]
+            out[key] = (
+                f"{key}: device {dev} does not offer the {value} scheduler (it offers "
+                f"{', '.join(offered) or 'none'}; load its module, modprobe {value}, or pick an offered one)"
+            )
     return out
 
 
@@ -240,7 +281,8 @@ def reconcile(
     if "ksm.merge_across_nodes" in keys:
         keys.add("ksm.run")  # the unmerge dance returns run to its value
     current = read_current(sorted(keys), roots)
-    writes, found = plan_apply(want, current, previous.found)
+    refused = unoffered(want, roots)
+    writes, found = plan_apply({k: v for k, v in want.items() if k not in refused}, current, previous.found)
     # keys this NodeTuning no longer sets (spec edited) go back to what was found
     dropped = {k: v for k, v in previous.found.items() if k not in want}
     undo, left = plan_restore(dropped, previous.applied, current)
@@ -248,17 +290,22 @@ def reconcile(
     missing = [
         f"{key}: not on this node ({path_of(key, roots)} is missing)" for key in want if current.get(key) is None
     ]
+    absent = unmatched_devices(spec, block_devices(roots), roots)
     after = read_current(list(want), roots)
     applied = {k: v for k, v in after.items() if v is not None and v == want[k]}
-    errors += [f"{k}: wanted {want[k]}, the node reports {v}" for k, v in after.items() if v not in (None, want[k])]
+    errors += [
+        f"{k}: wanted {want[k]}, the node reports {v}"
+        for k, v in after.items()
+        if v not in (None, want[k]) and k not in refused
+    ]
     state = NodeState(
         found={k: v for k, v in found.items() if k in want},
         applied=applied,
-        errors=[*errors, *missing, *left],
+        errors=[*errors, *refused.values(), *missing, *absent, *left],
         conflicts=conflicts(want, host_settings),
     )
     state.phase = "Applied" if not state.errors else "PartlyApplied"
-    state.message = f"{len(applied)} of {len(want)} settings hold"
+    state.message = f"{len(applied)} of {len(want) + len(absent)} settings hold"
     if state.conflicts:
         state.message += f"; {len(state.conflicts)} conflict(s) with the hostSettings of VMs' templates"
     return state

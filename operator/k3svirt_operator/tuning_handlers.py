@@ -96,6 +96,8 @@ async def nodetuning_changed(body: kopf.Body, name: str, nodetunings_here: kopf.
         await asyncio.to_thread(_write, name, state)
         entry = state or {}
         message = entry.get("message") or "restored the values found before (no longer selected)"
+        if entry.get("errors"):  # the Event says what is wrong, not only how many settings hold
+            message += ": " + "; ".join(entry["errors"])
         kind = "Warning" if entry.get("errors") else "Normal"
         reason = entry.get("phase") or "Restored"
         kopf.event(body, type=kind, reason=reason, message=f"{ctx.SETTINGS.node_name}: {message}"[:1000])

@@ -176,3 +176,45 @@ def test_selects():
 def test_unknown_keys_are_refused():
     with pytest.raises(ValueError):
         tuning.path_of("block.../etc.scheduler", Roots())
+
+
+def test_an_io_scheduler_entry_naming_a_device_the_node_lacks_is_reported_naming_it(roots: Roots):
+    spec = {
+        "ioSchedulers": [
+            {"device": "nvme1n1", "scheduler": "none"},  # not on this node
+            {"device": "vd*", "scheduler": "none"},  # a prefix matching nothing: not an error
+            {"device": "sda", "scheduler": "bfq"},
+        ]
+    }
+    state = tuning.reconcile(spec, NodeState(), roots)
+    assert state.phase == "PartlyApplied"
+    assert state.applied == {"block.sda.scheduler": "bfq"}
+    assert len(state.errors) == 1, state.errors
+    error = state.errors[0]
+    assert error.startswith("ioSchedulers[0] (device nvme1n1): no such block device on this node"), error
+    assert str(roots.sys / "block/nvme1n1") in error and "loop0, nvme0n1, sda, sdb" in error
+    assert state.message == "1 of 2 settings hold"
+    # the device appears (hot-plugged): the next pass applies it and the error goes
+    path = roots.sys / "block/nvme1n1/queue/scheduler"
+    path.parent.mkdir(parents=True)
+    path.write_text("[mq-deadline] kyber bfq none\n")
+    state = tuning.reconcile(spec, state, roots)
+    assert state.phase == "Applied" and state.errors == [], state.errors
+    assert state.applied["block.nvme1n1.scheduler"] == "none" and path.read_text() == "none\n"
+    assert tuning.release(state, roots).errors == []
+    assert path.read_text() == "mq-deadline\n"
+
+
+def test_a_scheduler_the_device_does_not_offer_is_not_written_and_is_reported(roots: Roots):
+    sdb = roots.sys / "block/sdb/queue/scheduler"
+    sdb.write_text("[mq-deadline] none\n")  # bfq and kyber not loaded for this queue
+    state = tuning.reconcile({"ioSchedulers": [{"device": "sd*", "scheduler": "bfq"}]}, NodeState(), roots)
+    assert state.phase == "PartlyApplied"
+    assert state.applied == {"block.sda.scheduler": "bfq"}
+    assert state.found == {"block.sda.scheduler": "mq-deadline"}  # sdb was never changed: nothing to restore
+    assert state.errors == [
+        "block.sdb.scheduler: device sdb does not offer the bfq scheduler (it offers mq-deadline, none; "
+        "load its module, modprobe bfq, or pick an offered one)"
+    ]
+    assert sdb.read_text() == "[mq-deadline] none\n"  # untouched
+    assert tuning.choices("[mq-deadline] kyber bfq none\n") == ["mq-deadline", "kyber", "bfq", "none"]

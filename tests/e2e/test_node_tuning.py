@@ -79,7 +79,7 @@ ORIGINAL = {rel: parse(text) for rel, text in FILES.items()}
 
 def test_node_tuning_applied_recorded_yielding_and_restored(kubeconfig, namespace, roots, tuned_operator, tiny_guest):
     op, node, label = tuned_operator
-    a, b, other = (f"{p}-{label}" for p in ("a", "b", "other"))
+    a, b, c, other = (f"{p}-{label}" for p in ("a", "b", "c", "other"))
     spec = {"ksm": {"enabled": True}, "transparentHugepages": "never", "swappiness": 10,
             "ioSchedulers": [{"device": "sd*", "scheduler": "bfq"}]}  # fmt: skip
     try:
@@ -127,6 +127,22 @@ def test_node_tuning_applied_recorded_yielding_and_restored(kubeconfig, namespac
         assert _entry(kubeconfig, other, node) == {}
         kubectl(kubeconfig, "delete", "nodetuning", b, "--timeout=60s")
         assert _read(roots) == ORIGINAL
+
+        # a device the node does not have is reported by name (status and the Warning Event), the rest holds
+        missing = {"swappiness": 20, "ioSchedulers": [{"device": "nvme9n1", "scheduler": "none"}]}
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(_nt(c, label, **missing)))
+        entry = wait_until(lambda: (e := _entry(kubeconfig, c, node)).get("phase") == "PartlyApplied" and e, 60,
+                           f"a missing device not reported; log:\n{op.tail(30)}")  # fmt: skip
+        [error] = entry["errors"]
+        assert error.startswith("ioSchedulers[0] (device nvme9n1): no such block device on this node"), error
+        assert entry["applied"] == {"vm.swappiness": "20"}, entry
+        assert entry["message"].startswith("1 of 2 settings hold"), entry  # (+ the tuned VM's conflict)
+        events = wait_until(lambda: get_json(kubeconfig, "events", "-A", "--field-selector",
+                                             f"involvedObject.name={c},reason=PartlyApplied")["items"], 30,
+                            "no PartlyApplied Event")  # fmt: skip
+        assert any("nvme9n1" in e["message"] and e["type"] == "Warning" for e in events), events
+        kubectl(kubeconfig, "delete", "nodetuning", c, "--timeout=60s")
+        assert _read(roots) == ORIGINAL
     finally:
-        kubectl(kubeconfig, "delete", "nodetuning", a, b, other, "--ignore-not-found", "--timeout=60s", check=False)
+        kubectl(kubeconfig, "delete", "nodetuning", a, b, c, other, "--ignore-not-found", "--timeout=60s", check=False)
         kubectl(kubeconfig, "delete", "-n", namespace, "vm/tuned", "--ignore-not-found", "--timeout=60s", check=False)

@@ -2,13 +2,14 @@
 
 The machine is Debian bookworm made by mmdebstrap (Debian's generic kernel, which has intel-iommu,
 vfio-pci, e1000e and 9p; python3; plain QEMU; libvirt; pciutils), an ext4 image made with
-``mkfs.ext4 -d`` (no loop devices, no root-only mounts). The harness boots it under emulation
-(TCG: nested KVM hangs here) on q35 with QEMU's ``intel-iommu`` (interrupt remapping, caching
-mode: what VFIO inside needs) and three e1000e NICs, each behind its own PCIe root port and so in
-its own IOMMU group. The first NIC carries the machine's default route (so the operator's safety
-refusal has something real to refuse); all NICs use QEMU user networking with ``restrict=on`` and
-no forwards, so nothing leaves this machine. Three 9p shares, no network: the repository
-(read-only), the tiny guest (read-only, the inner VM's kernel + initramfs) and a job directory.
+``mkfs.ext4 -d`` (no loop devices, no root-only mounts). The harness boots it under emulation (TCG:
+nested KVM hangs here) on q35 with QEMU's ``intel-iommu`` (interrupt remapping, caching mode: what
+VFIO inside needs) and three e1000e NICs, each behind its own PCIe root port and so in its own
+IOMMU group, plus an SR-IOV capable emulated NVMe controller (the VF tests' physical function). The
+first NIC carries the machine's default route (so the operator's safety refusal has something real
+to refuse); all NICs use QEMU user networking with ``restrict=on`` and no forwards, so nothing
+leaves this machine. Three 9p shares, no network: the repository (read-only), the tiny guest
+(read-only, the inner VM's kernel + initramfs) and a job directory.
 
 The machine's init (no systemd) mounts them and runs every ``jobs/<name>.sh`` that appears,
 writing ``<name>.out`` and then ``<name>.rc``: :class:`Machine.run` is "run this shell script in
@@ -54,6 +55,19 @@ PACKAGES = [
 IMAGE_BYTES = 3 * 1024**3
 # The NICs: MAC, PCIe root port. The first carries the default route (QEMU's user network).
 NICS = [("52:54:00:16:00:01", 1), ("52:54:00:16:00:02", 2), ("52:54:00:16:00:03", 3)]
+# An SR-IOV physical function for the VF tests: QEMU 7.2 has no igb (SR-IOV NIC, 8.0+), but its
+# emulated NVMe controller is SR-IOV capable and Linux's nvme driver creates VFs (sriov_numvfs,
+# pci_sriov_configure_simple). Behind its own root port (ACS on: every VF gets its own IOMMU group).
+# SR-IOV needs an NVM subsystem; the flexible queue/interrupt pools must cover max_vfs (x2 / x1).
+# No namespace: nothing in the machine uses it as a disk.
+SRIOV_VFS = 2
+SRIOV_PORT = 4
+SRIOV_NVME = [
+    "-device", f"pcie-root-port,id=rp{SRIOV_PORT},chassis={SRIOV_PORT},slot={SRIOV_PORT}",
+    "-device", "nvme-subsys,id=nvsub,nqn=k3svirt-sriov",
+    "-device", f"nvme,serial=k3svirtsriov,subsys=nvsub,bus=rp{SRIOV_PORT},sriov_max_vfs={SRIOV_VFS},"
+    f"sriov_vq_flexible={2 * SRIOV_VFS},sriov_vi_flexible={SRIOV_VFS}",
+]  # fmt: skip
 
 # PID 1 in the image is only this stub: it mounts the repository share and runs the machine's real
 # init from it (tests/harness/iommu_init.sh), so changing that script never rebuilds the image.
@@ -195,6 +209,7 @@ class Machine:
                 "-netdev", f"user,id=n{port},restrict=on",
                 "-device", f"e1000e,netdev=n{port},bus=rp{port},mac={mac}",
             ]  # fmt: skip
+        cmd += SRIOV_NVME
         for tag, path, ro in (("repo", self.repo, True), ("guest", self.guest, True), ("jobs", self.jobs, False)):
             opts = f"local,path={path},mount_tag={tag},security_model=none" + (",readonly=on" if ro else "")
             cmd += ["-virtfs", opts]

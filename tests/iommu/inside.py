@@ -17,6 +17,12 @@ object on the last line of stdout; tests/iommu/test_iommu_machine.py sends the c
                                   a NodeTuning spec applied by the operator's tuning code to the machine's
                                   real /sys and /proc, read back, a resync, a drift put back, then released
                                   (DRIFT_KEY changed behind its back first: left alone) and read back
+  sriov PF NUM STATE_FILE         a PCIVirtualFunctionPolicy's steps on the emulated NVMe PF: refused while
+                                  the PF has no driver, nvme loaded, sriov.plan/apply create NUM VFs via
+                                  sriov_numvfs, each VF's PCIPassthrough (sriov.children) bound to vfio-pci
+                                  by reconcile_passthrough, counted by pci_resources.node_capacity;
+                                  the VFs' statuses -> STATE_FILE
+  sriov-release STATE_FILE        each VF's PCIPassthrough released, then sriov_numvfs back to 0
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from pathlib import Path
 
 sys.path[:0] = ["/repo/operator", "/repo/common"]
 
+from k3svirt_common import pci_resources  # noqa: E402
 from k3svirt_operator import pci, tuning  # noqa: E402
-from k3svirt_operator.pci import binding, irq  # noqa: E402
+from k3svirt_operator.pci import binding, irq, sriov  # noqa: E402
 
 GUEST = Path("/guest")
 MARKER = "K3SVIRT-GUEST-READY"
@@ -387,10 +394,133 @@ def cmd_tuning(spec_file: str, drift_key: str, drift_value: str) -> None:
     out(res)
 
 
+def _function(address: str) -> dict:
+    dev = pci.read_device(None, address)
+    assert dev is not None, address
+    d = dev.to_dict()
+    keys = ("address", "vendorId", "deviceId", "driver", "driverOverride", "iommuGroup", "iommuGroupMembers",
+            "sriov", "physfn", "parent")  # fmt: skip
+    return {k: d.get(k) for k in keys}
+
+
+def _wait_driver(address: str, driver: str, timeout: float = 120) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        dev = pci.read_device(None, address)
+        if dev is not None and dev.driver == driver:
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    raise TimeoutError(f"{address} not on {driver} after {timeout:.0f}s: {_function(address)}")
+
+
+def _dmesg() -> list[str]:
+    text = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    return [line for line in text.splitlines() if any(w in line for w in ("nvme", "IOV", "VF", "BAR", "iommu"))][-40:]
+
+
+def _settle(addresses: list[str], host_driver: str, quiet: float = 3.0, timeout: float = 120) -> tuple[dict, float]:
+    """Waits until no function is on `host_driver` (its probe of an offline VF gives up after the
+    controller's ready timeout, CAP.TO 7.5 s, and its removal work must not race our bind) and none
+    changed for `quiet` seconds, or `timeout`; every driver seen per function."""
+    t0 = last_change = time.monotonic()
+    seen: dict[str, list] = {a: [] for a in addresses}
+    while time.monotonic() - t0 < timeout:
+        for a in addresses:
+            dev = pci.read_device(None, a)
+            drv = dev.driver if dev else "gone"
+            if not seen[a] or seen[a][-1] != drv:
+                seen[a].append(drv)
+                last_change = time.monotonic()
+        on_host = any(seen[a][-1] == host_driver for a in addresses)
+        if not on_host and time.monotonic() - last_change >= quiet:
+            break
+        time.sleep(0.25)
+    return seen, round(time.monotonic() - t0, 1)
+
+
+def cmd_sriov(pf: str, num: str, state_file: str) -> None:
+    """What the operator's PCIVirtualFunctionPolicy handler does (handlers._reconcile_vf_policy), with
+    the API calls replaced by local objects: plan, apply (sriov_numvfs), one PCIPassthrough per VF,
+    each reconciled (bound to vfio-pci), the node's capacity computed from them."""
+    policy = {
+        "metadata": {"name": "nvme-pf", "uid": "0b7e5a52-8d0c-4c4e-9f0e-5a1f3c2d6e7a", "generation": 1},
+        "spec": {"nodeName": "iommu", "physicalFunction": pf, "numVfs": int(num), "namespaces": ["t"]},
+    }
+    res: dict = {"pfBefore": _function(pf)}
+    # 1. without its driver the PF cannot create VFs (sriov_numvfs needs the driver's sriov_configure):
+    # the refusal the operator reports. The initramfs' udev has usually loaded nvme: unbind it first.
+    subprocess.run(["modprobe", "nvme"], check=True)
+    if res["pfBefore"]["driver"] == "nvme":
+        Path("/sys/bus/pci/drivers/nvme/unbind").write_text(pf)
+    res["pfUnbound"] = _function(pf)
+    refused = sriov.plan(policy["spec"], pci.read_device(None, pf))
+    res["refusedWithoutDriver"] = [refused.reason, refused.message] if isinstance(refused, sriov.Refusal) else None
+    Path("/sys/bus/pci/drivers_probe").write_text(pf)
+    res["pfDriverSeconds"] = round(_wait_driver(pf, "nvme"), 1)
+    res["pfLoaded"] = _function(pf)
+    too_many = sriov.plan({**policy["spec"], "numVfs": 99}, pci.read_device(None, pf))
+    res["tooMany"] = [too_many.reason, too_many.message] if isinstance(too_many, sriov.Refusal) else None
+    # 2. the VFs, through sriov_numvfs
+    vf_plan = sriov.plan(policy["spec"], pci.read_device(None, pf))
+    assert isinstance(vf_plan, sriov.VFPlan), vf_plan
+    res["plan"] = vf_plan.writes
+    res["autoprobe"] = Path(f"/sys/bus/pci/devices/{pf}/sriov_drivers_autoprobe").read_text().strip()
+    t0 = time.monotonic()
+    vfs = sriov.apply(None, pf, vf_plan, timeout=60)
+    res["applySeconds"] = round(time.monotonic() - t0, 2)
+    if isinstance(vfs, sriov.Refusal):  # say why, with the kernel's words
+        res["applyRefusal"] = [vfs.reason, vfs.message]
+        res["dmesg"] = _dmesg()
+        out(res)
+        return
+    # the PF's driver probes each new VF (sriov_drivers_autoprobe): an emulated NVMe VF without
+    # flexible resources assigned is offline, so nvme's probe fails after the controller's timeout
+    # and leaves it driverless; wait for that before binding (nvme's removal work after a failed
+    # probe releases whatever driver the VF has then)
+    res["vfDriversSeen"], res["vfSettleSeconds"] = _settle(vfs, "nvme")
+    res["vfs"] = {vf: _function(vf) for vf in vfs}
+    res["pfWithVfs"] = _function(pf)
+    # 3. each VF offered through its own PCIPassthrough and bound to vfio-pci
+    children = sriov.children(policy, vfs)
+    t0 = time.monotonic()
+    for child in children:
+        child["status"] = pci.reconcile_passthrough(child["spec"])
+        vf = child["spec"]["address"]
+        child["status"]["vfioGroupNode"] = os.path.exists(f"/dev/vfio/{child['status'].get('iommuGroup')}")
+        child["status"]["function"] = _function(vf)
+    res["bindSeconds"] = round(time.monotonic() - t0, 2)
+    res["children"] = {c["metadata"]["name"]: c for c in children}
+    # 4. advertised: the node's capacity as the operator publishes it, and the policy's status
+    res["capacity"] = pci_resources.node_capacity(children, "iommu")
+    res["dmesg"] = _dmesg()
+    res["policyStatus"] = sriov.status({}, 1, pci.read_device(None, pf), vfs, "nvme-pf", now="2026-01-01T00:00:00Z")
+    Path(state_file).write_text(json.dumps({"pf": pf, "children": children}))
+    out(res)
+
+
+def cmd_sriov_release(state_file: str) -> None:
+    """The policy deleted: each VF's PCIPassthrough gives its VF back, then sriov_numvfs = 0."""
+    state = json.loads(Path(state_file).read_text())
+    res: dict = {"released": {}}
+    for child in state["children"]:
+        new = pci.release_passthrough(child["status"], spec=child["spec"])
+        res["released"][child["metadata"]["name"]] = {"phase": new.get("phase"),
+                                                      "function": _function(child["spec"]["address"])}  # fmt: skip
+    t0 = time.monotonic()
+    left = sriov.apply(None, state["pf"], sriov.VFPlan([0]), timeout=60)
+    res["zeroSeconds"] = round(time.monotonic() - t0, 2)
+    res["vfsLeft"] = left if not isinstance(left, sriov.Refusal) else [left.reason, left.message]
+    res["pfAfter"] = _function(state["pf"])
+    res["vfDirsLeft"] = [a for a in (c["spec"]["address"] for c in state["children"])
+                         if Path(f"/sys/bus/pci/devices/{a}").exists()]  # fmt: skip
+    out(res)
+
+
 def main() -> None:
     name, *args = sys.argv[1:]
     {"inventory": cmd_inventory, "bind": cmd_bind, "release": cmd_release, "qemu": cmd_qemu,
-     "killbind": cmd_killbind, "domain": cmd_domain, "tuning": cmd_tuning,
+     "killbind": cmd_killbind, "domain": cmd_domain, "tuning": cmd_tuning, "sriov": cmd_sriov,
+     "sriov-release": cmd_sriov_release,
      "nic": lambda a: out(nic(a))}[name](*args)  # fmt: skip
 
 

@@ -11,7 +11,9 @@ e1000e with its interface -> an operator SIGKILLed between unbind and probe leav
 and recover_interrupted gives it back.
 
 ... and the vpp-router template's domain (two passthrough NICs, pinned vCPUs and emulator, a 1Gi
-hugepage) created by libvirt inside the machine. That is the CI form (the inner guests are created
+hugepage) created by libvirt inside the machine, NodeTuning's real writes, and SR-IOV: the
+PCIVirtualFunctionPolicy code creating VFs of the emulated NVMe PF, binding them to vfio-pci,
+counting them, a QEMU opening one, then removing them. That is the CI form (the inner guests are created
 and inspected, not booted). K3SVIRT_IOMMU_FULL=1 also boots both inner guests to their console
 marker (TCG inside TCG: many minutes on a loaded 2-core host). Timings are printed (pytest -s);
 none is asserted.
@@ -295,3 +297,65 @@ def test_node_tuning_writes_reads_back_and_restores_the_real_kernel(machine):
     assert after["vm.swappiness"] == drift  # not overwritten: someone else set it after the NodeTuning did
     assert {k: v for k, v in after.items() if k != "vm.swappiness"} == {k: now[k] for k in want if k != "vm.swappiness"}
     assert parsed(res["end"]) == {k: now[k] for k in want}
+
+
+# ---------------------------------------------------------------- SR-IOV VFs, for real
+NVME = ("1b36", "0010")  # QEMU's emulated NVMe controller (the SR-IOV physical function here)
+
+
+def test_sriov_vfs_are_created_bound_to_vfio_counted_opened_and_given_back(machine, nics):
+    """A PCIVirtualFunctionPolicy's steps (pci/sriov.py + the PCIPassthrough code, as the handler runs
+    them) on the emulated NVMe PF: VFs created through sriov_numvfs by the nvme driver, each in its own
+    IOMMU group, each bound to vfio-pci through its own PCIPassthrough, counted as one extended
+    resource, opened by a QEMU inside, then given back and sriov_numvfs set to 0."""
+    from k3svirt_common import pci_resources
+
+    [pf] = [d for d in nics["inventory"]["devices"] if (d["vendorId"], d["deviceId"]) == NVME]
+    total = iommu_machine.SRIOV_VFS
+    assert pf["sriov"] == {"totalVFs": total, "numVFs": 0, "virtfns": []}, pf
+    res = inside(machine, "sriov", pf["address"], str(total), "/jobs/sriov.state.json", timeout=900)
+    assert res["pfUnbound"]["driver"] is None, res["pfUnbound"]  # a PF on no driver cannot make VFs: refused
+    reason, message = res["refusedWithoutDriver"]
+    assert reason == "PhysicalFunctionOnVFIO" and pf["address"] in message and "no driver" in message, message
+    assert res["pfLoaded"]["driver"] == "nvme", res["pfLoaded"]
+    assert res["tooMany"][0] == "TooManyVFs" and f"at most {total} VFs" in res["tooMany"][1], res["tooMany"]
+    assert "applyRefusal" not in res, (res["applyRefusal"], res["dmesg"])
+    assert res["plan"] == [total]
+    TIMES["SR-IOV: sriov_numvfs -> VFs"] = res["applySeconds"]
+    TIMES["SR-IOV: VF drivers settled"] = res["vfSettleSeconds"]
+    TIMES["SR-IOV: VFs bound (operator code)"] = res["bindSeconds"]
+    vfs = list(res["vfs"])
+    assert len(vfs) == total and res["pfWithVfs"]["sriov"] == {"totalVFs": total, "numVFs": total, "virtfns": vfs}
+    groups = {res["pfWithVfs"]["iommuGroup"]}
+    for vf in vfs:
+        f = res["vfs"][vf]
+        assert f["physfn"] == pf["address"] and f["vendorId"] == NVME[0], f
+        assert f["iommuGroupMembers"] == [vf], f  # alone in its group: passable on its own
+        groups.add(f["iommuGroup"])
+    assert len(groups) == total + 1 and None not in groups, groups
+    children = res["children"]
+    assert sorted(children) == [f"nvme-pf-vf{i}" for i in range(total)]
+    for name, child in children.items():
+        st = child["status"]
+        assert st["phase"] == "Bound" and st["driver"] == "vfio-pci", (name, st)
+        assert st["vfioGroupNode"] is True and st["function"]["driver"] == "vfio-pci", st
+        assert child["spec"]["namespaces"] == ["t"]
+    vf_resource = pci_resources.resource_name(res["vfs"][vfs[0]]["vendorId"], res["vfs"][vfs[0]]["deviceId"])
+    assert res["capacity"] == {vf_resource: total}, res["capacity"]  # what the Node would advertise
+    ps = res["policyStatus"]
+    assert ps["phase"] == "Ready" and ps["numVfs"] == total and ps["totalVfs"] == total, ps
+    assert [v["address"] for v in ps["virtualFunctions"]] == vfs
+
+    # a QEMU inside takes the first VF: realizing vfio-pci opens its group and the VF's config space
+    qemu = inside(machine, "qemu", vfs[0], timeout=1200)
+    ours = [d for d in qemu["queryPci"] if d["qdev_id"] == "pt0"]
+    assert ours and (ours[0]["vendor"], ours[0]["device"]) == (0x1B36, int(res["vfs"][vfs[0]]["deviceId"], 16)), qemu
+    assert str(res["vfs"][vfs[0]]["iommuGroup"]) in qemu["openGroups"] and qemu["exit"] == 0, qemu
+    TIMES["SR-IOV: inner QEMU with a VF up (QMP)"] = qemu["startSeconds"]
+
+    back = inside(machine, "sriov-release", "/jobs/sriov.state.json", timeout=600)
+    for name, r in back["released"].items():
+        assert r["function"]["driver"] != "vfio-pci" and r["function"]["driverOverride"] is None, (name, r)
+    assert back["vfsLeft"] == [] and back["vfDirsLeft"] == [], back
+    assert back["pfAfter"]["driver"] == "nvme" and back["pfAfter"]["sriov"]["numVFs"] == 0, back["pfAfter"]
+    TIMES["SR-IOV: VFs given back, sriov_numvfs 0"] = back["zeroSeconds"]

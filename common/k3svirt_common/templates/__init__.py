@@ -13,7 +13,8 @@ Layering (lowest precedence first)::
 * the named lists ``disks``, ``networks`` and ``hostDevices`` merge item by item on ``name`` (new
   names are appended in order);
 * one-of groups are replaced, not merged: a layer that sets ``disks[].source.volume`` drops the
-  ``image``/``blank`` inherited from below, ``networks[].bridge`` drops ``nat`` and vice versa;
+  ``image``/``blank`` inherited from below, ``networks[].bridge`` drops ``nat`` and vice versa,
+  ``hostDevices[].resource`` drops ``pciPassthrough`` and vice versa;
   a layer that sets ``format: raw`` drops inherited ``qcow2`` options, one that sets a ``cache`` other
   than none/directsync drops an inherited ``io: native`` (which requires them);
 * ``None`` deletes a key (for Python callers; the API server prunes nulls);

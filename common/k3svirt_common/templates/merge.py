@@ -14,6 +14,7 @@ MERGE_ONLY = ("diskDefaults", "networkDefaults")
 #: mutually exclusive keys: setting one in a layer drops the others inherited from lower layers
 _ONE_OF_DISK_SOURCE = ("blank", "image", "volume")
 _ONE_OF_NETWORK = ("nat", "bridge")
+_ONE_OF_HOST_DEVICE = ("pciPassthrough", "resource")  # a device by name, or any free one of a kind
 #: VM fields that reference templates; not overridable content
 _REF_FIELDS = ("template", "presets")
 
@@ -64,6 +65,9 @@ def _merge_named(base: list[Any], overlay: list[Any], path: tuple[str, ...]) -> 
         inherited = dict(out[index[item["name"]]])
         if path == ("networks",) and any(k in item for k in _ONE_OF_NETWORK):
             for k in _ONE_OF_NETWORK:
+                inherited.pop(k, None)
+        if path == ("hostDevices",) and any(k in item for k in _ONE_OF_HOST_DEVICE):
+            for k in _ONE_OF_HOST_DEVICE:
                 inherited.pop(k, None)
         if path == ("disks",) and item.get("format") == "raw":
             inherited.pop("qcow2", None)
