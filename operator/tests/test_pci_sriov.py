@@ -42,6 +42,9 @@ def test_vfs_are_created_offered_and_counted(host):
     vfs = sriov.apply(host.sys, PF, vf_plan, write=kernel.write)
     assert vfs == ["0000:07:10.0", "0000:07:10.1"]
     assert [v for p, v in kernel.writes if p.endswith("sriov_numvfs")] == ["2"]
+    # No host driver probed them (autoprobe off before the VFs came): nothing can take them off vfio-pci.
+    assert (host.dev_dir(PF) / "sriov_drivers_autoprobe").read_text().strip() == "0"
+    assert [host.driver_of(vf) for vf in vfs] == [None, None]
     kids = sriov.children(policy, vfs)
     assert [k["metadata"]["name"] for k in kids] == ["uplink-vf0", "uplink-vf1"]
     assert kids[0]["spec"] == {"nodeName": "n1", "address": "0000:07:10.0", "namespaces": ["lab"]}
@@ -116,3 +119,11 @@ def test_a_kernel_that_refuses_the_write_is_reported(host):
 def test_vfs_that_never_appear_are_reported(host):
     got = sriov.apply(host.sys, PF, sriov.VFPlan([2], 7), write=lambda p, v: None, timeout=0.3)
     assert isinstance(got, sriov.Refusal) and got.reason == "VFsDidNotAppear"
+
+
+def test_autoprobe_is_back_on_once_the_vfs_are_gone(host):
+    kernel = FakeKernel(host)
+    vfs = sriov.apply(host.sys, PF, sriov.VFPlan([2], 7), write=kernel.write)
+    assert len(vfs) == 2
+    assert sriov.apply(host.sys, PF, sriov.VFPlan([0], 7), write=kernel.write) == []
+    assert (host.dev_dir(PF) / "sriov_drivers_autoprobe").read_text().strip() == "1"

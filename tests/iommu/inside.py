@@ -464,19 +464,19 @@ def cmd_sriov(pf: str, num: str, state_file: str) -> None:
     vf_plan = sriov.plan(policy["spec"], pci.read_device(None, pf))
     assert isinstance(vf_plan, sriov.VFPlan), vf_plan
     res["plan"] = vf_plan.writes
-    res["autoprobe"] = Path(f"/sys/bus/pci/devices/{pf}/sriov_drivers_autoprobe").read_text().strip()
     t0 = time.monotonic()
     vfs = sriov.apply(None, pf, vf_plan, timeout=60)
     res["applySeconds"] = round(time.monotonic() - t0, 2)
+    res["autoprobe"] = Path(f"/sys/bus/pci/devices/{pf}/sriov_drivers_autoprobe").read_text().strip()
     if isinstance(vfs, sriov.Refusal):  # say why, with the kernel's words
         res["applyRefusal"] = [vfs.reason, vfs.message]
         res["dmesg"] = _dmesg()
         out(res)
         return
-    # the PF's driver probes each new VF (sriov_drivers_autoprobe): an emulated NVMe VF without
-    # flexible resources assigned is offline, so nvme's probe fails after the controller's timeout
-    # and leaves it driverless; wait for that before binding (nvme's removal work after a failed
-    # probe releases whatever driver the VF has then)
+    # sriov.apply turned the PF's sriov_drivers_autoprobe off first: nvme must never probe a VF (an
+    # emulated NVMe VF without flexible resources is offline, nvme's probe would fail after the
+    # controller's timeout, and its removal work would release whatever driver the VF has then).
+    # Watch for a few quiet seconds that no driver comes.
     res["vfDriversSeen"], res["vfSettleSeconds"] = _settle(vfs, "nvme")
     res["vfs"] = {vf: _function(vf) for vf in vfs}
     res["pfWithVfs"] = _function(pf)
@@ -511,6 +511,7 @@ def cmd_sriov_release(state_file: str) -> None:
     res["zeroSeconds"] = round(time.monotonic() - t0, 2)
     res["vfsLeft"] = left if not isinstance(left, sriov.Refusal) else [left.reason, left.message]
     res["pfAfter"] = _function(state["pf"])
+    res["autoprobeAfter"] = Path(f"/sys/bus/pci/devices/{state['pf']}/sriov_drivers_autoprobe").read_text().strip()
     res["vfDirsLeft"] = [a for a in (c["spec"]["address"] for c in state["children"])
                          if Path(f"/sys/bus/pci/devices/{a}").exists()]  # fmt: skip
     out(res)

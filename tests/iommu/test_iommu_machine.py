@@ -323,6 +323,10 @@ def test_sriov_vfs_are_created_bound_to_vfio_counted_opened_and_given_back(machi
     assert res["plan"] == [total]
     TIMES["SR-IOV: sriov_numvfs -> VFs"] = res["applySeconds"]
     TIMES["SR-IOV: VF drivers settled"] = res["vfSettleSeconds"]
+    # autoprobe off before the VFs came (sriov.apply): no host driver ever took one (nvme's failed probe
+    # of an offline VF would otherwise race the vfio-pci bind).
+    assert res["autoprobe"] == "0", res
+    assert all(seen == [None] for seen in res["vfDriversSeen"].values()), res["vfDriversSeen"]
     TIMES["SR-IOV: VFs bound (operator code)"] = res["bindSeconds"]
     vfs = list(res["vfs"])
     assert len(vfs) == total and res["pfWithVfs"]["sriov"] == {"totalVFs": total, "numVFs": total, "virtfns": vfs}
@@ -358,4 +362,5 @@ def test_sriov_vfs_are_created_bound_to_vfio_counted_opened_and_given_back(machi
         assert r["function"]["driver"] != "vfio-pci" and r["function"]["driverOverride"] is None, (name, r)
     assert back["vfsLeft"] == [] and back["vfDirsLeft"] == [], back
     assert back["pfAfter"]["driver"] == "nvme" and back["pfAfter"]["sriov"]["numVFs"] == 0, back["pfAfter"]
+    assert back["autoprobeAfter"] == "1", back  # the kernel's default again once the VFs are gone
     TIMES["SR-IOV: VFs given back, sriov_numvfs 0"] = back["zeroSeconds"]

@@ -8,6 +8,7 @@ on its host driver (the driver creates the VFs); a PF on vfio-pci cannot.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -78,8 +79,18 @@ def apply(
     write: Callable[[Path, str], None] = sysfs.write_attr,
     timeout: float = VF_APPEAR_SECONDS,
 ) -> list[str] | Refusal:
-    """Writes the plan to the PF and waits for its VFs to appear; their addresses in index order."""
+    """Writes the plan to the PF and waits for its VFs to appear; their addresses in index order.
+
+    VFs we create are for vfio-pci only: with the PF's `sriov_drivers_autoprobe` on, the host's
+    driver probes each new VF first, and its clean-up after a failed or slow probe could take a VF
+    off vfio-pci again after we bound it. So autoprobe is off while VFs exist (driver_override
+    still binds vfio-pci), and back on (the kernel's default) once they are gone."""
     d = sysfs.pci_device_dir(sysfs.sysfs_root(sys_root), address)
+    want = vf_plan.writes[-1] if vf_plan.writes else None
+    autoprobe = d / "sriov_drivers_autoprobe"
+    if want and autoprobe.exists():
+        with contextlib.suppress(OSError):  # a kernel that refuses it: VFs are probed as before
+            write(autoprobe, "0")
     for value in vf_plan.writes:
         try:
             write(d / "sriov_numvfs", str(value))
@@ -87,7 +98,9 @@ def apply(
             return Refusal(
                 "SetNumVFsFailed", f"writing {value} to {address}/sriov_numvfs failed: {exc.strerror or exc}"
             )
-    want = vf_plan.writes[-1] if vf_plan.writes else None
+    if want == 0 and autoprobe.exists():
+        with contextlib.suppress(OSError):  # only the default for VFs made by others later
+            write(autoprobe, "1")
     deadline = time.monotonic() + timeout
     while True:
         pf = discovery.read_device(sys_root, address)
