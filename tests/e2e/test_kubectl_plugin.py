@@ -17,9 +17,9 @@ BIN = Path(sys.executable).parent  # the .venv's bin: where pip put kubectl-k3sv
 FAKE_SSHD = "while true; do echo SSH-2.0-k3svirtfake | nc -l -p 22; done\n"
 
 
-def plugin(kubeconfig: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def plugin(kubeconfig: str, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "KUBECONFIG": kubeconfig, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    proc = subprocess.run(["kubectl", "k3svirt", *args], capture_output=True, text=True, env=env, timeout=240)
+    proc = subprocess.run(["kubectl", "k3svirt", *args], capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl k3svirt {' '.join(args)} -> {proc.returncode}: {proc.stderr}")
     return proc

@@ -32,6 +32,8 @@ VM = "con"
 # (ESC [ 6 n); nobody answers over the WebSocket, and the shell goes on after its own timeout.
 PROMPT = re.compile(rb"[#$] (?:\x1b\[6n)?$")
 OUTPUT_BYTES = int(os.environ.get("K3SVIRT_CONSOLE_BYTES", str(256 * 1024)))  # CI; the full form: 10485760
+# CI: longer than the gateway's worker timeout and one ping interval; the slow form: 150 (seven pings).
+IDLE_SECONDS = float(os.environ.get("K3SVIRT_CONSOLE_IDLE_SECONDS", "25"))
 
 
 def _key(path: Path, name: str, role: str, namespaces: str = "*") -> str:
@@ -217,11 +219,12 @@ def test_heavy_output_arrives_complete_with_a_slow_reader(setup):
 
 
 def test_idle_session_survives(setup):
-    """Longer than the gateway's worker timeout (10 s) and than one ping interval (20 s)."""
+    """Silent for longer than the gateway's worker timeout (10 s) and than one ping interval (20 s);
+    K3SVIRT_CONSOLE_IDLE_SECONDS=150 is the slow form (every hop's pings keep it open)."""
     con = open_console(setup)
     try:
         con.shell()
-        time.sleep(25)
+        time.sleep(IDLE_SECONDS)
         assert b"K3SVIRT-IDLE-7" in con.run("echo K3SVIRT-IDLE-$((3+4))", "K3SVIRT-IDLE-7", timeout=30)
     finally:
         con.ws.close()
