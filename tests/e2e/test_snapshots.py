@@ -13,6 +13,7 @@ The same VM goes through the users' tools too, at no extra boot: `kubectl k3svir
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -301,6 +302,8 @@ def test_retained_vm_keeps_its_snapshots(kubeconfig, namespace, operator, tiny_g
         # Retained storage is the owner's to remove: no VM is left to sweep it.
         kubectl(kubeconfig, "delete", "-n", namespace, "vmsnap/kept-snap", "--wait=false", check=False)
         shutil.rmtree(vdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            vdir.parent.rmdir()  # the namespace's directory, when nothing else is left in it
 
 
 def test_refusals_name_the_reason_and_disks_never_shrink(kubeconfig, namespace, operator, tiny_guest, storage_root):
