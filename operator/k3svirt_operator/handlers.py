@@ -34,6 +34,7 @@ from . import (
     pci,
     placement,
     shutdown,
+    snapshots,
     stats,
     usage,
     vanished,
@@ -576,11 +577,9 @@ async def vm_deleted(body: kopf.Body, namespace: str, name: str, passthroughs: k
     reconciler = RECONCILER
     assert reconciler is not None
     events = await asyncio.to_thread(reconciler.delete, copy.deepcopy(dict(body)))
-    if body.spec.get("deletionPolicy") != "Retain":  # Retain keeps the snapshots with the disks
-        # Names first: the index changes under the loop as the deletions' events arrive.
-        gone = [snap["metadata"]["name"] for snap in snapshots_by_vm.get((namespace, name), ())]
-        for snap_name in gone:
-            await asyncio.to_thread(_rt().delete_object, names.VMSNAPSHOT_PLURAL, namespace, snap_name)
+    # Names first: the index changes under the loop as the deletions' events arrive.
+    for snap_name in snapshots.deleted_with_vm(body.spec, list(snapshots_by_vm.get((namespace, name), ()))):
+        await asyncio.to_thread(_rt().delete_object, names.VMSNAPSHOT_PLURAL, namespace, snap_name)
     devices = [o for store in passthroughs.values() for o in store]
     await _write_claims(_rt().claims.release(devices, {"namespace": namespace, "name": name}))
     _post(body, events)

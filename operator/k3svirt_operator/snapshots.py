@@ -188,6 +188,16 @@ def clone_object(snapshot: Mapping[str, Any], target: str, node: str, api_versio
     }
 
 
+def deleted_with_vm(spec: Mapping[str, Any], snapshots: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The VirtualMachineSnapshots that go when their VM is deleted: all of them with deletionPolicy
+    Delete (the default: the VM's directory, snapshot files included, is removed with it), none with
+    Retain (the files stay with the retained disks, so their objects stay too, for a later VM of the
+    same name that adopts the storage)."""
+    if spec.get("deletionPolicy") == "Retain":
+        return []
+    return sorted({snap["metadata"]["name"] for snap in snapshots})
+
+
 def orphaned(dirs: Iterable[str], snapshots: Iterable[str]) -> list[str]:
     """Snapshot directories of this VM whose VirtualMachineSnapshot is gone: their space is returned."""
     live = set(snapshots)

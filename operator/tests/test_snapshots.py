@@ -10,7 +10,7 @@ from k3svirt_common import names
 from k3svirt_operator import snapshot_store as store
 from k3svirt_operator import snapshots as s
 from k3svirt_operator.hostfs import StorageError
-from k3svirt_operator.storage import InsufficientStorage, QemuOwner
+from k3svirt_operator.storage import InsufficientStorage, QemuOwner, remove_vm_storage
 
 
 def _snap(name="s1", vm="web", phase="Ready", **status):
@@ -98,6 +98,33 @@ def test_clone_object_runs_on_this_node_without_fixed_macs():
 
 def test_orphaned_directories_are_those_without_a_snapshot_object():
     assert s.orphaned(["s1", "s2", ".s3.tmp", ".s1.tmp"], ["s1"]) == [".s3.tmp", "s2"]
+
+
+def test_a_deleted_vms_snapshots_go_with_delete_and_stay_with_retain():
+    snaps = [_snap("s2"), _snap("s1"), _snap("s1")]  # the index may hold an object twice
+    assert s.deleted_with_vm({}, snaps) == ["s1", "s2"]  # Delete is the default
+    assert s.deleted_with_vm({"deletionPolicy": "Delete"}, snaps) == ["s1", "s2"]
+    assert s.deleted_with_vm({"deletionPolicy": "Retain"}, snaps) == []
+    assert s.deleted_with_vm({"deletionPolicy": "Delete"}, []) == []
+
+
+def test_retained_storage_keeps_the_snapshot_files_a_later_vm_finds(tmp_path):
+    """deletionPolicy Retain: the VM's directory stays, snapshots included; a later VM of the same name
+    whose objects still name them sweeps nothing."""
+    root = tmp_path / "root"
+    vdir = root / "vms" / "ns" / "web"
+    vdir.mkdir(parents=True)
+    disk = vdir / "root.qcow2"
+    _qcow2(disk, pattern="0x41")
+    tmp = store.begin("ns", "web", "s1", root)
+    final = store.commit(
+        "ns", "web", "s1", root, "uid-1", store.copy_disks([store.DiskFile("root", disk, "qcow2")], tmp)
+    )
+    remove_vm_storage("ns", "web", root, keep=True)
+    assert (final / "root.qcow2").is_file() and store.list_dirs("ns", "web", root) == ["s1"]
+    assert s.orphaned(store.list_dirs("ns", "web", root), ["s1"]) == []
+    remove_vm_storage("ns", "web", root, keep=False)
+    assert not vdir.exists()
 
 
 # ------------------------------------------------------------------------------ files

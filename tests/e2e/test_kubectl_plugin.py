@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,9 @@ BIN = Path(sys.executable).parent  # the .venv's bin: where pip put kubectl-k3sv
 FAKE_SSHD = "while true; do echo SSH-2.0-k3svirtfake | nc -l -p 22; done\n"
 
 
-def plugin(kubeconfig: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def plugin(kubeconfig: str, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "KUBECONFIG": kubeconfig, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    proc = subprocess.run(["kubectl", "k3svirt", *args], capture_output=True, text=True, env=env, timeout=240)
+    proc = subprocess.run(["kubectl", "k3svirt", *args], capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl k3svirt {' '.join(args)} -> {proc.returncode}: {proc.stderr}")
     return proc
@@ -26,8 +27,11 @@ def plugin(kubeconfig: str, *args: str, check: bool = True) -> subprocess.Comple
 
 def test_help_and_completion(kubeconfig, namespace, operator, tiny_guest):
     out = plugin(kubeconfig, "--help").stdout
-    for command in ("start", "stop", "restart", "stats", "ssh", "completion"):
-        assert command in out
+    listed = set(re.findall(r"^    ([a-z]+) ", out, re.MULTILINE))  # argparse's list of subcommands
+    every = {"start", "stop", "restart", "stats", "console", "ssh", "snapshot", "restore", "expose", "completion"}
+    assert every <= listed, f"missing from --help: {every - listed}"
+    for command in ("console", "snapshot", "restore"):
+        assert "usage: kubectl k3svirt" in plugin(kubeconfig, command, "--help").stdout
     assert "complete -F" in plugin(kubeconfig, "completion", "bash").stdout
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(tiny_vm("compl", tiny_guest)))
     env = {**os.environ, "KUBECONFIG": kubeconfig}

@@ -5,19 +5,31 @@ the serial console, writes the next one and syncs: a first boot writes GEN-1. Wh
 changes (a live grow from the host) it prints the new size and writes the next generation: that is the
 guest overwriting its disk without a reboot. A boot after a restore of a snapshot taken at GEN-1 reads
 GEN-1 again. (Few boots: under software emulation on a loaded machine one boot can take minutes.)
+
+The same VM goes through the users' tools too, at no extra boot: `kubectl k3svirt snapshot/restore
+--wait` and the REST gateway's /vms/{name}/snapshots routes (under gunicorn, as deployed).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import re
+import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+
+from tests.gateway_proc import gateway
 
 from .conftest import Operator, free_port, get_json, kubectl, tiny_vm, wait_until
+from .test_kubectl_plugin import plugin
 
 GUEST_SCRIPT = r"""
 gen() {
@@ -66,6 +78,22 @@ def operator(testbed: dict[str, str], image_dir: Path, tmp_path_factory: pytest.
     yield op
     op.stop()
     print(f"\n--- operator log tail ---\n{op.tail()}")
+
+
+@pytest.fixture
+def rest(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, dict[str, str]]]]:
+    """The production gateway (gunicorn) on this cluster: its base URL and the headers of an operate and
+    an admin key, both for the test's namespace only."""
+    keyfile = tmp_path / "api-keys"
+    auth = {}
+    for role in ("operate", "admin"):
+        add = [sys.executable, "-m", "k3svirt_gateway.keys", "add", f"snap-{role}", "--role", role,
+               "--namespaces", namespace, "--file", str(keyfile)]  # fmt: skip
+        key = subprocess.run(add, check=True, capture_output=True, text=True).stdout.strip()
+        auth[role] = {"Authorization": f"Bearer {key}"}
+    env = {"KUBECONFIG": kubeconfig, "K3SVIRT_API_KEYS_FILE": str(keyfile), "K3SVIRT_API_KEYS_SECRET": ""}
+    with gateway(env, tmp_path / "gateway.log") as (url, _proc):
+        yield f"{url}/api/v1", auth
 
 
 def _marker_vm(name: str, guest, **overrides):
@@ -140,7 +168,8 @@ def _condition(kubeconfig: str, namespace: str, vm: str, ctype: str) -> dict:
 
 
 @pytest.mark.timeout(1800)  # three boots of a software-emulated guest: minutes each on a loaded machine
-def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, operator, tiny_guest, storage_root):
+def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, operator, tiny_guest, storage_root,
+                                                      rest):  # fmt: skip
     name = "marked"
     _apply(kubeconfig, namespace, _marker_vm(name, tiny_guest))
     _ready_vm(kubeconfig, namespace, name)
@@ -149,9 +178,11 @@ def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, oper
     vdir = storage_root / "vms" / namespace / name
     disk = vdir / "scratch.qcow2"
 
-    # A running VM: paused for the copy, crash-consistent.
-    _apply(kubeconfig, namespace, _snapshot("at-gen1", name))
-    snap = _phase(kubeconfig, "vmsnap", "at-gen1", namespace, "Ready")["status"]
+    # A running VM: paused for the copy, crash-consistent. Taken with the kubectl plugin.
+    out = plugin(kubeconfig, "-n", namespace, "snapshot", name, "--name", "at-gen1", "--wait", timeout=660).stdout
+    snap = get_json(kubeconfig, "vmsnap", "at-gen1", "-n", namespace)["status"]
+    assert snap["phase"] == "Ready", snap  # --wait returned once it was
+    assert f"at-gen1 ready ({snap['size']}, CrashConsistent)" in out, out
     assert snap["consistency"] == "CrashConsistent" and snap["wasRunning"] is True
     assert snap["sizeBytes"] > 0 and snap["size"] and snap["creationTime"] and snap["node"]
     assert snap["disks"][0]["name"] == "scratch" and snap["disks"][0]["virtualSizeBytes"] == 64 << 20
@@ -176,17 +207,28 @@ def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, oper
     assert get_json(kubeconfig, "vm", name, "-n", namespace)["status"]["printableStatus"] == "Running"
     assert _lines(console, "K3SVIRT-DISK-READ ") == ["EMPTY", "GEN-1"]  # no reboot: never stopped
 
-    # Restore in place: stopped for it, started again, the first marker is back.
-    _apply(kubeconfig, namespace, _restore("back-to-gen1", "at-gen1"))
-    restore = _phase(kubeconfig, "vmrestore", "back-to-gen1", namespace, "Succeeded")["status"]
+    # Restore in place with the plugin: stopped for it, started again, the first marker is back.
+    out = plugin(kubeconfig, "-n", namespace, "restore", name, "at-gen1", "--wait", "--timeout", "600", timeout=660)
+    out = out.stdout
+    found = re.search(r"virtualmachinerestore\.k3svirt\.io/(\S+) succeeded \(target marked\)", out)
+    assert found, out
+    restore = get_json(kubeconfig, "vmrestore", found[1], "-n", namespace)["status"]
+    assert restore["phase"] == "Succeeded", restore
     assert restore["targetName"] == name and restore["restoredDisks"] == ["scratch"] and not restore["clone"]
     assert disk.stat().st_ino != inode
     _wait_line(console, "K3SVIRT-DISK-READ ", "GEN-1", count=2)  # the grow read it, and the boot after the restore
     assert len(_lines(console, "K3SVIRT-GUEST-READY")) == 2
     _ready_vm(kubeconfig, namespace, name)
 
-    # Into a new VM: a clone from the same snapshot reads GEN-1 from its own copy of the disk.
-    _apply(kubeconfig, namespace, _restore("clone-it", "at-gen1", target="cloned"))
+    # Into a new VM, through the REST gateway: a clone from the same snapshot reads GEN-1 from its own
+    # copy of the disk.
+    api, keys = rest
+    q, auth, admin = {"namespace": namespace}, keys["operate"], keys["admin"]
+    url = f"{api}/vms/{name}/snapshots/at-gen1/restore"
+    r = requests.post(url, params=q, headers=auth, json={"name": "clone-it", "target": "cloned"}, timeout=30)
+    assert r.status_code == 403, r.text  # a restore replaces disks or makes a VM: role admin
+    r = requests.post(url, params=q, headers=admin, json={"name": "clone-it", "target": "cloned"}, timeout=30)
+    assert r.status_code == 202 and r.json()["spec"]["target"] == {"name": "cloned"}, r.text
     restore = _phase(kubeconfig, "vmrestore", "clone-it", namespace, "Succeeded")["status"]
     assert restore["clone"] is True and restore["targetName"] == "cloned"
     clone = get_json(kubeconfig, "vm", "cloned", "-n", namespace)
@@ -201,16 +243,36 @@ def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, oper
     )
     wait_until(lambda: get_json(kubeconfig, "vm", name, "-n", namespace)["status"]["printableStatus"] == "Stopped",
                300, "the VM did not stop", interval=2)  # fmt: skip
-    _apply(kubeconfig, namespace, _snapshot("stopped", name))
-    stopped = _phase(kubeconfig, "vmsnap", "stopped", namespace, "Ready")["status"]
+    # Through the REST gateway: taken, read back Ready (one and in the VM's list), deleted.
+    r = requests.post(f"{api}/vms/{name}/snapshots", params=q, headers=auth, json={"name": "stopped"}, timeout=30)
+    assert r.status_code == 201 and r.headers["Location"].endswith(
+        f"/vms/{name}/snapshots/stopped?namespace={namespace}"
+    )
+
+    def rest_ready() -> dict | None:
+        got = requests.get(f"{api}/vms/{name}/snapshots/stopped", params=q, headers=auth, timeout=30)
+        assert got.status_code == 200, got.text
+        status = got.json().get("status") or {}
+        assert status.get("phase") != "Failed", status
+        return status if status.get("phase") == "Ready" else None
+
+    stopped = wait_until(rest_ready, 300, "the REST snapshot never became Ready", interval=1)
     assert stopped["consistency"] == "Stopped" and stopped["wasRunning"] is False and stopped["pausedMilliseconds"] == 0
+    listed = requests.get(f"{api}/vms/{name}/snapshots", params=q, headers=auth, timeout=30).json()["items"]
+    mine = {s["name"]: s for s in listed}
+    assert set(mine) == {"at-gen1", "doomed", "stopped"}, listed
+    assert mine["stopped"]["phase"] == "Ready" and mine["stopped"]["consistency"] == "Stopped"
+    assert mine["stopped"]["sizeBytes"] == stopped["sizeBytes"] and mine["at-gen1"]["consistency"] == "CrashConsistent"
 
     # Deleting a snapshot returns its space.
     stopped_dir = vdir / "snapshots" / "stopped"
     held = sum(p.stat().st_blocks * 512 for p in stopped_dir.iterdir())
     assert held >= stopped["sizeBytes"] > 0
-    kubectl(kubeconfig, "delete", "-n", namespace, "vmsnap/stopped")
+    r = requests.delete(f"{api}/vms/{name}/snapshots/stopped", params=q, headers=admin, timeout=30)
+    assert r.status_code == 202, r.text
     wait_until(lambda: not stopped_dir.exists(), 120, "the deleted snapshot's files stayed", interval=1)
+    gone = requests.get(f"{api}/vms/{name}/snapshots/stopped", params=q, headers=auth, timeout=30)
+    assert gone.status_code == 404, gone.text
 
     # The VM deleted (deletionPolicy Delete): its snapshots go with it; the clone keeps its own disks.
     kubectl(kubeconfig, "delete", "-n", namespace, f"vm/{name}", "--wait=false")
@@ -219,6 +281,29 @@ def test_snapshot_overwrite_restore_clone_and_delete(kubeconfig, namespace, oper
     assert not vdir.exists()
     assert (storage_root / "vms" / namespace / "cloned" / "scratch.qcow2").is_file()
     kubectl(kubeconfig, "delete", "-n", namespace, "vm/cloned", "--wait=false")
+
+
+def test_retained_vm_keeps_its_snapshots(kubeconfig, namespace, operator, tiny_guest, storage_root):
+    """deletionPolicy Retain: deleting the VM keeps its disks, and its snapshots with them (objects and
+    files). A stopped VM: no boot needed."""
+    name = "kept"
+    _apply(kubeconfig, namespace, tiny_vm(name, tiny_guest, runStrategy="Halted", deletionPolicy="Retain"))
+    vdir = storage_root / "vms" / namespace / name
+    wait_until((vdir / "scratch.qcow2").is_file, 300, "the disk was not created", interval=1)
+    _apply(kubeconfig, namespace, _snapshot("kept-snap", name))
+    assert _phase(kubeconfig, "vmsnap", "kept-snap", namespace, "Ready")["status"]["consistency"] == "Stopped"
+    try:
+        kubectl(kubeconfig, "delete", "-n", namespace, f"vm/{name}", "--wait=true", "--timeout=180s")
+        # The VM is gone, so its deletion handler (which deletes a Delete VM's snapshots) has run.
+        snap = get_json(kubeconfig, "vmsnap", "kept-snap", "-n", namespace)
+        assert not snap["metadata"].get("deletionTimestamp") and snap["status"]["phase"] == "Ready"
+        assert (vdir / "scratch.qcow2").is_file() and (vdir / "snapshots" / "kept-snap" / "scratch.qcow2").is_file()
+    finally:
+        # Retained storage is the owner's to remove: no VM is left to sweep it.
+        kubectl(kubeconfig, "delete", "-n", namespace, "vmsnap/kept-snap", "--wait=false", check=False)
+        shutil.rmtree(vdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            vdir.parent.rmdir()  # the namespace's directory, when nothing else is left in it
 
 
 def test_refusals_name_the_reason_and_disks_never_shrink(kubeconfig, namespace, operator, tiny_guest, storage_root):

@@ -2,7 +2,9 @@
 console endpoint on the node (ticket) -> the guest's serial pty -> busybox sh in the tiny guest.
 
 One VM per module; the tests run in file order (the stop test last). CI's short form pushes 256 KiB
-through; the issue's full form is K3SVIRT_CONSOLE_BYTES=10485760 (not yet seen passing: see the note).
+through and stays idle 25 s; the issue's full form is K3SVIRT_CONSOLE_BYTES=10485760 (passed: 10,485,821
+bytes in 585 s on the loaded 2-core machine, docs/console.md), the slow idle form
+K3SVIRT_CONSOLE_IDLE_SECONDS=150.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ VM = "con"
 # (ESC [ 6 n); nobody answers over the WebSocket, and the shell goes on after its own timeout.
 PROMPT = re.compile(rb"[#$] (?:\x1b\[6n)?$")
 OUTPUT_BYTES = int(os.environ.get("K3SVIRT_CONSOLE_BYTES", str(256 * 1024)))  # CI; the full form: 10485760
+# CI: longer than the gateway's worker timeout and one ping interval; the slow form: 150 (seven pings).
+IDLE_SECONDS = float(os.environ.get("K3SVIRT_CONSOLE_IDLE_SECONDS", "25"))
 
 
 def _key(path: Path, name: str, role: str, namespaces: str = "*") -> str:
@@ -172,6 +176,8 @@ def test_log_in_run_a_command_read_its_output(setup):
         con.ws.close()
 
 
+# The full form runs for minutes under software emulation (18 KiB/s seen): at least 8 KiB/s is allowed.
+@pytest.mark.timeout(max(600, OUTPUT_BYTES // 8192))
 def test_heavy_output_arrives_complete_with_a_slow_reader(setup):
     """seq prints every number once: the lines read must be exactly 1..N (no drop, no duplicate). The
     reader stops reading for 5 s in the middle: back-pressure, not loss."""
@@ -217,11 +223,12 @@ def test_heavy_output_arrives_complete_with_a_slow_reader(setup):
 
 
 def test_idle_session_survives(setup):
-    """Longer than the gateway's worker timeout (10 s) and than one ping interval (20 s)."""
+    """Silent for longer than the gateway's worker timeout (10 s) and than one ping interval (20 s);
+    K3SVIRT_CONSOLE_IDLE_SECONDS=150 is the slow form (every hop's pings keep it open)."""
     con = open_console(setup)
     try:
         con.shell()
-        time.sleep(25)
+        time.sleep(IDLE_SECONDS)
         assert b"K3SVIRT-IDLE-7" in con.run("echo K3SVIRT-IDLE-$((3+4))", "K3SVIRT-IDLE-7", timeout=30)
     finally:
         con.ws.close()

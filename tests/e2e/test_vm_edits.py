@@ -74,7 +74,9 @@ def test_other_changes_wait_for_the_restart_through_the_gateway(vm, tmp_path):
         api, auth = f"{url}/api/v1/vms/{VM}?namespace={ns}", {"Authorization": f"Bearer {key}"}
         merge = {**auth, "Content-Type": "application/merge-patch+json"}
         etag = requests.get(api, headers=auth, timeout=10).headers["ETag"]
-        r = requests.patch(api, json={"spec": {"devices": {"rng": True}}}, headers=merge, timeout=10)
+        # The balloon goes too (the next test's refusal needs a guest without one): also a restart.
+        r = requests.patch(api, json={"spec": {"devices": {"rng": True, "memballoon": False}}}, headers=merge,
+                           timeout=10)  # fmt: skip
         assert r.status_code == 200, r.text
         # The version read before that write is stale now: the edit is refused, not merged blindly.
         stale = requests.patch(api, json={"spec": {"devices": {"rng": False}}}, headers={**merge, "If-Match": etag},
@@ -89,3 +91,24 @@ def test_other_changes_wait_for_the_restart_through_the_gateway(vm, tmp_path):
     wait_until(lambda: "<rng" in virsh("dumpxml", f"{ns}_{VM}", check=False), 240, "restart did not apply the rng")
     wait_until(lambda: condition(kubeconfig, ns, "RestartRequired").get("status") == "False", 120,
                "RestartRequired stayed after the restart")  # fmt: skip
+    assert "<memballoon model='none'/>" in virsh("dumpxml", f"{ns}_{VM}")
+
+
+def test_a_live_change_libvirt_refuses_waits_for_the_restart(vm):
+    """No balloon device since the restart above: a memory.size change under maxSize is tried live, libvirt
+    refuses it, and the status says so (RestartRequired, LiveUpdateFailed with libvirt's reason)."""
+    kubeconfig, ns = vm
+    domid = virsh("domid", f"{ns}_{VM}")
+    before = virsh("dumpxml", f"{ns}_{VM}")
+    kubectl(kubeconfig, "patch", "vm", VM, "-n", ns, "--type=merge",
+            "-p", json.dumps({"spec": {"memory": {"size": "160Mi"}}}))  # fmt: skip
+    wait_until(lambda: condition(kubeconfig, ns, "RestartRequired").get("reason") == "LiveUpdateFailed", 60,
+               "no LiveUpdateFailed for a memory change without a balloon")  # fmt: skip
+    cond = condition(kubeconfig, ns, "RestartRequired")
+    assert cond["status"] == "True" and "balloon" in cond["message"], cond
+    events = json.loads(kubectl(kubeconfig, "get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    failed = [e for e in events if e.get("reason") == "LiveUpdateFailed"]
+    assert failed and failed[0]["type"] == "Warning" and "balloon" in failed[0]["message"], failed
+    assert virsh("domid", f"{ns}_{VM}") == domid  # refused, not restarted
+    current = "<currentMemory unit='KiB'>"
+    assert before.split(current, 1)[1][:12] == virsh("dumpxml", f"{ns}_{VM}").split(current, 1)[1][:12]
