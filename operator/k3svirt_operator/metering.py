@@ -41,8 +41,23 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_ms(epoch: float) -> str:
+    """With milliseconds: a checkpoint's wall time (whole seconds would shift up to 1 s of the
+    restart gap into the bucket before it when the gap is shared out by wall time)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def parse_time(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    """'2026-12-02T03:00:00Z', also with fractional seconds (checkpoints); ValueError else."""
+    if not text.endswith("Z"):
+        raise ValueError(f"not a UTC time: {text!r}")
+    base, _, frac = text[:-1].partition(".")
+    whole = datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    if not frac:
+        return whole
+    if not frac.isdigit() or len(frac) > 9:
+        raise ValueError(f"bad fractional seconds: {text!r}")
+    return whole + int(frac) / 10 ** len(frac)
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class Reading:
             "bootID": self.boot_id,
             "domainID": self.dom_id,
             "monotonic": self.monotonic,
-            "wall": rfc3339(self.wall),
+            "wall": rfc3339_ms(self.wall),
             **self.counters(),
             "memoryAllocatedBytes": self.memory_allocated_bytes,
             "memoryUsedBytes": self.memory_used_bytes,
