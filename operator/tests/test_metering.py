@@ -178,3 +178,19 @@ def test_a_restored_checkpoint_keeps_its_wall_time_to_the_millisecond():
     for bad in ("2026-12-02T03:00:00", "2026-12-02T03:00:00.x5Z", "2026-12-02T03:00:00.1234567890Z"):
         with pytest.raises(ValueError):
             parse_time(bad)
+
+
+def test_memory_used_is_the_guests_figure_once_reported_and_held_through_rounds_without_it():
+    # Booting: no guest figure yet, QEMU's RSS (200 MiB) stands in; then the guest reports 20 MiB; a
+    # round without the guest's figure (NOWAIT, a slow guest) holds 20 MiB instead of going back to RSS.
+    mib, m = 1024**2, meter()
+    rss, guest = 200 * mib, 20 * mib
+
+    def r(t: float, used: float | None) -> Reading:
+        return Reading("b1", 1, 100.0 + t, T0 + t, 0.0, 0.0, 0.0, GIB, used, 10**9, memory_rss_bytes=rss)
+
+    for t, used in ((0, None), (10, guest), (20, None), (30, None), (40, guest)):
+        m.observe(r(t, used))
+    assert m.open["memoryUsedGiBHours"] * 3600 / 10 == pytest.approx((rss + 3 * guest) / GIB)
+    back = VMMeter.from_status("ns", m.to_status("n"), retention=1000)
+    assert back.baseline is not None and back.baseline.memory_rss_bytes == rss
