@@ -159,7 +159,7 @@ def test_a_service_posted_through_the_gateway_fronts_the_vm(kubeconfig, namespac
     vm["spec"]["boot"]["kernel"]["cmdline"] += f" k3svirt.run={base64.b64encode(LISTENERS.encode()).decode()}"
     kubectl(kubeconfig, "apply", "-n", ns, "-f", "-", stdin=json.dumps(vm))
     keys = tmp_path / "keys"
-    key = subprocess.run([sys.executable, "-m", "k3svirt_gateway.keys", "add", "svc", "--role", "operate",
+    key = subprocess.run([sys.executable, "-m", "k3svirt_gateway.keys", "add", "svc", "--role", "admin",
                           "--namespaces", ns, "--file", str(keys)],
                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
     env = {"KUBECONFIG": kubeconfig, "K3SVIRT_API_KEYS_FILE": str(keys), "K3SVIRT_API_KEYS_SECRET": ""}
