@@ -41,8 +41,23 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_ms(epoch: float) -> str:
+    """With milliseconds: a checkpoint's wall time (whole seconds would shift up to 1 s of the
+    restart gap into the bucket before it when the gap is shared out by wall time)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def parse_time(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    """'2026-12-02T03:00:00Z', also with fractional seconds (checkpoints); ValueError else."""
+    if not text.endswith("Z"):
+        raise ValueError(f"not a UTC time: {text!r}")
+    base, _, frac = text[:-1].partition(".")
+    whole = datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    if not frac:
+        return whole
+    if not frac.isdigit() or len(frac) > 9:
+        raise ValueError(f"bad fractional seconds: {text!r}")
+    return whole + int(frac) / 10 ** len(frac)
 
 
 @dataclass(frozen=True)
@@ -59,8 +74,12 @@ class Reading:
     # Gauges; None when this round did not report them (libvirt skips a busy domain's balloon and
     # block figures, stats NOWAIT): the previous reading's value holds (fill_from).
     memory_allocated_bytes: float | None
-    memory_used_bytes: float | None
+    memory_used_bytes: float | None  # as the guest reports it (balloon driver); None: not this round
     disk_bytes: float | None
+    # QEMU's host RSS: memory used only until the guest first reports its own figure (booting, or no
+    # balloon driver). Never in between: the two differ several times over (RSS holds the guest's
+    # page cache and QEMU itself), so a round without the guest's figure holds its last one.
+    memory_rss_bytes: float | None = None
 
     def fill_from(self, prev: Reading | None) -> Reading:
         if prev is None:
@@ -70,7 +89,12 @@ class Reading:
             memory_allocated_bytes=_first(self.memory_allocated_bytes, prev.memory_allocated_bytes),
             memory_used_bytes=_first(self.memory_used_bytes, prev.memory_used_bytes),
             disk_bytes=_first(self.disk_bytes, prev.disk_bytes),
+            memory_rss_bytes=_first(self.memory_rss_bytes, prev.memory_rss_bytes),
         )
+
+    def used_gauge(self) -> float:
+        """Memory used as metered: the guest's figure once it reported one, else QEMU's RSS."""
+        return _first(self.memory_used_bytes, self.memory_rss_bytes) or 0.0
 
     def counters(self) -> dict[str, float]:
         return {"cpuSeconds": self.cpu_seconds, "networkRxBytes": self.rx_bytes, "networkTxBytes": self.tx_bytes}
@@ -80,11 +104,12 @@ class Reading:
             "bootID": self.boot_id,
             "domainID": self.dom_id,
             "monotonic": self.monotonic,
-            "wall": rfc3339(self.wall),
+            "wall": rfc3339_ms(self.wall),
             **self.counters(),
             "memoryAllocatedBytes": self.memory_allocated_bytes,
             "memoryUsedBytes": self.memory_used_bytes,
             "diskBytes": self.disk_bytes,
+            "memoryRssBytes": self.memory_rss_bytes,
         }
 
     @classmethod
@@ -100,6 +125,7 @@ class Reading:
             memory_allocated_bytes=_float_or_none(d.get("memoryAllocatedBytes")),
             memory_used_bytes=_float_or_none(d.get("memoryUsedBytes")),
             disk_bytes=_float_or_none(d.get("diskBytes")),
+            memory_rss_bytes=_float_or_none(d.get("memoryRssBytes")),
         )
 
 
@@ -125,7 +151,7 @@ def usage_between(prev: Reading | None, cur: Reading) -> dict[str, float]:
             hours = dt / 3600.0
             # The gauges as they were over the interval: the previous reading's (left sum).
             out["memoryAllocatedGiBHours"] = (prev.memory_allocated_bytes or 0.0) / GIB * hours
-            out["memoryUsedGiBHours"] = (prev.memory_used_bytes or 0.0) / GIB * hours
+            out["memoryUsedGiBHours"] = prev.used_gauge() / GIB * hours
             out["diskGBHours"] = (prev.disk_bytes or 0.0) / GB * hours
     return out
 

@@ -40,7 +40,6 @@ def reading_of(stats: VMStats, boot: str) -> Reading | None:
     if cpu is None or stats.monotonic is None:
         return None
     mem = stats.memory
-    used = mem.used_bytes if mem.used_bytes is not None else mem.resident_bytes
     return Reading(
         boot_id=boot,
         dom_id=stats.dom_id,
@@ -50,8 +49,9 @@ def reading_of(stats: VMStats, boot: str) -> Reading | None:
         rx_bytes=float(sum(n.total("rx_bytes") or 0 for n in stats.nets)),
         tx_bytes=float(sum(n.total("tx_bytes") or 0 for n in stats.nets)),
         memory_allocated_bytes=_float(mem.maximum_bytes or mem.domain_bytes),
-        memory_used_bytes=_float(used),
+        memory_used_bytes=_float(mem.used_bytes),
         disk_bytes=_float(sum(d.capacity_bytes for d in stats.disks if d.capacity_bytes is not None) or None),
+        memory_rss_bytes=_float(mem.resident_bytes),
     )
 
 

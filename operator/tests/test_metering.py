@@ -156,3 +156,41 @@ def test_a_vm_unseen_for_a_while_keeps_consecutive_buckets():
     assert [parse_time(b["start"]) for b in m.completed] == [T0]
     assert parse_time(m.to_status("n")["open"]["start"]) == T0 + 60  # not T0 + 90's own bucket only
     assert total(m, "cpuSeconds") == pytest.approx(45.0)
+
+
+def test_a_restored_checkpoint_keeps_its_wall_time_to_the_millisecond():
+    # Readings every second at .7 past the second; the operator restarts after T0+50.7 and next reads
+    # at T0+62.7: the 12 s gap is shared out by wall time, 9.3 s of it to the bucket T0, which then
+    # holds exactly 59.3 s of memory (from its first reading at T0+0.7). With the checkpoint's wall
+    # time cut to whole seconds (T0+50) it got 10/12.7 of the gap: 9.45 s.
+    m = meter()
+    run(m, 50, start_wall=T0 + 0.7, start_mono=100.7)
+    status = m.to_status("n")
+    assert status["baseline"]["wall"].endswith(".700Z")
+    again = VMMeter.from_status("ns", status, retention=1000)
+    assert again.baseline is not None and again.baseline.wall == pytest.approx(T0 + 50.7, abs=1e-6)
+    again.observe(reading(162.7, T0 + 62.7, 0.0))
+    first = again.completed[0]
+    assert first["memoryAllocatedGiBHours"] * 3600 == pytest.approx(59.3, abs=1e-6)
+    assert again.open["memoryAllocatedGiBHours"] * 3600 == pytest.approx(2.7, abs=1e-6)
+    # Whole seconds (older checkpoints) still parse; garbage does not.
+    assert parse_time("2026-12-02T03:00:00Z") == parse_time("2026-12-02T03:00:00.000Z")
+    for bad in ("2026-12-02T03:00:00", "2026-12-02T03:00:00.x5Z", "2026-12-02T03:00:00.1234567890Z"):
+        with pytest.raises(ValueError):
+            parse_time(bad)
+
+
+def test_memory_used_is_the_guests_figure_once_reported_and_held_through_rounds_without_it():
+    # Booting: no guest figure yet, QEMU's RSS (200 MiB) stands in; then the guest reports 20 MiB; a
+    # round without the guest's figure (NOWAIT, a slow guest) holds 20 MiB instead of going back to RSS.
+    mib, m = 1024**2, meter()
+    rss, guest = 200 * mib, 20 * mib
+
+    def r(t: float, used: float | None) -> Reading:
+        return Reading("b1", 1, 100.0 + t, T0 + t, 0.0, 0.0, 0.0, GIB, used, 10**9, memory_rss_bytes=rss)
+
+    for t, used in ((0, None), (10, guest), (20, None), (30, None), (40, guest)):
+        m.observe(r(t, used))
+    assert m.open["memoryUsedGiBHours"] * 3600 / 10 == pytest.approx((rss + 3 * guest) / GIB)
+    back = VMMeter.from_status("ns", m.to_status("n"), retention=1000)
+    assert back.baseline is not None and back.baseline.memory_rss_bytes == rss

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
+import requests
 
+from tests.gateway_proc import gateway
 from tests.node.test_node import busybox, busybox_pod, used_namespaces  # noqa: F401 (fixtures)
 
 from .conftest import get_json, kubectl, tiny_vm, wait_until
@@ -142,6 +147,49 @@ def test_service_reaches_vm_by_nodeport_and_from_a_pod(
     # ... and deleting it, the slice.
     kubectl(kubeconfig, "delete", "vm", name, "-n", ns, "--wait=false")
     wait_until(lambda: not slices(kubeconfig, ns, "banner"), 120, "the deleted VM's slice stayed")
+
+
+def test_a_service_posted_through_the_gateway_fronts_the_vm(kubeconfig, namespace, operator, tiny_guest, tmp_path):
+    """POST /api/v1/services {vm, ports} (the gateway under gunicorn): the operator publishes the VM's
+    endpoint for the Service it created, and that endpoint (what kube-proxy forwards the Service's
+    ports to) answers with the guest's banner; with the test bed's node (kube-proxy) its NodePort
+    does too. Without the node (K3SVIRT_TESTBED_NODE=0) the NodePort step is left out."""
+    ns, name = namespace, "postvm"
+    vm = tiny_vm(name, tiny_guest)
+    vm["spec"]["boot"]["kernel"]["cmdline"] += f" k3svirt.run={base64.b64encode(LISTENERS.encode()).decode()}"
+    kubectl(kubeconfig, "apply", "-n", ns, "-f", "-", stdin=json.dumps(vm))
+    keys = tmp_path / "keys"
+    key = subprocess.run([sys.executable, "-m", "k3svirt_gateway.keys", "add", "svc", "--role", "admin",
+                          "--namespaces", ns, "--file", str(keys)],
+                         check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    env = {"KUBECONFIG": kubeconfig, "K3SVIRT_API_KEYS_FILE": str(keys), "K3SVIRT_API_KEYS_SECRET": ""}
+    body = {"name": "posted", "vm": name, "type": "NodePort", "ports": [{"port": 80, "targetPort": 8080}]}
+    with gateway(env, tmp_path / "gateway.log") as (url, _proc):
+        r = requests.post(f"{url}/api/v1/services", params={"namespace": ns}, json=body,
+                          headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+        assert r.status_code == 201, r.text
+    svc = get_json(kubeconfig, "service", "posted", "-n", ns)
+    assert svc["metadata"]["annotations"][SELECTOR] == f"k3svirt.io/vm-name={name}"
+    kubectl(kubeconfig, "wait", "-n", ns, "--for=condition=Ready", f"vm/{name}", "--timeout=180s")
+
+    def ready_endpoint() -> str | None:
+        for sl in slices(kubeconfig, ns, "posted"):
+            for ep in sl.get("endpoints") or []:
+                if (ep.get("conditions") or {}).get("ready"):
+                    return ep["addresses"][0]
+        return None
+
+    ip = wait_until(ready_endpoint, 600, "no ready endpoint for the VM (the guest boots emulated)")
+    assert get_json(kubeconfig, "vm", name, "-n", ns)["status"]["interfaces"][0]["ipAddress"] == ip
+    (sl,) = slices(kubeconfig, ns, "posted")
+    assert [(p["port"], p["protocol"]) for p in sl["ports"]] == [(8080, "TCP")], sl["ports"]
+    assert sl["endpoints"][0]["targetRef"]["name"] == name
+    assert wait_until(lambda: banner_from(ip, 8080) == BANNER, 120, "the endpoint did not answer")
+    if os.environ.get("K3SVIRT_TESTBED_NODE") != "0":  # kube-proxy runs on the node
+        node_port = svc["spec"]["ports"][0]["nodePort"]
+        assert wait_until(lambda: banner_from("127.0.0.1", node_port) == BANNER, 90, "the posted NodePort")
+    kubectl(kubeconfig, "delete", "vm", name, "-n", ns, "--wait=false")
+    wait_until(lambda: not slices(kubeconfig, ns, "posted"), 120, "the deleted VM's slice stayed")
 
 
 @pytest.mark.parametrize(
