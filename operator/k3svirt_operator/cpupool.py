@@ -195,17 +195,19 @@ class SharedPool:
     def sync(self, conn: libvirt.virConnect, mine: Callable[[tuple[str, str]], bool],
              repair: bool = True) -> tuple[bool, list[str]]:  # fmt: skip
         """Recomputes the pool; re-pins the running ordinary domains of VMs `mine` says this node runs
-        when the pool changed, or always with `repair` (drift). (The pool changed, the domains moved.)
+        when the pool changed, or always with `repair` (drift), and those started since the last
+        sync. (The pool changed, the domains moved.)
         Each running domain's definition is read once per run (cached by UUID and domain id, which a
         start renews): a burst of starts costs one listing per sync, not one XML per domain."""
         with self._lock:
             online = self.online()
             exclusive = self.kubelet()
             seen: dict[tuple[str, int], Seen] = {}
-            ordinary: list[tuple[libvirt.virDomain, Seen]] = []
+            ordinary: list[tuple[libvirt.virDomain, Seen, bool]] = []
             for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
                 key = (dom.UUIDString(), dom.ID())
                 known = self._seen.get(key)
+                fresh = known is None  # started since the last sync
                 if known is None:
                     try:
                         known = Seen.of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
@@ -214,18 +216,21 @@ class SharedPool:
                 seen[key] = known
                 exclusive |= known.pins
                 if not known.pins and known.ours:
-                    ordinary.append((dom, known))
+                    ordinary.append((dom, known, fresh))
             self._seen = seen
             pool = shared_pool(online, exclusive)
             changed, self._pool = pool != self._pool, pool
             if changed:
                 log.info("shared CPU pool", extra={"pool": fmt(pool) if pool else "all",
                                                    "exclusive": fmt(exclusive & online)})  # fmt: skip
-            if not (changed or repair):
+            # A domain started since the last sync is checked too: it was defined with the pool its
+            # VM pass saw, which a dedicated VM stopping or starting meanwhile may have changed.
+            due = [(d, known) for d, known, fresh in ordinary if changed or repair or fresh]
+            if not due:
                 return changed, []
             width = max(online) + 1 if online else 1
             wanted = cpumap(pool if pool is not None else online, width)
-            moved = [d.name() for d, known in ordinary if self._apply(d, known, wanted, mine)]
+            moved = [d.name() for d, known in due if self._apply(d, known, wanted, mine)]
             return changed, moved
 
     @staticmethod

@@ -107,7 +107,10 @@ def _pod(kubeconfig: str, ns: str, name: str, units: int) -> None:
 
 
 def _unschedulable(kubeconfig: str, ns: str, pod: str) -> str | None:
-    found = get_json(kubeconfig, "pod", pod, "-n", ns)
+    got = kubectl(kubeconfig, "get", "pod", pod, "-n", ns, "-o", "json", check=False)
+    if got.returncode != 0:  # not created yet (the operator makes a VM's reservation on its first pass)
+        return None
+    found = json.loads(got.stdout)
     cond = next((c for c in found["status"].get("conditions") or [] if c["type"] == "PodScheduled"), {})
     return cond.get("message") if cond.get("reason") == "Unschedulable" else None
 
