@@ -694,7 +694,7 @@ def main() -> None:
         res = bench.results
         res["benchSeconds"] = round(time.monotonic() - t0, 1)
         res["machine"] = f"{os.cpu_count()} cores, shared"
-        res["maxParallelStarts"] = os.environ.get("K3SVIRT_MAX_PARALLEL_STARTS", "default (16)")
+        res["maxParallelStarts"] = os.environ.get("K3SVIRT_MAX_PARALLEL_STARTS", "default (20)")
         report(res)
 
 

@@ -64,6 +64,9 @@ class Settings:
     qemu_owner: QemuOwner = QemuOwner()
     pci: PciHost = PciHost()
     node_roots: NodeRoots = NodeRoots()
+    # status.monitoring is rewritten unchanged once it is this old (else only on a material move):
+    # readers see figures at most this stale, and the API server is spared a write per VM per check.
+    status_summary_max_age_seconds: float = 300.0
     image_cache_gc_seconds: float = 3600.0
     image_cache_idle_seconds: float = 86400.0
     stats_interval: float = 2.0
@@ -90,7 +93,9 @@ class Settings:
     # Domain starts at once (startqueue.py); the others wait in line with their position in status.
     # Starts overlap well (they wait on libvirtd and QEMU's start-up): on 2 cores 10 at once finished
     # in 14.5 s, 4 at a time in 35 s (bench/README.md), so the line is for bursts, not for the CPUs.
-    max_parallel_starts: int = 16
+    # 20 = libvirtd's own max_workers (Debian default): the line never holds back what the daemon
+    # would serve, as 20 bare `virsh create` at once get 20 workers.
+    max_parallel_starts: int = 20
     # Under emulation, QEMU's translation cache per guest (MiB); 0 = QEMU's default (1 GiB, mostly resident).
     tcg_tb_cache_mib: int = 32
     # Serial consoles over WebSocket (console.py), on metrics_addr: off unless the key file is set.
@@ -127,6 +132,7 @@ class Settings:
             # Safety-net re-check of every VM; lifecycle events make repairs immediate.
             resync_seconds=float(env("K3SVIRT_RESYNC_SECONDS", "30")),
             status_summary_seconds=float(env("K3SVIRT_STATUS_SUMMARY_SECONDS", "30")),
+            status_summary_max_age_seconds=float(env("K3SVIRT_STATUS_SUMMARY_MAX_AGE_SECONDS", "300")),
             pci_inventory_seconds=float(env("K3SVIRT_PCI_INVENTORY_SECONDS", "60")),
             # A node without a Node object whose operator has not refreshed its inventory this long
             # has left the cluster (vanished.py): its finalizers and inventory are released.
@@ -159,7 +165,7 @@ class Settings:
             worker_threads=int(env("K3SVIRT_WORKER_THREADS", "32")),
             # fs.aio-max-nr the node is raised to (nodelimits.py); 0 leaves it alone.
             aio_max_nr=int(env("K3SVIRT_AIO_MAX_NR", str(1 << 20))),
-            max_parallel_starts=_positive_int(source, "K3SVIRT_MAX_PARALLEL_STARTS", 16),
+            max_parallel_starts=_positive_int(source, "K3SVIRT_MAX_PARALLEL_STARTS", 20),
             tcg_tb_cache_mib=int(env("K3SVIRT_TCG_TB_CACHE_MIB", "32")),
             # The console ticket key shared with the gateway (the mounted Secret k3svirt-console-key).
             console_key_file=env("K3SVIRT_CONSOLE_KEY_FILE") or None,

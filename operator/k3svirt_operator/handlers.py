@@ -12,6 +12,7 @@ import asyncio
 import copy
 import functools
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -552,15 +553,22 @@ async def _claimed(body: kopf.Body, namespace: str, name: str) -> bool:
 
 def _with_monitoring(status: dict[str, Any], previous: Mapping[str, Any], state: vmstate.VMState,
                      namespace: str, name: str) -> dict[str, Any]:  # fmt: skip
-    """Adds status.monitoring: refreshed every status_summary_seconds, else kept as it is."""
-    shown = (previous.get("monitoring") or {}).get("updatedAt")
+    """Adds status.monitoring. Fresh figures are looked at every status_summary_seconds and written
+    when they say something new (stats.worth_writing: a material move, or the shown ones are
+    status_summary_max_age_seconds old), or for free when the rest of the status is written anyway."""
+    shown = previous.get("monitoring") or {}
     if MONITOR is not None:
         figures = MONITOR[0].get(namespace, name)
-        if state.summary_due(SETTINGS.status_summary_seconds, bool(shown), figures is not None):
+        if state.summary_due(SETTINGS.status_summary_seconds, bool(shown.get("updatedAt")), figures is not None):
             endpoint = MONITOR[1].stats_url(namespace, name, host=SETTINGS.node_ip)
             summary = {**(stats.summarize(figures) or {}), **MONITOR[0].pacing_status()}
-            status["monitoring"] = vmstatus.monitoring(previous.get("monitoring") or {}, summary, endpoint)
-            return status
+            fresh = vmstatus.monitoring(shown, summary, endpoint)
+            rest_changes = {k: v for k, v in status.items() if k != "monitoring"} != {
+                k: v for k, v in previous.items() if k != "monitoring"
+            }
+            if rest_changes or stats.worth_writing(shown, fresh, time.time(), SETTINGS.status_summary_max_age_seconds):
+                status["monitoring"] = fresh
+                return status
     if "monitoring" in previous:
         status["monitoring"] = previous["monitoring"]
     return status

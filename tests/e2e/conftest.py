@@ -87,6 +87,9 @@ def operator_env(testbed: dict[str, str], **extra: str) -> dict[str, str]:
         "K3SVIRT_METRICS_PORT": str(free_port()),
         "K3SVIRT_STATS_INTERVAL": "1",
         "K3SVIRT_STATUS_SUMMARY_SECONDS": "5",
+        # status.monitoring rewritten at least this often (default 300 s): tests that wait for a fresh
+        # updatedAt (the API outage) need not wait minutes.
+        "K3SVIRT_STATUS_SUMMARY_MAX_AGE_SECONDS": "10",
         "PYTHONUNBUFFERED": "1",
     }
     if os.environ.get("K3SVIRT_TESTBED_NODE") == "0":

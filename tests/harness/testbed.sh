@@ -60,7 +60,18 @@ stop() {
   bash "$HARNESS_DIR/libvirt.sh" stop
 }
 
+# One start at a time per state dir: two starts at once (k3svirt-up still coming up when the tests
+# start, two terminals) would issue the control plane's certificates and run apt-get side by side.
+# The second one waits, then finds everything up and only prints the environment. flock -o: the
+# daemons the start leaves running must not inherit (and so keep holding) the lock.
+start_serialized() {
+  local lock="$K3SVIRT_STATE/testbed-start.lock"
+  mkdir -p "$K3SVIRT_STATE"
+  flock -n "$lock" true || log "another test bed start runs (k3svirt-up or a test run): waiting for it"
+  exec flock -o "$lock" bash "$0" start-locked
+}
+
 case "${1:-}" in
-  start) start ;; stop) stop ;;
+  start) start_serialized ;; start-locked) start ;; stop) stop ;;
   *) die "usage: $0 start|stop" ;;
 esac

@@ -5,7 +5,7 @@ Wiring (operator startup)::
     from k3svirt_operator.stats import start_monitoring
     collector, server = start_monitoring(get_conn, node_name=node, interval=2.0, port=9470, host=node_ip)
     ...
-    summarize(collector.get(ns, name))      # -> dict for status.monitoring, every ~30 s
+    summarize(collector.get(ns, name))      # -> dict for status.monitoring (written when worth_writing)
     server.stats_url(ns, name, host=node_ip) # -> status.monitoring.endpoint
     ...
     server.stop(); collector.stop()
@@ -23,7 +23,7 @@ from .metrics import VMMetricsCollector, make_registry
 from .model import RawSample, VMRef, VMStats
 from .sampler import Sampler, derive, parse_record
 from .server import MetricsServer
-from .summary import summarize
+from .summary import summarize, worth_writing
 
 __all__ = [
     "MetricsServer",
@@ -39,6 +39,7 @@ __all__ = [
     "parse_record",
     "start_monitoring",
     "summarize",
+    "worth_writing",
 ]
 
 
