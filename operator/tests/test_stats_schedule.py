@@ -8,11 +8,13 @@ import json
 import libvirt
 import pytest
 from k3svirt_operator.config import Settings
-from k3svirt_operator.stats import StatsCollector
+from k3svirt_operator.stats import StatsCollector, make_registry
 from k3svirt_operator.stats.model import RawSample
 from k3svirt_operator.stats.pacing import cycle_cost, initial, next_pace
 from k3svirt_operator.stats.sampler import STATS_FLAGS, Sampler
 from k3svirt_operator.stats.schedule import CHEAP_FLAGS, carry_hold, is_full, needs_full, round_flags
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from test_stats_unit import Clock, FakeConn, FakeDomain, record
 
 QMP_GROUPS = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_BLOCK | libvirt.VIR_DOMAIN_STATS_VCPU
@@ -267,3 +269,29 @@ def test_collector_default_schedule_and_setting(monkeypatch: pytest.MonkeyPatch)
     for _ in range(6):
         coll.sample_once()
     assert conn.flags == [STATS_FLAGS] + [CHEAP_FLAGS] * 4 + [STATS_FLAGS]
+
+
+def test_metrics_say_which_round_and_how_old_the_full_figures_may_be() -> None:
+    conn, clock = ScheduledConn(), Clock()
+    conn.domains["u1"] = (FakeDomain("u1", "ns_vm", 1, None), record(1.0, rd=10))
+    coll = StatsCollector(lambda: conn, interval=2.0, sampler=sampler(conn, clock))  # type: ignore[arg-type,return-value]
+    registry = make_registry(coll)
+
+    def scrape() -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, s.labels.get("drive", "")): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+
+    coll.sample_once()
+    first = scrape()
+    assert first[("k3svirt_stats_round_full", "")] == 1.0
+    assert first[("k3svirt_stats_full_period_seconds", "")] == 10.0
+    clock.t += 2
+    coll.sample_once()
+    second = scrape()
+    assert second[("k3svirt_stats_round_full", "")] == 0.0
+    # every figure is still served between full rounds (carried): disks too
+    assert second[("k3svirt_vmi_storage_read_traffic_bytes_total", "vda")] == 10

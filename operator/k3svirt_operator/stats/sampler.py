@@ -1,7 +1,9 @@
 """One-call-per-round libvirt sampler and the pure rate derivation.
 
-A round is exactly ONE ``conn.getAllDomainStats(stats_flags, flags)`` call covering every active
-(running or paused) domain; per domain we only parse the returned dict. Per-domain RPCs happen
+A round is ONE ``conn.getAllDomainStats(stats_flags, flags)`` call covering every active (running
+or paused) domain; per domain we only parse the returned dict. Which groups it asks for follows the
+round schedule (schedule.py): a full round every ``full_every``, cheap ones in between; a cheap
+round that meets a domain new or started again reads just those in full with one more call. Per-domain RPCs happen
 once per domain lifetime: ``dom.metadata()`` once per UUID (VM identity) and ``dom.XMLDesc()``
 once per domain start (device aliases for stable ``drive`` / ``interface`` labels).
 
