@@ -253,6 +253,7 @@ def test_an_expensive_cycle_still_stretches() -> None:
         pace = next_pace(pace, 1.9 if i % 5 == 0 else 0.64, full=i % 5 == 0)
     assert pace.cost == pytest.approx((1.9 + 4 * 0.64) / 5)
     assert pace.interval == 9.0 and "stretched from 2 s to 9 s" in (pace.degraded or "")
+    assert "rounds take on average 0.89 s" in (pace.degraded or "")
 
 
 def test_collector_default_schedule_and_setting(monkeypatch: pytest.MonkeyPatch) -> None:

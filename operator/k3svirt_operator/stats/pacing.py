@@ -49,9 +49,10 @@ class Pace:
         """Why figures come less often than configured; None when they do not."""
         if not self.stretched:
             return None
+        per = "a sampling round takes" if self.full_every <= 1 else "sampling rounds take on average"
         return (
-            f"stats interval stretched from {self.base:g} s to {self.interval:g} s: a sampling round "
-            f"takes {self.cost:.2f} s, more than {BUDGET:.0%} of the configured interval"
+            f"stats interval stretched from {self.base:g} s to {self.interval:g} s: {per} "
+            f"{self.cost:.2f} s, more than {BUDGET:.0%} of the configured interval"
         )
 
 
