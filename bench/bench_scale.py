@@ -457,7 +457,9 @@ class Scale(Bench):
     # ------------------------------------------------------------------ stats cost
     def stats_cost(self, domains: list[str], rounds: int = 10) -> dict[str, Any]:
         import libvirt
+        from k3svirt_operator.stats.pacing import cycle_cost
         from k3svirt_operator.stats.sampler import NOWAIT_FLAG, STATS_FLAGS
+        from k3svirt_operator.stats.schedule import CHEAP_FLAGS, DEFAULT_FULL_EVERY
 
         doms = []
         for d in domains:
@@ -465,8 +467,10 @@ class Scale(Bench):
                 dom = self.conn.lookupByName(d)
                 if dom.isActive():
                     doms.append(dom)
+        full_name, cheap_name = "operator (state,cpu,balloon,vcpu,net,block)", "operator cheap round (state,cpu,net)"
         groups = {
-            "operator (state,cpu,balloon,vcpu,net,block)": STATS_FLAGS,
+            full_name: STATS_FLAGS,
+            cheap_name: CHEAP_FLAGS,
             "state,cpu,vcpu,net": libvirt.VIR_DOMAIN_STATS_STATE
             | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
             | libvirt.VIR_DOMAIN_STATS_VCPU
@@ -478,7 +482,7 @@ class Scale(Bench):
         out: list[dict[str, Any]] = []
         counts = [k for k in (1, 10, 50, 100) if k <= len(doms)] or [len(doms)]
         log(f"  stats cost over {len(doms)} running bare guests, counts {counts} (load {loadavg()})")
-        plan = [(k, "operator (state,cpu,balloon,vcpu,net,block)") for k in counts]
+        plan = [(k, g) for k in counts for g in (full_name, cheap_name)]
         plan += [(counts[-1], g) for g in groups if not g.startswith("operator")]
         for k, gname in plan:
             subset = doms[:k]
@@ -507,7 +511,40 @@ class Scale(Bench):
                 }
             )
             log(f"    {k:>3} domains, {gname}: {out[-1]['wallMs']} ms wall, {out[-1]['libvirtdCpuMs']} ms libvirtd CPU")
-        return {"rounds": rounds, "rows": out, "note": "libvirtd is shared: its CPU includes other users' calls"}
+        return {
+            "rounds": rounds,
+            "rows": out,
+            "cycle": self.stats_cycle(out, full_name, cheap_name, DEFAULT_FULL_EVERY, cycle_cost),
+            "note": "libvirtd is shared: its CPU includes other users' calls",
+        }
+
+    @staticmethod
+    def stats_cycle(
+        rows: list[dict[str, Any]], full_name: str, cheap_name: str, full_every: int, cycle_cost: Callable[..., float]
+    ) -> list[dict[str, Any]]:
+        """The operator's schedule (one full round, full_every - 1 cheap ones): the average cost per
+        round, what pacing follows, and libvirtd's share of one core at the default 2 s interval."""
+        by = {(r["domains"], r["groups"]): r for r in rows}
+        out = []
+        for (k, g), full in sorted(by.items()):
+            cheap = by.get((k, cheap_name))
+            if g != full_name or cheap is None:
+                continue
+            wall = cycle_cost(full["wallMs"], cheap["wallMs"], full_every)
+            lcpu = cycle_cost(full["libvirtdCpuMs"], cheap["libvirtdCpuMs"], full_every)
+            out.append(
+                {
+                    "domains": k,
+                    "fullEvery": full_every,
+                    "fullWallMs": full["wallMs"],
+                    "cheapWallMs": cheap["wallMs"],
+                    "perRoundWallMs": round(wall, 2),
+                    "perRoundLibvirtdCpuMs": round(lcpu, 1),
+                    "libvirtdCoreShareAt2s": round(lcpu / 2000, 4),
+                    "stretches": wall / 1000 > 0.1 * 2.0,  # pacing's budget: 10 % of the 2 s interval
+                }
+            )
+        return out
 
     # ------------------------------------------------------------------ memory per setting
     def phase_memory_settings(self, per: int) -> None:
@@ -655,6 +692,14 @@ def report(res: dict[str, Any]) -> None:
             f"stats {row['domains']:>3} domains {row['groups']:<45} wall {row['wallMs']} ms"
             f" ({row['wallMsPerDomain']} ms/domain) caller CPU {row['callerCpuMs']} ms libvirtd CPU "
             f"{row['libvirtdCpuMs']} ms QEMU CPU {row['qemuCpuMs']} ms [load {row['load']}]"
+        )
+    for row in (res.get("statsCost") or {}).get("cycle", []):
+        print(
+            f"stats {row['domains']:>3} domains, schedule 1 full + {row['fullEvery'] - 1} cheap:"
+            f" full {row['fullWallMs']} ms, cheap {row['cheapWallMs']} ms,"
+            f" per round {row['perRoundWallMs']} ms wall, libvirtd"
+            f" {row['perRoundLibvirtdCpuMs']} ms CPU ({row['libvirtdCoreShareAt2s']:.1%} of a core at 2 s)"
+            f"{', stretches' if row['stretches'] else ''}"
         )
     print("\nBENCH_SCALE_JSON " + json.dumps(res, sort_keys=True))
 

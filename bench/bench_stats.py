@@ -17,10 +17,13 @@ process CPU time (time.process_time of this single-threaded process = what the o
 wall time, and libvirt daemon CPU time (utime+stime from /proc of virtqemud/libvirtd, if found).
 Also the cost of one /metrics exposition (generate_latest) over the resulting snapshot.
 The first round per VM count is reported apart (cold identity cache: metadata + XMLDesc per domain).
+Rounds follow the operator's schedule (``--full-every``, default K3SVIRT_STATS_FULL_EVERY's 5): the
+full and the cheap rounds are reported apart, with the average per round over one cycle (what
+pacing follows).
 
 Prints figures and ratios; asserts nothing about timing.
 
-    .venv/bin/python bench/bench_stats.py [--counts 1,10,50] [--rounds 30] [--running 10]
+    .venv/bin/python bench/bench_stats.py [--counts 1,10,50] [--rounds 30] [--running 10] [--full-every 5]
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from guest import (  # noqa: E402
     wait_for_marker,
 )
 from k3svirt_operator.stats import StatsCollector, StatsSnapshot, make_registry  # noqa: E402
+from k3svirt_operator.stats.pacing import cycle_cost  # noqa: E402
+from k3svirt_operator.stats.schedule import DEFAULT_FULL_EVERY  # noqa: E402
 
 PREFIX = "k3svirt-unittest-stats-bench-"
 NAMESPACE = "k3svirt-bench"
@@ -132,8 +137,13 @@ def own(snap: StatsSnapshot) -> int:
     return sum(1 for ns, _ in snap.vms if ns == NAMESPACE)
 
 
-def measure(conn: libvirt.virConnect, n: int, rounds: int, interval: float) -> dict[str, float]:
-    collector = StatsCollector(conn, node_name="bench", interval=interval)
+def _kind_medians(values: list[float], kinds: list[bool], full: bool) -> float:
+    picked = [v for v, k in zip(values, kinds, strict=True) if k == full]
+    return statistics.median(picked) * 1e3 if picked else float("nan")
+
+
+def measure(conn: libvirt.virConnect, n: int, rounds: int, interval: float, full_every: int) -> dict[str, float]:
+    collector = StatsCollector(conn, node_name="bench", interval=interval, full_every=full_every)
     registry = make_registry(collector)
     pids = daemon_pids()
     # cold round: identity cache empty (metadata + XMLDesc per domain)
@@ -142,7 +152,7 @@ def measure(conn: libvirt.virConnect, n: int, rounds: int, interval: float) -> d
     snap = collector.sample_once()
     cold_cpu, cold_wall = time.process_time() - c0, time.perf_counter() - w0
     assert snap is not None and own(snap) == n, f"expected {n} VMs, got {snap and own(snap)}"
-    cpu, wall, dcpu = [], [], []
+    cpu, wall, dcpu, kinds = [], [], [], []
     for _ in range(rounds):
         time.sleep(interval)
         d0 = daemon_cpu(pids)
@@ -152,6 +162,7 @@ def measure(conn: libvirt.virConnect, n: int, rounds: int, interval: float) -> d
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
         dcpu.append(daemon_cpu(pids) - d0)
+        kinds.append(bool(snap and snap.round and snap.round.full))
         assert snap is not None and own(snap) == n
     c0 = time.process_time()
     body = b""
@@ -169,6 +180,10 @@ def measure(conn: libvirt.virConnect, n: int, rounds: int, interval: float) -> d
         "daemon_cpu_ms": statistics.fmean(dcpu) * 1e3 if pids else float("nan"),
         "scrape_cpu_ms": scrape_cpu * 1e3,
         "scrape_kib": len(body) / 1024,
+        "full_wall_ms": _kind_medians(wall, kinds, True),
+        "cheap_wall_ms": _kind_medians(wall, kinds, False),
+        "full_daemon_cpu_ms": _kind_medians(dcpu, kinds, True) if pids else float("nan"),
+        "cheap_daemon_cpu_ms": _kind_medians(dcpu, kinds, False) if pids else float("nan"),
     }
 
 
@@ -182,6 +197,7 @@ def main() -> int:
     ap.add_argument("--running", type=int, default=10, help="guests left running; the rest are suspended")
     ap.add_argument("--memory", type=int, default=80, help="guest memory (MiB); 64 is too small")
     ap.add_argument("--batch", type=int, default=4, help="guests booted concurrently")
+    ap.add_argument("--full-every", type=int, default=DEFAULT_FULL_EVERY, help="a full round every N (1: always)")
     args = ap.parse_args()
     counts = sorted(int(c) for c in args.counts.split(","))
 
@@ -193,7 +209,7 @@ def main() -> int:
         for n in counts:
             print(f"preparing {n} guests ...", file=sys.stderr, flush=True)
             fleet.grow(n)
-            results.append(measure(conn, n, args.rounds, args.interval))
+            results.append(measure(conn, n, args.rounds, args.interval, args.full_every))
     finally:
         fleet.destroy()
         conn.close()
@@ -216,6 +232,18 @@ def main() -> int:
             f"{r['n']:>4} {r['domains']:>8} {r['cpu_ms']:>13.2f} {per_vm:>10.3f} {ratio:>12.2f} "
             f"{r['wall_ms']:>8.2f} {r['daemon_cpu_ms']:>16.2f} {r['cold_cpu_ms']:>12.2f} "
             f"{r['scrape_cpu_ms']:>14.2f} {r['scrape_kib']:>11.1f}"
+        )
+    print(f"\nround schedule: 1 full + {args.full_every - 1} cheap (medians per kind; per round = cycle average)")
+    print(f"{'VMs':>4} {'full wall ms':>13} {'cheap wall ms':>14} {'per round ms':>13} {'full libvirtd ms':>17} "
+          f"{'cheap libvirtd ms':>18} {'per round libvirtd ms':>22}")  # fmt: skip
+    for r in results:
+        cheap_wall = r["cheap_wall_ms"] if args.full_every > 1 else 0.0
+        cheap_cpu = r["cheap_daemon_cpu_ms"] if args.full_every > 1 else 0.0
+        per_wall = cycle_cost(r["full_wall_ms"], cheap_wall, args.full_every)
+        per_cpu = cycle_cost(r["full_daemon_cpu_ms"], cheap_cpu, args.full_every)
+        print(
+            f"{r['n']:>4} {r['full_wall_ms']:>13.2f} {r['cheap_wall_ms']:>14.2f} {per_wall:>13.2f} "
+            f"{r['full_daemon_cpu_ms']:>17.2f} {r['cheap_daemon_cpu_ms']:>18.2f} {per_cpu:>22.2f}"
         )
     if len(results) > 1:
         a, b = results[-2], results[-1]

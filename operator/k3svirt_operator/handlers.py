@@ -264,7 +264,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     stats_conn = LibvirtConnection(SETTINGS.libvirt_uri, events=False)
     MONITOR = stats.start_monitoring(stats_conn.get, node_name=SETTINGS.node_name, interval=SETTINGS.stats_interval,
                                      port=SETTINGS.metrics_port, host=SETTINGS.metrics_addr,
-                                     extra=[StartQueueMetrics(STARTS)])  # fmt: skip
+                                     extra=[StartQueueMetrics(STARTS)],
+                                     full_every=SETTINGS.stats_full_every)  # fmt: skip
     if SETTINGS.console_key_file:
         from .console import ConsoleServer  # websockets is imported only by nodes that serve consoles
 

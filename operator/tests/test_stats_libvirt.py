@@ -153,11 +153,12 @@ def test_live_guest_stats_metrics_and_stop(
     server.start()
     try:
         base = server.base_url("127.0.0.1")
-        # CPU: the guest burns a vCPU under TCG
+        # CPU: the guest burns a vCPU under TCG. Total CPU comes with every round; per-vCPU figures
+        # with the full rounds (every 5th), so their first rate needs two of them.
         st = _poll(collector, vm, lambda s: (s.cpu.usage_percent or 0) > 5)
         assert st.state == "running"
         assert st.ref.uid and st.ref.generation == 1
-        assert st.cpu.vcpus and (st.cpu.vcpus[0].usage_percent or 0) > 0
+        st = _poll(collector, vm, lambda s: bool(s.cpu.vcpus) and (s.cpu.vcpus[0].usage_percent or 0) > 0)
         assert st.memory.resident_bytes and st.memory.resident_bytes > 0
         assert st.memory.domain_bytes == 96 * 1024 * 1024
 
@@ -195,8 +196,15 @@ def test_live_guest_stats_metrics_and_stop(
         st = _poll(collector, vm, lambda s: s.memory.available_bytes is not None)
         assert st.memory.usable_bytes is not None and st.memory.used_bytes is not None
 
-        # freshness: sampledAt within the 5 s bound
+        # freshness: sampledAt within the 5 s bound; memory and disks within one full period (5 x 1 s)
         assert time.time() - st.sampled_at < 5.0
+        assert st.memory_sampled_at is not None and st.sampled_at - st.memory_sampled_at <= collector.full_period
+        assert all(st.sampled_at - (d.sampled_at or 0) <= collector.full_period for d in st.disks)
+        rounds = set()
+        for _ in range(6):  # both kinds of round happen against real libvirt
+            assert collector.sample_once() is not None
+            rounds.add(collector.sampler.last_round.full if collector.sampler.last_round else None)
+        assert rounds == {True, False}
 
         # /metrics parses and carries the expected families and labels
         code, body = _get(base + "/metrics")

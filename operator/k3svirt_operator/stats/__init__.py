@@ -51,10 +51,11 @@ def start_monitoring(
     port: int | None = None,
     host: str | None = None,
     extra: Sequence[Collector] = (),
+    full_every: int | None = None,
 ) -> tuple[StatsCollector, MetricsServer]:
     """Start the sampling thread and the HTTP server (both daemon threads); return both.
-    ``extra``: more Prometheus collectors for /metrics."""
-    collector = StatsCollector(conn, node_name=node_name, interval=interval)
+    ``extra``: more Prometheus collectors for /metrics. ``full_every``: see StatsCollector."""
+    collector = StatsCollector(conn, node_name=node_name, interval=interval, full_every=full_every)
     collector.start()
     server = MetricsServer(collector, port=port, host=host, extra=extra)
     server.start()

@@ -10,7 +10,9 @@ immutable snapshot swapped in atomically, so they never block the sampler for lo
 than ``stale_after`` (default 5 s) are never served: if sampling stalls or libvirtd goes away the
 VMs simply disappear from /metrics and /stats instead of showing frozen rates.
 
-When rounds get expensive (many domains, an overloaded host) the interval stretches (pacing.py) and
+Rounds follow a schedule (schedule.py): cheap ones (state, CPU, network) every interval, a full one
+(memory, disks, vCPUs too) every ``full_every`` rounds. When rounds get expensive (many domains, an
+overloaded host) the interval stretches (pacing.py, on the average cost over a cycle) and
 the collector says so: ``pace.degraded`` (status.monitoring) and k3svirt_stats_interval_* (/metrics).
 """
 
@@ -29,6 +31,7 @@ import libvirt
 from . import pacing
 from .model import VMStats
 from .sampler import RoundInfo, Sampler
+from .schedule import DEFAULT_FULL_EVERY
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ class StatsCollector:
     ``interval``: seconds between rounds (default 2). ``node_name``: default the host name.
     ``stale_after``: max age of served figures, default max(5 s, 2.5 x interval); while the interval
     is stretched, 2.5 stretched intervals. ``adaptive=False`` keeps the configured interval always.
+    ``full_every``: a full round every this many (default 5: memory and disks every 10 s at 2 s);
+    a ``sampler`` passed in brings its own.
     """
 
     def __init__(
@@ -72,13 +77,16 @@ class StatsCollector:
         include_unmanaged: bool = False,
         sampler: Sampler | None = None,
         adaptive: bool = True,
+        full_every: int | None = None,
     ) -> None:
         self.node_name = node_name or socket.gethostname()
         self.configured_interval = interval if interval and interval > 0 else DEFAULT_INTERVAL
         self._stale_floor = stale_after if stale_after else max(DEFAULT_STALE_AFTER, 2.5 * self.configured_interval)
         self.adaptive = adaptive
-        self.pace = pacing.initial(self.configured_interval)
-        self.sampler = sampler or Sampler(conn, include_unmanaged=include_unmanaged)
+        self.sampler = sampler or Sampler(
+            conn, include_unmanaged=include_unmanaged, full_every=full_every or DEFAULT_FULL_EVERY
+        )
+        self.pace = pacing.initial(self.configured_interval, self.sampler.full_every)
         self._lock = threading.Lock()  # guards _snapshot swap and the counters
         self._round_lock = threading.Lock()  # one round at a time (thread vs sample_once)
         self._snapshot: StatsSnapshot | None = None
@@ -121,6 +129,11 @@ class StatsCollector:
         return {"statsIntervalSeconds": self.pace.interval, "statsDegraded": self.pace.degraded}
 
     @property
+    def full_period(self) -> float:
+        """Seconds between two full rounds now: how old memory, disk and vCPU figures may get."""
+        return self.sampler.full_every * self.pace.interval
+
+    @property
     def running(self) -> bool:
         return bool(self._thread and self._thread.is_alive())
 
@@ -156,7 +169,7 @@ class StatsCollector:
             rnd = self.sampler.last_round
             if rnd is not None and self.adaptive:
                 before = self.pace
-                self.pace = pacing.next_pace(before, rnd.call_seconds, rnd.cpu_seconds)
+                self.pace = pacing.next_pace(before, rnd.call_seconds, rnd.cpu_seconds, full=rnd.full)
                 if self.pace.stretched != before.stretched:
                     log.warning("stats interval %s", "stretched" if self.pace.stretched else "back to normal",
                                 extra={"intervalSeconds": self.pace.interval, "roundSeconds": round(self.pace.cost, 3),

@@ -167,6 +167,11 @@ class VMMetricsCollector(Collector):
                 "Operator CPU time of the last sampling round.",
                 value=rnd.cpu_seconds,
             )
+            yield GaugeMetricFamily(
+                "k3svirt_stats_round_full",
+                "1 when the last round read every group (memory, disks, vCPUs too), 0 for a cheap round.",
+                value=1.0 if rnd.full else 0.0,
+            )
         pace = self.stats.pace
         yield GaugeMetricFamily(
             "k3svirt_stats_interval_seconds", "Seconds between sampling rounds now.", value=pace.interval
@@ -183,6 +188,11 @@ class VMMetricsCollector(Collector):
         )
         yield GaugeMetricFamily(
             "k3svirt_stats_round_cost_seconds", "Smoothed cost of a round (what the interval follows).", value=pace.cost
+        )
+        yield GaugeMetricFamily(
+            "k3svirt_stats_full_period_seconds",
+            "Seconds between full rounds now: how old memory, disk and vCPU figures may be.",
+            value=self.stats.full_period,
         )
         age = self.stats.last_success_age()
         if age is not None:

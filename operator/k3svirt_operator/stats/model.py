@@ -64,6 +64,7 @@ class RawSample:
     cpu_user_ns: int | None = None
     cpu_system_ns: int | None = None
     vcpu_times_ns: dict[int, int] = field(default_factory=dict)
+    vcpu_monotonic: float | None = None  # when the vCPU times were read, if carried
     balloon: dict[str, int] = field(default_factory=dict)
     balloon_monotonic: float | None = None  # when the balloon figures were read, if carried
     disks: tuple[DiskCounters, ...] = ()
@@ -127,6 +128,7 @@ class DiskStats:
     write_iops: float | None
     capacity_bytes: int | None = None
     allocation_bytes: int | None = None
+    sampled_at: float | None = None  # epoch seconds these counters were read (full rounds only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,10 @@ class VMStats:
     nets: tuple[NetStats, ...] = ()
     dom_id: int | None = None  # libvirt's domain id: a new one means the domain was started again
     monotonic: float | None = None  # host monotonic clock of the sample (metering integrates over it)
+    # Epoch seconds the QMP-bound groups were read: only full rounds read them (schedule.py); in
+    # between they are carried, so they may be up to one full period older than sampled_at.
+    memory_sampled_at: float | None = None
+    vcpus_sampled_at: float | None = None
 
     @property
     def namespace(self) -> str:
@@ -206,6 +212,7 @@ class VMStats:
                 "userSeconds": _round(self.cpu.user_seconds_total, 3),
                 "systemSeconds": _round(self.cpu.system_seconds_total, 3),
                 "usagePercent": _round(self.cpu.usage_percent, 2),
+                "vcpusSampledAt": _when(self.vcpus_sampled_at),
                 "vcpus": [
                     {
                         "id": v.id,
@@ -216,6 +223,7 @@ class VMStats:
                 ],
             },
             "memory": {
+                "sampledAt": _when(self.memory_sampled_at),
                 "domainBytes": mem.domain_bytes,
                 "maximumBytes": mem.maximum_bytes,
                 "residentBytes": mem.resident_bytes,
@@ -231,6 +239,7 @@ class VMStats:
             "disks": [
                 {
                     "drive": d.drive,
+                    "sampledAt": _when(d.sampled_at),
                     "readBytes": d.read_bytes_total,
                     "writeBytes": d.write_bytes_total,
                     "readOps": d.read_ops_total,
@@ -269,6 +278,10 @@ class VMStats:
             ],
         }
         return out
+
+
+def _when(epoch: float | None) -> str | None:
+    return None if epoch is None else rfc3339(epoch)
 
 
 def _round(value: float | None, digits: int) -> float | None:

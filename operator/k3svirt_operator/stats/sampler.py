@@ -1,7 +1,9 @@
 """One-call-per-round libvirt sampler and the pure rate derivation.
 
-A round is exactly ONE ``conn.getAllDomainStats(stats_flags, flags)`` call covering every active
-(running or paused) domain; per domain we only parse the returned dict. Per-domain RPCs happen
+A round is ONE ``conn.getAllDomainStats(stats_flags, flags)`` call covering every active (running
+or paused) domain; per domain we only parse the returned dict. Which groups it asks for follows the
+round schedule (schedule.py): a full round every ``full_every``, cheap ones in between; a cheap
+round that meets a domain new or started again reads just those in full with one more call. Per-domain RPCs happen
 once per domain lifetime: ``dom.metadata()`` once per UUID (VM identity) and ``dom.XMLDesc()``
 once per domain start (device aliases for stable ``drive`` / ``interface`` labels).
 
@@ -22,6 +24,7 @@ from typing import Any
 
 import libvirt
 
+from . import schedule
 from .model import (
     NET_FIELDS,
     STATE_NAMES,
@@ -53,7 +56,8 @@ STATS_FLAGS = (
 # ACTIVE = running + paused (+ shutting down). NOWAIT: libvirt does not wait for a domain's job (a
 # starting / migrating / hung domain would otherwise stall the whole round, up to libvirt's 30 s job
 # timeout); that domain's job-guarded groups (balloon guest memory + rss, block) are then omitted
-# for the round. The sampler bridges such gaps for up to HOLD_SECONDS (see _bridge_gaps).
+# for the round. The sampler bridges such gaps for up to HOLD_SECONDS (see bridge_gaps), on top of
+# the full-round period when cheap rounds skip those groups anyway (schedule.py).
 LIST_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
 NOWAIT_FLAG = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 HOLD_SECONDS = 5.0
@@ -234,9 +238,10 @@ def derive(prev: RawSample | None, cur: RawSample, ref: VMRef | None = None) -> 
 
     # CPU ------------------------------------------------------------------------------
     cpu_rate = _rate(prev.cpu_time_ns if prev else None, cur.cpu_time_ns, dt)
+    vdt = _carried_dt(prev.vcpu_monotonic if prev else None, cur.vcpu_monotonic, prev, cur, dt)
     vcpus = []
     for vid, t in sorted(cur.vcpu_times_ns.items()):
-        r = _rate(prev.vcpu_times_ns.get(vid) if prev else None, t, dt)
+        r = _rate(prev.vcpu_times_ns.get(vid) if prev else None, t, vdt)
         vcpus.append(VCPUStats(id=vid, seconds_total=t / 1e9, usage_percent=None if r is None else r / 1e7))
     cpu = CPUStats(
         usage_seconds_total=_ns_to_s(cur.cpu_time_ns),
@@ -266,11 +271,7 @@ def derive(prev: RawSample | None, cur: RawSample, ref: VMRef | None = None) -> 
     disks = []
     for d in cur.disks:
         p = prev_disks.get(d.drive)
-        ddt = dt
-        if p is not None and dt is not None and (p.monotonic is not None or d.monotonic is not None):
-            # counters carried over a skipped round: their own read times give the interval
-            ddt = (d.monotonic or cur.monotonic) - (p.monotonic or prev.monotonic)  # type: ignore[union-attr]
-            ddt = ddt if ddt > 0 else None
+        ddt = _carried_dt(p.monotonic if p else None, d.monotonic, prev, cur, dt) if p is not None else dt
         disks.append(
             DiskStats(
                 drive=d.drive,
@@ -288,6 +289,7 @@ def derive(prev: RawSample | None, cur: RawSample, ref: VMRef | None = None) -> 
                 write_iops=_rate(p.wr_reqs if p else None, d.wr_reqs, ddt),
                 capacity_bytes=d.capacity,
                 allocation_bytes=d.allocation,
+                sampled_at=_read_wall(cur, d.monotonic),
             )
         )
 
@@ -313,28 +315,60 @@ def derive(prev: RawSample | None, cur: RawSample, ref: VMRef | None = None) -> 
         nets=tuple(nets),
         dom_id=cur.dom_id,
         monotonic=cur.monotonic,
+        memory_sampled_at=_read_wall(cur, cur.balloon_monotonic) if cur.balloon else None,
+        vcpus_sampled_at=_read_wall(cur, cur.vcpu_monotonic) if cur.vcpu_times_ns else None,
     )
 
 
-def bridge_gaps(prev: RawSample | None, cur: RawSample, hold: float = HOLD_SECONDS) -> tuple[RawSample, set[str]]:
-    """Fill groups libvirt skipped this round (NOWAIT) from ``prev``, for at most ``hold`` seconds.
+def _carried_dt(
+    prev_read: float | None, cur_read: float | None, prev: RawSample | None, cur: RawSample, dt: float | None
+) -> float | None:
+    """Interval between two readings of a group that may have been carried (read earlier than its
+    sample): their own read times give it, so a rate over carried counters spans the real interval."""
+    if prev is None or dt is None or (prev_read is None and cur_read is None):
+        return dt
+    span = _at(cur_read, cur.monotonic) - _at(prev_read, prev.monotonic)
+    return span if span > 0 else None
 
-    Balloon figures (gauges) are copied when ``rss`` is missing now but was present. Disks present
-    before but without counters now keep their previous counters *with their read time*, so the next
+
+def _at(read: float | None, sample: float) -> float:
+    """A group's read time: its own when carried, else its sample's (0.0 is a time, not "none")."""
+    return sample if read is None else read
+
+
+def _read_wall(cur: RawSample, read_monotonic: float | None) -> float:
+    """Epoch seconds a group of ``cur`` was read: the sample's own time unless it was carried."""
+    return cur.wall if read_monotonic is None else cur.wall - (cur.monotonic - read_monotonic)
+
+
+def bridge_gaps(prev: RawSample | None, cur: RawSample, hold: float = HOLD_SECONDS) -> tuple[RawSample, set[str]]:
+    """Fill groups this round did not read from ``prev``, for at most ``hold`` seconds.
+
+    Two reasons a group is missing: libvirt skipped a busy domain's job-guarded groups (NOWAIT), or
+    the round was a cheap one that did not ask for them (schedule.py; the caller then passes a hold
+    covering the full-round period, schedule.carry_hold). Balloon figures (gauges) are copied when
+    ``rss`` is missing now but was present, or the whole group is missing. vCPU times and disks
+    present before but missing now keep their previous counters *with their read time*, so the next
     real reading yields a correct rate over the longer interval. Returns the patched sample and the
-    carried drive names (their rates are the previous round's, see Sampler). No-op after a restart.
+    carried drive names (their rates are the previous round's, see Sampler); carried vCPU times are
+    told by ``vcpu_monotonic``. No-op after a restart.
     """
     if prev is None or prev.uuid != cur.uuid or restarted(prev, cur):
         return cur, set()
     changes: dict[str, Any] = {}
-    b_time = prev.balloon_monotonic or prev.monotonic
-    if "rss" not in cur.balloon and "rss" in prev.balloon and cur.monotonic - b_time <= hold:
+    b_time = _at(prev.balloon_monotonic, prev.monotonic)
+    b_missing = "rss" not in cur.balloon and ("rss" in prev.balloon or (prev.balloon and not cur.balloon))
+    if b_missing and cur.monotonic - b_time <= hold:
         changes["balloon"] = {**prev.balloon, **cur.balloon}
         changes["balloon_monotonic"] = b_time
+    v_time = _at(prev.vcpu_monotonic, prev.monotonic)
+    if not cur.vcpu_times_ns and prev.vcpu_times_ns and cur.monotonic - v_time <= hold:
+        changes["vcpu_times_ns"] = prev.vcpu_times_ns
+        changes["vcpu_monotonic"] = v_time
     have = {d.drive for d in cur.disks}
     carried = []
     for d in prev.disks:
-        t = d.monotonic or prev.monotonic
+        t = _at(d.monotonic, prev.monotonic)
         if d.drive not in have and cur.monotonic - t <= hold:
             carried.append(replace(d, monotonic=t))
     if carried:
@@ -364,6 +398,11 @@ class RoundInfo:
     # wall time of the one getAllDomainStats call: what the round costs libvirtd and QEMU, without the
     # once-per-domain identity lookups (a first round after a start or reconnect has many)
     call_seconds: float = 0.0
+    full: bool = True  # the call read every group (schedule.py); False: a cheap round
+    # domains read in full by an extra call in a cheap round (new or started again), and its wall
+    # time: a once-per-domain-start cost like the identity lookups, left out of call_seconds
+    started_domains: int = 0
+    started_call_seconds: float = 0.0
 
 
 class Sampler:
@@ -374,6 +413,8 @@ class Sampler:
 
     ``conn`` is a libvirt connection or a zero-argument callable returning the current one (so a
     reconnecting connection layer can swap it). The sampler never opens or closes connections.
+
+    ``full_every``: every how many rounds the call reads every group (schedule.py); 1 = always.
     """
 
     def __init__(
@@ -386,9 +427,12 @@ class Sampler:
         include_unmanaged: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        full_every: int = 1,
     ) -> None:
         self._conn = conn
         self.stats_flags = stats_flags
+        self.full_every = max(1, full_every)
+        self.nowait = nowait
         self.list_flags = list_flags | (NOWAIT_FLAG if nowait else 0)
         self.include_unmanaged = include_unmanaged
         self._clock = clock
@@ -397,6 +441,9 @@ class Sampler:
         self._last: dict[str, VMStats] = {}
         self._info: dict[str, _DomainInfo] = {}
         self.last_round: RoundInfo | None = None
+        self._index = 0  # successful rounds since start / forget(): round 0 is full
+        self._last_full: float | None = None  # monotonic time of the last full round
+        self._full_period = 0.0  # seconds between the last two full rounds
 
     def _connection(self) -> libvirt.virConnect:
         c = self._conn
@@ -426,9 +473,38 @@ class Sampler:
             info.dom_id = dom_id
         return info
 
-    def collect_raw(self) -> list[tuple[libvirt.virDomain, dict[str, Any]]]:
-        """The single libvirt call of a round."""
-        return self._connection().getAllDomainStats(self.stats_flags, self.list_flags)
+    def collect_raw(self, stats_flags: int | None = None) -> list[tuple[libvirt.virDomain, dict[str, Any]]]:
+        """The single libvirt call of a round (every group unless ``stats_flags`` says otherwise)."""
+        flags = self.stats_flags if stats_flags is None else stats_flags
+        return self._connection().getAllDomainStats(flags, self.list_flags)
+
+    def _needs_full(self, dom: libvirt.virDomain) -> bool:
+        uuid = dom.UUIDString()
+        info = self._info.get(uuid)
+        if info is not None and info.ref is None:
+            return False  # not a k3svirt VM: never sampled, never re-read
+        return schedule.needs_full(self._prev.get(uuid), dom.ID())
+
+    def _read_started(
+        self, records: list[tuple[libvirt.virDomain, dict[str, Any]]]
+    ) -> tuple[list[tuple[libvirt.virDomain, dict[str, Any]]], int]:
+        """In a cheap round, re-read in full the domains without a baseline (new, or started again):
+        their first sample carries identity, memory, disks and vCPUs. One call for all of them."""
+        started = [i for i, (dom, _) in enumerate(records) if self._needs_full(dom)]
+        if not started:
+            return records, 0
+        flags = NOWAIT_FLAG if self.nowait else 0  # a list of domains takes no list filter
+        try:
+            full = self._connection().domainListGetStats([records[i][0] for i in started], self.stats_flags, flags)
+        except libvirt.libvirtError as e:  # gone meanwhile: their cheap records stand, the next full round fills in
+            log.info("full read of started domains failed", extra={"domains": len(started), "error": str(e)})
+            return records, 0
+        by_uuid = {dom.UUIDString(): rec for dom, rec in full}
+        out = list(records)
+        for i in started:
+            dom = records[i][0]
+            out[i] = (dom, by_uuid.get(dom.UUIDString(), records[i][1]))
+        return out, len(by_uuid)
 
     def sample(self) -> dict[str, VMStats]:
         """Run one round; return VMStats keyed by domain UUID for the active k3svirt VMs.
@@ -439,9 +515,15 @@ class Sampler:
         """
         cpu0 = time.process_time()
         t0 = self._clock()
-        records = self.collect_raw()
+        full = schedule.is_full(self._index, self.full_every)
+        records = self.collect_raw(schedule.round_flags(self._index, self.full_every, self.stats_flags))
         mono, wall = self._clock(), self._wall()
-        out = self.derive_round(records, mono, wall)
+        started = 0
+        if not full:
+            records, started = self._read_started(records)
+        t1 = self._clock()
+        out = self.derive_round(records, mono, wall, hold=self._hold(mono))
+        self._advance(full, mono)
         self.last_round = RoundInfo(
             wall=wall,
             duration_seconds=self._clock() - t0,
@@ -449,11 +531,30 @@ class Sampler:
             domains=len(records),
             vms=len(out),
             call_seconds=mono - t0,
+            full=full,
+            started_domains=started,
+            started_call_seconds=t1 - mono,
         )
         return out
 
+    def _hold(self, now: float) -> float:
+        since = 0.0 if self._last_full is None else now - self._last_full
+        return schedule.carry_hold(HOLD_SECONDS, self.full_every, since, self._full_period)
+
+    def _advance(self, full: bool, mono: float) -> None:
+        """Count a successful round (a failed call leaves the schedule where it was: retried)."""
+        if full:
+            if self._last_full is not None:
+                self._full_period = mono - self._last_full
+            self._last_full = mono
+        self._index += 1
+
     def derive_round(
-        self, records: Iterable[tuple[libvirt.virDomain, Mapping[str, Any]]], mono: float, wall: float
+        self,
+        records: Iterable[tuple[libvirt.virDomain, Mapping[str, Any]]],
+        mono: float,
+        wall: float,
+        hold: float = HOLD_SECONDS,
     ) -> dict[str, VMStats]:
         out: dict[str, VMStats] = {}
         seen: set[str] = set()
@@ -469,13 +570,8 @@ class Sampler:
                 rec, uuid=uuid, domain=name, monotonic=mono, wall=wall, dom_id=dom_id, labels=info.labels
             )
             prev = self._prev.get(uuid)
-            cur, carried = bridge_gaps(prev, cur)
-            stats = derive(prev, cur, info.ref)
-            if carried and uuid in self._last:  # skipped drives: show last round's figures
-                last = {d.drive: d for d in self._last[uuid].disks}
-                stats = replace(
-                    stats, disks=tuple(last.get(d.drive, d) if d.drive in carried else d for d in stats.disks)
-                )
+            cur, carried = bridge_gaps(prev, cur, hold)
+            stats = _show_carried(derive(prev, cur, info.ref), self._last.get(uuid), carried, cur)
             out[uuid] = self._last[uuid] = stats
             self._prev[uuid] = cur
         for gone in set(self._prev) - seen:
@@ -486,7 +582,23 @@ class Sampler:
         return out
 
     def forget(self) -> None:
-        """Drop all baselines and caches (e.g. after reconnecting to libvirtd)."""
+        """Drop all baselines and caches (e.g. after reconnecting to libvirtd); the next round is full."""
         self._prev.clear()
         self._last.clear()
         self._info.clear()
+        self._index = 0
+        self._last_full = None
+        self._full_period = 0.0
+
+
+def _show_carried(stats: VMStats, last: VMStats | None, carried: set[str], cur: RawSample) -> VMStats:
+    """Carried drives and vCPUs show the last round's figures: their counters were not read again,
+    so there is no new rate (it comes at the next reading, over the whole interval)."""
+    if last is None:
+        return stats
+    if carried:
+        prev = {d.drive: d for d in last.disks}
+        stats = replace(stats, disks=tuple(prev.get(d.drive, d) if d.drive in carried else d for d in stats.disks))
+    if cur.vcpu_monotonic is not None and last.cpu.vcpus:
+        stats = replace(stats, cpu=replace(stats.cpu, vcpus=last.cpu.vcpus))
+    return stats
