@@ -442,6 +442,15 @@ def _reservation_of(index: kopf.Index, namespace: str, name: str) -> dict[str, A
     return next(iter(index.get((namespace, name), ())), None)
 
 
+def _live_reservation(index: kopf.Index, namespace: str, name: str) -> dict[str, Any] | None:
+    """The index read from the pass's worker thread while the event loop may update it: a read that
+    meets a change in flight answers None (the gate then reads the pod from the API server)."""
+    try:
+        return _reservation_of(index, namespace, name)
+    except RuntimeError:  # changed size during iteration
+        return None
+
+
 # ---------------------------------------------------------------------- snapshots and restores
 def _kept(body: kopf.Body) -> dict[str, Any]:
     """What the VM's loop needs of a snapshot or restore (and kopf.event needs to post on it)."""
@@ -512,7 +521,8 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, p
                 try:
                     await _snapshot_work(snapshot, state, snapshots_by_vm, restores_by_snapshot)
                     pod = _reservation_of(reservation_pods, namespace, name)
-                    result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices, pod)
+                    live = functools.partial(_live_reservation, reservation_pods, namespace, name)
+                    result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices, pod, live)
                     await _write_claims(result.claims)
                     status = _with_monitoring(result.status, _user_status(snapshot), state, namespace, name)
                     if status != _user_status(snapshot):

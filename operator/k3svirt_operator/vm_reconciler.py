@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,9 +125,11 @@ class VMReconciler:
         state: VMState,
         passthroughs: Sequence[Mapping[str, Any]] = (),
         reservation: Mapping[str, Any] | None = None,
+        live_reservation: Callable[[], Mapping[str, Any] | None] | None = None,
     ) -> Result:
         """One pass over a copy of the VM; `passthroughs`: every PCIPassthrough (kopf's index);
-        `reservation`: the VM's reservation pod as last seen (kopf's index), None if none was."""
+        `reservation`: the VM's reservation pod as last seen (kopf's index), None if none was;
+        `live_reservation`: what the watch shows of it now (the start gate looks there first)."""
         meta, spec = body["metadata"], body.get("spec") or {}
         status = dict(body.get("status") or {})
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -141,7 +144,7 @@ class VMReconciler:
             "domainUUID": uid,
         }
         live_failure: str | None = None
-        held: dict[str, Any] = {"pod": reservation, "devices": None}
+        held: dict[str, Any] = {"pod": reservation, "devices": None, "live": live_reservation}
         try:
             expanded = self._expand(ns, spec, status)
             if spec.get("template") or spec.get("presets"):
@@ -149,7 +152,7 @@ class VMReconciler:
             # The reservation as last read: the watch's, then what this pass created or read fresh.
             devices = pci_resources.device_requests(expanded.spec, passthroughs)  # units its reservation asks for
             held["devices"] = devices
-            held["pod"] = self._reserve_early(
+            held["early"] = self._reserve_early(
                 ns, name, uid, meta, status, spec, expanded.spec, state, reservation, devices
             )
             expanded, pinned, split = self._dedicated(ns, name, expanded, held)
@@ -221,14 +224,15 @@ class VMReconciler:
             if observed.power == Power.RUNNING and observed.running_spec_hash not in (None, spec_hash):
                 live_failure = self._apply_live(observed.domain, built.xml, events)
                 observed = self._observe(conn, ns, name, uid)
-            self._settle(ns, name, uid, expanded.spec, held["pod"], observed.power, state, conds, held.get("devices"))
+            pod = _held_pod(held)
+            self._settle(ns, name, uid, expanded.spec, pod, observed.power, state, conds, held.get("devices"))
             if ctx.host_devices and observed.power in _UP:
                 conds.append(self._steer_irqs(expanded.spec, ctx.host_devices))
         except SpecProblem as problem:
             if problem.reason != "Queued":
                 self._leave_start_queue(ns, name)
             if problem.cond_type != RESERVED:
-                self._release_unstarted(ns, name, uid, held["pod"])
+                self._release_unstarted(ns, name, uid, _held_pod(held))
             conds.append(condition(problem.cond_type, False, problem.reason, problem.message))
             conds.append(condition(names.COND_READY, False, problem.reason, problem.message))
             events.append(Event("Warning" if problem.warning else "Normal", problem.reason, problem.message))
@@ -466,25 +470,32 @@ class VMReconciler:
     def _reserve_early(self, ns: str, name: str, uid: str, meta: Mapping[str, Any], status: Mapping[str, Any],
                        spec: Mapping[str, Any], expanded: Mapping[str, Any], state: VMState,
                        pod: Mapping[str, Any] | None,
-                       devices: Mapping[str, int] | None = None) -> Mapping[str, Any] | None:  # fmt: skip
+                       devices: Mapping[str, int] | None = None) -> Future[Mapping | None] | None:  # fmt: skip
         """A pass that will start the domain asks for its reservation first: scheduling and admission
-        then overlap provisioning instead of following it (docs/accounting.md). Only asks; the start
-        still waits for `_admit`. The reservation as it is now."""
+        then overlap provisioning instead of following it (docs/accounting.md). The create itself runs
+        beside the pass too (one API round trip less on the way to the start); the pass takes its
+        answer where it needs the pod (`_held_pod`). Only asks; the start still waits for `_admit`.
+        None when nothing is asked."""
         if self.reservations is None or state.stopping is not None or pod is not None:
-            return pod  # one seen already (a running VM's, most passes) is for `_admit` to judge
+            return None  # one seen already (a running VM's, most passes) is for `_admit` to judge
         failure = state.start_failure
         if failure is not None and failure.generation == meta.get("generation") \
                 and time.monotonic() < failure.not_before:  # fmt: skip
-            return pod  # no start before the back-off ends: no share to hold meanwhile
+            return None  # no start before the back-off ends: no share to hold meanwhile
         early = self._observe(self.conn.get(), ns, name, uid)
         action, _ = _pending_action(meta, status)
         starts = decide(names.run_strategy(spec), early.power, early.reason, action).step == Step.START
         if not (starts or (state.pending_start and early.power not in _UP)):
-            return pod
-        try:
-            return self.reservations.prepare(ns, name, uid, expanded, pod, devices)
-        except rsv.ReservationError:
-            return pod  # an invalid size: `_admit` reports it
+            return None
+        reservations = self.reservations
+
+        def ask() -> Mapping[str, Any] | None:
+            try:
+                return reservations.prepare(ns, name, uid, expanded, pod, devices)
+            except rsv.ReservationError:
+                return pod  # an invalid size: `_admit` reports it
+
+        return _EARLY.submit(ask)
 
     def _dedicated(self, ns: str, name: str, expanded: templates.Expanded,
                    held: dict[str, Any]) -> tuple[templates.Expanded, str, str | None]:  # fmt: skip
@@ -499,7 +510,8 @@ class VMReconciler:
             raise SpecProblem(FAILED, RESERVED, "DedicatedCoresUnavailable",
                               "spec.cpu.dedicatedCores: the kubelet's CPU manager assigns the cores to the VM's "
                               "reservation, and this operator runs without reservations")  # fmt: skip
-        assignment = cpupin.read_assignment(held["pod"]) if held["pod"] else None
+        pod = _held_pod(held)
+        assignment = cpupin.read_assignment(pod) if pod else None
         if assignment is None:
             held["cpus"] = "waiting for the kubelet to run the reservation and assign its exclusive CPUs"
             return expanded, "", None
@@ -534,6 +546,7 @@ class VMReconciler:
         that says what it waits for (the pod's watch events wake the loop when that changes)."""
         if self.reservations is None:
             return
+        held["pod"] = newest_reservation(_held_pod(held), held["live"]() if held.get("live") else None)
         try:
             view, held["pod"] = self.reservations.admit_fresh(ns, name, uid, spec, held["pod"], held.get("devices"))
         except rsv.ReservationError as exc:
@@ -792,3 +805,28 @@ def _dedupe(events: list[Event], old_status: Mapping[str, Any], new_printable: s
         old = {(c.get("reason"), c.get("message")) for c in old_status.get("conditions") or []}
         return [e for e in events if (e.reason, e.message) not in old]
     return events
+
+
+def newest_reservation(held: Mapping[str, Any] | None, live: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The reservation the start gate judges: what the watch shows now when it is the same pod as the
+    one this pass holds (created early in the pass, typically admitted by the kubelet while the disks
+    were made), so an admitted pod costs no fresh GET on the way to the start. A live pod of another
+    uid is a predecessor whose deletion the watch has not shown yet: the held one stands."""
+    if live is None:
+        return held
+    if held is None or (held.get("metadata") or {}).get("uid") == (live.get("metadata") or {}).get("uid"):
+        return live
+    return held
+
+
+# Early reservation creates run here, beside their pass (a few at once: a burst's passes each ask one).
+_EARLY = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reserve-early")
+
+
+def _held_pod(held: dict[str, Any]) -> Mapping[str, Any] | None:
+    """The pass's reservation pod: the early create's answer once it is in (waited for here), else the
+    one the pass started with."""
+    early = held.pop("early", None)
+    if early is not None:
+        held["pod"] = early.result()
+    return held["pod"]
