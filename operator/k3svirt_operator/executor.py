@@ -2,7 +2,7 @@
 
 A 100-VM burst grows the loop's executor to its 32 threads (handlers.startup); a plain
 ThreadPoolExecutor keeps them all for good, each with the stack pages and allocator caches the burst
-touched: ~0.4 MiB of RSS per thread (bench/README.md, "Session 8"). Here work goes to the thread
+touched, and its kept-alive API connection (bench/README.md, "Session 8"). Here work goes to the thread
 that became idle last (LIFO), so a light steady load (status writes at rest) keeps a few threads
 busy while the others stay idle; a thread idle for `idle_seconds` ends (glibc hands an ended
 thread's stack pages back) and the next burst starts threads again.

@@ -223,7 +223,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # executor. asyncio's default has cpu_count + 4 threads (6 on a 2-core node): 100 VMs created at
     # once had their domains running for minutes while their status writes queued behind the other
     # VMs' passes (tests/robustness/test_load.py). The threads mostly wait on I/O. Idle ones end
-    # (~0.4 MiB RSS each once a burst grew the pool: executor.py).
+    # (a burst grew the pool to 32 threads for good: executor.py).
     asyncio.get_running_loop().set_default_executor(
         RetiringThreadPool(max_workers=SETTINGS.worker_threads, thread_name_prefix="k3svirt")
     )

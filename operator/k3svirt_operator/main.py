@@ -12,7 +12,6 @@ sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 import kopf  # noqa: E402
 
 from . import handlers, shutdown  # noqa: E402,F401  (registers the handlers)
-from .allocator import reexec_with_malloc  # noqa: E402
 
 
 def _limit_malloc_arenas(count: int = 2) -> None:
@@ -27,7 +26,6 @@ def _limit_malloc_arenas(count: int = 2) -> None:
 
 
 def main() -> None:
-    reexec_with_malloc()
     _limit_malloc_arenas()
     level = handlers.SETTINGS.log_level
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON)
