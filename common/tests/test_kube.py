@@ -367,3 +367,17 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced(kubeconfig, name
     raw.close()
     assert c.get(core_path("namespaces", name=namespace))["metadata"]["name"] == namespace
     assert c._local.conn is not conn
+
+
+def test_a_cluster_ca_is_the_only_trusted_one() -> None:
+    """With a CA in the kubeconfig only it is trusted (as kubectl does), not the system's store too."""
+    import ssl
+
+    from k3svirt_common.kube.client import _ssl_context
+
+    system = ssl.create_default_context().get_ca_certs(binary_form=True)
+    if not system:
+        pytest.skip("no system CA store to borrow a certificate from")
+    pem = ssl.DER_cert_to_PEM_cert(system[0]).encode()
+    assert len(_ssl_context(KubeConfig(server="https://k", ca_data=pem)).get_ca_certs()) == 1
+    assert len(_ssl_context(KubeConfig(server="https://k")).get_ca_certs()) == len(system)

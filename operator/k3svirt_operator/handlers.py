@@ -14,7 +14,6 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from . import (
     vmstate,
     vmstatus,
 )
+from .executor import RetiringThreadPool
 from .libvirt_conn import LibvirtConnection
 from .reservations import Reservations
 from .runtime import Runtime
@@ -223,9 +223,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Every VM pass (libvirt calls, qemu-img) and every status write runs in the loop's default
     # executor. asyncio's default has cpu_count + 4 threads (6 on a 2-core node): 100 VMs created at
     # once had their domains running for minutes while their status writes queued behind the other
-    # VMs' passes (tests/robustness/test_load.py). The threads mostly wait on I/O.
+    # VMs' passes (tests/robustness/test_load.py). The threads mostly wait on I/O. Idle ones end
+    # (a burst grew the pool to 32 threads for good: executor.py).
     asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=SETTINGS.worker_threads, thread_name_prefix="k3svirt")
+        RetiringThreadPool(max_workers=SETTINGS.worker_threads, thread_name_prefix="k3svirt")
     )
     if SETTINGS.aio_max_nr:
         await asyncio.to_thread(nodelimits.raise_aio_max_nr, SETTINGS.aio_max_nr)
