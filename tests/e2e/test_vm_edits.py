@@ -98,6 +98,8 @@ def test_a_live_change_libvirt_refuses_waits_for_the_restart(vm):
     """No balloon device since the restart above: a memory.size change under maxSize is tried live, libvirt
     refuses it, and the status says so (RestartRequired, LiveUpdateFailed with libvirt's reason)."""
     kubeconfig, ns = vm
+    # the previous test's restart may still be bringing the domain back: start from a running one
+    wait_until(lambda: virsh("domid", f"{ns}_{VM}") != "-", 120, "the domain is not running again after the restart")
     domid = virsh("domid", f"{ns}_{VM}")
     before = virsh("dumpxml", f"{ns}_{VM}")
     kubectl(kubeconfig, "patch", "vm", VM, "-n", ns, "--type=merge",
