@@ -67,7 +67,8 @@ class VMState:
             await asyncio.wait_for(self.wake.wait(), timeout)
 
     def summary_due(self, every: float, shown: bool, have_figures: bool) -> bool:
-        """status.monitoring is refreshed every `every` seconds, and at once when figures appear."""
+        """Fresh figures are looked at every `every` seconds, and at once when they appear (whether they
+        are written is stats.worth_writing's call)."""
         now = time.monotonic()
         if now - self.last_summary >= every or (have_figures and not shown):
             self.last_summary = now
