@@ -510,8 +510,10 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, p
                   **_: Any) -> None:  # fmt: skip
     rt, reconciler, state = _rt(), RECONCILER, vmstate.of(memo)
     assert reconciler is not None
+    began = time.monotonic()
     if not await _claimed(body, namespace, name):
         return  # another node's operator claimed it first
+    claim: float | None = round(time.monotonic() - began, 4)  # the first pass's debug line says it
     state.last_summary = float("-inf")
     backoff = API_RETRY_MIN
     with rt.loops.running((namespace, name), state):
@@ -523,12 +525,19 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, p
                     await _snapshot_work(snapshot, state, snapshots_by_vm, restores_by_snapshot)
                     pod = _reservation_of(reservation_pods, namespace, name)
                     live = functools.partial(_live_reservation, reservation_pods, namespace, name)
+                    began = time.monotonic()
                     result = await asyncio.to_thread(reconciler.reconcile, snapshot, state, devices, pod, live)
+                    reconciled = time.monotonic()
                     await _write_claims(result.claims)
                     status = _with_monitoring(result.status, _user_status(snapshot), state, namespace, name)
                     if status != _user_status(snapshot):
                         await asyncio.to_thread(rt.patch_status, names.VM_PLURAL, namespace, name, status)
                         state.written = status
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("VM pass", extra={"vm": f"{namespace}/{name}", "laps": result.laps,
+                                  "thread": round(reconciled - began - sum(result.laps.values()), 4),
+                                  "write": round(time.monotonic() - reconciled, 4), "claim": claim})  # fmt: skip
+                    claim = None
                 except ApiError as exc:
                     if not api_unavailable(exc):
                         raise

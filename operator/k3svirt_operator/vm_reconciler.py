@@ -79,6 +79,20 @@ class Result:
     events: list[Event] = field(default_factory=list)
     requeue: float | None = None  # seconds until the next pass is needed (None: on events/resync)
     claims: list[StatusPatch] = field(default_factory=list)  # PCIPassthrough statuses to write
+    laps: dict[str, float] = field(default_factory=dict)  # seconds per step of the pass (debug log)
+
+
+class Laps:
+    """Seconds spent in each step of one pass: the debug log says where a slow start went."""
+
+    def __init__(self) -> None:
+        self._mark = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self._mark, 4)
+        self._mark = now
 
 
 class SpecProblem(Exception):
@@ -145,8 +159,10 @@ class VMReconciler:
         }
         live_failure: str | None = None
         held: dict[str, Any] = {"pod": reservation, "devices": None, "live": live_reservation}
+        laps = Laps()
         try:
             expanded = self._expand(ns, spec, status)
+            laps("expand")
             if spec.get("template") or spec.get("presets"):
                 conds.append(condition(names.COND_TEMPLATE_RESOLVED, True, "Resolved", _describe_resolution(expanded)))
             # The reservation as last read: the watch's, then what this pass created or read fresh.
@@ -156,8 +172,10 @@ class VMReconciler:
                 ns, name, uid, meta, status, spec, expanded.spec, state, reservation, devices
             )
             expanded, pinned, split = self._dedicated(ns, name, expanded, held)
+            laps("reserve")
             adopt = (meta.get("annotations") or {}).get(names.ANNOTATION_ADOPT_STORAGE)
             ctx = self._provision(ns, name, uid, expanded.spec, adopt, passthroughs, claims)
+            laps("provision")
             conds.append(condition(names.COND_PROVISIONED, True, "DisksReady", "disks and seed are in place"))
             if expanded.spec.get("hostDevices"):
                 conds.append(
@@ -169,6 +187,7 @@ class VMReconciler:
                     )
                 )
             built = self._build(ns, name, uid, meta.get("generation") or 0, expanded.spec, ctx)
+            laps("build")
             conn = self.conn.get()
             observed = self._observe(conn, ns, name, uid)
             dom = observed.domain
@@ -193,6 +212,7 @@ class VMReconciler:
                     raise SpecProblem(FAILED, names.COND_PROVISIONED, "HostResourceInUse", "; ".join(shared))
                 observed = self._observe(conn, ns, name, uid)
             self._grow_disks(ctx, observed, events)
+            laps("define")
             for adj in built.adjustments:
                 events.append(Event("Warning", adj.reason, f"{adj.field}: {adj.message}"))
             action, action_value = _pending_action(meta, status)
@@ -211,6 +231,7 @@ class VMReconciler:
                 admit=lambda: self._before_start(ns, name, uid, expanded.spec, state, held),
                 key=(ns, name),
             )
+            laps("power")
             if pinned and any(e.reason == "Started" for e in events):
                 events.append(Event("Normal", "DedicatedCores", pinned))
                 if split:  # the kubelet's pick is worse than cputopo's reference: say so, and why
@@ -239,14 +260,17 @@ class VMReconciler:
             new_status = _status(status, base, printable_status(failed=problem.status), conds)
             if problem.once and _ready_reason(status) == problem.reason:
                 events = [e for e in events if e.reason != problem.reason]
-            return Result(new_status, _dedupe(events, status, problem.status), requeue=problem.requeue, claims=claims)
+            laps("failed")
+            return Result(new_status, _dedupe(events, status, problem.status), requeue=problem.requeue, claims=claims,
+                          laps=laps.seconds)  # fmt: skip
         except libvirt.libvirtError as exc:
             self._leave_start_queue(ns, name)
             msg = f"libvirt: {exc.get_error_message()}"
             conds.append(condition(names.COND_READY, False, "LibvirtError", msg))
             events.append(Event("Warning", "LibvirtError", msg))
             new_status = _status(status, base, printable_status(failed=FAILED), conds)
-            return Result(new_status, _dedupe(events, status, FAILED), requeue=10.0, claims=claims)
+            laps("failed")
+            return Result(new_status, _dedupe(events, status, FAILED), requeue=10.0, claims=claims, laps=laps.seconds)
 
         conds.append(ready_condition(observed.power))
         restart_needed = observed.power in (Power.RUNNING, Power.PAUSED) and observed.running_spec_hash not in (
@@ -296,7 +320,8 @@ class VMReconciler:
             events.append(
                 Event("Normal", new_status["printableStatus"], f"VM is {new_status['printableStatus'].lower()}")
             )
-        return Result(new_status, events, requeue, claims)
+        laps("settle")
+        return Result(new_status, events, requeue, claims, laps.seconds)
 
     # ------------------------------------------------------------------ steps
     def _apply_live(self, dom: libvirt.virDomain | None, built_xml: str, events: list[Event]) -> str | None:

@@ -51,6 +51,16 @@ def test_appearing_vanishing_and_non_figures_are_written():
     assert worth_writing({**SHOWN, "cpuPercent": None}, fresh(), NOW, 300)  # first rate
     assert worth_writing(SHOWN, fresh(statsDegraded="stats interval stretched"), NOW, 300)
     assert worth_writing(SHOWN, fresh(statsIntervalSeconds=9.5), NOW, 300)
+
+
+def test_a_stretched_interval_is_rewritten_on_onset_end_and_big_moves_only():
+    """The degraded message carries the round cost (new text every round) and the stretched interval
+    moves by half-second steps: 100 stretched VMs were written twice a minute each for that alone."""
+    stretched = SHOWN | {"statsIntervalSeconds": 4.0, "statsDegraded": "stats interval stretched: 0.35 s"}
+    assert not worth_writing(stretched, stretched | {"statsDegraded": "stats interval stretched: 0.41 s"}, NOW, 300)
+    assert not worth_writing(stretched, stretched | {"statsIntervalSeconds": 4.5}, NOW, 300)
+    assert worth_writing(stretched, stretched | {"statsIntervalSeconds": 6.0}, NOW, 300)
+    assert worth_writing(stretched, stretched | {"statsIntervalSeconds": 2.0, "statsDegraded": None}, NOW, 300)
     assert worth_writing(SHOWN, fresh(endpoint="http://10.0.0.2:9470/stats/ns/vm"), NOW, 300)
     assert worth_writing({}, fresh(), NOW, 300)  # nothing shown yet
     extra = {**SHOWN, "oldKey": 1}

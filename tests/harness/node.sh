@@ -259,6 +259,7 @@ start_containerd() {
   # State is runtime-only: after a stop (or a reboot) nothing runs, so stale state goes. Containers
   # killed without a stop (their machine's processes ended, a kill -9) leave rootfs and shm mounts.
   [ -n "$(shim_pids)" ] || clear_stale_state "$c/state"
+  clear_stale_netns
   mkdir -p "$c/state"
   # Lowering an oom_score_adj (kubelet asks -998 for sandboxes) needs CAP_SYS_RESOURCE, which root
   # lacks on some machines (these test machines): containerd then clamps to its own instead of
@@ -323,6 +324,45 @@ clear_stale_state() {
   mv -T "$1" "$aside" || die "cannot remove or move aside the stale $1 (mounts: findmnt -R $1)"
   log "warning: stale $1 still has busy mounts: moved to $aside"
   rm -rf "$aside" 2>/dev/null || true
+}
+
+# stale_netns: pod network namespaces (/run/netns/cni-*, nsfs mounts) no process is in that are older
+# than 2 min (containerd pins a new one by its mount just before the pod's first process enters it).
+stale_netns() {
+  local live now target ns
+  live=" $(for p in /proc/[0-9]*/ns/net; do readlink "$p" 2>/dev/null; done | sort -u | tr '\n' ' ')"
+  now=$(date +%s)
+  awk '{ for (i = 7; $i != "-"; i++); if ($(i + 1) == "nsfs" && $5 ~ "^/run/netns/cni-") print $4, $5 }' \
+    /proc/self/mountinfo | while read -r ns target; do
+    case "$live" in *" $ns "*) continue ;; esac
+    [ $((now - $(stat -c %Y "$target" 2>/dev/null || echo "$now"))) -gt 120 ] && echo "$target"
+  done | sort -u
+}
+
+# clear_stale_netns: what the pods of a node killed without a stop left in /run/netns goes. containerd
+# otherwise fails those pods' status for ever ("remove netns: ... device or resource busy") and kubelet
+# never replaces them. A bind of /run/netns onto itself made after they were mounted (ip netns add,
+# e.g. a node instance) hides them from umount by path: it goes first when nothing live hangs off it
+# (a non-lazy umount refuses otherwise; ip netns redoes the bind when it needs it).
+clear_stale_netns() {
+  local round target f now
+  local -a stale
+  for round in 1 2 3; do
+    mapfile -t stale < <(stale_netns)
+    [ "${#stale[@]}" -gt 0 ] || break
+    for target in "${stale[@]}"; do umount "$target" 2>/dev/null || true; done
+    mapfile -t stale < <(stale_netns)
+    [ "${#stale[@]}" -gt 0 ] || break
+    if [ "$round" = 3 ] || ! umount /run/netns 2>/dev/null; then
+      log "warning: stale pod network namespaces stay mounted under a busy /run/netns: ${stale[*]}"
+      break
+    fi
+  done
+  now=$(date +%s)
+  for f in /run/netns/cni-*; do   # names whose namespace is gone: no mount left on them
+    [ -f "$f" ] && ! mountpoint -q "$f" && [ $((now - $(stat -c %Y "$f"))) -gt 120 ] && { rm -f "$f" 2>/dev/null || true; }
+  done
+  return 0
 }
 
 stop_containerd() {

@@ -84,6 +84,8 @@ MEMORY_SHARE = 0.05  # memoryUsedBytes: 5 % of memoryTotalBytes
 
 
 def _moved(key: str, shown: Any, now: Any, total: Any) -> bool:
+    if key == "statsDegraded":  # its text carries the round cost, new every round: only onset and end count
+        return bool(shown) != bool(now)
     if shown is None or now is None or not isinstance(shown, int | float) or not isinstance(now, int | float):
         return shown != now  # appeared, vanished, or not a figure (endpoint, statsDegraded)
     delta = abs(now - shown)
@@ -93,7 +95,9 @@ def _moved(key: str, shown: Any, now: Any, total: Any) -> bool:
         return delta >= MEMORY_SHARE * (total if isinstance(total, int | float) and total > 0 else abs(shown))
     if key in RATE_FLOORS:
         return delta >= max(RATE_FLOORS[key], RELATIVE * abs(shown))
-    return now != shown  # memoryTotalBytes, statsIntervalSeconds: any change
+    if key == "statsIntervalSeconds":  # a stretched interval follows the round cost up and down a step
+        return delta >= RELATIVE * abs(shown)
+    return now != shown  # memoryTotalBytes: any change
 
 
 def _age(updated_at: Any, now: float) -> float:
