@@ -535,7 +535,7 @@ async def vm_loop(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, p
                         state.written = status
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("VM pass", extra={"vm": f"{namespace}/{name}", "laps": result.laps,
-                                  "thread": round(reconciled - began - sum(result.laps.values()), 4),
+                                  "waited": round(reconciled - began - sum(result.laps.values()), 4),
                                   "write": round(time.monotonic() - reconciled, 4), "claim": claim})  # fmt: skip
                     claim = None
                 except ApiError as exc:
